@@ -1,0 +1,180 @@
+"""The ``Compressor`` facade: a floor or a rate in, a typed result out.
+
+It composes one text compressor (what to keep) with, under a floor, one predictor (how
+hard to compress this input). ``compress`` and ``acompress`` share one implementation;
+the async twin runs the CPU work in a worker thread so an event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pocsdk.compressors import TextCompressor, get_compressor, render
+from pocsdk.compressors.base import Scored
+from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
+from pocsdk.types import CompressionResult, ContextLike, check_keep_rate, check_unit_interval
+
+if TYPE_CHECKING:
+    from pocsdk.prediction.floor import FloorPolicy
+
+DEFAULT_COMPRESSOR = "extractive"
+
+
+class Compressor:
+    """Compress contexts at a fixed rate, to a token target, or under a performance floor.
+
+    Exactly one of ``keep_rate``, ``target_tokens`` or ``floor`` sets the default mode;
+    each call may override it. ``compressor`` is a registry name or a compressor object;
+    ``compressor_params`` go to its constructor.
+
+    >>> Compressor(keep_rate=0.3).compress(long_text, query="Who won?").text  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        keep_rate: float | None = None,
+        *,
+        target_tokens: int | None = None,
+        floor: float | None = None,
+        confidence: float | None = None,
+        compressor: str | TextCompressor | None = None,
+        predictor: Any = None,
+        calibration: Any = None,
+        tokenizer: Any = None,
+        **compressor_params: Any,
+    ) -> None:
+        modes = [m for m, v in (("keep_rate", keep_rate), ("target_tokens", target_tokens), ("floor", floor))
+                 if v is not None]
+        if len(modes) > 1:
+            raise ConfigError(f"give one of keep_rate, target_tokens or floor, not {' and '.join(modes)}")
+        self.keep_rate = None if keep_rate is None else check_keep_rate(keep_rate)
+        self.target_tokens = None if target_tokens is None else _check_target(target_tokens)
+        self.floor = None if floor is None else check_unit_interval("floor", floor)
+        self.confidence = None if confidence is None else check_unit_interval(
+            "confidence", confidence, closed_right=False)
+        if self.confidence is not None and self.floor is None and not modes:
+            raise ConfigError("confidence applies to a floor: give floor=... too")
+        name = compressor if compressor is not None else DEFAULT_COMPRESSOR
+        if tokenizer is not None:
+            compressor_params["tokenizer"] = tokenizer
+        self.compressor: TextCompressor = get_compressor(name, **compressor_params)
+        self._predictor_spec = predictor
+        self._calibration_spec = calibration
+        self._policy: FloorPolicy | None = None
+
+    # -- public API ----------------------------------------------------------------------
+    def compress(
+        self,
+        context: ContextLike,
+        query: str | None = None,
+        *,
+        keep_rate: float | None = None,
+        target_tokens: int | None = None,
+        floor: float | None = None,
+        confidence: float | None = None,
+    ) -> CompressionResult:
+        """Compress one context (a string or a list of documents) for an optional query."""
+        t0 = time.perf_counter()
+        if query is not None and not isinstance(query, str):
+            raise InvalidTypeError(f"query must be a string or None, got {type(query).__name__}")
+        mode, value = self._mode(keep_rate, target_tokens, floor)
+        scored = self.compressor.score(context, query)
+        if mode == "floor":
+            conf = self.confidence if confidence is None else check_unit_interval(
+                "confidence", confidence, closed_right=False)
+            result = self._policy_for().compress(self.compressor, scored, value, conf)
+        else:
+            rate = value if mode == "keep_rate" else _rate_for_target(scored, int(value))
+            result = self._at_rate(scored, rate)
+        result.timings.total_ms = (time.perf_counter() - t0) * 1000.0
+        return result
+
+    async def acompress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:
+        """Async twin of :meth:`compress` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.compress, context, query, **overrides)
+
+    def compress_many(
+        self,
+        items: Iterable[ContextLike | Mapping[str, Any] | tuple[ContextLike, str | None]],
+        **overrides: Any,
+    ) -> list[CompressionResult]:
+        """Compress many inputs: each a context, a ``(context, query)`` pair or ``{context, query}``."""
+        return [self.compress(ctx, q, **overrides) for ctx, q in (_unpack(it) for it in items)]
+
+    async def acompress_many(
+        self, items: Iterable[ContextLike | Mapping[str, Any] | tuple[ContextLike, str | None]], **overrides: Any
+    ) -> list[CompressionResult]:
+        """Async twin of :meth:`compress_many`; inputs run concurrently in worker threads."""
+        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in map(_unpack, items))))
+
+    @property
+    def name(self) -> str:
+        return self.compressor.name
+
+    # -- internals -----------------------------------------------------------------------
+    def _mode(self, keep_rate: float | None, target_tokens: int | None, floor: float | None) -> tuple[str, float]:
+        given = [(m, v) for m, v in (("keep_rate", keep_rate), ("target_tokens", target_tokens), ("floor", floor))
+                 if v is not None]
+        if len(given) > 1:
+            raise ConfigError("give at most one of keep_rate, target_tokens or floor per call")
+        if given:
+            mode, raw = given[0]
+        elif self.keep_rate is not None:
+            mode, raw = "keep_rate", self.keep_rate
+        elif self.target_tokens is not None:
+            mode, raw = "target_tokens", self.target_tokens
+        elif self.floor is not None:
+            mode, raw = "floor", self.floor
+        else:
+            raise ConfigError("no compression target: give keep_rate, target_tokens or floor")
+        if mode == "keep_rate":
+            return mode, check_keep_rate(raw)
+        if mode == "target_tokens":
+            return mode, float(_check_target(raw))
+        return mode, check_unit_interval("floor", raw)
+
+    def _at_rate(self, scored: Scored, rate: float) -> CompressionResult:
+        t = time.perf_counter()
+        selection = self.compressor.select(scored, rate)
+        select_ms = (time.perf_counter() - t) * 1000.0
+        return render(scored, selection, select_ms=select_ms, requested_keep_rate=rate)
+
+    def _policy_for(self) -> FloorPolicy:
+        if self._policy is None:
+            from pocsdk.prediction.floor import FloorPolicy
+
+            self._policy = FloorPolicy.for_compressor(
+                self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec
+            )
+        return self._policy
+
+
+def _rate_for_target(scored: Scored, target: int) -> float:
+    total = scored.total_tokens
+    return 1.0 if total <= 0 else min(1.0, max(target / total, 1e-9))
+
+
+def _check_target(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"target_tokens must be a positive integer, got {type(value).__name__}")
+    if isinstance(value, float) and (math.isnan(value) or not value.is_integer()):
+        raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
+    if value < 1:
+        raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _unpack(item: Any) -> tuple[ContextLike, str | None]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, Mapping):
+        if "context" not in item:
+            raise InvalidTypeError("each mapping item needs a 'context' field")
+        return item["context"], item.get("query")
+    if isinstance(item, (str, Sequence)):
+        return item, None
+    raise InvalidTypeError(f"cannot compress an item of type {type(item).__name__}")

@@ -1,0 +1,1 @@
+"""Text layer: token counting, segmentation, relevance, protected spans."""

@@ -1,0 +1,106 @@
+"""Protected spans: text that compression must never drop.
+
+Three sources, combined:
+
+* inline markers: ``<keep>...</keep>`` around text; the markers themselves are removed
+  from the output;
+* user regexes: every match is protected;
+* the default rules: instructions and negated directives ("Never ...", "Do not ...",
+  "You must ...", "Answer in JSON"), the text users most often lose to other compressors.
+
+A unit (sentence, row, code block) that overlaps a protected span is kept whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pocsdk.errors import ConfigError
+
+KEEP_OPEN = "<keep>"
+KEEP_CLOSE = "</keep>"
+
+# Imperatives at the start of a sentence, and modal directives addressed to the reader.
+_IMPERATIVE = re.compile(
+    r"\s*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?(?:please\s+|important:?\s+|note:?\s+)?"
+    r"(?:never|always|do\s+not|don't|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
+    r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)\b",
+    re.IGNORECASE,
+)
+_DIRECTIVE = re.compile(
+    r"\b(?:you|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|are\s+required\s+to|may\s+not"
+    r"|cannot|can't|will\s+not|won't|never|do\s+not|don't)\b"
+    r"|\bunder\s+no\s+circumstances\b|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
+    re.IGNORECASE,
+)
+
+
+def is_instruction(sentence: str) -> bool:
+    """True for imperative or directive sentences ("Never reveal ...", "You must cite ...")."""
+    return bool(_IMPERATIVE.match(sentence) or _DIRECTIVE.search(sentence))
+
+
+NEGATION = re.compile(
+    r"\b(?:not|no|never|none|nor|neither|without|cannot|can't|don't|doesn't|didn't|won't|isn't|aren't"
+    r"|wasn't|weren't|shouldn't|mustn't|except|unless)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Which spans to protect. ``Protection.none()`` turns all of it off."""
+
+    patterns: Sequence[str] = ()
+    markers: bool = True
+    instructions: bool = True
+    _compiled: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = []
+        for p in self.patterns:
+            try:
+                compiled.append(re.compile(p))
+            except re.error as exc:
+                raise ConfigError(f"invalid protect pattern {p!r}: {exc}") from exc
+        object.__setattr__(self, "_compiled", tuple(compiled))
+
+    @classmethod
+    def none(cls) -> Protection:
+        return cls(patterns=(), markers=False, instructions=False)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Protected character spans from markers and patterns, sorted.
+
+        Instruction sentences are found per unit by :func:`is_instruction` when
+        ``instructions`` is on.
+        """
+        out: list[tuple[int, int]] = []
+        if self.markers:
+            out.extend(marker_spans(text))
+        for rx in self._compiled:
+            out.extend((m.start(), m.end()) for m in rx.finditer(text) if m.end() > m.start())
+        return sorted(out)
+
+
+def marker_spans(text: str) -> list[tuple[int, int]]:
+    """Spans from each ``<keep>`` to its ``</keep>`` (an unclosed one runs to the end)."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        s = text.find(KEEP_OPEN, pos)
+        if s < 0:
+            return out
+        e = text.find(KEEP_CLOSE, s + len(KEEP_OPEN))
+        end = len(text) if e < 0 else e + len(KEEP_CLOSE)
+        out.append((s, end))
+        pos = end
+
+
+def strip_markers(text: str) -> str:
+    """Remove protection markers before text is shown to a model."""
+    if "<keep>" not in text and "</keep>" not in text:
+        return text
+    return text.replace(KEEP_OPEN, "").replace(KEEP_CLOSE, "")

@@ -1,0 +1,188 @@
+"""Public data models: what goes into pocsdk and what comes out.
+
+Naming convention, used everywhere in pocsdk:
+
+* ``keep_rate`` = compressed tokens / original tokens, in (0, 1]; 0.25 keeps a quarter.
+* ``compression_factor`` = original tokens / compressed tokens, >= 1; 4.0 is "4x".
+
+Results carry numbers, never formatted strings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pocsdk.errors import EmptyContextError, InvalidRateError, InvalidTypeError
+
+
+class Document(BaseModel):
+    """One input document. ``id`` and ``metadata`` come back unchanged in the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+DocumentLike = Union[str, Document, Mapping[str, Any]]
+ContextLike = Union[str, Sequence[DocumentLike]]
+
+
+class Span(BaseModel):
+    """A character range ``[start, end)`` of one input document's text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: int
+    end: int
+    kind: Literal["kept", "skimmed"] = "kept"
+
+
+class DocumentResult(BaseModel):
+    """The compressed form of one input document."""
+
+    id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    text: str
+    original_tokens: int
+    compressed_tokens: int
+    spans: list[Span] = Field(default_factory=list)
+
+
+class Timings(BaseModel):
+    """Wall-clock milliseconds of each phase."""
+
+    score_ms: float = 0.0
+    select_ms: float = 0.0
+    predict_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class FloorDecision(BaseModel):
+    """Why a rate was chosen under a performance floor."""
+
+    floor: float
+    confidence: float | None = None
+    predicted_performance: float
+    """Predicted relative performance at the chosen factor (after any calibration margin)."""
+    chosen_factor: float
+    """Grid factor the search chose (1.0 means no compression)."""
+    met: bool
+    """False when no compression meets the floor and the context is passed through."""
+    reason: str
+    predictor: str
+    margin: float = 0.0
+    grid: list[float] = Field(default_factory=list)
+    predictions: list[float] = Field(default_factory=list)
+
+
+class CompressionResult(BaseModel):
+    """Everything a caller needs to use and audit one compression."""
+
+    text: str
+    """The compressed context: compressed documents joined by ``separator``."""
+    documents: list[DocumentResult]
+    original_tokens: int
+    compressed_tokens: int
+    keep_rate: float
+    """Achieved compressed / original tokens."""
+    compression_factor: float
+    """Achieved original / compressed tokens (``inf`` when nothing is kept)."""
+    requested_keep_rate: float | None = None
+    compressor: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str = ""
+    passthrough: bool = False
+    """True when the context was returned unchanged."""
+    reason: str | None = None
+    """Why the context passed through unchanged, if it did."""
+    floor: FloorDecision | None = None
+    timings: Timings = Field(default_factory=Timings)
+    separator: str = "\n\n"
+
+    @property
+    def kept_spans(self) -> list[tuple[int, Span]]:
+        """(document index, span) pairs of verbatim kept text."""
+        return [(i, s) for i, d in enumerate(self.documents) for s in d.spans if s.kind == "kept"]
+
+    @property
+    def skimmed_spans(self) -> list[tuple[int, Span]]:
+        """(document index, span) pairs of skimmed excerpts."""
+        return [(i, s) for i, d in enumerate(self.documents) for s in d.spans if s.kind == "skimmed"]
+
+
+def factor_from_keep_rate(keep_rate: float) -> float:
+    return math.inf if keep_rate <= 0 else 1.0 / keep_rate
+
+
+def check_keep_rate(keep_rate: object) -> float:
+    """Validate a keep rate: a real number in (0, 1]."""
+    if isinstance(keep_rate, bool) or not isinstance(keep_rate, (int, float)):
+        raise InvalidTypeError(f"keep_rate must be a number in (0, 1], got {type(keep_rate).__name__}")
+    value = float(keep_rate)
+    if math.isnan(value) or not 0.0 < value <= 1.0:
+        raise InvalidRateError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
+    return value
+
+
+def check_unit_interval(name: str, value: object, *, closed_right: bool = True) -> float:
+    """Validate a floor or confidence: a real number in (0, 1] (or (0, 1))."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    ok = 0.0 < v <= 1.0 if closed_right else 0.0 < v < 1.0
+    if math.isnan(v) or not ok:
+        interval = "(0, 1]" if closed_right else "(0, 1)"
+        raise InvalidRateError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
+def normalize_context(context: object) -> list[Document]:
+    """Turn a string or a list of documents into ``Document`` objects with ids.
+
+    A plain string becomes one document with id ``"0"``; list items without an id get
+    their position as id. Raises typed errors for anything else.
+    """
+    if isinstance(context, str):
+        docs = [Document(id="0", text=context)]
+    elif isinstance(context, (list, tuple)):
+        if not context:
+            raise EmptyContextError("context is an empty list: pass at least one document")
+        docs = [_to_document(item, i) for i, item in enumerate(context)]
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            raise InvalidTypeError("document ids must be unique within one context")
+    else:
+        raise InvalidTypeError(
+            "context must be a string or a list of documents (strings or {id, text, metadata}), "
+            f"got {type(context).__name__}"
+        )
+    if all(not d.text.strip() for d in docs):
+        raise EmptyContextError("context is empty or whitespace only")
+    return docs
+
+
+def _to_document(item: object, index: int) -> Document:
+    if isinstance(item, Document):
+        return item
+    if isinstance(item, str):
+        return Document(id=str(index), text=item)
+    if isinstance(item, Mapping):
+        text = item.get("text", item.get("page_content"))
+        if not isinstance(text, str):
+            raise InvalidTypeError(f"document {index} needs a string 'text' field")
+        raw_id = item.get("id", index)
+        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+            raise InvalidTypeError(f"document {index} has an id that is not a string or integer")
+        metadata = item.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise InvalidTypeError(f"document {index} has metadata that is not a mapping")
+        return Document(id=str(raw_id), text=text, metadata=dict(metadata))
+    raise InvalidTypeError(
+        f"document {index} must be a string or a mapping with 'text', got {type(item).__name__}"
+    )
