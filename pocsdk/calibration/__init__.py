@@ -1,0 +1,1 @@
+"""Calibration data: datasets, judges and the labels that predictors learn from."""

@@ -1,0 +1,1 @@
+"""Performance prediction: features, predictors, calibration and the floor search."""
