@@ -19,7 +19,9 @@ from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
 from pocsdk.types import CompressionResult, ContextLike, check_keep_rate, check_unit_interval
 
 if TYPE_CHECKING:
+    from pocsdk.llm.types import CompletionResult
     from pocsdk.prediction.floor import FloorPolicy
+    from pocsdk.remote import RemoteCompressor
 
 DEFAULT_COMPRESSOR = "extractive"
 
@@ -45,6 +47,8 @@ class Compressor:
         predictor: Any = None,
         calibration: Any = None,
         tokenizer: Any = None,
+        endpoint: str | None = None,
+        api_key: str | None = None,
         **compressor_params: Any,
     ) -> None:
         modes = [m for m, v in (("keep_rate", keep_rate), ("target_tokens", target_tokens), ("floor", floor))
@@ -58,10 +62,21 @@ class Compressor:
             "confidence", confidence, closed_right=False)
         if self.confidence is not None and self.floor is None and not modes:
             raise ConfigError("confidence applies to a floor: give floor=... too")
+        self._remote: RemoteCompressor | None = None
+        if endpoint is not None:  # compress on a `pocsdk serve` service (pocsdk.remote)
+            from pocsdk.remote import RemoteCompressor
+
+            self._remote = RemoteCompressor.for_facade(
+                endpoint, api_key, compressor, keep_rate=self.keep_rate, target_tokens=self.target_tokens,
+                floor=self.floor, confidence=self.confidence,
+                local_only={"predictor": predictor, "calibration": calibration, "tokenizer": tokenizer,
+                            "compressor parameters": compressor_params})
+        elif api_key is not None:
+            raise ConfigError("api_key applies to a remote service: give endpoint=... too")
         name = compressor if compressor is not None else DEFAULT_COMPRESSOR
         if tokenizer is not None:
             compressor_params["tokenizer"] = tokenizer
-        self.compressor: TextCompressor = get_compressor(name, **compressor_params)
+        self.compressor: TextCompressor = self._remote or get_compressor(name, **compressor_params)
         self._predictor_spec = predictor
         self._calibration_spec = calibration
         self._policy: FloorPolicy | None = None
@@ -78,6 +93,9 @@ class Compressor:
         confidence: float | None = None,
     ) -> CompressionResult:
         """Compress one context (a string or a list of documents) for an optional query."""
+        if self._remote is not None:
+            return self._remote.compress(context, query, keep_rate=keep_rate, target_tokens=target_tokens,
+                                         floor=floor, confidence=confidence)
         t0 = time.perf_counter()
         if query is not None and not isinstance(query, str):
             raise InvalidTypeError(f"query must be a string or None, got {type(query).__name__}")
@@ -95,6 +113,8 @@ class Compressor:
 
     async def acompress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:
         """Async twin of :meth:`compress` (runs in a worker thread)."""
+        if self._remote is not None:
+            return await self._remote.acompress(context, query, **overrides)
         return await asyncio.to_thread(self.compress, context, query, **overrides)
 
     def compress_many(
@@ -103,13 +123,29 @@ class Compressor:
         **overrides: Any,
     ) -> list[CompressionResult]:
         """Compress many inputs: each a context, a ``(context, query)`` pair or ``{context, query}``."""
-        return [self.compress(ctx, q, **overrides) for ctx, q in (_unpack(it) for it in items)]
+        if self._remote is not None:
+            return self._remote.compress_many(_items(items), **overrides)
+        return [self.compress(ctx, q, **overrides) for ctx, q in (_unpack(it) for it in _items(items))]
 
     async def acompress_many(
         self, items: Iterable[ContextLike | Mapping[str, Any] | tuple[ContextLike, str | None]], **overrides: Any
     ) -> list[CompressionResult]:
         """Async twin of :meth:`compress_many`; inputs run concurrently in worker threads."""
-        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in map(_unpack, items))))
+        if self._remote is not None:
+            return await self._remote.acompress_many(_items(items), **overrides)
+        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in map(_unpack, _items(items)))))
+
+    def complete(self, context: ContextLike, query: str, *, llm: Any, **kwargs: Any) -> CompletionResult:
+        """Compress, ask ``llm``, return a ``CompletionResult`` (see :func:`pocsdk.llm.complete.complete`)."""
+        from pocsdk.llm.complete import complete
+
+        return complete(self, context, query, llm=llm, **kwargs)
+
+    async def acomplete(self, context: ContextLike, query: str, *, llm: Any, **kwargs: Any) -> CompletionResult:
+        """Async twin of :meth:`complete`."""
+        from pocsdk.llm.complete import acomplete
+
+        return await acomplete(self, context, query, llm=llm, **kwargs)
 
     @property
     def name(self) -> str:
@@ -166,6 +202,13 @@ def _check_target(value: object) -> int:
     if value < 1:
         raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _items(items: object) -> Iterable[Any]:
+    """The inputs of a batch: any iterable except a lone string (which would be split into characters)."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidTypeError(f"compress_many takes an iterable of inputs, got {type(items).__name__}")
+    return items
 
 
 def _unpack(item: Any) -> tuple[ContextLike, str | None]:

@@ -11,12 +11,13 @@ Results carry numbers, never formatted strings.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pocsdk.errors import EmptyContextError, InvalidRateError, InvalidTypeError
+from pocsdk.errors import ConfigError, EmptyContextError, EncodingError, InvalidRateError, InvalidTypeError
 
 
 class Document(BaseModel):
@@ -100,7 +101,8 @@ class CompressionResult(BaseModel):
     passthrough: bool = False
     """True when the context was returned unchanged."""
     reason: str | None = None
-    """Why the context passed through unchanged, if it did."""
+    """Why the context passed through unchanged, if it did: ``"input_too_short"`` (under the compressor's
+    ``min_tokens``), ``"full_keep_rate"`` (keep_rate 1.0 asked for), or a floor decision's reason."""
     floor: FloorDecision | None = None
     timings: Timings = Field(default_factory=Timings)
     separator: str = "\n\n"
@@ -120,11 +122,16 @@ def factor_from_keep_rate(keep_rate: float) -> float:
     return math.inf if keep_rate <= 0 else 1.0 / keep_rate
 
 
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (numpy scalars count; ``True`` is not a rate)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
 def check_keep_rate(keep_rate: object) -> float:
     """Validate a keep rate: a real number in (0, 1]."""
-    if isinstance(keep_rate, bool) or not isinstance(keep_rate, (int, float)):
+    if not _is_real(keep_rate):
         raise InvalidTypeError(f"keep_rate must be a number in (0, 1], got {type(keep_rate).__name__}")
-    value = float(keep_rate)
+    value = float(keep_rate)  # type: ignore[arg-type]  # _is_real checked it
     if math.isnan(value) or not 0.0 < value <= 1.0:
         raise InvalidRateError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
     return value
@@ -132,9 +139,9 @@ def check_keep_rate(keep_rate: object) -> float:
 
 def check_unit_interval(name: str, value: object, *, closed_right: bool = True) -> float:
     """Validate a floor or confidence: a real number in (0, 1] (or (0, 1))."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
+    v = float(value)  # type: ignore[arg-type]  # _is_real checked it
     ok = 0.0 < v <= 1.0 if closed_right else 0.0 < v < 1.0
     if math.isnan(v) or not ok:
         interval = "(0, 1]" if closed_right else "(0, 1)"
@@ -148,6 +155,11 @@ def normalize_context(context: object) -> list[Document]:
     A plain string becomes one document with id ``"0"``; list items without an id get
     their position as id. Raises typed errors for anything else.
     """
+    if isinstance(context, (bytes, bytearray, memoryview)):
+        raise InvalidTypeError(
+            f"context is {type(context).__name__}: decode it to str first "
+            "(e.g. data.decode('utf-8'), or pocsdk.types.decode_text(data) for a typed error on bad bytes)"
+        )
     if isinstance(context, str):
         docs = [Document(id="0", text=context)]
     elif isinstance(context, (list, tuple)):
@@ -158,9 +170,10 @@ def normalize_context(context: object) -> list[Document]:
         if len(set(ids)) != len(ids):
             raise InvalidTypeError("document ids must be unique within one context")
     else:
+        hint = "; wrap a single document in a list" if isinstance(context, (Mapping, Document)) else ""
         raise InvalidTypeError(
             "context must be a string or a list of documents (strings or {id, text, metadata}), "
-            f"got {type(context).__name__}"
+            f"got {type(context).__name__}{hint}"
         )
     if all(not d.text.strip() for d in docs):
         raise EmptyContextError("context is empty or whitespace only")
@@ -174,6 +187,8 @@ def _to_document(item: object, index: int) -> Document:
         return Document(id=str(index), text=item)
     if isinstance(item, Mapping):
         text = item.get("text", item.get("page_content"))
+        if isinstance(text, (bytes, bytearray)):
+            raise InvalidTypeError(f"document {index} has bytes text: decode it to str first")
         if not isinstance(text, str):
             raise InvalidTypeError(f"document {index} needs a string 'text' field")
         raw_id = item.get("id", index)
@@ -183,6 +198,27 @@ def _to_document(item: object, index: int) -> Document:
         if not isinstance(metadata, Mapping):
             raise InvalidTypeError(f"document {index} has metadata that is not a mapping")
         return Document(id=str(raw_id), text=text, metadata=dict(metadata))
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        raise InvalidTypeError(f"document {index} is {type(item).__name__}: decode it to str first")
     raise InvalidTypeError(
         f"document {index} must be a string or a mapping with 'text', got {type(item).__name__}"
     )
+
+
+def decode_text(data: bytes, source: str = "input") -> str:
+    """Decode UTF-8 bytes (a BOM is dropped) or raise :class:`EncodingError` saying where it broke."""
+    try:
+        return bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EncodingError(
+            f"{source} is not valid UTF-8 (byte {exc.start}: {exc.reason}); re-encode it as UTF-8"
+        ) from None
+
+
+def check_count(name: str, value: object, *, minimum: int = 0) -> int:
+    """Validate an integer parameter (a size limit, a token count, a seed) at construction time."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)

@@ -11,3 +11,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+from pocsdk.cli import compress, info  # noqa: E402,F401,I001  (batch CLI: compress, info)
+from pocsdk.cli import calibrate  # noqa: E402,F401  (calibration CLI: calibrate)
+from pocsdk.cli import predict  # noqa: E402,F401  (prediction CLI: train-predictor, fit-calibration, evaluate)
+from pocsdk.cli import serve  # noqa: E402,F401  (compression service: serve)
+from pocsdk.cli import proxy  # noqa: E402,F401  (compressing OpenAI proxy: proxy)
+from pocsdk.cli import train  # noqa: E402,F401
+from pocsdk.cli import train_ram  # noqa: E402,F401
+from pocsdk.cli import train_memosight  # noqa: E402,F401

@@ -39,6 +39,9 @@ _REGISTRY: dict[str, str | Callable[..., TextCompressor]] = {
     "skim": "pocsdk.compressors.skim:SkimCompressor",
     "truncate": "pocsdk.compressors.truncate:TruncateCompressor",
     "random": "pocsdk.compressors.random:RandomCompressor",
+    "llmlingua2": "pocsdk.compressors.llmlingua2:LLMLingua2Compressor",
+    "selfinfo": "pocsdk.compressors.selfinfo:SelfInfoCompressor",
+    "ram": "pocsdk.compressors.ram:RAMCompressor",
 }
 
 CPU_COMPRESSORS = ("extractive", "skim", "truncate", "random")

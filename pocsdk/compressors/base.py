@@ -16,14 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from pocsdk.errors import InputTooLargeError
-from pocsdk.text.protect import Protection, is_instruction, strip_markers
+from pocsdk.compressors.topup import top_up
+from pocsdk.errors import ConfigError, InputTooLargeError
+from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, is_instruction, strip_markers
 from pocsdk.text.segment import MAX_UNIT_CHARS, segment
-from pocsdk.text.tokens import TokenCounter, get_token_counter
+from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
@@ -31,6 +32,7 @@ from pocsdk.types import (
     DocumentResult,
     Span,
     Timings,
+    check_count,
     check_keep_rate,
     factor_from_keep_rate,
     normalize_context,
@@ -92,10 +94,12 @@ class Selection:
     skim: np.ndarray | None = None  # bool mask over scored.excerpts
     keep_rate: float = 1.0  # the requested rate
     passthrough_reason: str | None = None
+    partial: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """Kept prefixes of units that did not fit whole: (document, start, end, tokens); see topup.py."""
 
     def tokens(self, scored: Scored) -> int:
         """Estimated compressed tokens (sum of selected unit counts), without rendering."""
-        n = int(scored.units.tokens[self.keep].sum())
+        n = int(scored.units.tokens[self.keep].sum()) + sum(p[3] for p in self.partial)
         if self.skim is not None and scored.excerpts is not None:
             n += int(scored.excerpts.tokens[self.skim].sum())
         return n
@@ -128,6 +132,18 @@ class UnitCompressor:
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
     max_unit_chars: int = MAX_UNIT_CHARS
 
+    def __post_init__(self) -> None:
+        """Reject bad parameters when the compressor is built, not deep inside the first call."""
+        self.min_tokens = check_count("min_tokens", self.min_tokens)
+        self.max_input_chars = check_count("max_input_chars", self.max_input_chars, minimum=1)
+        self.max_unit_chars = check_count("max_unit_chars", self.max_unit_chars, minimum=16)
+        if self.protect is None:
+            self.protect = Protection()
+        elif isinstance(self.protect, (list, tuple)) and all(isinstance(p, str) for p in self.protect):
+            self.protect = Protection(patterns=tuple(self.protect))
+        elif not isinstance(self.protect, Protection):
+            raise ConfigError(f"protect must be a Protection or a list of regexes, got {type(self.protect).__name__}")
+
     # -- phase 1 -------------------------------------------------------------------------
     def score(self, context: ContextLike, query: str | None = None) -> Scored:
         t0 = time.perf_counter()
@@ -139,8 +155,7 @@ class UnitCompressor:
                 "(raise max_input_chars to allow it)"
             )
         counter = get_token_counter(self.tokenizer)
-        doc_tokens = np.array(counter.count_many([strip_markers(d.text) for d in docs]), dtype=np.int64)
-        units, unit_texts = self._units(docs, counter)
+        units, unit_texts, doc_tokens = self._units_counted(docs, counter)
         scored = Scored(
             compressor=self.name,
             parameters=self.parameters(),
@@ -169,11 +184,13 @@ class UnitCompressor:
     def select(self, scored: Scored, keep_rate: float) -> Selection:
         """Protected units first, then units by descending relevance while they fit."""
         budget = budget_for(scored, keep_rate)
-        if scored.passthrough_reason:
-            return passthrough_selection(scored, keep_rate, scored.passthrough_reason)
+        early = early_selection(scored, keep_rate)
+        if early is not None:
+            return early
         u = scored.units
         order = np.argsort(-u.relevance, kind="stable")
-        return Selection(keep=fill_budget(order, u.tokens, budget, u.protected.copy()), keep_rate=keep_rate)
+        keep = fill_budget(order, u.tokens, budget, u.protected.copy())
+        return Selection(keep=keep, keep_rate=keep_rate, partial=top_up(scored, order, keep, budget))
 
     def parameters(self) -> dict[str, Any]:
         """JSON-ready parameters reported in results."""
@@ -187,46 +204,58 @@ class UnitCompressor:
 
     # -- shared mechanics ----------------------------------------------------------------
     def _units(self, docs: list[Document], counter: TokenCounter) -> tuple[Units, list[str]]:
-        doc_idx: list[int] = []
-        starts: list[int] = []
-        ends: list[int] = []
-        groups: list[int] = []
-        kinds: list[int] = []
+        units, texts, _ = self._units_counted(docs, counter)
+        return units, texts
+
+    def _units_counted(self, docs: list[Document], counter: TokenCounter) -> tuple[Units, list[str], np.ndarray]:
+        """Units of all documents, their texts (markers removed) and each document's token count.
+
+        With the heuristic counter a document is counted once for itself and all its units
+        (:meth:`HeuristicTokenCounter.count_spans`); the counts equal counting each text alone.
+        """
+        cols: list[tuple[np.ndarray, ...]] = []
         texts: list[str] = []
-        protected: list[bool] = []
+        doc_tokens = np.zeros(len(docs), dtype=np.int64)
+        to_count: list[int] = []  # documents whose units and total are counted by count_many
         group_base = 0
         for di, doc in enumerate(docs):
             text = doc.text
             segs = segment(text, self.max_unit_chars)
-            prot_spans = self.protect.spans(text)
-            prot = _overlaps([u.start for u in segs], [u.end for u in segs], prot_spans)
-            for u, p in zip(segs, prot):
-                piece = text[u.start:u.end]
-                doc_idx.append(di)
-                starts.append(u.start)
-                ends.append(u.end)
-                groups.append(group_base + u.paragraph)
-                kinds.append(u.kind)
-                texts.append(strip_markers(piece))
-                protected.append(p or (self.protect.instructions and is_instruction(piece)))
+            starts = np.array([u.start for u in segs], dtype=np.int64)
+            ends = np.array([u.end for u in segs], dtype=np.int64)
+            pieces = [text[u.start:u.end] for u in segs]
+            marked = KEEP_OPEN in text or KEEP_CLOSE in text
+            texts.extend([strip_markers(x) for x in pieces] if marked else pieces)
+            protected = _overlaps(starts, ends, self.protect.spans(text))
+            if self.protect.instructions:
+                for i in np.flatnonzero(~protected).tolist():
+                    protected[i] = is_instruction(pieces[i])
+            if not marked and isinstance(counter, HeuristicTokenCounter):
+                doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
+            else:
+                tokens = np.zeros(len(segs), dtype=np.int64)
+                to_count.append(di)
+            cols.append((
+                np.full(len(segs), di, dtype=np.int32), starts, ends, tokens, protected,
+                np.array([group_base + u.paragraph for u in segs], dtype=np.int32),
+                np.array([u.kind for u in segs], dtype=np.int8),
+            ))
             if segs:
                 group_base += segs[-1].paragraph + 1
-        n = len(texts)
-        units = Units(
-            doc=np.array(doc_idx, dtype=np.int32),
-            start=np.array(starts, dtype=np.int64),
-            end=np.array(ends, dtype=np.int64),
-            tokens=np.array(counter.count_many(texts), dtype=np.int64) if n else np.zeros(0, np.int64),
-            relevance=np.zeros(n),
-            protected=np.array(protected, dtype=bool),
-            group=np.array(groups, dtype=np.int32),
-            kind=np.array(kinds, dtype=np.int8),
-        )
-        return units, texts
+        if not cols:
+            return Units.empty(), texts, doc_tokens
+        doc_idx, start, end, tokens, protected, group, kind = (np.concatenate(c) for c in zip(*cols, strict=True))
+        if to_count:
+            which = np.flatnonzero(np.isin(doc_idx, to_count))
+            tokens[which] = counter.count_many([texts[i] for i in which.tolist()])
+            doc_tokens[to_count] = counter.count_many([strip_markers(docs[d].text) for d in to_count])
+        units = Units(doc=doc_idx, start=start, end=end, tokens=tokens, relevance=np.zeros(len(texts)),
+                      protected=protected, group=group, kind=kind)
+        return units, texts, doc_tokens
 
 
 def budget_for(scored: Scored, keep_rate: float) -> int:
-    return int(round(check_keep_rate(keep_rate) * scored.total_tokens))
+    return round(check_keep_rate(keep_rate) * scored.total_tokens)
 
 
 def fill_budget(order: np.ndarray, tokens: np.ndarray, budget: int, chosen: np.ndarray) -> np.ndarray:
@@ -257,6 +286,19 @@ def fill_budget(order: np.ndarray, tokens: np.ndarray, budget: int, chosen: np.n
     return chosen
 
 
+FULL_KEEP_RATE = "full_keep_rate"
+"""Passthrough reason when keep_rate is 1.0: the context comes back unchanged."""
+
+
+def early_selection(scored: Scored, keep_rate: float) -> Selection | None:
+    """The selection when nothing is to be compressed (input too short, keep_rate 1.0), else None."""
+    if scored.passthrough_reason:
+        return passthrough_selection(scored, keep_rate, scored.passthrough_reason)
+    if keep_rate >= 1.0:
+        return passthrough_selection(scored, keep_rate, FULL_KEEP_RATE)
+    return None
+
+
 def passthrough_selection(scored: Scored, keep_rate: float, reason: str) -> Selection:
     return Selection(keep=np.ones(len(scored.units), dtype=bool), skim=None, keep_rate=keep_rate,
                      passthrough_reason=reason)
@@ -276,7 +318,7 @@ def render(
     counter = scored.tokenizer
     docs_out: list[DocumentResult] = []
     if reason:
-        for doc, n in zip(scored.documents, scored.doc_tokens):
+        for doc, n in zip(scored.documents, scored.doc_tokens, strict=True):
             clean = strip_markers(doc.text)
             span = [Span(start=0, end=len(doc.text), kind="kept")] if doc.text else []
             docs_out.append(DocumentResult(id=doc.id, metadata=doc.metadata, text=clean,
@@ -314,9 +356,12 @@ def render(
     )
 
 
-def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int, int, str]]]:
+SpanKind = Literal["kept", "skimmed"]
+
+
+def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int, int, SpanKind]]]:
     """Selected spans per document, sorted, overlaps merged ('kept' wins over 'skimmed')."""
-    raw: list[list[tuple[int, int, str]]] = [[] for _ in scored.documents]
+    raw: list[list[tuple[int, int, SpanKind]]] = [[] for _ in scored.documents]
     u = scored.units
     for i in np.flatnonzero(selection.keep):
         raw[int(u.doc[i])].append((int(u.start[i]), int(u.end[i]), "kept"))
@@ -324,10 +369,12 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
         x = scored.excerpts
         for i in np.flatnonzero(selection.skim):
             raw[int(x.doc[i])].append((int(x.start[i]), int(x.end[i]), "skimmed"))
-    out: list[list[tuple[int, int, str]]] = []
+    for d, s, e, _ in selection.partial:
+        raw[d].append((s, e, "kept"))
+    out: list[list[tuple[int, int, SpanKind]]] = []
     for spans in raw:
         spans.sort()
-        merged: list[tuple[int, int, str]] = []
+        merged: list[tuple[int, int, SpanKind]] = []
         for s, e, k in spans:
             if merged and s < merged[-1][1]:
                 ps, pe, pk = merged[-1]
@@ -354,15 +401,17 @@ def _join(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
     return strip_markers("".join(parts))
 
 
-def _overlaps(starts: list[int], ends: list[int], spans: list[tuple[int, int]]) -> list[bool]:
-    """For each unit, does it overlap any protected span? (both sorted; two-pointer walk)"""
-    out = [False] * len(starts)
-    if not spans:
+def _overlaps(starts: np.ndarray, ends: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """For each unit, does it overlap any protected span? (bool array; vectorised)
+
+    A unit [s, e) overlaps some span iff, among spans starting before e, the furthest end is after s.
+    """
+    out = np.zeros(len(starts), dtype=bool)
+    if not spans or not len(starts):
         return out
-    arr_s = np.array(starts, dtype=np.int64)
-    arr_e = np.array(ends, dtype=np.int64)
-    for ps, pe in spans:
-        hit = (arr_s < pe) & (arr_e > ps)
-        for i in np.flatnonzero(hit):
-            out[int(i)] = True
+    span_arr = np.array(sorted(spans), dtype=np.int64).reshape(-1, 2)
+    reach = np.maximum.accumulate(span_arr[:, 1])
+    k = np.searchsorted(span_arr[:, 0], ends, side="left")  # spans with start < unit end
+    hit = k > 0
+    out[hit] = reach[k[hit] - 1] > starts[hit]
     return out

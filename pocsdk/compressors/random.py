@@ -9,11 +9,7 @@ import numpy as np
 
 from pocsdk.compressors.base import (
     Scored,
-    Selection,
     UnitCompressor,
-    budget_for,
-    fill_budget,
-    passthrough_selection,
 )
 
 

@@ -23,9 +23,11 @@ from pocsdk.compressors.base import (
     UnitCompressor,
     Units,
     budget_for,
+    early_selection,
     fill_budget,
-    passthrough_selection,
 )
+from pocsdk.compressors.topup import top_up
+from pocsdk.errors import ConfigError
 from pocsdk.text.protect import NEGATION, strip_markers
 from pocsdk.text.relevance import Relevance, get_relevance
 from pocsdk.text.segment import CODE, TABLE_ROW, clauses
@@ -45,6 +47,15 @@ class SkimCompressor(UnitCompressor):
     clause_min_tokens: int = 24
     """Sentences longer than this are skimmed as their most relevant clause."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.skim_share, (int, float)) or not 0.0 <= float(self.skim_share) <= 1.0:
+            raise ConfigError(f"skim_share must be a number in [0, 1], got {self.skim_share!r}")
+        for name in ("segment_tokens", "clause_min_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
     def rank(self, unit_texts: list[str], query: str | None, scored: Scored) -> np.ndarray:
         return get_relevance(self.relevance).score(unit_texts, query)
 
@@ -63,7 +74,7 @@ class SkimCompressor(UnitCompressor):
         first = np.r_[True, seg[order][1:] != seg[order][:-1]]
         best_unit = order[first]
         scored.excerpts = self._excerpts(scored, unit_texts, best_unit)
-        scored.extras.update(segment=seg, segment_relevance=seg_rel, segment_tokens=seg_tokens)
+        scored.extras.update(segment=seg, segment_relevance=seg_rel, segment_tokens=seg_tokens, best_unit=best_unit)
 
     def _excerpts(self, scored: Scored, unit_texts: list[str], best_unit: np.ndarray) -> Units:
         """One excerpt per segment: its best unit, or that unit's best clause."""
@@ -96,7 +107,7 @@ class SkimCompressor(UnitCompressor):
                     best[owner] = k
             picked = list(best.items())
             counts = scored.tokenizer.count_many([cand_texts[k] for _, k in picked])
-            for (owner, k), n in zip(picked, counts):
+            for (owner, k), n in zip(picked, counts, strict=True):
                 starts[owner], ends[owner] = cand_spans[k]
                 tokens[owner] = n
         return Units(
@@ -107,8 +118,9 @@ class SkimCompressor(UnitCompressor):
 
     def select(self, scored: Scored, keep_rate: float) -> Selection:
         budget = budget_for(scored, keep_rate)
-        if scored.passthrough_reason:
-            return passthrough_selection(scored, keep_rate, scored.passthrough_reason)
+        early = early_selection(scored, keep_rate)
+        if early is not None:
+            return early
         u = scored.units
         x = scored.excerpts
         assert x is not None  # set by prepare for any non-empty input
@@ -140,7 +152,23 @@ class SkimCompressor(UnitCompressor):
             skim &= ~upgrade
         keep |= full[seg]
         skim &= skim_cost > 0
-        return Selection(keep=keep, skim=skim, keep_rate=keep_rate)
+        # 4. segments are coarse: spend what is left on single sentences of segments not yet read
+        # (a skimmed segment keeps its excerpt), then on one sentence prefix
+        best_unit = scored.extras["best_unit"]
+        used = int(u.tokens[keep].sum()) + int(x.tokens[skim].sum())
+        blocked = keep.copy()
+        blocked[best_unit[skim]] = True
+        by_unit = np.argsort(-u.relevance, kind="stable")
+        cand = by_unit[~blocked[by_unit]]
+        extra = fill_budget(cand, u.tokens, budget - used, np.zeros(len(u), dtype=bool))
+        keep |= extra
+        used += int(u.tokens[extra].sum())
+        cand = by_unit[~keep[by_unit]]
+        credit = {int(best_unit[j]): int(x.tokens[j]) for j in np.flatnonzero(skim)}
+        partial = top_up(scored, cand, keep, budget, used=used, credit=credit)
+        for d, start, _, _ in partial:  # a prefix of a skimmed segment's best unit replaces its excerpt
+            skim &= ~((x.doc == d) & (u.start[best_unit] == start))
+        return Selection(keep=keep, skim=skim, keep_rate=keep_rate, partial=partial)
 
     def parameters(self) -> dict[str, Any]:
         rel = self.relevance if isinstance(self.relevance, str) or self.relevance is None else self.relevance.name

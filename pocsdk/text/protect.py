@@ -23,22 +23,36 @@ KEEP_OPEN = "<keep>"
 KEEP_CLOSE = "</keep>"
 
 # Imperatives at the start of a sentence, and modal directives addressed to the reader.
+_LEAD = r"\s*[\"'\u201c\u2018(\[]*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?(?:please\s+|important:?\s+|note:?\s+)?"
 _IMPERATIVE = re.compile(
-    r"\s*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?(?:please\s+|important:?\s+|note:?\s+)?"
-    r"(?:never|always|do\s+not|don't|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
+    _LEAD
+    + r"(?:never|always|do\s+not|don't|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
     r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)\b",
     re.IGNORECASE,
 )
+# A directive's subject opens the sentence or a clause ("When unsure, you must ask"); "you" deep inside a
+# sentence ("what you should know about ...") is narrative far more often than an instruction.
 _DIRECTIVE = re.compile(
-    r"\b(?:you|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|are\s+required\s+to|may\s+not"
-    r"|cannot|can't|will\s+not|won't|never|do\s+not|don't)\b"
-    r"|\bunder\s+no\s+circumstances\b|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
+    r"(?:^" + _LEAD + r"|[,;:]\s+|\bthen\s+)"
+    r"(?:you|the\s+assistant|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|have\s+to"
+    r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|can't|will\s+not"
+    r"|never|do\s+not|don't)\b"
+    r"|[,;:]\s+(?:never|do\s+not|don't)\s+(?!\w+ed\b)\w"  # "If asked, never reveal it."
+    r"|^" + _LEAD + r"under\s+no\s+circumstances\b"
+    r"|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
     re.IGNORECASE,
 )
+_QUESTION = re.compile(r"[?\uff1f][\"'\u201d\u2019)\]]*\s*$")
 
 
 def is_instruction(sentence: str) -> bool:
-    """True for imperative or directive sentences ("Never reveal ...", "You must cite ...")."""
+    """True for imperative or directive sentences ("Never reveal ...", "You must cite ...").
+
+    Questions are never instructions ("Don't you agree?"). Measured on Wikipedia, news and lecture
+    transcripts (tests/test_real_data.py) these rules protect well under 5% of tokens.
+    """
+    if _QUESTION.search(sentence):
+        return False
     return bool(_IMPERATIVE.match(sentence) or _DIRECTIVE.search(sentence))
 
 

@@ -8,6 +8,7 @@ paraphrased questions that share few words with the evidence (extra ``[embedding
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -18,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from pocsdk.errors import ConfigError, MissingDependencyError
+from pocsdk.text.tokens import CJK, DIGIT, LETTER, char_classes
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TERM = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
@@ -55,6 +57,10 @@ class BM25Relevance:
 
     ``centrality_weight`` mixes in centrality (each normalised to max 1) so that units
     sharing no word with the query are still ordered sensibly.
+
+    Vectorised: all units' terms come from one regex pass and map to integer ids once;
+    term frequencies are a sparse (unit, term) table. Scores are bit-identical to the
+    per-term formula (same operations in the same order per weighted term).
     """
 
     name = "bm25"
@@ -70,43 +76,115 @@ class BM25Relevance:
         n = len(units)
         if n == 0:
             return np.zeros(0)
-        unit_terms = [terms(u) for u in units]
-        counters = [Counter(t) for t in unit_terms]
-        lengths = np.fromiter((len(t) for t in unit_terms), dtype=np.float64, count=n)
+        bag = _TermBag.build(units)
+        lengths = np.bincount(bag.unit, minlength=n).astype(np.float64)
         avg = float(lengths.mean()) or 1.0
         norm = self.k1 * (1.0 - self.b + self.b * lengths / avg)
-        df: Counter[str] = Counter()
-        for c in counters:
-            df.update(c.keys())
-        central = self._bm25(counters, norm, df, n, self._centroid(counters, df, n))
-        if not query or not terms(query):
+        central = self._bm25(bag, norm, n, self._centroid(bag, n))
+        q_terms = terms(query) if query else []
+        if not q_terms:
             return central
-        q_weights = Counter(terms(query))
-        rel = self._bm25(counters, norm, df, n, dict(q_weights))
+        ids = bag.ids_of(list(Counter(q_terms).items()))
+        rel = self._bm25(bag, norm, n, ids)
         return _unit_max(rel) + self.centrality_weight * _unit_max(central)
 
-    def _bm25(self, counters: list[Counter[str]], norm: np.ndarray, df: Counter[str], n: int,
-              weights: dict[str, float]) -> np.ndarray:
-        scores = np.zeros(len(counters))
-        for term, w in weights.items():
-            d = df.get(term, 0)
+    def _bm25(self, bag: _TermBag, norm: np.ndarray, n: int, weights: list[tuple[int, float]]) -> np.ndarray:
+        """BM25 for (term id, weight) pairs, summed in the given order (as the scalar formula)."""
+        scores = np.zeros(n)
+        if not weights:
+            return scores
+        tf = bag.dense_tf([t for t, _ in weights], n)
+        for j, (t, w) in enumerate(weights):
+            d = int(bag.df[t])
             if not d:
                 continue
             idf = math.log(1.0 + (n - d + 0.5) / (d + 0.5))
-            tf = np.fromiter((c.get(term, 0) for c in counters), dtype=np.float64, count=len(counters))
-            scores += w * idf * tf * (self.k1 + 1.0) / (tf + norm)
+            col = tf[:, j]
+            scores += w * idf * col * (self.k1 + 1.0) / (col + norm)
         return scores
 
-    def _centroid(self, counters: list[Counter[str]], df: Counter[str], n: int) -> dict[str, float]:
-        total: Counter[str] = Counter()
-        for c in counters:
-            total.update(c)
-        weighted = {
-            t: tf * math.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t, tf in total.items() if df[t] > 1
-        } or {t: float(tf) for t, tf in total.items()}
-        top = sorted(weighted.items(), key=lambda kv: -kv[1])[: self.centrality_terms]
-        peak = top[0][1] if top else 1.0
-        return {t: w / peak for t, w in top}
+    def _centroid(self, bag: _TermBag, n: int) -> list[tuple[int, float]]:
+        """The document's most characteristic terms (tf x idf over terms in 2+ units), weights max 1."""
+        if not bag.n_terms:
+            return []
+        total = bag.total_tf
+        cand = np.flatnonzero(bag.df > 1)
+        if cand.size:
+            dfs, inverse = np.unique(bag.df[cand], return_inverse=True)
+            idf = np.array([math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for d in dfs.tolist()])  # as the scalar formula
+            w = total[cand] * idf[inverse]
+        else:
+            cand = np.arange(bag.n_terms)
+            w = total.astype(np.float64)
+        top = np.argsort(-w, kind="stable")[: self.centrality_terms]
+        peak = float(w[top[0]]) if top.size else 1.0
+        return [(int(cand[i]), float(w[i]) / peak) for i in top]
+
+
+class _TermBag:
+    """Term occurrences of a list of units as integer arrays (ids in first-occurrence order)."""
+
+    __slots__ = ("_first", "_lookup", "df", "n_terms", "term", "total_tf", "unit")
+
+    def __init__(self, term: np.ndarray, unit: np.ndarray, lookup: dict[str, int], first: np.ndarray) -> None:
+        self.term = term  # term id per occurrence
+        self.unit = unit  # unit index per occurrence
+        self._lookup = lookup  # term -> index of its first occurrence (stopwords: -1)
+        self._first = first  # sorted first-occurrence indices; a term's id is its rank here
+        self.n_terms = len(first)
+        self.total_tf = np.bincount(term, minlength=self.n_terms)
+        key = np.sort(unit * max(self.n_terms, 1) + term)  # (unit, term) pairs; sort beats np.unique here
+        distinct = key[np.r_[True, key[1:] != key[:-1]]] if key.size else key
+        self.df = np.bincount(distinct % max(self.n_terms, 1), minlength=self.n_terms)
+
+    @classmethod
+    def build(cls, units: Sequence[str]) -> _TermBag:
+        """Terms of all units from character classes of their lower-cased texts, joined by newlines.
+
+        A term is a run of letters and digits or one CJK character (exactly what ``_TERM`` matches).
+        A new term's id is the index of its first occurrence (``dict.setdefault`` in C, no Python
+        call per term); stopwords map to -1. Ranks then make ids dense, in first-occurrence order.
+        """
+        lows = [u.lower() for u in units]
+        joined = "\n".join(lows)  # whitespace: no term crosses units
+        cls_ = char_classes(joined)
+        word = ((cls_ == LETTER) | (cls_ == DIGIT)).view(np.int8)
+        edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        cjk = np.flatnonzero(cls_ == CJK)
+        if cjk.size:
+            starts, ends = np.concatenate([starts, cjk]), np.concatenate([ends, cjk + 1])
+            order = np.argsort(starts, kind="stable")
+            starts, ends = starts[order], ends[order]
+        items = [joined[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        lookup = dict(_STOP_IDS)
+        ids = np.fromiter(map(lookup.setdefault, items, itertools.count()), dtype=np.int64, count=len(items))
+        offsets = np.cumsum([0, *(len(x) + 1 for x in lows[:-1])])
+        unit = np.searchsorted(offsets, starts, side="right") - 1
+        real = ids >= 0
+        first, term = np.unique(ids[real], return_inverse=True)  # dense ids, in first-occurrence order
+        return cls(term.astype(np.int64), unit[real], lookup, first)
+
+    def ids_of(self, weights: list[tuple[str, int]]) -> list[tuple[int, float]]:
+        """Weighted terms known to the bag, by id, in the given order."""
+        out: list[tuple[int, float]] = []
+        for t, w in weights:
+            first = self._lookup.get(t, -1)
+            if first >= 0:
+                out.append((int(np.searchsorted(self._first, first)), w))
+        return out
+
+    def dense_tf(self, ids: list[int], n: int) -> np.ndarray:
+        """Term frequency of each of ``ids`` in each unit, shape (n, len(ids))."""
+        out = np.zeros((n, len(ids)))
+        col = np.full(self.n_terms, -1, dtype=np.int64)
+        col[ids] = np.arange(len(ids))
+        hit = col[self.term] >= 0
+        np.add.at(out, (self.unit[hit], col[self.term[hit]]), 1.0)
+        return out
+
+
+_STOP_IDS = dict.fromkeys(STOPWORDS, -1)
 
 
 class EmbeddingRelevance:

@@ -26,23 +26,33 @@ class Unit:
     kind: int
 
 
-_FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
-_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+# A fence opens with 3+ backticks or tildes and closes with a line of at least the same run (CommonMark);
+# an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text).
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|\Z)", re.M | re.S)
+_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _HEADING = re.compile(r"[ \t]*#{1,6}\s")
 _LIST = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)])\s")
 _TABLE = re.compile(r"[ \t]*\|")
+# A line opening with a quote, brace or bracket starts a record (JSON, key-value dumps), not wrapped prose.
+_RECORD_START = re.compile(r"[\"'{}\[\]<]")
 _LINE_END_TERMINAL = re.compile(r"[.!?:;\u3002\uff01\uff1f\uff1a\"'\)\]]\s*$")
 # A sentence ends after terminal punctuation (plus closing quotes/brackets) followed by
 # whitespace, or right after a CJK full stop.
 _SENT_END = re.compile(
     r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+[\"'\u201d\u2019\u300d\u300f)\]]*)"
 )
+# Abbreviations that never end a sentence (titles, Latin, units before a name or number) ...
 _ABBREV = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc eg ie e.g i.e no fig figs inc ltd co corp jan feb mar apr "
-    "jun jul aug sep sept oct nov dec gen gov sen rep col lt sgt capt mt ft approx dept est vol "
-    "op al u.s u.k a.m p.m".split()
+    "mr mrs ms dr prof sr jr st vs eg ie e.g i.e fig figs gen gov sen rep col lt sgt capt mt ft approx dept vol "
+    "op u.s u.k u.n a.m p.m".split()
+)
+# ... and ones that end a sentence when the next word is capitalised ("... and Co. The"), but not before a
+# lower-case word or a number ("No. 5", "Nov. 28").
+_ABBREV_UNLESS_CAPITAL = frozenset(
+    "etc no nos inc ltd co corp est al jan feb mar apr jun jul aug sep sept oct nov dec".split()
 )
 _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*$")
+_NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*(\w)")
 _CLAUSE_BREAK = re.compile(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*")
 _SPACE = re.compile(r"\s+")
 
@@ -134,11 +144,11 @@ def _segment_prose(
     for ps, pe in paragraphs(text, start, end):
         for ls, le, kind in _logical_lines(text, ps, pe):
             if kind in (SENTENCE, LIST_ITEM):
-                spans = sentences(text, ls, le)
+                spans = _item_sentences(text, ls, le) if kind == LIST_ITEM else sentences(text, ls, le)
                 kinds = [kind] + [SENTENCE] * (len(spans) - 1)
             else:
                 spans, kinds = [(ls, le)], [kind]
-            for (s, e), k in zip(spans, kinds):
+            for (s, e), k in zip(spans, kinds, strict=True):
                 if e - s > max_chars:
                     for fs, fe in _split_long(text, s, e, max_chars):
                         units.append(Unit(fs, fe, para, FRAGMENT if k == SENTENCE else k))
@@ -163,6 +173,7 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
                 and kind == SENTENCE
                 and out[-1][2] in (SENTENCE, LIST_ITEM)
                 and not _LINE_END_TERMINAL.search(text, out[-1][0], out[-1][1])
+                and not _RECORD_START.match(text, s, e)
             ):
                 out[-1][1] = e
             else:
@@ -213,6 +224,17 @@ def _pack(text: str, start: int, end: int, cuts: list[int], max_chars: int) -> l
     return out
 
 
+def _item_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Sentences of a list item; its marker ("1.", "a)") is not a sentence end."""
+    body = start
+    while (m := _LIST.match(text, body, end)) is not None:  # nested markers: "- 1. item"
+        body = m.end()
+    spans = sentences(text, body, end)
+    if not spans:
+        return [(start, end)]
+    return [(start, spans[0][1]), *spans[1:]]
+
+
 def _is_abbreviation(text: str, seg_start: int, dot: int) -> bool:
     m = _WORD_BEFORE.search(text, max(seg_start, dot - 12), dot)
     if not m:
@@ -220,6 +242,9 @@ def _is_abbreviation(text: str, seg_start: int, dot: int) -> bool:
     word = m.group(1).lower()
     if word in _ABBREV:
         return True
+    if word in _ABBREV_UNLESS_CAPITAL:
+        nxt = _NEXT_WORD.match(text, dot + 1)
+        return not (nxt and nxt.group(1)[0].isupper())
     # initials ("J. Smith") and decimals are not ends; a lone capital letter is an initial
     if len(word) == 1 and word.isalpha() and text[dot - 1].isupper():
         return True

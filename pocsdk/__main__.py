@@ -1,0 +1,5 @@
+"""``python -m pocsdk`` runs the CLI."""
+
+from pocsdk.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""``pocsdk train-predictor``, ``pocsdk fit-calibration`` and ``pocsdk evaluate``.
+
+Labels files can be given after one ``--labels`` (``--labels a.jsonl b.jsonl``) or with
+repeated ``--labels`` options; shell globs work either way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pocsdk.cli.app import app
+from pocsdk.errors import PocError
+
+
+def _labels(first: list[Path], extra: Optional[list[Path]]) -> list[Path]:
+    return [*first, *(extra or [])]
+
+
+def _fail(exc: Exception) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1) from None
+
+
+@app.command("train-predictor")
+def train_predictor(
+    labels: list[Path] = typer.Option(..., "--labels", "-l", help="Labels JSONL files (one compressor)."),
+    more: Optional[list[Path]] = typer.Argument(None, help="More labels files.", show_default=False),
+    kind: str = typer.Option("lightgbm", "--kind", "-k", help="lightgbm, mlp or agnostic."),
+    output: Path = typer.Option(..., "--output", "-o", help="Predictor directory to write (e.g. predictors/skim/)."),
+    calibration_share: float = typer.Option(0.25, "--calibration-share", min=0.0, max=0.9,
+                                            help="Share of examples held out to fit calibration.json (0: none)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a predictor, hold out a share to fit its calibration margins, and save both with a card."""
+    import numpy as np
+
+    from pocsdk.prediction.conformal import fit_calibration
+    from pocsdk.prediction.evaluate import common_grid, load_records, split_fit_cal
+    from pocsdk.prediction.floor import CALIBRATION_FILE
+    from pocsdk.prediction.predictors import make_predictor
+
+    try:
+        records, _ = common_grid(load_records(_labels(labels, more)))
+        if calibration_share > 0:
+            fit, cal = split_fit_cal(records, random.Random(seed), calibration_share)
+        else:
+            fit, cal = records, []
+        params = {"seed": seed} if kind in ("lightgbm", "mlp") else {}
+        predictor = make_predictor(kind, **params).fit(fit)
+        if cal:
+            preds = predictor.predict_records(cal)
+            actual = [np.asarray(r.performance) for r in cal]
+            predictor.metrics_ = {
+                "heldout_mae": float(np.mean([np.abs(p - a).mean() for p, a in zip(preds, actual, strict=False)])),
+                "heldout_examples": float(len(cal)),
+            }
+        predictor.save(output)
+        summary: dict[str, object] = {"predictor": str(output), "kind": kind, "compressor": predictor.compressor_,
+                                      "examples": len(fit), "metrics": predictor.metrics_}
+        if cal:
+            calib = fit_calibration(predictor, cal, notes=f"held out {len(cal)} of {len(records)} examples")
+            calib.save(output / CALIBRATION_FILE)
+            summary["calibration"] = str(output / CALIBRATION_FILE)
+            summary["margins_conf_0.9"] = calib.margins_table([0.8, 0.9, 0.95], 0.9)
+    except (PocError, OSError) as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("fit-calibration")
+def fit_calibration_cmd(
+    labels: list[Path] = typer.Option(..., "--labels", "-l", help="Labelled examples of your task (30-100)."),
+    more: Optional[list[Path]] = typer.Argument(None, help="More labels files.", show_default=False),
+    predictor: str = typer.Option(..., "--predictor", "-p",
+                                  help="Predictor directory, or a shipped name (default, agnostic, mlp)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Calibration JSON to write."),
+    min_group: int = typer.Option(50, "--min-group", min=1, help="Examples a task needs for its own margins."),
+) -> None:
+    """Few-shot calibration: margins for ``Compressor(floor=..., confidence=..., calibration=...)``."""
+    from pocsdk.prediction.conformal import fit_calibration
+    from pocsdk.prediction.evaluate import common_grid, load_records
+    from pocsdk.prediction.floor import PREDICTOR_NAMES, default_predictor_dir
+    from pocsdk.prediction.predictors import load_predictor
+
+    try:
+        records, _ = common_grid(load_records(_labels(labels, more)))
+        comp = records[0].compressor
+        pdir = default_predictor_dir(comp, predictor) if predictor in PREDICTOR_NAMES else Path(predictor)
+        pred = load_predictor(pdir, compressor=comp)
+        calib = fit_calibration(pred, records, min_group=min_group,
+                                notes=f"few-shot calibration on {len(records)} examples")
+        calib.save(output)
+    except (PocError, OSError) as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"calibration": str(output), "examples": len(records), "predictor": pred.name,
+                           "margins_conf_0.9": calib.margins_table([0.8, 0.9, 0.95], 0.9)}, indent=2))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    labels: list[Path] = typer.Option(..., "--labels", "-l", help="Labels JSONL files (one compressor)."),
+    more: Optional[list[Path]] = typer.Argument(None, help="More labels files.", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Report folder (report.json, report.md, PNGs)."),
+    floors: str = typer.Option("0.8,0.9,0.95", "--floors", help="Comma-separated floors in (0, 1]."),
+    confidence: float = typer.Option(0.9, "--confidence", help="Confidence of the calibrated promise."),
+    few_shot: int = typer.Option(50, "--few-shot", min=0, help="Few-shot calibration size on unseen datasets."),
+    kinds: str = typer.Option("agnostic,lightgbm,mlp", "--kinds", help="Predictor kinds to train and compare."),
+    predictor: Optional[Path] = typer.Option(None, "--predictor", "-p",
+                                             help="Evaluate this trained predictor on the labels instead."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Compare predictors and the floor decision: random split and leave-one-dataset-out."""
+    from pocsdk.prediction.evaluate import evaluate_files, evaluate_predictor_files
+    from pocsdk.types import check_unit_interval
+
+    command = "pocsdk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        floor_list = [check_unit_interval("floor", float(x)) for x in floors.split(",") if x.strip()]
+        check_unit_interval("confidence", confidence, closed_right=False)
+        paths = _labels(labels, more)
+        if predictor is not None:
+            report = evaluate_predictor_files(paths, predictor, output, floors=floor_list, confidence=confidence,
+                                              command=command)
+        else:
+            report = evaluate_files(paths, output, floors=floor_list, confidence=confidence, few_shot=few_shot,
+                                    seed=seed, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+                                    command=command)
+    except ValueError as exc:
+        _fail(exc)
+        return
+    except (PocError, OSError) as exc:
+        _fail(exc)
+        return
+    typer.echo(report.markdown)

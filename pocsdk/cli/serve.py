@@ -1,0 +1,81 @@
+"""``pocsdk serve``: run the compression service (FastAPI on uvicorn).
+
+fastapi and uvicorn are imported only when the command runs, so the light install's CLI
+never pays for them. Auth is on unless ``--no-auth`` is given, which only a loopback host
+accepts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from pocsdk.cli.app import app
+from pocsdk.errors import PocError
+
+EXIT_USAGE = 2
+
+
+@app.command()
+def serve(
+    compressor: Annotated[list[str] | None, typer.Option(
+        "--compressor", "-c", help="Compressor to host (repeat for several; the first is the default).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model path or id for model-backed compressors.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu (for compressors that take one).")] = "auto",
+    predictor: Annotated[str | None, typer.Option(help="Predictor artifact for floor mode.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="Bearer key clients must send (default: $POCSDK_API_KEY).", show_default=False)] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Turn auth off (loopback hosts only).")] = False,
+    max_queue: Annotated[int, typer.Option(help="Most inputs waiting or running; more get 429.")] = 512,
+    batch_window_ms: Annotated[float, typer.Option(help="Batch gathering window; 0 turns batching off.")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Most inputs per batched call.")] = 32,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds (504).")] = 60.0,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MiB (413).")] = 16.0,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="Allow browser calls from this origin (repeatable; CORS is off by default).")] = None,
+    import_module: Annotated[list[str] | None, typer.Option(
+        "--import", help="Import this module first, e.g. one that registers custom compressors.")] = None,
+    graceful_timeout: Annotated[int, typer.Option(help="Seconds to finish in-flight work on shutdown.")] = 30,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log one line per request (method, path, status).")] = False,
+) -> None:
+    """Serve POST /v1/compress, GET /v1/compressors, /healthz and /metrics."""
+    try:
+        import uvicorn
+
+        from pocsdk.compressor import DEFAULT_COMPRESSOR
+        from pocsdk.server.common import resolve_api_key
+        from pocsdk.server.service import ServiceConfig, create_app
+    except ImportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        for module in import_module or []:
+            importlib.import_module(module)
+        key = resolve_api_key(api_key, no_auth=no_auth, host=host)
+        config = ServiceConfig(
+            compressors=list(compressor or [DEFAULT_COMPRESSOR]),
+            model=model,
+            device=device,
+            predictor=predictor,
+            api_key=key,
+            max_queue=max_queue,
+            batch_window_ms=batch_window_ms,
+            max_batch=max_batch,
+            request_timeout_s=timeout,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            cors_origins=list(cors_origin or []),
+        )
+        service = create_app(config)
+    except (PocError, ImportError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(f"pocsdk serve: {', '.join(config.compressors)} on http://{host}:{port} "
+               f"(auth {'on' if key else 'off'}, batching "
+               f"{f'{batch_window_ms:g} ms' if batch_window_ms > 0 else 'off'})", err=True)
+    uvicorn.run(service, host=host, port=port, log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=graceful_timeout)

@@ -1,0 +1,83 @@
+"""``pocsdk train ram``: fit the RAM alignment layer (and optionally its encoder) on NQ-style data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pocsdk.cli.train import train_app
+from pocsdk.errors import PocError
+
+
+@train_app.command("ram")
+def train_ram_command(
+    backbone: str = typer.Option(..., help="Decoder backbone: local folder, cached hub id, or .gguf file."),
+    data: Path = typer.Option(..., exists=True, dir_okay=False, help="NQ-style .jsonl(.gz): question, answers, ctxs."),
+    out: Path = typer.Option(Path("ram-checkpoint"), help="Checkpoint folder to write."),
+    gguf_file: Optional[str] = typer.Option(None, help="GGUF file name inside --backbone."),
+    init: Optional[str] = typer.Option(None, help="Start from a pocsdk RAM checkpoint folder or official .safetensors."),
+    encoder_layers: int = typer.Option(8, help="Backbone layers used as the encoder (official: 8)."),
+    segment_tokens: int = typer.Option(32, help="Segment width w in tokens."),
+    temperature: float = typer.Option(0.1, help="InfoNCE temperature."),
+    contrastive_weight: float = typer.Option(1.0, help="Weight of the InfoNCE term."),
+    train_encoder: str = typer.Option("none", help="none (alignment only) | lora | full (separate encoder copy)."),
+    lora_r: int = typer.Option(16, help="LoRA rank when --train-encoder lora."),
+    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    steps: int = typer.Option(1000, help="Optimiser steps."),
+    lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
+    grad_accum: int = typer.Option(1, help="Examples per optimiser step."),
+    keep_ratio: Optional[float] = typer.Option(None, help="Fixed close-reading fraction (default: uniform per example)."),
+    max_examples: Optional[int] = typer.Option(None, help="Read at most this many examples."),
+    max_context_tokens: int = typer.Option(4096, help="Truncate contexts to this many tokens."),
+    gradient_checkpointing: bool = typer.Option(True, help="Recompute activations in the backward pass."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16."),
+    seed: int = typer.Option(0, help="Random seed."),
+    log_every: int = typer.Option(10, help="Print the loss every N steps."),
+    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the backbone folder."),
+) -> None:
+    """Train RAM: answer LM loss through the hybrid decoder input plus multi-positive InfoNCE over segments."""
+    try:
+        from dataclasses import replace
+
+        from pocsdk.compressors._torch import resolve_device
+        from pocsdk.compressors.ram.checkpoint import load_ram, save_ram
+        from pocsdk.compressors.ram.config import RAMConfig
+        from pocsdk.compressors.ram.model import RAMModel
+        from pocsdk.compressors.ram.training import TrainConfig, read_examples, train_ram
+
+        tcfg = TrainConfig(steps=steps, lr=lr, grad_accum=grad_accum, keep_ratio=keep_ratio,
+                           train_encoder=train_encoder,  # type: ignore[arg-type]  # validated by TrainConfig
+                           max_context_tokens=max_context_tokens, gradient_checkpointing=gradient_checkpointing,
+                           seed=seed, log_every=log_every)
+        dev = resolve_device(device, "RAM training")
+        dt = ("bfloat16" if dev.startswith("cuda") else "float32") if dtype == "auto" else dtype
+        examples = read_examples(data, limit=max_examples)
+        separate = train_encoder != "none"
+        if init:
+            model = load_ram(init, backbone, gguf_file=gguf_file, device=dev, dtype=dt,
+                             trust_remote_code=trust_remote_code)
+            if separate and not model.ram_config.separate_encoder:
+                raise typer.BadParameter("--train-encoder needs a checkpoint with a separate encoder")
+        else:
+            base = load_ram(None, backbone, gguf_file=gguf_file, encoder_layers=encoder_layers,
+                            segment_tokens=segment_tokens, device=dev, dtype=dt,
+                            trust_remote_code=trust_remote_code)
+            cfg = RAMConfig(encoder_layers=encoder_layers, segment_tokens=segment_tokens, temperature=temperature,
+                            contrastive_weight=contrastive_weight, separate_encoder=separate,
+                            lora_r=lora_r if train_encoder == "lora" else 0, lora_alpha=lora_alpha)
+            model = RAMModel(base.decoder, base.tokenizer, cfg, source=base.source) if separate else base
+            model.ram_config = replace(model.ram_config, temperature=temperature,
+                                       contrastive_weight=contrastive_weight)
+        typer.echo(f"training RAM on {len(examples)} examples ({dev}, {dt}, encoder: {train_encoder})", err=True)
+        result = train_ram(model, examples, tcfg, log=lambda m: typer.echo(m, err=True))
+        save_ram(model, out, extra={"training": {"data": str(data), "steps": result.steps, "lr": lr,
+                                                 "train_encoder": train_encoder, "final_loss": result.loss[-1]}})
+        typer.echo(json.dumps({"checkpoint": str(out), "steps": result.steps, "seconds": round(result.seconds, 2),
+                               "first_loss": result.loss[0], "final_loss": result.loss[-1]}))
+    except PocError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc

@@ -1,0 +1,232 @@
+"""Save and load RAM weights (safetensors + JSON), and map the official release's parameter names.
+
+A pocsdk checkpoint is a folder with ``ram_config.json`` (the :class:`RAMConfig`, where the backbone
+came from) and ``ram_weights.safetensors`` (the alignment layer plus whatever training changed: LoRA
+adapters, or the whole separate encoder). The backbone itself is never copied.
+
+Official layout (``Twilightaaa/RAM``, read from ``llm_modeling_revised.py`` and ``QA.py``; no weights
+were available to check against): the released file is the ``state_dict`` of ``LLMCompressor``,
+loaded with ``load_state_dict`` (strict) by ``QA.py``. Its names are
+
+* ``llm_encoder.model.{embed_tokens,layers.<i>,norm}.*`` -- the encoder, a full copy of the backbone
+  truncated to ``num_compressor_encoder_layers`` (8 in ``qa.sh``), trained in full;
+* ``llm_encoder.lm_head.weight`` -- unused by RAM;
+* ``semantic_alignment_layer.{weight,bias}`` -- ``nn.Linear(encoder hidden, decoder hidden)`` applied
+  to the skim vectors only;
+* ``llm.model.*``, ``llm.lm_head.weight`` -- the decoder, present because ``qa.sh`` runs with
+  ``is_train=True``; training unfreezes its ``q_proj``/``k_proj``/``v_proj`` weights, so they differ
+  from the base model;
+* ``memory_fusion_layer.*`` (a 1-layer copy of the decoder), ``dimension_alignment_layer.*`` (only
+  when the widths differ), ``adaptive_temperature``, ``alpha_select``, ``beta_select``,
+  ``alpha_merge``, ``beta_merge`` -- built by the constructor but unused on the RAM path.
+
+The official inference also uses the encoder's own embedding table for close-read tokens, a
+segment width of 50 tokens and the decoder prompt ``"Question:" + q + "\\nAnswer:"``; the loader
+sets those. Only ``.safetensors`` is read (a ``.bin`` is a pickle; convert it yourself first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocsdk.compressors.ram.config import (
+    OFFICIAL_QUERY_TEMPLATE,
+    OFFICIAL_SEGMENT_TOKENS,
+    RAMConfig,
+)
+from pocsdk.compressors.ram.model import RAMModel, load_backbone
+from pocsdk.errors import ArtifactError, ConfigError
+
+CONFIG_FILE = "ram_config.json"
+WEIGHTS_FILE = "ram_weights.safetensors"
+FORMAT = "pocsdk-ram"
+VERSION = 1
+
+OFFICIAL_UNUSED_PREFIXES = ("memory_fusion_layer.", "dimension_alignment_layer.", "llm_encoder.lm_head.",
+                            "memory_token_embed.")
+OFFICIAL_UNUSED = frozenset({"adaptive_temperature", "alpha_select", "beta_select", "alpha_merge", "beta_merge"})
+_ENC_LAYER = re.compile(r"^llm_encoder\.model\.layers\.(\d+)\.")
+
+
+def trained_parameter_names(model: RAMModel) -> list[str]:
+    """Names saved in a checkpoint: the alignment layer, then LoRA adapters or the whole separate encoder."""
+    cfg = model.ram_config
+    names = [n for n, _ in model.named_parameters() if n.startswith("align.")]
+    if cfg.lora_r:
+        names += [n for n, _ in model.encoder.named_parameters() if "lora_" in n]
+        names = [n if n.startswith("align.") else f"encoder.{n}" for n in names]
+    elif cfg.separate_encoder:
+        names += [f"encoder.{n}" for n, _ in model.encoder.named_parameters()]
+    return names
+
+
+def save_ram(model: RAMModel, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``ram_config.json`` and ``ram_weights.safetensors`` into ``directory``."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensors = {n: params[n].detach().to("cpu").contiguous().clone() for n in trained_parameter_names(model)}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "version": VERSION, "config": model.ram_config.to_dict(),
+            "source": model.source, **(extra or {})}
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read RAM checkpoint config {path}: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a pocsdk RAM checkpoint (format {meta.get('format')!r})")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ArtifactError(f"{path} has version {meta['version']}, newer than this pocsdk reads ({VERSION})")
+    return meta
+
+
+def load_ram(
+    checkpoint: str | Path | None = None,
+    backbone: str | None = None,
+    *,
+    gguf_file: str | None = None,
+    encoder_layers: int | None = None,
+    segment_tokens: int | None = None,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    trust_remote_code: bool = False,
+    decoder: Any = None,
+    tokenizer: Any = None,
+) -> RAMModel:
+    """A RAMModel from a backbone alone (untrained alignment), a pocsdk checkpoint, or an official file.
+
+    ``decoder``/``tokenizer`` skip loading the backbone (tests, or a model already in memory).
+    ``segment_tokens`` may differ from the checkpoint's (it is an inference setting); ``encoder_layers`` may not.
+    """
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file() and ckpt.suffix == ".safetensors":
+        return load_official(ckpt, backbone, gguf_file=gguf_file, segment_tokens=segment_tokens, device=device,
+                             dtype=dtype, trust_remote_code=trust_remote_code, decoder=decoder, tokenizer=tokenizer)
+    if ckpt is not None and ckpt.is_file():
+        raise ArtifactError(f"{ckpt}: only .safetensors files or pocsdk RAM checkpoint folders are read (no pickles)")
+    meta = read_meta(ckpt) if ckpt is not None else None
+    cfg = RAMConfig.from_dict(meta["config"]) if meta else RAMConfig()
+    if encoder_layers is not None:
+        if meta and encoder_layers != cfg.encoder_layers:
+            raise ConfigError(f"checkpoint was trained with encoder_layers={cfg.encoder_layers}, not {encoder_layers}")
+        cfg = replace(cfg, encoder_layers=encoder_layers)
+    if segment_tokens is not None:
+        cfg = replace(cfg, segment_tokens=segment_tokens)
+    source = dict(meta.get("source", {})) if meta else {}
+    backbone = backbone or source.get("backbone")
+    gguf_file = gguf_file or (source.get("gguf_file") if backbone == source.get("backbone") else None)
+    if decoder is None:
+        if not backbone:
+            raise ConfigError("give backbone=<model path> (the checkpoint does not name one)")
+        decoder, tokenizer = load_backbone(backbone, gguf_file=gguf_file, device=device, dtype=dtype,
+                                           trust_remote_code=trust_remote_code)
+    model = RAMModel(decoder, tokenizer, cfg, source={"backbone": backbone, "gguf_file": gguf_file})
+    if ckpt is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(ckpt / WEIGHTS_FILE), device="cpu")
+        _load_exact(model, state, str(ckpt))
+    model.eval()
+    return model
+
+
+def _load_exact(model: RAMModel, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy ``state`` into ``model``; every key must exist with the same shape."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise ArtifactError(f"{where}: parameters not in this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    with torch.no_grad():
+        for name, value in state.items():
+            target = params[name]
+            if tuple(target.shape) != tuple(value.shape):
+                raise ArtifactError(f"{where}: {name} has shape {tuple(value.shape)}, model has {tuple(target.shape)}")
+            target.copy_(value.to(dtype=target.dtype, device=target.device))
+
+
+def map_official_names(names: list[str], decoder_prefix: str = "model") -> tuple[dict[str, str], list[str], list[str]]:
+    """(official name -> pocsdk name, ignored names, unknown names) for an official state dict."""
+    mapping: dict[str, str] = {}
+    ignored: list[str] = []
+    unknown: list[str] = []
+    for raw in names:
+        name = raw[len("module."):] if raw.startswith("module.") else raw
+        if name in OFFICIAL_UNUSED or name.startswith(OFFICIAL_UNUSED_PREFIXES):
+            ignored.append(raw)
+        elif name.startswith("semantic_alignment_layer."):
+            mapping[raw] = "align." + name.split(".", 1)[1]
+        elif name.startswith("llm_encoder.model."):
+            mapping[raw] = "encoder." + name[len("llm_encoder.model."):]
+        elif name.startswith("llm.model."):
+            mapping[raw] = f"decoder.{decoder_prefix}." + name[len("llm.model."):]
+        elif name.startswith("llm.lm_head."):
+            mapping[raw] = "decoder.lm_head." + name[len("llm.lm_head."):]
+        else:
+            unknown.append(raw)
+    return mapping, ignored, unknown
+
+
+def official_encoder_layers(names: list[str]) -> int:
+    """Number of encoder layers in an official state dict (highest ``llm_encoder.model.layers.<i>`` + 1)."""
+    idx = [int(m.group(1)) for n in names if (m := _ENC_LAYER.match(n.removeprefix("module.")))]
+    if not idx:
+        raise ArtifactError("no llm_encoder.model.layers.* parameters: not an official RAM checkpoint")
+    return max(idx) + 1
+
+
+def load_official(
+    path: str | Path,
+    backbone: str | None,
+    *,
+    gguf_file: str | None = None,
+    segment_tokens: int | None = None,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    trust_remote_code: bool = False,
+    decoder: Any = None,
+    tokenizer: Any = None,
+) -> RAMModel:
+    """A RAMModel from the official release's state dict (``.safetensors``) on top of its backbone.
+
+    The backbone (Qwen3-4B-Instruct for RAM-Qwen3-4B) gives the architecture; every encoder,
+    alignment and decoder tensor in the file replaces the backbone's.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        names = list(f.keys())
+        layers = official_encoder_layers(names)
+        if decoder is None:
+            if not backbone:
+                raise ConfigError("loading an official RAM checkpoint needs backbone=<the base model path>")
+            decoder, tokenizer = load_backbone(backbone, gguf_file=gguf_file, device=device, dtype=dtype,
+                                               trust_remote_code=trust_remote_code)
+        cfg = RAMConfig(encoder_layers=layers, segment_tokens=segment_tokens or OFFICIAL_SEGMENT_TOKENS,
+                        query_template=OFFICIAL_QUERY_TEMPLATE, kept_embeddings="encoder", separate_encoder=True,
+                        temperature=0.05)
+        model = RAMModel(decoder, tokenizer, cfg, source={"backbone": backbone, "gguf_file": gguf_file,
+                                                           "official_checkpoint": str(path)})
+        mapping, _ignored, unknown = map_official_names(names, getattr(decoder, "base_model_prefix", "model"))
+        if unknown:
+            raise ArtifactError(f"{path}: unexpected parameters for an official RAM checkpoint: {unknown[:5]}")
+        if not any(v.startswith("align.") for v in mapping.values()):
+            raise ArtifactError(f"{path}: no semantic_alignment_layer.* parameters")
+        state = {mapping[n]: f.get_tensor(n) for n in mapping}
+    _load_exact(model, state, str(path))
+    model.eval()
+    return model

@@ -1,0 +1,364 @@
+"""LangChain integration (``pip install 'pocsdk[langchain]'``; needs ``langchain-core`` only).
+
+* :class:`PocsdkCompressorRunnable` - a Runnable compressing what flows into a model:
+  a ``{"context", "question"}`` dict (RAG), a ``PromptValue``, or a list of messages
+  (agent histories). ``floor`` / ``keep_rate`` are fields, so ``configurable_fields``
+  can change them per call. Stats land in the output (the dict's ``"pocsdk"`` key, or
+  ``response_metadata["pocsdk"]`` of each compressed message) and go to callbacks as the
+  custom event ``"pocsdk_compression"``.
+* :class:`PocsdkDocumentCompressor` - a ``BaseDocumentCompressor`` for
+  ``ContextualCompressionRetriever``-style pipelines: one output ``Document`` per input.
+* :class:`PocsdkChatModel` - any pocsdk chat client (:class:`~pocsdk.llm.LLMClient`,
+  :class:`~pocsdk.llm.AsyncLLMClient`, :class:`~pocsdk.llm.HFLocalLLM`) as a LangChain chat
+  model, so chains run offline on a local model.
+
+Messages follow the rules of :mod:`pocsdk.llm.messages` (the proxy's rules): long
+user/tool texts are compressed, system messages and the last user question stay
+verbatim, ``<compress>...</compress>`` marks override.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Union
+
+from pocsdk.errors import InvalidTypeError, MissingDependencyError
+
+try:
+    from langchain_core.callbacks import Callbacks
+    from langchain_core.callbacks.manager import (
+        AsyncCallbackManagerForChainRun,
+        CallbackManagerForChainRun,
+        adispatch_custom_event,
+        dispatch_custom_event,
+    )
+    from langchain_core.documents import Document as LCDocument
+    from langchain_core.documents.compressor import BaseDocumentCompressor
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, convert_to_messages
+    from langchain_core.outputs import ChatGeneration
+    from langchain_core.outputs import ChatResult as LCChatResult
+    from langchain_core.prompt_values import ChatPromptValue, PromptValue, StringPromptValue
+    from langchain_core.runnables import RunnableConfig, RunnableSerializable
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise MissingDependencyError("the LangChain integration", "langchain", "langchain-core") from exc
+
+from pydantic import ConfigDict, Field
+
+from pocsdk.compressor import Compressor
+from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
+from pocsdk.types import CompressionResult
+
+EVENT = "pocsdk_compression"
+
+RunnableInput = Union[Mapping[str, Any], PromptValue, Sequence[Any], str]
+
+
+@lru_cache(maxsize=32)
+def _shared(compressor: str, params_json: str, min_tokens: int) -> MessageCompressor:
+    """One compressor per configuration, so per-call configured copies reuse loaded predictors."""
+    return MessageCompressor(Compressor(compressor=compressor, **json.loads(params_json)),
+                             MessagePolicy(min_tokens=min_tokens))
+
+
+class _PocsdkFields:
+    """Fields shared by the runnable and the document compressor (mixed into pydantic models)."""
+
+    floor: float | None
+    keep_rate: float | None
+    compressor: str
+    compressor_params: dict[str, Any]
+    min_tokens: int
+
+    def _messages(self) -> MessageCompressor:
+        return _shared(self.compressor, json.dumps(self.compressor_params, sort_keys=True), self.min_tokens)
+
+    def _mode(self) -> dict[str, Any]:
+        """The floor wins when both are set, so a keep-rate chain can be run at a floor per call."""
+        if self.floor is not None:
+            return {"floor": self.floor}
+        if self.keep_rate is not None:
+            return {"keep_rate": self.keep_rate}
+        return {"floor": 0.9}
+
+
+def result_stats(result: CompressionResult) -> dict[str, Any]:
+    """JSON-ready summary of one compression (numbers, never formatted strings)."""
+    out: dict[str, Any] = {
+        "original_tokens": result.original_tokens,
+        "compressed_tokens": result.compressed_tokens,
+        "keep_rate": result.keep_rate,
+        "compression_factor": result.compression_factor,
+        "compressor": result.compressor,
+        "passthrough": result.passthrough,
+        "reason": result.reason,
+        "compress_ms": result.timings.total_ms,
+    }
+    if result.floor is not None:
+        out["floor"] = result.floor.floor
+        out["predicted_performance"] = result.floor.predicted_performance
+    return out
+
+
+def _messages_stats(stats: MessagesStats) -> dict[str, Any]:
+    return stats.model_dump(exclude={"query", "part_tokens", "part_slots"})
+
+
+class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
+    """Compress a RAG input dict, a prompt value or a message list before the model sees it.
+
+    >>> chain = retrieve | PocsdkCompressorRunnable(keep_rate=0.3) | prompt | llm  # doctest: +SKIP
+
+    Input -> output:
+
+    * ``{"context": str | list[str | Document | dict], "question": str, ...}`` ->
+      the same dict with ``context`` replaced by the compressed text and ``"pocsdk"``
+      holding the stats (``"query"`` is accepted for ``"question"``);
+    * ``ChatPromptValue`` / list of messages -> the same kind, long user/tool messages
+      compressed (``response_metadata["pocsdk"]`` on each one changed);
+    * ``StringPromptValue`` / ``str`` -> the same kind, compressed as one user message
+      (its last paragraph is the question and stays verbatim).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    floor: float | None = None
+    keep_rate: float | None = None
+    compressor: str = "extractive"
+    compressor_params: dict[str, Any] = Field(default_factory=dict)
+    min_tokens: int = 512
+    """Messages with at least this many tokens are compressed (message inputs only)."""
+
+    def invoke(self, input: RunnableInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(self._invoke, input, config, run_type="prompt")
+
+    async def ainvoke(self, input: RunnableInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self._acall_with_config(self._ainvoke, input, config, run_type="prompt")
+
+    # -- one implementation, two shells ----------------------------------------------------
+    def _invoke(self, input: RunnableInput, run_manager: CallbackManagerForChainRun) -> Any:
+        kind, payload = _classify(input)
+        if kind == "dict":
+            context, question = payload
+            result = self._messages().compressor.compress(context, question, **self._mode())
+            stats = result_stats(result)
+            dispatch_custom_event(EVENT, stats)
+            return {**input, "context": result.text, "pocsdk": stats}  # type: ignore[dict-item]
+        slots = [(role, text) for role, text, _ in payload]
+        texts, mstats = self._messages().compress_slots(slots, **self._mode())
+        dispatch_custom_event(EVENT, _messages_stats(mstats))
+        return _rebuild(kind, input, payload, texts, mstats)
+
+    async def _ainvoke(self, input: RunnableInput, run_manager: AsyncCallbackManagerForChainRun) -> Any:
+        kind, payload = _classify(input)
+        if kind == "dict":
+            context, question = payload
+            result = await self._messages().compressor.acompress(context, question, **self._mode())
+            stats = result_stats(result)
+            await adispatch_custom_event(EVENT, stats)
+            return {**input, "context": result.text, "pocsdk": stats}  # type: ignore[dict-item]
+        slots = [(role, text) for role, text, _ in payload]
+        texts, mstats = await self._messages().acompress_slots(slots, **self._mode())
+        await adispatch_custom_event(EVENT, _messages_stats(mstats))
+        return _rebuild(kind, input, payload, texts, mstats)
+
+
+# -- input classification ------------------------------------------------------------------
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
+
+
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, ChatMessage):
+        return message.role
+    return _ROLES.get(message.type, message.type)
+
+
+def _classify(input: Any) -> tuple[str, Any]:
+    """("dict", (context, question)) or (kind, [(role, text, (message index, block index))])."""
+    if isinstance(input, Mapping):
+        if "context" not in input:
+            raise InvalidTypeError("a dict input needs a 'context' key (and usually 'question')")
+        question = input.get("question", input.get("query"))
+        if question is not None and not isinstance(question, str):
+            raise InvalidTypeError("'question' must be a string")
+        return "dict", (_context(input["context"]), question)
+    if isinstance(input, StringPromptValue):
+        return "string_prompt", [("user", input.text, (0, None))]
+    if isinstance(input, str):
+        return "str", [("user", input, (0, None))]
+    if isinstance(input, PromptValue):
+        return "chat_prompt", _message_slots(input.to_messages())
+    if isinstance(input, Sequence):
+        return "messages", _message_slots(convert_to_messages(input))
+    raise InvalidTypeError(
+        f"expected a {{context, question}} dict, a PromptValue, a string or a list of messages, "
+        f"got {type(input).__name__}")
+
+
+def _context(context: Any) -> Any:
+    """LangChain Documents become pocsdk document dicts; strings and lists pass through."""
+    if isinstance(context, (list, tuple)):
+        return [{"id": d.id or str(i), "text": d.page_content, "metadata": dict(d.metadata)}
+                if isinstance(d, LCDocument) else d for i, d in enumerate(context)]
+    if isinstance(context, LCDocument):
+        return context.page_content
+    return context
+
+
+def _message_slots(messages: Sequence[BaseMessage]) -> list[tuple[str, str, tuple[int, int | None]]]:
+    slots: list[tuple[str, str, tuple[int, int | None]]] = []
+    for i, m in enumerate(messages):
+        role = _role(m)
+        if isinstance(m.content, str):
+            slots.append((role, m.content, (i, None)))
+        else:
+            for j, block in enumerate(m.content):
+                if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                    slots.append((role, block["text"], (i, j)))
+                elif isinstance(block, str):
+                    slots.append((role, block, (i, j)))
+    return slots
+
+
+def _rebuild(kind: str, input: Any, slots: list[tuple[str, str, tuple[int, int | None]]], texts: list[str],
+             stats: MessagesStats) -> Any:
+    if kind == "str":
+        return texts[0]
+    if kind == "string_prompt":
+        return StringPromptValue(text=texts[0])
+    messages = list(input.to_messages() if kind == "chat_prompt" else convert_to_messages(input))
+    per_message: dict[int, list[int]] = {}
+    for slot, (o, c) in zip(stats.part_slots, stats.part_tokens, strict=True):
+        tally = per_message.setdefault(slots[slot][2][0], [0, 0])
+        tally[0] += o
+        tally[1] += c
+    changed: dict[int, Any] = {}
+    for (_, old, (i, j)), new in zip(slots, texts, strict=True):
+        if old == new:
+            continue
+        content = changed.get(i, messages[i].content)
+        if j is None:
+            content = new
+        else:
+            content = list(content)
+            block = content[j]
+            content[j] = {**block, "text": new} if isinstance(block, dict) else new
+        changed[i] = content
+    for i, content in changed.items():
+        m = messages[i]
+        o, c = per_message.get(i, (0, 0))
+        meta = {**m.response_metadata, "pocsdk": {"original_tokens": o, "compressed_tokens": c}}
+        messages[i] = m.model_copy(update={"content": content, "response_metadata": meta})
+    if kind == "chat_prompt":
+        return ChatPromptValue(messages=messages)
+    return messages
+
+
+class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
+    """Compress retrieved documents jointly under one budget; one output Document per input.
+
+    Each output keeps the input's ``id`` and metadata plus ``metadata["pocsdk"]``
+    (this document's and the whole call's token counts). A document the budget drops
+    entirely is kept with empty ``page_content`` and ``metadata["pocsdk"]["dropped"] =
+    True`` so positions and citations stay aligned; ``drop_empty=True`` leaves it out.
+    """
+
+    floor: float | None = None
+    keep_rate: float | None = None
+    compressor: str = "extractive"
+    compressor_params: dict[str, Any] = Field(default_factory=dict)
+    min_tokens: int = 512
+    drop_empty: bool = False
+
+    def compress_documents(self, documents: Sequence[LCDocument], query: str,
+                           callbacks: Callbacks | None = None) -> Sequence[LCDocument]:
+        if not _has_text(documents):
+            return list(documents)
+        result = self._messages().compressor.compress(_context(list(documents)), query, **self._mode())
+        return self._outputs(documents, result)
+
+    async def acompress_documents(self, documents: Sequence[LCDocument], query: str,
+                                  callbacks: Callbacks | None = None) -> Sequence[LCDocument]:
+        if not _has_text(documents):
+            return list(documents)
+        result = await self._messages().compressor.acompress(_context(list(documents)), query, **self._mode())
+        return self._outputs(documents, result)
+
+    def _outputs(self, documents: Sequence[LCDocument], result: CompressionResult) -> list[LCDocument]:
+        total = result_stats(result)
+        out: list[LCDocument] = []
+        for doc, dr in zip(documents, result.documents, strict=True):
+            dropped = not dr.text.strip() and bool(doc.page_content.strip())
+            if dropped and self.drop_empty:
+                continue
+            stats = {"original_tokens": dr.original_tokens, "compressed_tokens": dr.compressed_tokens,
+                     "dropped": dropped, "total": total}
+            out.append(LCDocument(page_content=dr.text, metadata={**doc.metadata, "pocsdk": stats}, id=doc.id))
+        return out
+
+
+def _has_text(documents: Sequence[LCDocument]) -> bool:
+    return any(d.page_content.strip() for d in documents)
+
+
+class PocsdkChatModel(BaseChatModel):
+    """A pocsdk chat client as a LangChain chat model (text in, text out; no tool calling)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    client: Any
+    """Anything with ``chat(messages, model=None, **params) -> pocsdk.llm.ChatResult`` (sync or async)."""
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Sent with every call (e.g. ``{"max_tokens": 64}``)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "pocsdk"
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[
+            list[dict[str, Any]], dict[str, Any]]:
+        msgs = [{"role": _role(m), "content": _text(m)} for m in messages]
+        params = {**self.params, **kwargs}
+        if stop:
+            params["stop"] = stop
+        return msgs, params
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> LCChatResult:
+        if inspect.iscoroutinefunction(self.client.chat):
+            raise InvalidTypeError("this client is async: call ainvoke, or pass a sync client")
+        msgs, params = self._request(messages, stop, kwargs)
+        return _lc_result(self.client.chat(msgs, self.model, **params))
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> LCChatResult:
+        msgs, params = self._request(messages, stop, kwargs)
+        if inspect.iscoroutinefunction(self.client.chat):
+            return _lc_result(await self.client.chat(msgs, self.model, **params))
+        return _lc_result(await asyncio.to_thread(self.client.chat, msgs, self.model, **params))
+
+
+def _text(message: BaseMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in message.content
+                   if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
+
+
+def _lc_result(result: Any) -> LCChatResult:
+    usage = result.usage
+    message = AIMessage(
+        content=result.content,
+        response_metadata={"model_name": result.model, "finish_reason": result.finish_reason},
+        usage_metadata={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+                        "total_tokens": usage.total_tokens},
+    )
+    return LCChatResult(generations=[ChatGeneration(message=message)])
+
+
+__all__ = ["EVENT", "PocsdkChatModel", "PocsdkCompressorRunnable", "PocsdkDocumentCompressor", "result_stats"]

@@ -1,0 +1,492 @@
+"""Offline evaluation of predictors and of the floor decision, from calibration labels.
+
+Everything here runs on label records (which carry the features and the actual relative
+performance at every grid factor), so no LLM is called. For a test set and a floor it
+simulates each method's decision and reports:
+
+* ``mae``: mean absolute error of predicted vs actual relative performance (predictors only);
+* ``meet``: share of inputs whose actual performance at the chosen factor reaches the floor
+  (a pass-through always does);
+* ``factor``: mean achieved compression factor (1.0 on pass-through);
+* ``of_oracle``: ``factor`` divided by the oracle's mean factor.
+
+Methods: ``fixed`` (one factor for all inputs: the largest at which at least ``confidence`` of the
+training inputs meet the floor), ``agnostic``, ``lightgbm``, ``mlp`` (point predictions, no margin),
+``agnostic+cal`` and ``lightgbm+cal`` (with the conformal margin at ``confidence``), and ``oracle``
+(per input the most aggressive grid factor that actually meets the floor).
+
+Splits: ``random`` (test 25%; the rest is split 75/25 into fit and calibration) and
+``lodo`` (leave one dataset out: train and calibrate on the others, test on the held-out one).
+For each held-out dataset, ``few_shot`` examples of it are also used as the calibration set
+(``lightgbm+fewshot``) and compared with ``lightgbm+cal`` on the remaining examples.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from pocsdk.calibration.labels import LabelRecord, read_labels
+from pocsdk.errors import LabelsError
+from pocsdk.prediction.conformal import Calibration, fit_calibration
+from pocsdk.prediction.decision import PASSTHROUGH, choose, outcome
+from pocsdk.prediction.predictors import (
+    ContextAgnosticPredictor,
+    LightGBMPredictor,
+    MLPPredictor,
+    Predictor,
+)
+
+DEFAULT_FLOORS: tuple[float, ...] = (0.8, 0.9, 0.95)
+CURVE_FLOORS: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
+METHODS = ("fixed", "agnostic", "lightgbm", "mlp", "agnostic+cal", "lightgbm+cal", "oracle")
+
+
+class EvalRow(BaseModel):
+    split: str
+    fold: str
+    method: str
+    floor: float
+    confidence: float
+    n: int
+    mae: float | None = None
+    meet: float
+    factor: float
+    of_oracle: float
+    passthrough: float = 0.0
+    margin: float | None = None
+
+
+class EvalReport(BaseModel):
+    compressor: str
+    examples: int
+    datasets: dict[str, int]
+    factors: list[float]
+    floors: list[float]
+    confidence: float
+    few_shot: int
+    rows: list[EvalRow] = Field(default_factory=list)
+    curves: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    """Random split: share meeting the floor and mean factor per method over :data:`CURVE_FLOORS`."""
+    command: str = ""
+    markdown: str = ""
+
+    def row(self, split: str, method: str, floor: float, fold: str = "all") -> EvalRow | None:
+        for r in self.rows:
+            if r.split == split and r.method == method and r.fold == fold and abs(r.floor - floor) < 1e-9:
+                return r
+        return None
+
+
+# -- data ----------------------------------------------------------------------------------
+def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
+    records: list[LabelRecord] = []
+    for p in paths:
+        records.extend(read_labels(p))
+    if not records:
+        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
+    return records
+
+
+def common_grid(records: Sequence[LabelRecord]) -> tuple[list[LabelRecord], list[float]]:
+    """Keep the records on the most common (ascending) factor grid."""
+    grids = Counter(tuple(float(f) for f in r.factors) for r in records)
+    grid = grids.most_common(1)[0][0]
+    kept = [r for r in records if tuple(float(f) for f in r.factors) == grid]
+    if list(grid) != sorted(grid):
+        raise LabelsError("factor grids must be ascending")
+    return kept, list(grid)
+
+
+def arrays(records: Sequence[LabelRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """``(actual, achieved)`` as ``(n, n_factors)`` arrays.
+
+    Achieved factors are capped at twice the requested factor: a compressor that keeps (almost)
+    nothing of a tiny input reaches an "infinite" factor that would swamp every mean.
+    """
+    actual = np.clip(np.array([r.performance for r in records], dtype=np.float64), 0.0, 1.0)
+    achieved = np.array(
+        [[min(a, 2.0 * f) for a, f in zip(r.achieved_factors, r.factors, strict=False)] for r in records],
+        dtype=np.float64,
+    )
+    return actual, achieved
+
+
+def split_fit_cal(records: Sequence[LabelRecord], rng: random.Random,
+                  cal_share: float = 0.25) -> tuple[list[LabelRecord], list[LabelRecord]]:
+    idx = list(range(len(records)))
+    rng.shuffle(idx)
+    k = max(1, round(cal_share * len(idx)))
+    return [records[i] for i in idx[k:]], [records[i] for i in idx[:k]]
+
+
+# -- methods -------------------------------------------------------------------------------
+def fixed_factor_index(actual: np.ndarray, factors: Sequence[float], floor: float, confidence: float) -> int:
+    """Largest grid index at which at least ``confidence`` of inputs meet the floor (-1: none above 1)."""
+    meet = (actual >= floor - 1e-9).mean(axis=0)
+    ok = [j for j, f in enumerate(factors) if f > 1.0 and meet[j] >= confidence]
+    return max(ok) if ok else PASSTHROUGH
+
+
+def oracle_index(actual: np.ndarray, factors: Sequence[float], floor: float) -> np.ndarray:
+    return choose(actual, factors, floor, 0.0)
+
+
+def _row(split: str, fold: str, method: str, floor: float, confidence: float, idx: np.ndarray,
+         actual: np.ndarray, achieved: np.ndarray, oracle_factor: float, mae: float | None = None,
+         margin: float | None = None) -> EvalRow:
+    perf, fac = outcome(actual, achieved, idx)
+    mean_factor = float(fac.mean())
+    return EvalRow(
+        split=split, fold=fold, method=method, floor=floor, confidence=confidence, n=int(actual.shape[0]),
+        mae=mae, meet=float((perf >= floor - 1e-9).mean()), factor=mean_factor,
+        of_oracle=mean_factor / oracle_factor if oracle_factor > 0 else 0.0,
+        passthrough=float((idx == PASSTHROUGH).mean()), margin=margin,
+    )
+
+
+def fit_all(fit: Sequence[LabelRecord], seed: int = 0, kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
+            ) -> dict[str, Predictor]:
+    made: dict[str, Predictor] = {}
+    for kind in kinds:
+        if kind == "agnostic":
+            made[kind] = ContextAgnosticPredictor().fit(fit)
+        elif kind == "lightgbm":
+            made[kind] = LightGBMPredictor(seed=seed).fit(fit)
+        elif kind == "mlp":
+            made[kind] = MLPPredictor(seed=seed).fit(fit)
+    return made
+
+
+def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Sequence[LabelRecord],
+                  factors: Sequence[float], floors: Sequence[float], confidence: float, seed: int,
+                  kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
+                  extra_cal: dict[str, Calibration] | None = None,
+                  ) -> tuple[list[EvalRow], dict[str, np.ndarray], dict[str, Predictor], dict[str, Calibration]]:
+    """Fit on ``train`` (75/25 fit/calibration), evaluate every method on ``test``."""
+    rng = random.Random(seed)
+    fit, cal = split_fit_cal(train, rng)
+    preds = fit_all(fit, seed, kinds)
+    cals: dict[str, Calibration] = {k: fit_calibration(preds[k], cal) for k in ("agnostic", "lightgbm") if k in preds}
+    cals.update(extra_cal or {})
+    actual, achieved = arrays(test)
+    train_actual, _ = arrays(train)
+    test_pred = {k: np.stack(p.predict_records(test)) for k, p in preds.items()}
+    rows: list[EvalRow] = []
+    for floor in floors:
+        o_idx = oracle_index(actual, factors, floor)
+        _, o_fac = outcome(actual, achieved, o_idx)
+        o_mean = float(o_fac.mean())
+        fi = fixed_factor_index(train_actual, factors, floor, confidence)
+        rows.append(_row(split, fold, "fixed", floor, confidence, np.full(len(test), fi), actual, achieved, o_mean))
+        for k, pm in test_pred.items():
+            mae = float(np.abs(pm - actual).mean())
+            rows.append(_row(split, fold, k, floor, confidence, choose(pm, factors, floor, 0.0), actual, achieved,
+                             o_mean, mae=mae, margin=0.0))
+        for k, c in cals.items():
+            base = k.split("+")[0]
+            margin = c.margin(floor, confidence)
+            name = k if "+" in k else f"{k}+cal"
+            rows.append(_row(split, fold, name, floor, confidence, choose(test_pred[base], factors, floor, margin),
+                             actual, achieved, o_mean, mae=float(np.abs(test_pred[base] - actual).mean()),
+                             margin=margin))
+        rows.append(_row(split, fold, "oracle", floor, confidence, o_idx, actual, achieved, o_mean))
+    return rows, test_pred, preds, cals
+
+
+def pooled_rows(rows: Sequence[EvalRow], split: str) -> list[EvalRow]:
+    """Pool per-fold rows (weighted by n) into ``fold='all'`` rows."""
+    out: list[EvalRow] = []
+    keys = sorted({(r.method, r.floor) for r in rows if r.split == split}, key=lambda k: (k[1], k[0]))
+    for method, floor in keys:
+        rs = [r for r in rows if r.split == split and r.method == method and r.floor == floor]
+        n = sum(r.n for r in rs)
+        oracle = [r for r in rows if r.split == split and r.method == "oracle" and r.floor == floor]
+        o_factor = sum(r.factor * r.n for r in oracle) / max(sum(r.n for r in oracle), 1)
+        factor = sum(r.factor * r.n for r in rs) / n
+        maes = [r for r in rs if r.mae is not None]
+        out.append(EvalRow(
+            split=split, fold="all", method=method, floor=floor, confidence=rs[0].confidence, n=n,
+            mae=sum(r.mae * r.n for r in maes if r.mae is not None) / sum(r.n for r in maes) if maes else None,
+            meet=sum(r.meet * r.n for r in rs) / n, factor=factor, of_oracle=factor / o_factor if o_factor else 0.0,
+            passthrough=sum(r.passthrough * r.n for r in rs) / n,
+        ))
+    return out
+
+
+def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] = DEFAULT_FLOORS,
+                     confidence: float = 0.9, few_shot: int = 50, seed: int = 0,
+                     kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
+                     plots_dir: Path | None = None,
+                     source: Callable[[LabelRecord], str] | None = None) -> EvalReport:
+    """Full protocol (see the module docstring).
+
+    ``source`` names the dataset a record belongs to for leave-one-dataset-out (default: its
+    ``dataset`` field; :func:`evaluate_files` uses the labels file, so that the sub-tasks of one
+    benchmark such as LEval are held out together).
+    """
+    src = source or (lambda r: r.dataset)
+    compressors = sorted({r.compressor for r in records})
+    if len(compressors) != 1:
+        raise LabelsError(f"evaluate one compressor at a time; labels hold {compressors}")
+    recs, factors = common_grid(records)
+    datasets = dict(Counter(src(r) for r in recs))
+    report = EvalReport(compressor=compressors[0], examples=len(recs), datasets=datasets, factors=factors,
+                        floors=list(floors), confidence=confidence, few_shot=few_shot)
+    rng = random.Random(seed)
+
+    # random split
+    idx = list(range(len(recs)))
+    rng.shuffle(idx)
+    k = max(1, len(idx) // 4)
+    test = [recs[i] for i in idx[:k]]
+    train = [recs[i] for i in idx[k:]]
+    rows, test_pred, preds, cals = evaluate_fold("random", "all", train, test, factors, floors, confidence, seed,
+                                                 kinds)
+    report.rows.extend(rows)
+    actual, achieved = arrays(test)
+    report.curves = _curves(test_pred, cals, actual, achieved, factors, confidence, arrays(train)[0])
+
+    # leave one dataset out
+    lodo: list[EvalRow] = []
+    if len(datasets) >= 2:
+        for ds in sorted(datasets):
+            held = [r for r in recs if src(r) == ds]
+            rest = [r for r in recs if src(r) != ds]
+            rows_ds, _, preds_ds, cals_ds = evaluate_fold("lodo", ds, rest, held, factors, floors, confidence,
+                                                          seed, kinds)
+            lodo.extend(rows_ds)
+            if few_shot and len(held) > few_shot + 10 and "lightgbm" in preds_ds:
+                r2 = random.Random(seed + 1)
+                order = list(range(len(held)))
+                r2.shuffle(order)
+                shot = [held[i] for i in order[:few_shot]]
+                rest_ds = [held[i] for i in order[few_shot:]]
+                fs_cal = fit_calibration(preds_ds["lightgbm"], shot)
+                a2, ach2 = arrays(rest_ds)
+                pm = np.stack(preds_ds["lightgbm"].predict_records(rest_ds))
+                for floor in floors:
+                    o_idx = oracle_index(a2, factors, floor)
+                    o_mean = float(outcome(a2, ach2, o_idx)[1].mean())
+                    for name, cal in (("lightgbm+cal", cals_ds["lightgbm"]), ("lightgbm+fewshot", fs_cal)):
+                        m = cal.margin(floor, confidence)
+                        lodo.append(_row("fewshot", ds, name, floor, confidence, choose(pm, factors, floor, m),
+                                         a2, ach2, o_mean, margin=m))
+                    lodo.append(_row("fewshot", ds, "oracle", floor, confidence, o_idx, a2, ach2, o_mean))
+        report.rows.extend(lodo)
+        report.rows.extend(pooled_rows(lodo, "lodo"))
+        if any(r.split == "fewshot" for r in lodo):
+            report.rows.extend(pooled_rows(lodo, "fewshot"))
+    report.markdown = to_markdown(report)
+    if plots_dir is not None:
+        plot_report(report, recs, test, test_pred, preds, plots_dir, src)
+    return report
+
+
+def _curves(test_pred: dict[str, np.ndarray], cals: dict[str, Calibration], actual: np.ndarray,
+            achieved: np.ndarray, factors: Sequence[float], confidence: float,
+            train_actual: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    methods: dict[str, Any] = {"fixed": None, **{k: 0.0 for k in test_pred}, **{f"{k}+cal": k for k in cals},
+                               "oracle": None}
+    for method in methods:
+        meet: list[float] = []
+        fac: list[float] = []
+        for floor in CURVE_FLOORS:
+            if method == "fixed":
+                idx = np.full(actual.shape[0], fixed_factor_index(train_actual, factors, floor, confidence))
+            elif method == "oracle":
+                idx = oracle_index(actual, factors, floor)
+            elif method.endswith("+cal"):
+                base = method.split("+")[0]
+                idx = choose(test_pred[base], factors, floor, cals[base].margin(floor, confidence))
+            else:
+                idx = choose(test_pred[method], factors, floor, 0.0)
+            perf, f = outcome(actual, achieved, idx)
+            meet.append(float((perf >= floor - 1e-9).mean()))
+            fac.append(float(f.mean()))
+        out[method] = {"floor": list(CURVE_FLOORS), "meet": meet, "factor": fac}
+    return out
+
+
+# -- outputs -------------------------------------------------------------------------------
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def table(rows: Sequence[EvalRow]) -> str:
+    lines = ["| method | n | MAE | meet floor | mean factor | of oracle | pass-through | margin |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = {m: i for i, m in enumerate((*METHODS, "lightgbm+fewshot"))}
+    for r in sorted(rows, key=lambda r: order.get(r.method, 99)):
+        lines.append(f"| {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | {r.of_oracle:.2f} | "
+                     f"{r.passthrough:.2f} | {_fmt(r.margin)} |")
+    return "\n".join(lines)
+
+
+def to_markdown(report: EvalReport) -> str:
+    out = [f"### Compressor `{report.compressor}`", "",
+           f"{report.examples} labelled inputs; datasets: "
+           + ", ".join(f"{k} ({v})" for k, v in sorted(report.datasets.items()))
+           + f"; grid {', '.join(f'{f:g}' for f in report.factors)}; confidence {report.confidence:g}.", ""]
+    for split, title in (("random", "Random split (test 25%)"),
+                         ("lodo", "Unseen datasets (leave-one-dataset-out, pooled over folds)"),
+                         ("fewshot", f"Few-shot calibration on {report.few_shot} examples of the unseen dataset "
+                                     "(remaining examples, pooled over folds)")):
+        for floor in report.floors:
+            rows = [r for r in report.rows if r.split == split and r.fold == "all" and r.floor == floor]
+            if rows:
+                out += [f"**{title}, floor {floor:g}**", "", table(rows), ""]
+    per_ds = [r for r in report.rows if r.split == "lodo" and r.fold != "all" and r.method in
+              ("lightgbm+cal", "oracle", "agnostic", "lightgbm") and abs(r.floor - 0.9) < 1e-9]
+    if per_ds:
+        out += ["**Per held-out dataset, floor 0.9**", "",
+                "| held-out | method | n | MAE | meet | factor | of oracle |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in sorted(per_ds, key=lambda r: (r.fold, r.method)):
+            out.append(f"| {r.fold} | {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | "
+                       f"{r.of_oracle:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_report(report: EvalReport, recs: Sequence[LabelRecord], test: Sequence[LabelRecord],
+                test_pred: dict[str, np.ndarray], preds: dict[str, Predictor], outdir: Path,
+                source: Callable[[LabelRecord], str] | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    actual, _ = arrays(test)
+    factors = np.asarray(report.factors)
+
+    # 1. predicted vs actual (binned means + scatter)
+    fig, axes = plt.subplots(1, max(len(test_pred), 1), figsize=(4.2 * max(len(test_pred), 1), 4), squeeze=False)
+    for ax, (k, pm) in zip(axes[0], test_pred.items(), strict=False):
+        x, y = pm.ravel(), actual.ravel()
+        ax.scatter(x, y + np.random.default_rng(0).uniform(-0.02, 0.02, y.size), s=3, alpha=0.15)
+        bins = np.linspace(0, 1, 11)
+        which = np.clip(np.digitize(x, bins) - 1, 0, 9)
+        bx = [x[which == b].mean() for b in range(10) if (which == b).any()]
+        by = [y[which == b].mean() for b in range(10) if (which == b).any()]
+        ax.plot(bx, by, "o-", color="C3", label="binned mean")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set(title=f"{k} (MAE {np.abs(x - y).mean():.3f})", xlabel="predicted", ylabel="actual", xlim=(0, 1.02))
+        ax.legend(loc="lower right")
+    fig.suptitle(f"{report.compressor}: predicted vs actual relative performance (random-split test)")
+    fig.tight_layout()
+    paths.append(outdir / "pred_vs_actual.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. performance vs factor per dataset, with the agnostic curve
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ds in sorted(report.datasets):
+        a, _ = arrays([r for r in recs if (source(r) if source else r.dataset) == ds])
+        ax.plot(factors, a.mean(axis=0), "o-", label=f"{ds} (actual)")
+    if "agnostic" in preds:
+        ag = preds["agnostic"].predict({"task_code": 9.0}, list(factors))
+        ax.plot(factors, ag, "k--", label="agnostic (pooled)")
+    ax.set(xscale="log", xlabel="compression factor", ylabel="mean relative performance", ylim=(0, 1.05),
+           title=f"{report.compressor}: performance vs factor")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(outdir / "perf_vs_factor.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 3. share meeting the floor (and mean factor) vs floor
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, c in report.curves.items():
+        a1.plot(c["floor"], c["meet"], label=method)
+        a2.plot(c["floor"], c["factor"], label=method)
+    a1.axhline(report.confidence, color="k", ls=":", lw=0.8)
+    a1.set(xlabel="floor", ylabel="share meeting the floor", title="share meeting the floor (random split)")
+    a2.set(xlabel="floor", ylabel="mean achieved factor", yscale="log", title="mean compression factor")
+    a1.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(outdir / "meet_vs_floor.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def evaluate_files(paths: Sequence[Path], outdir: Path, *, floors: Sequence[float] = DEFAULT_FLOORS,
+                   confidence: float = 0.9, few_shot: int = 50, seed: int = 0,
+                   kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"), command: str = "") -> EvalReport:
+    """Evaluate labels (one compressor) and write ``report.json``, ``report.md`` and PNG plots to ``outdir``."""
+    records: list[LabelRecord] = []
+    origin: dict[int, str] = {}
+    for p in paths:
+        for r in read_labels(p):
+            origin[id(r)] = Path(p).name.split(".")[0]
+            records.append(r)
+    if not records:
+        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
+    outdir.mkdir(parents=True, exist_ok=True)
+    report = evaluate_records(records, floors=floors, confidence=confidence, few_shot=few_shot, seed=seed,
+                              kinds=kinds, plots_dir=outdir, source=lambda r: origin.get(id(r), r.dataset))
+    report.command = command
+    if command:
+        report.markdown = f"Command: `{command}`\n\n" + report.markdown
+    (outdir / "report.json").write_text(json.dumps(report.model_dump(), indent=1) + "\n", encoding="utf-8")
+    (outdir / "report.md").write_text(report.markdown + "\n", encoding="utf-8")
+    return report
+
+
+def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir: Path, *,
+                             floors: Sequence[float] = DEFAULT_FLOORS, confidence: float = 0.9,
+                             command: str = "") -> EvalReport:
+    """Evaluate one trained predictor (and its ``calibration.json``, if any) on labels, without training.
+
+    The ``fixed`` row is tuned on the same labels, so it is an optimistic reference here.
+    """
+    from pocsdk.prediction.floor import CALIBRATION_FILE
+    from pocsdk.prediction.predictors import load_predictor
+
+    recs, factors = common_grid(load_records(paths))
+    pred = load_predictor(predictor_dir, compressor=recs[0].compressor)
+    cal_path = predictor_dir / CALIBRATION_FILE
+    cal = Calibration.load(cal_path) if cal_path.is_file() else None
+    actual, achieved = arrays(recs)
+    pm = np.stack(pred.predict_records(recs))
+    mae = float(np.abs(pm - actual).mean())
+    report = EvalReport(compressor=recs[0].compressor, examples=len(recs),
+                        datasets=dict(Counter(r.dataset for r in recs)), factors=factors, floors=list(floors),
+                        confidence=confidence, few_shot=0, command=command)
+    for floor in floors:
+        o_idx = oracle_index(actual, factors, floor)
+        o_mean = float(outcome(actual, achieved, o_idx)[1].mean())
+        fi = fixed_factor_index(actual, factors, floor, confidence)
+        report.rows.append(_row("given", "all", "fixed", floor, confidence, np.full(len(recs), fi), actual, achieved,
+                                o_mean))
+        report.rows.append(_row("given", "all", pred.kind, floor, confidence, choose(pm, factors, floor, 0.0),
+                                actual, achieved, o_mean, mae=mae, margin=0.0))
+        if cal is not None:
+            m = cal.margin(floor, confidence)
+            report.rows.append(_row("given", "all", f"{pred.kind}+cal", floor, confidence,
+                                    choose(pm, factors, floor, m), actual, achieved, o_mean, mae=mae, margin=m))
+        report.rows.append(_row("given", "all", "oracle", floor, confidence, o_idx, actual, achieved, o_mean))
+    report.curves = _curves({pred.kind: pm}, {pred.kind: cal} if cal is not None else {}, actual, achieved, factors,
+                            confidence, actual)
+    lines = [f"### Predictor `{predictor_dir}` on {len(recs)} labelled inputs ({report.compressor})", ""]
+    if command:
+        lines = [f"Command: `{command}`", "", *lines]
+    for floor in floors:
+        lines += [f"**floor {floor:g}, confidence {confidence:g}**", "",
+                  table([r for r in report.rows if r.floor == floor]), ""]
+    report.markdown = "\n".join(lines)
+    outdir.mkdir(parents=True, exist_ok=True)
+    plot_report(report, recs, recs, {pred.kind: pm}, {pred.kind: pred}, outdir)
+    (outdir / "report.json").write_text(json.dumps(report.model_dump(), indent=1) + "\n", encoding="utf-8")
+    (outdir / "report.md").write_text(report.markdown + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,301 @@
+"""Features of one input for the performance predictors, computed from a ``Scored`` without re-scoring.
+
+:func:`featurize` returns two things:
+
+* context features (one dict, independent of the factor): sizes, the query and its overlap
+  with the context, the shape of the relevance distribution, redundancy and the task type;
+* per-factor features (one dict per requested factor): what the compressor's selection at
+  keep rate ``1 / f`` actually keeps (relevance mass, top units, achieved rate, protected share).
+
+Only ``compressor.select`` is called per factor (cheap); text statistics look at a bounded
+prefix of the context so that the cost stays flat on long inputs.
+
+The names are fixed in :data:`CONTEXT_FEATURES` and :data:`FACTOR_FEATURES`; a predictor's card
+records them with :data:`FEATURES_VERSION`, and a predictor refuses features of another version.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Collection, Sequence
+
+import numpy as np
+
+from pocsdk.compressors.base import Scored, Selection, TextCompressor
+from pocsdk.text.relevance import terms
+
+FEATURES_VERSION = 1
+
+TASKS: tuple[str, ...] = (
+    "qa",
+    "multi_doc_qa",
+    "long_qa",
+    "summarization",
+    "retrieval",
+    "reasoning",
+    "math",
+    "classification",
+    "code",
+    "multiple_choice",
+    "other",
+)
+"""Known task types; anything else maps to ``other``. The code of a task is its index here."""
+
+TOP_K = 5
+TEXT_SAMPLE_CHARS = 4_000
+"""Redundancy statistics (zlib ratio, type/token ratio) read at most this many characters, spread over documents."""
+OVERLAP_CHARS = 400_000
+"""Query overlap looks for query terms in at most this many characters of the context."""
+
+CONTEXT_FEATURES: tuple[str, ...] = (
+    "log_original_tokens",
+    "log_units",
+    "n_documents",
+    "mean_unit_tokens",
+    "has_query",
+    "query_terms",
+    "query_overlap",
+    "rel_entropy",
+    "rel_top1_share",
+    "rel_topk_share",
+    "rel_top10pct_share",
+    "rel_max",
+    "rel_gini",
+    "protected_token_share",
+    "zlib_ratio",
+    "type_token_ratio",
+    "task_code",
+)
+
+FACTOR_FEATURES: tuple[str, ...] = (
+    "factor",
+    "log_factor",
+    "achieved_factor",
+    "log_achieved_factor",
+    "keep_rate",
+    "mass_kept",
+    "top1_kept",
+    "topk_kept",
+    "skim_mass",
+    "skim_token_share",
+    "protected_share",
+)
+
+FEATURE_NAMES: tuple[str, ...] = CONTEXT_FEATURES + FACTOR_FEATURES
+"""Every feature a predictor may use: context features first, then per-factor features."""
+
+MONOTONE: dict[str, int] = {
+    "factor": -1,
+    "log_factor": -1,
+    "achieved_factor": -1,
+    "log_achieved_factor": -1,
+    "keep_rate": 1,
+    "mass_kept": 1,
+    "top1_kept": 1,
+    "topk_kept": 1,
+}
+"""Direction in which predicted performance may move with each feature (others: free).
+
+Along a factor grid every one of these moves the "less kept" way, so a model constrained
+this way predicts a non-increasing curve over the grid.
+"""
+
+
+def task_code(task: str | None) -> int:
+    """Index of ``task`` in :data:`TASKS` (``other`` for unknown or missing tasks)."""
+    t = (task or "other").strip().lower()
+    return TASKS.index(t) if t in TASKS else TASKS.index("other")
+
+
+def featurize(
+    compressor: TextCompressor,
+    scored: Scored,
+    factors: Sequence[float],
+    task: str | None = None,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Context features and per-factor features of one scored input.
+
+    ``factors`` are requested compression factors (>= 1); the selection at each is
+    ``compressor.select(scored, 1 / factor)``.
+    """
+    ctx = context_features(scored, task)
+    selections = [compressor.select(scored, 1.0 / max(float(f), 1.0)) for f in factors]
+    return ctx, factor_features(scored, factors, selections)
+
+
+TEXT_FEATURES = frozenset({"zlib_ratio", "type_token_ratio"})
+
+
+def context_features(scored: Scored, task: str | None = None,
+                     names: Collection[str] | None = None) -> dict[str, float]:
+    """Factor-independent features of one input (see :data:`CONTEXT_FEATURES`).
+
+    ``names`` (optional) lists the features the caller needs; the text statistics
+    (:data:`TEXT_FEATURES`) are then skipped, and reported as NaN, when none of them is needed.
+    """
+    u = scored.units
+    n = len(u)
+    total = max(scored.total_tokens, 0)
+    unit_tokens = u.tokens.astype(np.float64)
+    rel = _weights(u.relevance)
+    sorted_rel = np.sort(rel)[::-1]
+    k10 = max(1, math.ceil(0.1 * n)) if n else 1
+
+    text_stats = names is None or bool(TEXT_FEATURES & set(names))
+    sample = _sample_text(scored) if text_stats else ""
+    ctx_words = sample.lower().split()
+    q_terms = terms(scored.query) if scored.query else []
+    q_types = set(q_terms)
+    haystack = _overlap_text(scored) if q_types else ""
+    raw = sample.encode("utf-8")
+
+    return {
+        "log_original_tokens": math.log1p(total),
+        "log_units": math.log1p(n),
+        "n_documents": float(len(scored.documents)),
+        "mean_unit_tokens": float(unit_tokens.mean()) if n else 0.0,
+        "has_query": 1.0 if scored.query and scored.query.strip() else 0.0,
+        "query_terms": float(len(q_terms)),
+        "query_overlap": sum(t in haystack for t in q_types) / len(q_types) if q_types else 0.0,
+        "rel_entropy": _entropy(rel),
+        "rel_top1_share": float(sorted_rel[0]) if n else 1.0,
+        "rel_topk_share": float(sorted_rel[:TOP_K].sum()) if n else 1.0,
+        "rel_top10pct_share": float(sorted_rel[:k10].sum()) if n else 1.0,
+        "rel_max": float(u.relevance.max()) if n else 0.0,
+        "rel_gini": _gini(sorted_rel),
+        "protected_token_share": float(unit_tokens[u.protected].sum() / unit_tokens.sum())
+        if n and unit_tokens.sum() > 0 else 0.0,
+        "zlib_ratio": (len(zlib.compress(raw, 1)) / len(raw) if raw else 1.0) if text_stats else math.nan,
+        "type_token_ratio": (len(set(ctx_words)) / len(ctx_words) if ctx_words else 1.0) if text_stats else math.nan,
+        "task_code": float(task_code(task)),
+    }
+
+
+def factor_features(
+    scored: Scored, factors: Sequence[float], selections: Sequence[Selection]
+) -> list[dict[str, float]]:
+    """Per-factor features from selections already made (one per factor, same order); vectorised."""
+    u = scored.units
+    n = len(u)
+    m = len(factors)
+    total = scored.total_tokens
+    f = np.maximum(np.asarray(factors, dtype=np.float64), 1.0)
+    passthrough = np.array([bool(sel.passthrough_reason or scored.passthrough_reason) or n == 0
+                            for sel in selections], dtype=bool)
+    keep = np.ones((m, n), dtype=bool)
+    for i, sel in enumerate(selections):
+        if not passthrough[i]:
+            keep[i] = sel.keep
+    unit_tokens = u.tokens.astype(np.float64)
+    kept = keep @ unit_tokens if n else np.full(m, float(total))
+    kept += np.array([0.0 if passthrough[i] else float(sum(p[3] for p in sel.partial))  # prefixes (topup.py)
+                      for i, sel in enumerate(selections)])
+    x = scored.excerpts
+    skim_tokens = np.zeros(m)
+    skim_mass = np.zeros(m)
+    if x is not None and len(x) and any(sel.skim is not None for sel in selections):
+        skim = np.zeros((m, len(x)), dtype=bool)
+        for i, sel in enumerate(selections):
+            if sel.skim is not None and not passthrough[i]:
+                skim[i] = sel.skim
+        skim_tokens = skim @ x.tokens.astype(np.float64)
+        skim_mass = skim @ _weights(x.relevance)
+    kept = np.where(passthrough, float(total), kept + skim_tokens)
+    keep_rate = kept / total if total > 0 else np.ones(m)
+    achieved = np.where(keep_rate > 0, 1.0 / np.maximum(keep_rate, 1e-12), float(total or 1))
+    safe_kept = np.maximum(kept, 1e-12)
+    if n:
+        rel = _weights(u.relevance)
+        top = np.argsort(-u.relevance, kind="stable")[: min(TOP_K, n)]
+        mass_kept = keep @ rel
+        top1 = keep[:, top[0]].astype(np.float64)
+        topk = keep[:, top].mean(axis=1)
+        prot = keep @ (unit_tokens * u.protected)
+    else:
+        mass_kept = top1 = topk = np.ones(m)
+        prot = np.zeros(m)
+    cols = {
+        "factor": f,
+        "log_factor": np.log(f),
+        "achieved_factor": achieved,
+        "log_achieved_factor": np.log(np.maximum(achieved, 1e-9)),
+        "keep_rate": keep_rate,
+        "mass_kept": mass_kept,
+        "top1_kept": top1,
+        "topk_kept": topk,
+        "skim_mass": skim_mass,
+        "skim_token_share": np.where(kept > 0, skim_tokens / safe_kept, 0.0),
+        "protected_share": np.where(kept > 0, prot / safe_kept, 0.0),
+    }
+    lists = {k: v.tolist() for k, v in cols.items()}
+    return [{k: lists[k][i] for k in FACTOR_FEATURES} for i in range(m)]
+
+
+def rows(context: dict[str, float], per_factor: Sequence[dict[str, float]],
+         names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
+    """A ``(len(per_factor), len(names))`` float matrix; missing features are NaN."""
+    m = np.full((len(per_factor), len(names)), np.nan)
+    for i, ff in enumerate(per_factor):
+        for j, name in enumerate(names):
+            v = ff.get(name, context.get(name))
+            if v is not None:
+                m[i, j] = v
+    return m
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _weights(relevance: np.ndarray) -> np.ndarray:
+    """Relevance as a distribution (uniform when there is no relevance mass)."""
+    r = np.clip(np.nan_to_num(relevance.astype(np.float64)), 0.0, None)
+    s = float(r.sum())
+    if r.size == 0:
+        return r
+    return r / s if s > 0 else np.full(r.size, 1.0 / r.size)
+
+
+def _entropy(p: np.ndarray) -> float:
+    """Normalised Shannon entropy in [0, 1] (1 = flat)."""
+    if p.size <= 1:
+        return 0.0
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / math.log(p.size))
+
+
+def _gini(sorted_desc: np.ndarray) -> float:
+    """Gini coefficient of a distribution given in descending order (0 = flat)."""
+    n = sorted_desc.size
+    if n <= 1:
+        return 0.0
+    asc = sorted_desc[::-1]
+    idx = np.arange(1, n + 1)
+    return float((2.0 * (idx * asc).sum()) / (n * asc.sum()) - (n + 1) / n) if asc.sum() > 0 else 0.0
+
+
+def _overlap_text(scored: Scored) -> str:
+    """Lower-cased context (bounded) for substring tests of query terms."""
+    out: list[str] = []
+    budget = OVERLAP_CHARS
+    for d in scored.documents:
+        if budget <= 0:
+            break
+        out.append(d.text[:budget].lower())
+        budget -= len(out[-1])
+    return "\n".join(out)
+
+
+def _sample_text(scored: Scored) -> str:
+    """At most :data:`TEXT_SAMPLE_CHARS` characters, shared evenly across documents."""
+    docs = scored.documents
+    if not docs:
+        return ""
+    per_doc = max(100, TEXT_SAMPLE_CHARS // len(docs))
+    parts: list[str] = []
+    budget = TEXT_SAMPLE_CHARS
+    for d in docs:
+        if budget <= 0:
+            break
+        piece = d.text[: min(per_doc, budget)]
+        parts.append(piece)
+        budget -= len(piece)
+    return "\n".join(parts)

@@ -1,0 +1,202 @@
+"""The floor search: the most aggressive compression whose predicted performance meets the floor.
+
+For one scored input, :meth:`FloorPolicy.compress` selects at every grid factor (cheap: the
+compressor scored the input once), computes the features once, predicts the whole grid in one
+vectorised call, and takes the most aggressive factor whose prediction, at the keep rate the
+compressor actually achieved there, minus the calibration margin (when a confidence is set)
+still reaches the floor. When no factor does, the context passes through unchanged and the
+result says so (``passthrough=True``, ``floor.met=False``).
+
+Predictors ship in ``predictors/<compressor>/`` (repo folder for editable installs,
+``pocsdk/_predictors`` inside the wheel; ``$POCSDK_PREDICTORS`` overrides both): a LightGBM
+model with its card and a ``calibration.json``; ``agnostic/`` and ``mlp/`` sub-folders hold the
+alternatives, selectable by name (``predictor="agnostic"``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocsdk.compressors.base import Scored, Selection, TextCompressor, passthrough_selection, render
+from pocsdk.errors import ArtifactError, ConfigError
+from pocsdk.prediction.conformal import NO_PROMISE, Calibration
+from pocsdk.prediction.decision import PASSTHROUGH, choose
+from pocsdk.prediction.features import context_features, factor_features
+from pocsdk.prediction.predictors import Predictor, load_predictor
+from pocsdk.types import CompressionResult, FloorDecision, check_unit_interval
+
+CALIBRATION_FILE = "calibration.json"
+PREDICTOR_NAMES = ("default", "lightgbm", "agnostic", "mlp")
+FLOOR_NOT_MET = "floor_not_met"
+
+
+def predictors_root() -> Path:
+    """Folder of the shipped predictors (``$POCSDK_PREDICTORS``, wheel, or repo checkout)."""
+    env = os.environ.get("POCSDK_PREDICTORS")
+    if env:
+        return Path(env)
+    pkg = Path(__file__).resolve().parents[1]
+    inside = pkg / "_predictors"
+    if inside.is_dir():
+        return inside
+    return pkg.parent / "predictors"
+
+
+def default_predictor_dir(compressor: str, name: str = "default") -> Path:
+    base = predictors_root() / compressor
+    return base if name in ("default", "lightgbm") else base / name
+
+
+class FloorPolicy:
+    """A predictor (+ optional calibration) that turns a floor into a compression factor.
+
+    ``factors`` is the grid searched (ascending; defaults to the calibration's grid, else the
+    predictor's training grid); ``task`` selects per-task calibration margins when known.
+    """
+
+    def __init__(self, predictor: Predictor, calibration: Calibration | None = None, *,
+                 compressor: str | None = None, factors: Sequence[float] | None = None,
+                 task: str | None = None) -> None:
+        self.predictor = predictor
+        self.calibration = calibration
+        self.compressor = compressor or predictor.compressor_
+        grid = factors if factors is not None else (calibration.factors if calibration else predictor.factors_)
+        self.factors = sorted(float(f) for f in grid)
+        self.task = task
+        names = getattr(predictor, "feature_names_", None)
+        self._needed: list[str] | None = list(names) if isinstance(names, list) else None
+        if calibration is not None:
+            _check_calibration(calibration, predictor, self.compressor, self.factors)
+
+    @classmethod
+    def for_compressor(cls, name: str, predictor: Any = None, calibration: Any = None,
+                       task: str | None = None) -> FloorPolicy:
+        """The policy for compressor ``name``.
+
+        ``predictor``: ``None`` (the shipped default), a predictor object, a directory, or a
+        shipped name (``default``/``lightgbm``, ``agnostic``, ``mlp``). ``calibration``: ``None``
+        (the ``calibration.json`` next to a loaded predictor, if any), a path or a
+        :class:`Calibration`.
+        """
+        pred_dir: Path | None = None
+        if predictor is None or (isinstance(predictor, str) and predictor in PREDICTOR_NAMES):
+            pred_dir = default_predictor_dir(name, predictor or "default")
+            if not (pred_dir / "card.json").is_file():
+                raise ArtifactError(
+                    f"no shipped predictor {predictor or 'default'!r} for compressor {name!r} (looked in {pred_dir}); "
+                    "train one with `pocsdk train-predictor` and pass predictor=<directory>"
+                )
+            pred = load_predictor(pred_dir, compressor=name)
+        elif isinstance(predictor, (str, Path)):
+            pred_dir = Path(predictor)
+            pred = load_predictor(pred_dir, compressor=name)
+        elif isinstance(predictor, Predictor) or hasattr(predictor, "predict"):
+            pred = predictor
+            if getattr(pred, "compressor_", None) not in (None, name):
+                raise ArtifactError(f"predictor was trained for compressor {pred.compressor_!r}, not {name!r}")
+        else:
+            raise ConfigError(
+                f"predictor must be a name, a directory or a predictor object, not {type(predictor).__name__}"
+            )
+
+        cal: Calibration | None
+        if calibration is None:
+            path = pred_dir / CALIBRATION_FILE if pred_dir is not None else None
+            cal = Calibration.load(path) if path is not None and path.is_file() else None
+        elif isinstance(calibration, Calibration):
+            cal = calibration
+        elif isinstance(calibration, (str, Path)):
+            cal = Calibration.load(calibration)
+        else:
+            raise ConfigError(f"calibration must be a path or a Calibration, not {type(calibration).__name__}")
+        return cls(pred, cal, compressor=name, task=task)
+
+    # -- the search ----------------------------------------------------------------------
+    def margin(self, floor: float, confidence: float | None) -> float:
+        if confidence is None:
+            return 0.0
+        if self.calibration is None:
+            raise ConfigError(
+                "confidence needs a calibration: pass calibration='calib.json' (pocsdk fit-calibration) "
+                "or use a predictor shipped with one"
+            )
+        return self.calibration.margin(floor, confidence, self.task)
+
+    def predict(self, compressor: TextCompressor, scored: Scored) -> tuple[np.ndarray, list[Any]]:
+        """Predicted performance over :attr:`factors` and the selection at each factor."""
+        # factor 1 keeps everything: no need to ask the compressor
+        selections = [Selection(keep=np.ones(len(scored.units), dtype=bool), keep_rate=1.0) if f <= 1.0
+                      else compressor.select(scored, 1.0 / f) for f in self.factors]
+        ctx = context_features(scored, self.task, self._needed)
+        ff = factor_features(scored, self.factors, selections)
+        pred = np.asarray(self.predictor.predict(ctx, self.factors, [ff]), dtype=np.float64).reshape(-1)
+        return pred, selections
+
+    def compress(self, compressor: TextCompressor, scored: Scored, floor: float,
+                 confidence: float | None = None) -> CompressionResult:
+        """Compress ``scored`` as hard as the floor allows (see the module docstring)."""
+        floor = check_unit_interval("floor", floor)
+        if confidence is not None:
+            confidence = check_unit_interval("confidence", confidence, closed_right=False)
+        t0 = time.perf_counter()
+        margin = self.margin(floor, confidence)
+        name = getattr(self.predictor, "name", type(self.predictor).__name__)
+        if scored.passthrough_reason:
+            result = render(scored, passthrough_selection(scored, 1.0, scored.passthrough_reason))
+            result.floor = FloorDecision(
+                floor=floor, confidence=confidence, predicted_performance=1.0, chosen_factor=1.0, met=True,
+                reason=f"input passed through before the search ({scored.passthrough_reason})",
+                predictor=name, margin=margin, grid=self.factors, predictions=[],
+            )
+            return result
+        pred, selections = self.predict(compressor, scored)
+        i = int(choose(pred, self.factors, floor, margin))
+        predict_ms = (time.perf_counter() - t0) * 1000.0
+        if i == PASSTHROUGH:
+            if margin >= NO_PROMISE:
+                why = (f"the calibration cannot promise floor {floor:g} at confidence {confidence:g} "
+                       "for any compression; context passed through unchanged")
+            else:
+                why = (f"no factor in the grid is predicted to keep {floor:g} of the performance"
+                       f"{f' with margin {margin:.3f}' if margin else ''}; context passed through unchanged")
+            result = render(scored, passthrough_selection(scored, 1.0, FLOOR_NOT_MET), requested_keep_rate=1.0)
+            decision = FloorDecision(
+                floor=floor, confidence=confidence, predicted_performance=float(pred[0]) if len(pred) else 1.0,
+                chosen_factor=1.0, met=False, reason=why, predictor=name, margin=margin,
+                grid=self.factors, predictions=[float(p) for p in pred],
+            )
+        else:
+            f = self.factors[i]
+            result = render(scored, selections[i], requested_keep_rate=1.0 / f)
+            nxt = (f"; {self.factors[i + 1]:g}x is predicted at {pred[i + 1]:.3f}" if i + 1 < len(self.factors)
+                   else "; it is the largest factor of the grid")
+            decision = FloorDecision(
+                floor=floor, confidence=confidence, predicted_performance=float(pred[i] - margin),
+                chosen_factor=f, met=True,
+                reason=f"most aggressive factor with predicted performance{' - margin' if margin else ''} "
+                       f">= {floor:g}: {f:g}x at {pred[i]:.3f}{f' - {margin:.3f}' if margin else ''}{nxt}",
+                predictor=name, margin=margin, grid=self.factors, predictions=[float(p) for p in pred],
+            )
+        result.floor = decision
+        result.timings.predict_ms = predict_ms
+        result.timings.total_ms += predict_ms
+        return result
+
+
+def _check_calibration(cal: Calibration, predictor: Any, compressor: str | None, factors: Sequence[float]) -> None:
+    if compressor is not None and cal.compressor != compressor:
+        raise ArtifactError(f"calibration is for compressor {cal.compressor!r}, not {compressor!r}")
+    sha = getattr(predictor, "sha256_", "")
+    if cal.predictor_sha256 and sha and cal.predictor_sha256 != sha:
+        raise ArtifactError(
+            "calibration was fitted for another predictor model (checksum differs); "
+            "re-run `pocsdk fit-calibration` with this predictor"
+        )
+    if [float(f) for f in cal.factors] != list(factors):
+        raise ArtifactError("calibration factor grid differs from the search grid")

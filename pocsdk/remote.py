@@ -1,0 +1,414 @@
+"""Client for a ``pocsdk serve`` service: the SDK's API and result model, over HTTP.
+
+``Compressor(endpoint="http://host:8000", api_key=...)`` delegates here, so local and
+remote code read the same. One implementation drives every call: :meth:`_exchange` is a
+generator that yields the request to send (or a pause before retrying) and decides what
+each response means; :meth:`_drive` and :meth:`_adrive` are the thin sync and async
+shells that do the I/O with pooled httpx clients.
+
+Retries: 429 and 503 (honouring ``Retry-After``) and connection failures, with
+exponential backoff. Compression is a pure function of its input, so a retried request
+is safe. Errors are typed: a server error answers with :class:`~pocsdk.errors.RemoteError`
+(``status_code`` set); a rejected input raises the same class the local SDK would raise,
+made a subclass of ``RemoteError`` too, so ``except EmptyContextError`` works either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import os
+import time
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+import httpx
+
+from pocsdk import errors as _errors
+from pocsdk._version import __version__
+from pocsdk.errors import ConfigError, InvalidTypeError, PocError, RemoteError
+from pocsdk.types import (
+    CompressionResult,
+    ContextLike,
+    check_keep_rate,
+    check_unit_interval,
+    normalize_context,
+)
+
+API_KEY_ENV = "POCSDK_API_KEY"
+MAX_INPUTS_PER_REQUEST = 64
+MAX_CONCURRENT_CHUNKS = 4
+_MODES = ("keep_rate", "target_tokens", "floor")
+
+T = TypeVar("T")
+_Step = Union[httpx.Request, float]  # send this request, or sleep this many seconds
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry 429 / 503 answers and connection failures."""
+
+    attempts: int = 4
+    """Tries in all (1 = no retry)."""
+    backoff_s: float = 0.25
+    """First pause; doubled after each try."""
+    max_backoff_s: float = 30.0
+    """Cap on one pause, including a server's ``Retry-After``."""
+    statuses: frozenset[int] = frozenset({429, 503})
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        """Pause before try ``attempt + 1``: the server's ``Retry-After`` if given, else backoff."""
+        wait = self.backoff_s * (2 ** (attempt - 1))
+        if retry_after:
+            parsed = _parse_retry_after(retry_after)
+            if parsed is not None:
+                wait = parsed
+        return float(min(self.max_backoff_s, max(0.0, wait)))
+
+
+def _parse_retry_after(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+class RemoteCompressor:
+    """Compress through a remote ``pocsdk serve``; same methods and results as :class:`pocsdk.Compressor`.
+
+    ``compressor`` picks one of the hosted compressors (default: the server's default);
+    ``keep_rate`` / ``target_tokens`` / ``floor`` / ``confidence`` are per-call defaults.
+    The key defaults to ``$POCSDK_API_KEY``. Close it (or use ``with``) to free connections.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str | None = None,
+        *,
+        compressor: str | None = None,
+        keep_rate: float | None = None,
+        target_tokens: int | None = None,
+        floor: float | None = None,
+        confidence: float | None = None,
+        timeout: float | httpx.Timeout = 120.0,
+        retry: RetryPolicy | None = None,
+        max_inputs_per_request: int = MAX_INPUTS_PER_REQUEST,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        if compressor is not None and not isinstance(compressor, str):
+            raise ConfigError("a remote compressor is chosen by name; compressor objects live on the server")
+        self.endpoint = endpoint.rstrip("/")
+        self._key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self.compressor_name = compressor
+        self.name: str = compressor or "remote"
+        self.defaults = _merge_modes({}, dict(keep_rate=keep_rate, target_tokens=target_tokens, floor=floor,
+                                              confidence=confidence), strict=False)
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10.0)
+        self.retry = retry or RetryPolicy()
+        if max_inputs_per_request < 1:
+            raise ConfigError("max_inputs_per_request must be >= 1")
+        self.max_inputs_per_request = max_inputs_per_request
+        self._transport = transport
+        self._async_transport = async_transport
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def for_facade(cls, endpoint: str, api_key: str | None, compressor: Any, *, keep_rate: float | None,
+                   target_tokens: int | None, floor: float | None, confidence: float | None,
+                   local_only: Mapping[str, Any]) -> RemoteCompressor:
+        """The client behind ``Compressor(endpoint=...)``; refuses options that only work locally."""
+        given = sorted(k for k, v in local_only.items() if v is not None and v != {})
+        if given:
+            raise ConfigError(f"{', '.join(given)} cannot be used with endpoint=: the server owns its compressors "
+                              "and predictors (choose a hosted compressor by name)")
+        return cls(endpoint, api_key, compressor=compressor, keep_rate=keep_rate, target_tokens=target_tokens,
+                   floor=floor, confidence=confidence)
+
+    # -- the SDK's API -------------------------------------------------------------------
+    def compress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:
+        """Compress one context on the server (same arguments and result as ``Compressor.compress``)."""
+        result: CompressionResult = self._drive(self._compress_one(context, query, overrides))
+        return result
+
+    async def acompress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:
+        """Async twin of :meth:`compress`."""
+        result: CompressionResult = await self._adrive(self._compress_one(context, query, overrides))
+        return result
+
+    def compress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
+        """Compress many inputs in as few requests as the server allows (results in input order)."""
+        out: list[CompressionResult] = []
+        for chunk in self._chunks(items, overrides):
+            out.extend(self._drive(self._exchange("POST", "/v1/compress", chunk, batch=True)))
+        return out
+
+    async def acompress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
+        """Async twin of :meth:`compress_many`; up to four chunks go concurrently."""
+        gate = asyncio.Semaphore(MAX_CONCURRENT_CHUNKS)
+
+        async def one(chunk: dict[str, Any]) -> list[CompressionResult]:
+            async with gate:
+                part: list[CompressionResult] = await self._adrive(
+                    self._exchange("POST", "/v1/compress", chunk, batch=True))
+                return part
+
+        parts = await asyncio.gather(*(one(chunk) for chunk in self._chunks(items, overrides)))
+        return [r for part in parts for r in part]
+
+    def health(self) -> dict[str, Any]:
+        """The server's ``/healthz`` answer."""
+        data: dict[str, Any] = self._drive(self._exchange("GET", "/healthz", None))
+        return data
+
+    def compressors(self) -> dict[str, Any]:
+        """The server's hosted compressors (``GET /v1/compressors``)."""
+        data: dict[str, Any] = self._drive(self._exchange("GET", "/v1/compressors", None))
+        return data
+
+    # A remote compressor scores on the server; these keep it a TextCompressor for the facade.
+    def score(self, context: ContextLike, query: str | None = None) -> Any:
+        raise ConfigError("a remote compressor scores on the server: call compress()")
+
+    def select(self, scored: Any, keep_rate: float) -> Any:
+        raise ConfigError("a remote compressor selects on the server: call compress()")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+
+    def __enter__(self) -> RemoteCompressor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RemoteCompressor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- one implementation --------------------------------------------------------------
+    def _compress_one(self, context: ContextLike, query: str | None,
+                      overrides: Mapping[str, Any]) -> Generator[_Step, httpx.Response | None, Any]:
+        payload = {**self._item(context, query), **self._modes(overrides)}
+        if self.compressor_name:
+            payload["compressor"] = self.compressor_name
+        return self._exchange("POST", "/v1/compress", payload)
+
+    def _chunks(self, items: Iterable[Any], overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+        inputs = [self._item(*_unpack(it)) for it in items]
+        base: dict[str, Any] = self._modes(overrides)
+        if self.compressor_name:
+            base["compressor"] = self.compressor_name
+        n = self.max_inputs_per_request
+        return [{**base, "inputs": inputs[i:i + n]} for i in range(0, len(inputs), n)]
+
+    def _item(self, context: ContextLike, query: str | None) -> dict[str, Any]:
+        """Validate locally (same typed errors as the SDK) and turn one input into JSON-ready data."""
+        if query is not None and not isinstance(query, str):
+            raise InvalidTypeError(f"query must be a string or None, got {type(query).__name__}")
+        docs = normalize_context(context)
+        ctx: Any = context if isinstance(context, str) else [
+            {"id": d.id, "text": d.text, "metadata": d.metadata} for d in docs]
+        item: dict[str, Any] = {"context": ctx}
+        if query is not None:
+            item["query"] = query
+        return item
+
+    def _modes(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(overrides) - {*_MODES, "confidence"}
+        if unknown:
+            raise ConfigError(f"unknown option(s) for a remote compress: {', '.join(sorted(unknown))}")
+        return _merge_modes(self.defaults, overrides, strict=True)
+
+    def _url(self, path: str) -> str:
+        return self.endpoint + path
+
+    def _request(self, method: str, path: str, payload: Any) -> httpx.Request:
+        headers = {"Accept": "application/json", "User-Agent": f"pocsdk/{__version__}"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        content = None
+        if payload is not None:
+            try:
+                content = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+            except (TypeError, ValueError) as exc:
+                raise InvalidTypeError(f"input is not JSON-serialisable (check document metadata): {exc}") from None
+            headers["Content-Type"] = "application/json"
+        return httpx.Request(method, self._url(path), content=content, headers=headers,
+                             extensions={"timeout": self.timeout.as_dict()})
+
+    def _exchange(self, method: str, path: str, payload: Any, *,
+                  batch: bool = False) -> Generator[_Step, httpx.Response | None, Any]:
+        """Yield requests to send and pauses to take; return the decoded answer or raise a typed error."""
+        request = self._request(method, path, payload)
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = yield request
+            except httpx.TransportError as exc:
+                retryable = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                                             httpx.ReadError, httpx.WriteError, httpx.PoolTimeout))
+                if not retryable or attempt == attempts:
+                    raise RemoteError(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}") from exc
+                yield self.retry.delay(attempt)
+                continue
+            assert response is not None
+            if response.status_code in self.retry.statuses and attempt < attempts:
+                yield self.retry.delay(attempt, response.headers.get("retry-after"))
+                continue
+            return _decode(response, path, batch)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- thin shells ---------------------------------------------------------------------
+    def _drive(self, gen: Generator[_Step, httpx.Response | None, T]) -> T:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout, transport=self._transport)
+        client = self._client
+        try:
+            step = next(gen)
+            while True:
+                if isinstance(step, httpx.Request):
+                    try:
+                        response = client.send(step)
+                    except httpx.TransportError as exc:
+                        step = gen.throw(exc)
+                        continue
+                    step = gen.send(response)
+                else:
+                    time.sleep(step)
+                    step = gen.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _adrive(self, gen: Generator[_Step, httpx.Response | None, T]) -> T:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient_loop is not loop:  # a client is bound to its event loop
+            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport)
+            self._aclient_loop = loop
+        client = self._aclient
+        try:
+            step = next(gen)
+            while True:
+                if isinstance(step, httpx.Request):
+                    try:
+                        response = await client.send(step)
+                    except httpx.TransportError as exc:
+                        step = gen.throw(exc)
+                        continue
+                    step = gen.send(response)
+                else:
+                    await asyncio.sleep(step)
+                    step = gen.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:
+    """One mode (per-call wins over default) plus confidence, validated like the local facade."""
+    given = {k: overrides[k] for k in _MODES if overrides.get(k) is not None}
+    if len(given) > 1:
+        raise ConfigError(f"give one of keep_rate, target_tokens or floor, not {' and '.join(given)}")
+    mode = given or {k: defaults[k] for k in _MODES if k in defaults}
+    if strict and not mode:
+        raise ConfigError("no compression target: give keep_rate, target_tokens or floor")
+    out: dict[str, Any] = {}
+    for k, v in mode.items():
+        if k == "keep_rate":
+            out[k] = check_keep_rate(v)
+        elif k == "floor":
+            out[k] = check_unit_interval("floor", v)
+        else:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _errors.InvalidRateError(f"target_tokens must be a positive integer, got {v!r}")
+            out[k] = int(v)
+    conf = overrides.get("confidence")
+    if conf is None:
+        conf = defaults.get("confidence")
+    if conf is not None:
+        out["confidence"] = check_unit_interval("confidence", conf, closed_right=False)
+    return out
+
+
+def _unpack(item: Any) -> tuple[ContextLike, str | None]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, Mapping):
+        if "context" not in item:
+            raise InvalidTypeError("each mapping item needs a 'context' field")
+        return item["context"], item.get("query")
+    if isinstance(item, (str, Sequence)):
+        return item, None
+    raise InvalidTypeError(f"cannot compress an item of type {type(item).__name__}")
+
+
+def _result(data: Any) -> CompressionResult:
+    if isinstance(data, dict) and data.get("compression_factor") is None:
+        data = {**data, "compression_factor": math.inf}  # JSON carries inf as null
+    return CompressionResult.model_validate(data)
+
+
+def _decode(response: httpx.Response, path: str, batch: bool) -> Any:
+    status = response.status_code
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if 200 <= status < 300:
+        if data is None:
+            raise RemoteError(f"{path}: the server answered {status} without JSON", status)
+        if path != "/v1/compress":
+            return data
+        try:
+            if batch:
+                return [_result(r) for r in data["results"]]
+            return _result(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteError(f"{path}: unexpected answer from the server: {exc}", status) from None
+    raise _error(status, data, response.reason_phrase)
+
+
+_REMOTE_CLASSES: dict[type[PocError], type[RemoteError]] = {}
+
+
+def _error(status: int, data: Any, reason: str) -> RemoteError:
+    """The typed error for a non-2xx answer: the SDK's own class (also a RemoteError) when known."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return RemoteError(f"server answered {status} {reason}", status)
+    message = str(err.get("message") or reason)
+    cls = getattr(_errors, str(err.get("type")), None)
+    known = (isinstance(cls, type) and issubclass(cls, PocError) and not issubclass(cls, RemoteError)
+             and cls is not _errors.MissingDependencyError)
+    if known and (status < 500 or cls is _errors.ArtifactError):
+        assert isinstance(cls, type) and issubclass(cls, PocError)
+        remote_cls = _REMOTE_CLASSES.get(cls)
+        if remote_cls is None:
+            remote_cls = type(cls.__name__, (cls, RemoteError), {"__module__": __name__,
+                                                                  "__doc__": f"{cls.__name__} from the server."})
+            _REMOTE_CLASSES[cls] = remote_cls
+        return remote_cls(message, status)
+    return RemoteError(f"server answered {status}: {message}", status)

@@ -1,0 +1,229 @@
+"""Dynamic batching: collect requests for a few milliseconds, run them as one call.
+
+A model-backed compressor spends most of a request on one forward pass; running the
+inputs that arrive within a short window as one batch amortises it. :class:`Batcher` is
+generic: it hands ``fn(list_of_items) -> list_of_results_or_exceptions`` to a worker
+thread, one batch at a time, so the event loop never blocks and a GPU sees one caller.
+Items that arrive while a batch runs form the next one, so under load batches grow by
+themselves and the window only costs latency when the server is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down and takes no new work."""
+
+
+class BatchTimeout(TimeoutError):
+    """An item was not answered within its timeout."""
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher(Generic[T, R]):
+    """Run items through ``fn`` in batches of up to ``max_batch``, gathered for ``window_s``.
+
+    ``fn`` runs in ``executor`` (a private one-thread pool by default) and returns one result
+    or exception per item, in order; an exception raised by ``fn`` itself fails the whole
+    batch. ``on_batch(size, run_seconds, queue_waits)`` reports each call, for metrics.
+    Use from one event loop; call :meth:`start` inside it and :meth:`close` to drain.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        *,
+        window_s: float = 0.005,
+        max_batch: int = 32,
+        executor: Executor | None = None,
+        name: str = "batcher",
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or window_s < 0:
+            raise ValueError("max_batch must be >= 1 and window_s >= 0")
+        self.fn = fn
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.name = name
+        self.on_batch = on_batch
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pocsdk-{name}")
+        self._items: deque[_Pending[T, R]] = deque()
+        self._running = 0
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting plus items in the running batch."""
+        return len(self._items) + self._running
+
+    def start(self) -> None:
+        """Start the dispatch loop on the running event loop (again, if the loop changed, as in tests)."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.get_loop() is not loop and not self._items:
+            self._task = None  # the old loop is gone; its events cannot be awaited here
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._full = asyncio.Event()
+            self._task = loop.create_task(self._loop(), name=f"pocsdk-{self.name}")
+
+    async def submit(self, item: T, timeout: float | None = None) -> R:
+        """Queue one item and wait for its result (raises its exception, or :class:`BatchTimeout`)."""
+        if self._closing:
+            raise BatcherClosed(f"{self.name} is shutting down")
+        self.start()
+        assert self._wakeup is not None and self._full is not None
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._items.append(_Pending(item, fut))
+        self._wakeup.set()
+        if len(self._items) >= self.max_batch:
+            self._full.set()
+        try:
+            return await asyncio.wait_for(fut, timeout)  # cancels fut on timeout: the loop skips it
+        except asyncio.TimeoutError:
+            raise BatchTimeout(f"no result within {timeout:g} s") from None
+
+    async def close(self) -> None:
+        """Take no new items, finish everything queued, stop the loop."""
+        self._closing = True
+        if self._task is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            await self._task
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None and self._full is not None
+        while True:
+            while not self._items:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.window_s > 0 and len(self._items) < self.max_batch and not self._closing:
+                left = self.window_s - (time.perf_counter() - self._items[0].enqueued)
+                if left > 0:
+                    self._full.clear()
+                    try:
+                        await asyncio.wait_for(self._full.wait(), left)
+                    except asyncio.TimeoutError:
+                        pass
+            batch: list[_Pending[T, R]] = []
+            while self._items and len(batch) < self.max_batch:
+                p = self._items.popleft()
+                if not p.future.done():  # timed out or cancelled while waiting: skip
+                    batch.append(p)
+            if batch:
+                await self._dispatch(batch)
+
+    async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        waits = [t0 - p.enqueued for p in batch]
+        self._running = len(batch)
+        try:
+            results: Sequence[R | BaseException] = await loop.run_in_executor(
+                self._executor, self.fn, [p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:
+            results = [exc] * len(batch)
+        finally:
+            self._running = 0
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - t0, waits)
+        for p, res in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(res, BaseException):
+                p.future.set_exception(res)
+            else:
+                p.future.set_result(res)
+
+
+class DirectRunner(Generic[T, R]):
+    """The unbatched twin of :class:`Batcher`: each item is its own call, run concurrently in a pool.
+
+    Same ``submit`` / ``close`` / ``depth`` API, so the service switches with one flag.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        *,
+        workers: int = 4,
+        name: str = "direct",
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.on_batch = on_batch
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pocsdk-{name}")
+        self._depth = 0
+        self._closing = False
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._idle is None or (self._depth == 0 and getattr(self, "_loop", None) is not loop):
+            self._loop = loop
+            self._idle = asyncio.Event()
+            self._idle.set()
+
+    async def submit(self, item: T, timeout: float | None = None) -> R:
+        if self._closing:
+            raise BatcherClosed(f"{self.name} is shutting down")
+        self.start()
+        assert self._idle is not None
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        self._depth += 1
+        self._idle.clear()
+        try:
+            fut = loop.run_in_executor(self._executor, self.fn, [item])
+            try:
+                results = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                raise BatchTimeout(f"no result within {timeout:g} s") from None
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._idle.set()
+        if self.on_batch is not None:
+            self.on_batch(1, time.perf_counter() - t0, [0.0])
+        res = results[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._idle is not None:
+            await self._idle.wait()
+        self._executor.shutdown(wait=True)

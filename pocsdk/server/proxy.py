@@ -1,0 +1,364 @@
+"""A compressing OpenAI-compatible proxy: ``pocsdk proxy --upstream URL --floor 0.9``.
+
+Point any OpenAI client at the proxy (``base_url=http://127.0.0.1:8080/v1``): it compresses
+the long context parts of ``POST /v1/chat/completions`` messages (rules in
+:mod:`pocsdk.llm.messages`: long user/tool texts, or exactly the ``<compress>...</compress>``
+regions when marked; system prompts and the final question stay verbatim) and forwards the
+request to the one configured upstream. Responses, streamed SSE and upstream errors come
+back unchanged, with the compression stats in ``X-Pocsdk-*`` headers.
+
+Per request: ``X-Pocsdk-Floor`` / ``X-Pocsdk-Keep-Rate`` headers, or a body field
+``"pocsdk": {"floor": 0.8}`` / ``{"keep_rate": 0.3}`` / ``{"compress": false}``, removed
+before forwarding.
+
+Security and robustness: prompts are never logged; ``Authorization`` goes only to the
+configured upstream (never to a URL taken from a request; redirects are not followed);
+bodies over ``max_body_bytes`` get 413; upstream timeouts 504, unreachable upstream 502;
+malformed requests 400 with OpenAI's error body; beyond ``max_concurrent`` requests in
+flight plus ``max_queue`` waiting, 429 with ``Retry-After``. One pooled
+``httpx.AsyncClient`` serves all upstream calls; compression runs on a small thread pool
+so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from pocsdk._version import __version__
+from pocsdk.compressor import Compressor
+from pocsdk.errors import ConfigError, PocError
+from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
+from pocsdk.server.common import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiError,
+    BearerAuth,
+    BodySizeLimit,
+    ConcurrencyLimiter,
+    install_error_handlers,
+    is_loopback,
+    status_for,
+)
+
+log = logging.getLogger("pocsdk.proxy")
+
+UPSTREAM_KEY_ENV = "POCSDK_UPSTREAM_API_KEY"
+PROXY_KEY_ENV = "POCSDK_PROXY_API_KEY"
+
+# Never forwarded upstream: hop-by-hop headers, ones httpx sets itself, our own controls.
+_DROP_REQUEST = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "upgrade", "accept-encoding", "authorization", "cookie",
+    "x-pocsdk-floor", "x-pocsdk-keep-rate",
+})
+# Never copied back from upstream: hop-by-hop and length/encoding (the proxy's server sets them).
+_DROP_RESPONSE = frozenset({
+    "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "server", "date",
+    "set-cookie",
+})
+
+
+class ProxySettings(BaseModel):
+    """Everything ``pocsdk proxy`` decides. ``upstream`` is a base URL with its ``/v1``."""
+
+    upstream: str
+    floor: float | None = None
+    keep_rate: float | None = None
+    compressor: str = "extractive"
+    min_tokens: int = Field(default=512, ge=1)
+    """User/tool texts with at least this many tokens are compressed automatically."""
+    upstream_api_key: str | None = Field(default=None, repr=False)
+    """Sent upstream instead of the caller's ``Authorization`` when set."""
+    api_key: str | None = Field(default=None, repr=False)
+    """When set, callers must send it as a bearer token; it is never forwarded."""
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    max_concurrent: int = Field(default=64, ge=1)
+    """Requests in flight (compressing or waiting on upstream)."""
+    max_queue: int = Field(default=64, ge=0)
+    """Requests waiting for a slot; beyond this, 429."""
+    compress_workers: int = Field(default=max(1, min(4, os.cpu_count() or 1)), ge=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    """Upstream silence allowed before 504 (between stream chunks, too)."""
+    cache_size: int = Field(default=256, ge=0)
+    """Compressed prompts remembered (exact repeats skip compression); 0 disables."""
+
+    def vet(self, host: str) -> None:
+        """Refuse configurations that would expose an upstream key to anyone."""
+        if self.floor is not None and self.keep_rate is not None:
+            raise ConfigError("give either a floor or a keep rate, not both")
+        if self.upstream_api_key and not self.api_key and not is_loopback(host):
+            raise ConfigError(
+                f"an upstream API key on a non-loopback host ({host}) would let anyone spend it: "
+                "set a proxy API key too (--api-key / $POCSDK_PROXY_API_KEY)")
+        if not self.upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream must be an http(s) URL, got {self.upstream!r}")
+
+
+class _Proxy:
+    """Per-app state: the compressor, the shared HTTP client, the limiter, the worker pool."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.base = settings.upstream.rstrip("/")
+        mode = {"floor": settings.floor} if settings.keep_rate is None else {"keep_rate": settings.keep_rate}
+        if settings.floor is None and settings.keep_rate is None:
+            mode = {"floor": 0.9}
+        self.messages = MessageCompressor(
+            Compressor(compressor=settings.compressor, **mode),
+            MessagePolicy(min_tokens=settings.min_tokens), cache_size=settings.cache_size)
+        self.limiter = ConcurrencyLimiter(settings.max_concurrent, settings.max_queue)
+        self.pool = ThreadPoolExecutor(settings.compress_workers, thread_name_prefix="pocsdk-proxy")
+        self.auth = BearerAuth(settings.api_key)
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared pooled client, made in (and bound to) the serving event loop."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._loop is not loop:
+            self._loop = loop
+            s = self.settings
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=s.read_timeout_s,
+                                      pool=s.read_timeout_s),
+                limits=httpx.Limits(max_connections=s.max_concurrent + 8,
+                                    max_keepalive_connections=s.max_concurrent + 8),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._http
+
+    def warm_up(self) -> None:
+        """Load what the default mode needs (a floor's predictor) before the first request pays for it."""
+        sample = "Warm-up sentence about nothing in particular. " * 40
+        try:
+            self.messages.compressor.compress(sample, "warm up?")
+        except (PocError, ImportError) as exc:  # served requests will answer the same error
+            log.warning("warm-up compression failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests ------------------------------------------------------------------------
+    def upstream_headers(self, request: Request) -> dict[str, str]:
+        out = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+        out["accept-encoding"] = "identity"
+        if self.settings.upstream_api_key:
+            out["authorization"] = f"Bearer {self.settings.upstream_api_key}"
+        elif not self.auth.enabled and "authorization" in request.headers:
+            out["authorization"] = request.headers["authorization"]
+        return out
+
+    async def compress(self, body: dict[str, Any], mode: dict[str, float]) -> tuple[list[Any], MessagesStats]:
+        try:
+            return await self.messages.acompress_messages(body["messages"], executor=self.pool, **mode)
+        except PocError as exc:
+            raise ApiError(status_for(exc), f"compression failed: {exc}", code=exc.code) from exc
+        except ImportError as exc:  # floor mode without its predictor module installed
+            raise ApiError(501, f"compression mode unavailable on this server: {exc}",
+                           code="mode_unavailable") from exc
+
+    async def send(self, method: str, path: str, request: Request, content: bytes | None,
+                   stream: bool = False) -> httpx.Response:
+        req = self.http.build_request(method, self.base + path, content=content,
+                                      headers=self.upstream_headers(request))
+        try:
+            return await self.http.send(req, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise ApiError(504, f"upstream timed out ({type(exc).__name__})", type="timeout",
+                           code="upstream_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"upstream unreachable ({type(exc).__name__})", code="upstream_unreachable") from exc
+
+
+def parse_chat_request(raw: bytes) -> dict[str, Any]:
+    """The JSON body, checked just enough to compress it; the upstream validates the rest."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_request")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_request")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a string 'role'",
+                           param=f"messages.{i}", code="invalid_request")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(400, f"messages[{i}].content must be a string, an array or null",
+                           param=f"messages.{i}.content", code="invalid_request")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_request")
+    return body
+
+
+def request_mode(body: dict[str, Any], headers: Mapping[str, str]) -> dict[str, float] | None:
+    """Per-request floor / keep rate (header or ``pocsdk`` body field); ``None`` skips compression.
+
+    Removes the ``pocsdk`` field from ``body``.
+    """
+    opts = body.pop("pocsdk", None)
+    if opts is not None and not isinstance(opts, dict):
+        raise ApiError(400, "'pocsdk' must be an object like {\"floor\": 0.9}", param="pocsdk",
+                       code="invalid_request")
+    opts = dict(opts or {})
+    unknown = set(opts) - {"floor", "keep_rate", "compress"}
+    if unknown:
+        raise ApiError(400, f"unknown pocsdk option(s): {', '.join(sorted(unknown))}", param="pocsdk",
+                       code="invalid_request")
+    if opts.get("compress") is False:
+        return None
+    mode: dict[str, float] = {}
+    for name, header in (("floor", "x-pocsdk-floor"), ("keep_rate", "x-pocsdk-keep-rate")):
+        raw = opts.get(name, headers.get(header))
+        if raw is None:
+            continue
+        try:
+            value = float(raw) if not isinstance(raw, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0.0 < value <= 1.0:
+            raise ApiError(400, f"{name} must be a number in (0, 1], got {raw!r}", param=f"pocsdk.{name}",
+                           code="invalid_rate")
+        mode[name] = value
+    if len(mode) > 1:
+        raise ApiError(400, "give either a floor or a keep rate, not both", param="pocsdk", code="invalid_request")
+    return mode
+
+
+def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> dict[str, str]:
+    out = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    if stats is not None:
+        out.update(stats.headers())
+    return out
+
+
+def create_proxy_app(settings: ProxySettings) -> FastAPI:
+    """The proxy as an ASGI app (run it with uvicorn, or ``pocsdk proxy``)."""
+    proxy = _Proxy(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(proxy.warm_up)
+        yield
+        await proxy.close()
+
+    app = FastAPI(title="pocsdk proxy", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.proxy = proxy
+    install_error_handlers(app, openai_types=True)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, openai_types=True)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Liveness of the proxy itself (the upstream is not called)."""
+        return JSONResponse({"status": "ok", "version": __version__, "in_flight": proxy.limiter.in_flight,
+                             "waiting": proxy.limiter.waiting})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        """Forwarded to the upstream unchanged."""
+        await proxy.auth(request)
+        async with proxy.limiter.slot():
+            resp = await proxy.send("GET", "/models", request, None)
+            return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, None))
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> Response:
+        """Forwarded to the upstream unchanged."""
+        await proxy.auth(request)
+        async with proxy.limiter.slot():
+            resp = await proxy.send("GET", f"/models/{model_id}", request, None)
+            return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, None))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        """Compress the context parts, forward, answer with the upstream's response (streamed or not)."""
+        await proxy.auth(request)
+        await proxy.limiter.acquire()
+        slot = _Slot(proxy.limiter)
+        try:
+            return await _chat(proxy, request, slot)
+        finally:
+            if not slot.handed_off:
+                slot.release()
+
+    return app
+
+
+class _Slot:
+    """A limiter slot released exactly once, by the handler or, for streams, when the stream ends."""
+
+    def __init__(self, limiter: ConcurrencyLimiter) -> None:
+        self.limiter = limiter
+        self.handed_off = False
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.limiter.release()
+
+
+async def _chat(proxy: _Proxy, request: Request, slot: _Slot) -> Response:
+    raw = await request.body()
+    body = parse_chat_request(raw)
+    had_options = "pocsdk" in body
+    mode = request_mode(body, request.headers)
+    stats: MessagesStats | None = None
+    changed = False
+    if mode is not None:
+        new_messages, stats = await proxy.compress(body, mode)
+        changed = new_messages != body["messages"]
+        body["messages"] = new_messages
+    # Unchanged requests go upstream byte for byte.
+    content = json.dumps(body, ensure_ascii=False).encode() if changed or had_options else raw
+    log.info("chat request: %d messages, %s", len(body["messages"]),
+             "no compression" if stats is None else
+             f"{stats.original_tokens}->{stats.compressed_tokens} tokens in {stats.compress_ms:.1f} ms")
+    if body.get("stream") is not True:
+        resp = await proxy.send("POST", "/chat/completions", request, content)
+        return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, stats))
+    resp = await proxy.send("POST", "/chat/completions", request, content, stream=True)
+    if resp.status_code >= 400:
+        data = await resp.aread()
+        await resp.aclose()
+        return Response(data, status_code=resp.status_code, headers=_response_headers(resp, stats))
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:  # the status line is already sent: end the stream
+            log.warning("upstream stream ended early: %s", type(exc).__name__)
+        finally:
+            await resp.aclose()
+            slot.release()
+
+    async def cleanup() -> None:  # also runs when the client leaves before the first chunk
+        await resp.aclose()
+        slot.release()
+
+    slot.handed_off = True
+    return StreamingResponse(relay(), status_code=resp.status_code, headers=_response_headers(resp, stats),
+                             background=BackgroundTask(cleanup))

@@ -1,0 +1,508 @@
+"""The compression service: ``POST /v1/compress`` over the same ``Compressor`` facade as the SDK.
+
+One process hosts one or more compressors (and, under a floor, their predictors). Each
+compressor gets a :class:`~pocsdk.server.batching.Batcher`: requests arriving within a few
+milliseconds are scored in one call when the compressor offers the optional hook
+``score_batch(list[(context, query)]) -> list[Scored]`` (model-backed compressors run one
+forward pass for all), else one by one in the compressor's worker thread. Selection and
+rendering then go through the facade per item, so results equal local ``compress`` calls.
+
+Admission is bounded (``max_queue`` inputs waiting or running; beyond that 429 with
+``Retry-After``), every request has a timeout (504), and shutdown drains queued work.
+Request bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import Body, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from pocsdk import compressors as _compressors
+from pocsdk._version import __version__
+from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
+from pocsdk.compressors import TextCompressor, get_compressor
+from pocsdk.compressors.base import Scored, Selection
+from pocsdk.errors import ConfigError, PocError, UnknownCompressorError
+from pocsdk.server.batching import Batcher, BatcherClosed, BatchTimeout, DirectRunner
+from pocsdk.server.common import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiError,
+    BearerAuth,
+    BodySizeLimit,
+    ConcurrencyLimiter,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    install_error_handlers,
+    status_for,
+)
+from pocsdk.server.metrics import ServiceMetrics
+from pocsdk.types import CompressionResult
+
+log = logging.getLogger("pocsdk.server")
+
+MAX_INPUTS_PER_REQUEST = 256
+
+
+# -- configuration -----------------------------------------------------------------------
+@dataclass
+class ServiceConfig:
+    """Everything ``pocsdk serve`` decides; ``api_key=None`` means auth is off (already vetted)."""
+
+    compressors: list[str] = field(default_factory=lambda: [DEFAULT_COMPRESSOR])
+    model: str | None = None
+    """Model for model-backed compressors (their ``model`` parameter)."""
+    device: str = "auto"
+    """Device for compressors that take one (``auto``, ``cuda``, ``cpu``)."""
+    predictor: str | None = None
+    """Predictor artifact for floor mode (default: the compressor's shipped predictor)."""
+    api_key: str | None = None
+    max_queue: int = 512
+    """Most inputs admitted at once (waiting or running); more get 429."""
+    batch_window_ms: float = 5.0
+    """How long a batch gathers inputs; 0 turns batching off (each request runs on its own)."""
+    max_batch: int = 32
+    request_timeout_s: float = 60.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    cors_origins: list[str] = field(default_factory=list)
+    unbatched_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.compressors:
+            raise ConfigError("host at least one compressor")
+        if len(set(self.compressors)) != len(self.compressors):
+            raise ConfigError("each compressor can be hosted once")
+        if self.max_queue < 1 or self.max_batch < 1 or self.batch_window_ms < 0 or self.request_timeout_s <= 0:
+            raise ConfigError("max_queue and max_batch must be >= 1, batch_window_ms >= 0, timeout > 0")
+        if self.device not in ("auto", "cuda", "cpu") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cuda, cuda:N or cpu, not {self.device!r}")
+
+
+# -- request and response models ---------------------------------------------------------
+class DocumentIn(BaseModel):
+    """One document; ``id`` (default: its position) and ``metadata`` come back in the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int | None = None
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+Context = Union[str, list[Union[str, DocumentIn]]]
+Rate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Confidence = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Modes(BaseModel):
+    keep_rate: Rate | None = None
+    """Fraction of tokens to keep, in (0, 1]."""
+    target_tokens: Annotated[int, Field(ge=1)] | None = None
+    floor: Rate | None = None
+    """Performance floor: the least relative task performance to keep, in (0, 1]."""
+    confidence: Confidence | None = None
+    compressor: Name | None = None
+    """A hosted compressor's name (default: the first one hosted)."""
+
+    def mode(self) -> dict[str, Any]:
+        return {k: v for k in ("keep_rate", "target_tokens", "floor", "confidence")
+                if (v := getattr(self, k)) is not None}
+
+
+class CompressRequest(_Modes):
+    """Compress one context. Give at most one of ``keep_rate``, ``target_tokens``, ``floor``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: Context
+    query: str | None = None
+
+
+class BatchRequest(_Modes):
+    """Compress many inputs in one request; top-level fields are defaults for every input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Annotated[list[CompressRequest], Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)]
+
+
+class BatchResponse(BaseModel):
+    """One result per input, in order."""
+
+    results: list[CompressionResult]
+
+
+def _kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "inputs" in value else "single"
+
+
+CompressBody = Annotated[
+    Union[Annotated[CompressRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
+    Discriminator(_kind),
+]
+
+
+class CompressorInfo(BaseModel):
+    name: str
+    default: bool
+    batched: bool
+    """True when the compressor scores a batch in one call (``score_batch``)."""
+    queue_depth: int
+    parameters: dict[str, Any]
+
+
+class CompressorsResponse(BaseModel):
+    default: str
+    compressors: list[CompressorInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "draining"]
+    version: str
+    compressors: list[str]
+
+
+# -- hosting -----------------------------------------------------------------------------
+_PRESCORED: contextvars.ContextVar[Scored | None] = contextvars.ContextVar("pocsdk_prescored", default=None)
+
+
+class _Prescorable:
+    """Wraps a compressor so the facade can reuse a score computed by ``score_batch``.
+
+    The batch worker sets the pre-computed ``Scored`` in a context variable around each
+    ``Compressor.compress`` call; everything else (floor search, selection, rendering) is
+    the facade's own code, so service results equal local ones.
+    """
+
+    def __init__(self, inner: TextCompressor) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def score(self, context: Any, query: str | None = None) -> Scored:
+        pre = _PRESCORED.get()
+        return pre if pre is not None else self.inner.score(context, query)
+
+    def select(self, scored: Scored, keep_rate: float) -> Selection:
+        return self.inner.select(scored, keep_rate)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class _Job:
+    context: Any
+    query: str | None
+    mode: dict[str, Any]
+
+
+class Hosted:
+    """One hosted compressor: its facade and its batcher (or unbatched runner)."""
+
+    def __init__(self, name: str, facade: Compressor, inner: TextCompressor, config: ServiceConfig,
+                 metrics: ServiceMetrics) -> None:
+        self.name = name
+        self.facade = facade
+        self.inner = inner
+        self.metrics = metrics
+        score_batch = getattr(inner, "score_batch", None)
+        self.score_batch: Callable[[list[tuple[Any, str | None]]], list[Scored]] | None = (
+            score_batch if callable(score_batch) else None)
+        self.config = config
+        self.runner = self._new_runner()
+        self._closed = False
+        metrics.track_queue(name, lambda: float(self.runner.depth))
+
+    def _new_runner(self) -> Batcher[_Job, CompressionResult] | DirectRunner[_Job, CompressionResult]:
+        cfg = self.config
+        if cfg.batch_window_ms > 0:
+            return Batcher(self.run_batch, window_s=cfg.batch_window_ms / 1000.0, max_batch=cfg.max_batch,
+                           name=self.name, on_batch=self._on_batch)
+        return DirectRunner(self.run_batch, workers=cfg.unbatched_workers, name=self.name, on_batch=self._on_batch)
+
+    def open(self) -> None:
+        """Start serving (again, after a previous lifespan closed it)."""
+        if self._closed:
+            self.runner = self._new_runner()
+            self._closed = False
+        self.runner.start()
+
+    async def close(self) -> None:
+        """Finish queued work and stop."""
+        self._closed = True
+        await self.runner.close()
+
+    def run_batch(self, jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
+        """Score the jobs (in one call when the compressor can), then finish each through the facade."""
+        scored: list[Scored] | None = None
+        if self.score_batch is not None and len(jobs) > 1:
+            try:
+                scored = list(self.score_batch([(j.context, j.query) for j in jobs]))
+                if len(scored) != len(jobs):
+                    scored = None
+            except PocError:  # one bad input: score one by one so only that one fails
+                scored = None
+        out: list[CompressionResult | BaseException] = []
+        for i, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            token = _PRESCORED.set(scored[i] if scored is not None else None)
+            try:
+                res = self.facade.compress(job.context, job.query, **job.mode)
+                self.metrics.observe_result(self.name, time.perf_counter() - t0, res.original_tokens,
+                                            res.compressed_tokens)
+                out.append(res)
+            except Exception as exc:
+                out.append(exc)
+            finally:
+                _PRESCORED.reset(token)
+        return out
+
+    def _on_batch(self, size: int, seconds: float, waits: list[float]) -> None:
+        self.metrics.batch_size.labels(self.name).observe(size)
+        for w in waits:
+            self.metrics.queue_seconds.labels(self.name).observe(w)
+
+    def info(self, default: str) -> CompressorInfo:
+        params_fn = getattr(self.inner, "parameters", None)
+        params = params_fn() if callable(params_fn) else {}
+        return CompressorInfo(name=self.name, default=self.name == default, batched=self.score_batch is not None,
+                              queue_depth=self.runner.depth, parameters=params)
+
+
+def _accepts(name: str, param: str) -> bool:
+    """Does the registered factory for ``name`` take keyword ``param``?"""
+    target = _compressors._REGISTRY.get(name)
+    if target is None:
+        raise UnknownCompressorError(
+            f"unknown compressor {name!r}; available: {', '.join(_compressors.available())}")
+    factory = _compressors._resolve(target) if isinstance(target, str) else target
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == param or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def build_compressor(name: str, *, model: str | None = None, device: str = "auto") -> TextCompressor:
+    """Build a hosted compressor, giving ``model`` and ``device`` only to compressors that take them."""
+    params: dict[str, Any] = {}
+    if model is not None and _accepts(name, "model"):
+        params["model"] = model
+    if _accepts(name, "device"):
+        params["device"] = device
+    elif device.startswith("cuda"):
+        log.warning("compressor %r runs on the CPU; --device %s does not apply to it", name, device)
+    return get_compressor(name, **params)
+
+
+# -- the app -----------------------------------------------------------------------------
+_ROUTES = frozenset({"/v1/compress", "/v1/compressors", "/healthz", "/metrics", "/openapi.json"})
+
+
+class _RequestMetrics:
+    """ASGI middleware: count requests by route and status, observe latency (bounded label set)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        route = path if path in _ROUTES else "other"
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.observe_request(route, status, time.perf_counter() - t0)
+
+
+class ServiceState:
+    """What the routes share: hosted compressors, the admission limiter, metrics."""
+
+    def __init__(self, config: ServiceConfig, hosted: dict[str, Hosted], metrics: ServiceMetrics) -> None:
+        self.config = config
+        self.hosted = hosted
+        self.default = config.compressors[0]
+        self.metrics = metrics
+        self.limiter = ConcurrencyLimiter(max_concurrent=config.max_queue, max_queue=0)
+        self.draining = False
+        metrics.in_flight.set_function(lambda: float(self.limiter.in_flight))
+
+    def get(self, name: str | None) -> Hosted:
+        key = name or self.default
+        try:
+            return self.hosted[key]
+        except KeyError:
+            raise UnknownCompressorError(
+                f"compressor {key!r} is not hosted here; hosted: {', '.join(self.hosted)}") from None
+
+    async def compress(self, jobs: list[tuple[Hosted, _Job]]) -> list[CompressionResult]:
+        if self.draining:
+            raise ApiError(503, "server is shutting down", type="Unavailable", code="shutting_down",
+                           headers={"Retry-After": "1"})
+        weight = len(jobs)
+        await self.limiter.acquire(weight)
+        t0 = time.perf_counter()
+        try:
+            timeout = self.config.request_timeout_s
+            outcomes = await asyncio.gather(*(h.runner.submit(job, timeout) for h, job in jobs),
+                                            return_exceptions=True)
+        finally:
+            self.limiter.observe(time.perf_counter() - t0)
+            self.limiter.release(weight)
+        results: list[CompressionResult] = []
+        for i, out in enumerate(outcomes):
+            if isinstance(out, CompressionResult):
+                results.append(out)
+                continue
+            where = f"inputs[{i}]" if len(jobs) > 1 else None
+            raise _api_error(out, where)
+        return results
+
+
+def _api_error(exc: BaseException, where: str | None) -> ApiError:
+    prefix = f"{where}: " if where else ""
+    if isinstance(exc, BatchTimeout):
+        return ApiError(504, f"{prefix}compression did not finish in time ({exc})", type="Timeout", code="timeout",
+                        param=where)
+    if isinstance(exc, BatcherClosed):
+        return ApiError(503, f"{prefix}server is shutting down", type="Unavailable", code="shutting_down",
+                        param=where, headers={"Retry-After": "1"})
+    if isinstance(exc, PocError):
+        return ApiError(status_for(exc), f"{prefix}{exc}", type=type(exc).__name__, code=exc.code, param=where)
+    if isinstance(exc, ImportError):  # an optional part (e.g. floor mode's predictor) is not installed
+        return ApiError(501, f"{prefix}not available on this server: {exc}", type="MissingDependencyError",
+                        code="missing_dependency", param=where)
+    log.error("compression failed with %s", type(exc).__name__, exc_info=exc)  # never the input itself
+    return ApiError(500, f"{prefix}internal error while compressing", type="InternalError", code="internal_error",
+                    param=where)
+
+
+def _job(item: CompressRequest, defaults: _Modes | None = None) -> _Job:
+    mode = item.mode()
+    if defaults is not None and not {"keep_rate", "target_tokens", "floor"} & mode.keys():
+        base = defaults.mode()
+        if "confidence" in mode:
+            base["confidence"] = mode["confidence"]
+        mode = base
+    ctx = item.context
+    context: Any = ctx if isinstance(ctx, str) else [
+        d if isinstance(d, str) else d.model_dump(exclude_none=True) for d in ctx]
+    return _Job(context=context, query=item.query, mode=mode)
+
+
+def _json(result: CompressionResult) -> str:
+    return result.model_dump_json()
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    """Build the service app. Compressors (and models) load here, before the port opens."""
+    cfg = config or ServiceConfig()
+    metrics = ServiceMetrics()
+    hosted: dict[str, Hosted] = {}
+    for name in cfg.compressors:
+        inner = build_compressor(name, model=cfg.model, device=cfg.device)
+        facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor)
+        hosted[name] = Hosted(name, facade, inner, cfg, metrics)
+    state = ServiceState(cfg, hosted, metrics)
+    auth = BearerAuth(cfg.api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.draining = False
+        for h in hosted.values():
+            h.open()
+        yield
+        # uvicorn has stopped accepting and waited for open requests; finish anything still queued.
+        state.draining = True
+        await asyncio.gather(*(h.close() for h in hosted.values()))
+
+    app = FastAPI(
+        title="pocsdk compression service",
+        version=__version__,
+        description="Context compression under a performance floor or at a fixed rate.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.pocsdk = state
+    install_error_handlers(app, hide_loc=("single", "batch"))
+    if cfg.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    secured = [Depends(auth)]
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"description": desc} for code, desc in (
+            (400, "invalid input (typed error)"), (401, "missing or invalid API key"),
+            (404, "compressor not hosted"), (413, "request too large"), (422, "malformed request"),
+            (429, "queue full; see Retry-After"), (504, "timed out"))}
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    async def healthz() -> JSONResponse:
+        """Liveness: 200 while serving, 503 while draining."""
+        body = Health(status="draining" if state.draining else "ok", version=__version__,
+                      compressors=list(hosted))
+        return JSONResponse(body.model_dump(), status_code=503 if state.draining else 200)
+
+    @app.get("/v1/compressors", response_model=CompressorsResponse, dependencies=secured, tags=["service"],
+             responses={401: errors[401]})
+    async def list_compressors() -> CompressorsResponse:
+        """The hosted compressors and their parameters."""
+        return CompressorsResponse(default=state.default, compressors=[h.info(state.default) for h in hosted.values()])
+
+    @app.post(
+        "/v1/compress",
+        dependencies=secured,
+        tags=["compress"],
+        response_model=None,
+        responses={200: {"model": Union[CompressionResult, BatchResponse],
+                         "description": "a CompressionResult, or {results: [...]} for a batch"}, **errors},
+    )
+    async def compress(body: Annotated[CompressBody, Body()]) -> Response:
+        """Compress one context, or a batch ``{"inputs": [...]}``; results are the SDK's ``CompressionResult``."""
+        if isinstance(body, BatchRequest):
+            jobs = [(state.get(item.compressor or body.compressor), _job(item, body)) for item in body.inputs]
+        else:
+            jobs = [(state.get(body.compressor), _job(body))]
+        results = await state.compress(jobs)
+        if isinstance(body, BatchRequest):
+            content = '{"results":[' + ",".join(_json(r) for r in results) + "]}"
+        else:
+            content = _json(results[0])
+        return Response(content=content, media_type="application/json")
+
+    @app.get("/metrics", dependencies=secured, tags=["service"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                        401: errors[401]})
+    async def prometheus() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app

@@ -1,0 +1,199 @@
+"""The public facade: typed errors for bad input, sync/async twins, batches, target tokens."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pocsdk.compressor import Compressor
+from pocsdk.errors import (
+    ConfigError,
+    EmptyContextError,
+    EncodingError,
+    InputTooLargeError,
+    InvalidInputError,
+    InvalidRateError,
+    InvalidTypeError,
+    PocError,
+    UnknownCompressorError,
+)
+from pocsdk.types import Document, decode_text, normalize_context
+
+TEXT = " ".join(
+    f"Paragraph sentence {i} describes the harbour, the railway and the old castle in some detail." for i in range(40)
+)
+
+
+@pytest.mark.parametrize(
+    ("context", "error"),
+    [
+        ("", EmptyContextError),
+        ("   \n\t \r\n", EmptyContextError),
+        ([], EmptyContextError),
+        (["  ", "\n"], EmptyContextError),
+        ([{"id": "a", "text": " "}], EmptyContextError),
+        (5, InvalidTypeError),
+        (None, InvalidTypeError),
+        (3.5, InvalidTypeError),
+        ({"text": "a dict is not a list"}, InvalidTypeError),
+        ([{"id": "x"}], InvalidTypeError),
+        ([{"text": None}], InvalidTypeError),
+        ([1, 2, 3], InvalidTypeError),
+        ([None], InvalidTypeError),
+        ([{"text": "ok", "id": None}], InvalidTypeError),
+        ([{"text": "ok", "id": 1.5}], InvalidTypeError),
+        ([{"text": "ok", "metadata": "not a mapping"}], InvalidTypeError),
+        (["same id", {"id": "0", "text": "clash"}], InvalidTypeError),
+        (b"bytes are not text", InvalidTypeError),
+        (b"\xff\xfe invalid utf-8", InvalidTypeError),
+        ([b"bytes document"], InvalidTypeError),
+        ([{"text": b"bytes text"}], InvalidTypeError),
+        ({"a", "set"}, InvalidTypeError),
+    ],
+)
+def test_bad_context_gives_a_typed_error(context: object, error: type[PocError]) -> None:
+    with pytest.raises(error) as info:
+        Compressor(keep_rate=0.5).compress(context)  # type: ignore[arg-type]
+    assert isinstance(info.value, PocError)
+    assert info.value.to_dict()["type"] == error.__name__
+
+
+def test_bytes_error_says_decode_first() -> None:
+    with pytest.raises(InvalidTypeError, match="decode"):
+        Compressor(keep_rate=0.5).compress(b"some text")  # type: ignore[arg-type]
+
+
+def test_decode_text_gives_encoding_error() -> None:
+    assert decode_text("héllo".encode()) == "héllo"
+    assert decode_text(b"\xef\xbb\xbfwith bom") == "with bom"
+    with pytest.raises(EncodingError, match="byte 3") as info:
+        decode_text(b"abc\xff\xfe", source="notes.txt")
+    assert isinstance(info.value, InvalidInputError) and "notes.txt" in str(info.value)
+
+
+@pytest.mark.parametrize("rate", [0, 0.0, -0.1, 1.01, 2, float("nan"), float("inf"), -float("inf")])
+def test_keep_rate_out_of_range(rate: float) -> None:
+    with pytest.raises(InvalidRateError):
+        Compressor(keep_rate=rate)
+    with pytest.raises(InvalidRateError):
+        Compressor(keep_rate=0.5).compress(TEXT, keep_rate=rate)
+
+
+@pytest.mark.parametrize("rate", [True, False, "0.5", [0.5], object()])
+def test_keep_rate_wrong_type(rate: object) -> None:
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=rate)  # type: ignore[arg-type]
+
+
+def test_numpy_numbers_are_accepted() -> None:
+    res = Compressor(keep_rate=np.float32(0.5)).compress(TEXT)
+    assert abs(res.keep_rate - 0.5) < 0.05
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=np.bool_(True))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", [0, -5, 2.5, float("nan"), float("inf")])
+def test_bad_target_tokens(target: float) -> None:
+    with pytest.raises(InvalidRateError):
+        Compressor(target_tokens=target)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRateError):
+        Compressor(keep_rate=0.5).compress(TEXT, target_tokens=target)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError):
+        Compressor(target_tokens=True)
+
+
+def test_target_tokens_mode() -> None:
+    res = Compressor(target_tokens=200).compress(TEXT)
+    assert abs(res.compressed_tokens - 200) <= 20
+    res2 = Compressor(keep_rate=0.9).compress(TEXT, target_tokens=10_000_000)
+    assert res2.text == TEXT
+
+
+def test_mode_conflicts_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        Compressor(keep_rate=0.5, target_tokens=10)
+    with pytest.raises(ConfigError):
+        Compressor().compress(TEXT)
+    with pytest.raises(ConfigError):
+        Compressor(keep_rate=0.5).compress(TEXT, keep_rate=0.3, target_tokens=5)
+    with pytest.raises(UnknownCompressorError):
+        Compressor(keep_rate=0.5, compressor="nope")
+    with pytest.raises(ConfigError):
+        Compressor(keep_rate=0.5, bogus_option=1)
+
+
+def test_query_must_be_a_string() -> None:
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=0.5).compress(TEXT, query=42)  # type: ignore[arg-type]
+
+
+def test_input_size_limit() -> None:
+    with pytest.raises(InputTooLargeError):
+        Compressor(keep_rate=0.5, max_input_chars=1000).compress(TEXT)
+    with pytest.raises(InputTooLargeError):
+        Compressor(keep_rate=0.5, max_input_chars=1000).compress([TEXT[:600], TEXT[600:1200]])
+    assert Compressor(keep_rate=0.5, max_input_chars=len(TEXT)).compress(TEXT).compressed_tokens > 0
+    for bad in (0, -1, "1000", 10.5):
+        with pytest.raises(ConfigError):
+            Compressor(keep_rate=0.5, max_input_chars=bad)
+
+
+def test_unknown_tokenizer_is_typed() -> None:
+    with pytest.raises(ConfigError):
+        Compressor(keep_rate=0.5, tokenizer="nonsense").compress(TEXT)
+
+
+def test_result_fields() -> None:
+    res = Compressor(keep_rate=0.25).compress(TEXT, "castle")
+    assert res.compressor == "extractive" and res.tokenizer == "heuristic"
+    assert res.requested_keep_rate == 0.25
+    assert math.isclose(res.compression_factor, 1 / res.keep_rate)
+    assert res.original_tokens == sum(d.original_tokens for d in res.documents)
+    assert not res.passthrough and res.reason is None
+    assert res.timings.total_ms >= res.timings.score_ms >= 0
+    assert res.model_dump_json()  # JSON-ready
+
+
+def test_documents_and_document_objects() -> None:
+    docs: list[Any] = [Document(id="x", text=TEXT, metadata={"k": 1}), {"id": 7, "page_content": TEXT}, "plain " + TEXT]
+    res = Compressor(keep_rate=0.3).compress(docs)
+    assert [d.id for d in res.documents] == ["x", "7", "2"]
+    assert res.documents[0].metadata == {"k": 1}
+    assert [d.id for d in normalize_context(["a", "b"])] == ["0", "1"]
+
+
+async def test_acompress_matches_compress() -> None:
+    comp = Compressor(keep_rate=0.3)
+    sync = comp.compress(TEXT, "railway")
+    res = await comp.acompress(TEXT, "railway")
+    assert res.text == sync.text
+    with pytest.raises(EmptyContextError):
+        await comp.acompress("   ")
+    batch = await comp.acompress_many([TEXT, (TEXT, "castle")])
+    assert [r.text for r in batch] == [comp.compress(TEXT).text, comp.compress(TEXT, "castle").text]
+
+
+def test_compress_many_shapes() -> None:
+    comp = Compressor(keep_rate=0.4)
+    out = comp.compress_many([TEXT, (TEXT, "harbour"), {"context": [TEXT], "query": "castle"}], keep_rate=0.2)
+    assert len(out) == 3
+    assert all(abs(r.keep_rate - 0.2) <= 0.02 for r in out)
+    assert out[1].text == comp.compress(TEXT, "harbour", keep_rate=0.2).text
+    assert comp.compress_many([]) == []
+    assert len(comp.compress_many(iter([TEXT]))) == 1
+
+
+@pytest.mark.parametrize("items", ["a string", b"bytes", 5, None, {"context": TEXT}])
+def test_compress_many_rejects_non_batches(items: object) -> None:
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=0.5).compress_many(items)  # type: ignore[arg-type]
+
+
+def test_compress_many_item_errors_are_typed() -> None:
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=0.5).compress_many([{"query": "no context"}])
+    with pytest.raises(InvalidTypeError):
+        Compressor(keep_rate=0.5).compress_many([42])  # type: ignore[list-item]

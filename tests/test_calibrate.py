@@ -1,0 +1,181 @@
+"""The calibration runner and ``pocsdk calibrate``: valid LabelRecords, resume without duplicates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pocsdk.calibration import runner
+from pocsdk.calibration.datasets import Example, load_dataset
+from pocsdk.calibration.labels import read_labels
+from pocsdk.calibration.runner import check_factors, done_ids, run_calibration
+from pocsdk.cli import app
+from pocsdk.errors import ConfigError, InvalidRateError
+
+FACTORS = [1.0, 2.0, 4.0, 8.0]
+
+SENTENCES = [
+    "The Amazon river flows through Brazil and carries more water than any other river.",
+    "Its basin covers about seven million square kilometres of rainforest.",
+    "The first European to descend the river was Francisco de Orellana in 1542.",
+    "Many tributaries join the main stream, among them the Negro and the Madeira.",
+    "Fishing and river transport support the towns along its banks.",
+    "Deforestation has shrunk the forest in recent decades, worrying scientists.",
+]
+
+
+def examples(n: int = 6) -> list[Example]:
+    text = " ".join(SENTENCES * 3)
+    out = []
+    for i in range(n):
+        out.append(Example(id=f"e{i}", dataset="toy", task="qa", context=text,
+                           query="Who first descended the Amazon river?", answers=["Francisco de Orellana"]))
+    out.append(Example(id="sum", dataset="toy", task="summarization", context=text,
+                       reference="The Amazon river basin is a rainforest threatened by deforestation."))
+    out.append(Example(id="nogold", dataset="toy", task="qa", context=text, query="Who?", answers=["Magellan"]))
+    return out
+
+
+def write_jsonl(path: Path, items: list[Example]) -> Path:
+    path.write_text("".join(e.model_dump_json() + "\n" for e in items), encoding="utf-8")
+    return path
+
+
+def test_run_writes_valid_records_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "labels.jsonl"
+    stats = run_calibration(examples(), out, compressor="extractive", factors=FACTORS, workers=1, progress=False)
+    assert (stats.total, stats.written, stats.unscorable, stats.failed) == (8, 7, 1, 0)
+    records = read_labels(out)
+    assert [r.id for r in records] == [*(f"e{i}" for i in range(6)), "sum"]
+    for r in records:
+        assert r.factors == FACTORS and len(r.performance) == 4 and r.performance[0] == 1.0
+        assert all(0.0 <= p <= 1.0 for p in r.performance)
+        assert r.achieved_factors[0] == pytest.approx(1.0) and r.achieved_factors[-1] > 4.0
+        assert r.original_tokens > 64 and r.compressor == "extractive" and r.judge == "retention"
+        assert r.metadata["features"] in ("ok", "missing")
+        if r.metadata["features"] == "ok":
+            assert len(r.factor_features) == 4 and r.context_features
+    assert records[-1].metadata["judge"]["mode"] == "recall"
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[-1])["error"]["type"] == "unscorable"
+
+    # resume: nothing new to do, nothing duplicated; then two more examples are appended
+    again = run_calibration(examples(), out, factors=FACTORS, workers=1, resume=True, progress=False)
+    assert again.skipped == 8 and again.written == 0
+    more = [*examples(), *(Example(id=f"x{i}", dataset="toy", task="qa", context=" ".join(SENTENCES * 2),
+                                   query="Which rivers join?", answers=["Madeira"]) for i in range(2))]
+    third = run_calibration(more, out, factors=FACTORS, workers=1, resume=True, progress=False)
+    assert third.skipped == 8 and third.written == 2
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 10
+
+
+def test_run_refuses_to_overwrite_and_checks_args(tmp_path: Path) -> None:
+    out = tmp_path / "l.jsonl"
+    out.write_text("")
+    with pytest.raises(ConfigError, match="--resume"):
+        run_calibration(examples(1), out, progress=False)
+    run_calibration(examples(1), out, factors=FACTORS, overwrite=True, workers=1, progress=False)
+    assert [r.id for r in read_labels(out)] == ["e0", "sum"]
+    with pytest.raises(InvalidRateError):
+        check_factors([1, 0.5])
+    with pytest.raises(InvalidRateError):
+        check_factors([2, 1])
+    with pytest.raises(ConfigError, match="twice"):
+        run_calibration([*examples(1), *examples(1)], tmp_path / "d.jsonl", workers=1, progress=False)
+
+
+def test_done_ids_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    out = tmp_path / "l.jsonl"
+    out.write_bytes(b'{"id": "a", "error": {"type": "x"}}\n{"id": "b", "perf')
+    assert done_ids(out) == {"a"}
+    assert out.read_bytes() == b'{"id": "a", "error": {"type": "x"}}\n'
+
+
+def test_failures_become_error_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("featurize broke")
+
+    monkeypatch.setattr(runner, "load_featurize", lambda: boom)
+    out = tmp_path / "l.jsonl"
+    stats = run_calibration(examples(1), out, factors=FACTORS, workers=1, progress=False)
+    assert stats.written == 2  # labels survive a featurizer failure, flagged
+    rec = read_labels(out)[0]
+    assert rec.metadata["features"].startswith("error: RuntimeError") and rec.context_features == {}
+
+    monkeypatch.setattr(runner, "load_featurize", lambda: None)
+    out2 = tmp_path / "l2.jsonl"
+    run_calibration(examples(1), out2, factors=FACTORS, workers=1, progress=False)
+    assert read_labels(out2)[0].metadata["features"] == "missing"
+
+    out3 = tmp_path / "l3.jsonl"
+    bad = Example(id="big", dataset="toy", task="qa", context="x " * 10, query="q", answers=["x"])
+    stats = run_calibration([bad], out3, compressor="extractive", compressor_params={"max_input_chars": 5},
+                            factors=FACTORS, workers=1, progress=False)
+    assert stats.failed == 1 and stats.errors == {"InputTooLargeError": 1}
+    assert read_labels(out3) == []
+
+
+def test_two_workers_keep_input_order(tmp_path: Path) -> None:
+    out = tmp_path / "l.jsonl"
+    stats = run_calibration(examples(), out, compressor="skim", factors=FACTORS, workers=2, progress=False)
+    assert stats.written == 7
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [e.id for e in examples()]
+
+
+def test_cli_end_to_end_and_resume(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "toy.jsonl", examples(3))
+    out = tmp_path / "labels.jsonl"
+    args = ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive", "--judge", "retention",
+            "-o", str(out), "--factors", "1,2,4", "--workers", "1", "--quiet"]
+    cli = CliRunner()
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{"):])["written"] == 4
+    assert len(read_labels(out)) == 4
+    res = cli.invoke(app, args)
+    assert res.exit_code == 1 and "--resume" in res.output
+    res = cli.invoke(app, [*args, "--resume", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(out.read_text().splitlines()) == 5  # 4 labels + 1 unscorable, no duplicates
+    res = cli.invoke(app, [*args[:-1], "--factors", "1,x"])
+    assert res.exit_code == 2
+
+
+def test_real_data_tiny_subset(shared_data: Path, tmp_path: Path) -> None:
+    ex = load_dataset("nq_mixed:n=4", root=shared_data) + load_dataset("multi_news:n=2", root=shared_data)
+    out = tmp_path / "l.jsonl"
+    stats = run_calibration(ex, out, compressor="skim", workers=1, progress=False)
+    assert stats.written == 6
+    recs = read_labels(out)
+    assert {r.task for r in recs} == {"multi_doc_qa", "summarization"}
+    assert all(len(r.factors) == 10 for r in recs)
+
+
+def test_runner_with_llm_judge_on_fake_endpoint(tmp_path: Path) -> None:
+    import httpx
+
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        user = json.loads(request.content)["messages"][-1]["content"]
+        answer = "Francisco de Orellana" if "Orellana" in user else "unknown"
+        return httpx.Response(200, json={"choices": [{"message": {"content": answer}}]})
+
+    opts = {"base_url": "http://fake/v1", "model": "fake", "backoff": 0.0, "transport": httpx.MockTransport(handler),
+            "cache_path": str(tmp_path / "cache.sqlite")}
+    out = tmp_path / "l.jsonl"
+    stats = run_calibration(examples(2)[:2], out, judge="llm", judge_options=opts, factors=FACTORS, workers=1,
+                            progress=False)
+    assert stats.written == 2
+    recs = read_labels(out)
+    assert all(r.judge == "llm" and r.performance[0] == 1.0 and r.metadata["judge"]["metric"] == "match"
+               for r in recs)
+    first = calls["n"]
+    run_calibration(examples(2)[:2], tmp_path / "again.jsonl", judge="llm", judge_options=opts, factors=FACTORS,
+                    workers=1, progress=False)
+    assert calls["n"] == first  # answered from the cache

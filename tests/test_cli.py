@@ -1,0 +1,445 @@
+"""The batch CLI: `pocsdk compress` (one output record per input record, resumable) and `pocsdk info`."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pocsdk.cli import app
+from pocsdk.cli import info as info_module
+from pocsdk.cli.info import DeviceInfo, shipped_predictors
+from pocsdk.cli.jsonl import find_resume_point, iter_lines, parse_object
+from pocsdk.compressors import available
+from pocsdk.errors import ConfigError, EncodingError, InvalidInputError, InvalidTypeError
+
+CLI = [sys.executable, "-c", "from pocsdk.cli import main; main()"]
+
+
+def prose(seed: int, sentences: int = 40) -> str:
+    """Deterministic multi-paragraph text, long enough to be compressed (hundreds of tokens)."""
+    words = ["harbour", "lighthouse", "keeper", "storm", "ledger", "refund", "policy", "engine", "river", "signal"]
+    out = []
+    for i in range(sentences):
+        a, b, c = (words[(seed + i * k) % len(words)] for k in (1, 3, 7))
+        out.append(f"Sentence {i} of record {seed} says the {a} watched the {b} near the {c} all night.")
+        if i % 5 == 4:
+            out.append("\n\n")
+    return " ".join(out)
+
+
+def jsonl(*records: Any) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "every output record must be a complete line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def invoke(*args: str, input: bytes | None = None) -> Any:
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def without_timings(record: dict[str, Any]) -> dict[str, Any]:
+    rec = json.loads(json.dumps(record))
+    if "result" in rec:
+        rec["result"].pop("timings")
+    return rec
+
+
+# -- compress: record handling -------------------------------------------------------------
+
+
+def test_every_kind_of_bad_record_gets_an_error_record_in_order(tmp_path: Path) -> None:
+    good = {"id": "ok-1", "text": prose(1), "query": "Who kept the lighthouse?"}
+    lines = [
+        json.dumps(good).encode(),                                  # 0 ok
+        b"{not json",                                               # 1 invalid JSON
+        b'{"text": "caf\xe9 au lait"}',                             # 2 invalid UTF-8 (latin-1 byte)
+        b"[1, 2, 3]",                                               # 3 not an object
+        json.dumps({"id": "no-text", "body": "x"}).encode(),       # 4 missing field
+        json.dumps({"id": "num", "text": 42}).encode(),            # 5 wrong type
+        json.dumps({"id": "empty", "text": "   "}).encode(),       # 6 empty text
+        json.dumps({"id": "big", "text": "y" * 5000}).encode(),    # 7 too large for --max-record-bytes
+        b"   ",                                                     # 8 blank: not a record
+        json.dumps({"id": [1], "text": "x"}).encode(),             # 9 id of the wrong type
+        json.dumps({"id": "q", "text": prose(2), "query": 7}).encode(),  # 10 query of the wrong type
+        b'{"id": "nan", "text": NaN}',                              # 11 non-standard JSON constant
+        b'{"id": "sur", "text": "a\\ud800b"}',                      # 12 unpaired surrogate escape
+        json.dumps({"id": 77, "text": prose(3)}).encode(),         # 13 ok, integer id
+        json.dumps({"text": prose(4)}).encode(),                    # 14 ok, no id: line number
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines))  # no trailing newline after the last record
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.4", "--max-record-bytes", "4000")
+
+    assert result.exit_code == 1, result.output
+    records = read_records(out)
+    assert [r["line"] for r in records] == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]
+    codes = {r["line"]: r["error"]["code"] for r in records if "error" in r}
+    assert codes == {
+        1: "invalid_input", 2: "invalid_encoding", 3: "invalid_type", 4: "invalid_input", 5: "invalid_type",
+        6: "empty_context", 7: "input_too_large", 9: "invalid_type", 10: "invalid_type", 11: "invalid_input",
+        12: "invalid_encoding",
+    }
+    for r in records:
+        assert ("result" in r) != ("error" in r)
+        if "error" in r:
+            assert set(r["error"]) == {"type", "code", "message"} and r["error"]["message"]
+    ids = [r["id"] for r in records]
+    assert ids == ["ok-1", None, None, None, "no-text", "num", "empty", None, None, "q", None, None, 77, 14]
+    ok = [r for r in records if "result" in r]
+    assert len(ok) == 3
+    for r in ok:
+        assert r["result"]["compressed_tokens"] < r["result"]["original_tokens"]
+    assert "records failed" in result.stderr and "invalid_encoding" in result.stderr
+
+
+def test_all_good_records_exit_zero_with_summary(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": f"r{i}", "text": prose(i)} for i in range(5))))
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.3", "--compressor", "truncate")
+
+    assert result.exit_code == 0, result.output
+    records = read_records(out)
+    assert [r["id"] for r in records] == [f"r{i}" for i in range(5)]
+    for r in records:
+        res = r["result"]
+        assert res["compressor"] == "truncate"
+        assert res["keep_rate"] <= 0.35
+        assert res["compression_factor"] == pytest.approx(res["original_tokens"] / res["compressed_tokens"])
+        assert res["requested_keep_rate"] == pytest.approx(0.3)
+    assert "records compressed" in result.stderr and "tokens in" in result.stderr
+
+
+def test_target_tokens_bounds_each_record(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i, sentences=60)} for i in range(3))))
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), "--target-tokens", "120", "-q")
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # --quiet: no summary
+    for r in read_records(out):
+        assert r["result"]["original_tokens"] > 600
+        assert 60 <= r["result"]["compressed_tokens"] <= 130
+
+
+def test_document_lists_keep_ids_and_metadata(tmp_path: Path) -> None:
+    record = {
+        "qid": "q-9",
+        "question": "Which river flooded?",
+        "passages": [
+            {"id": "doc-a", "text": prose(5), "metadata": {"source": "a.txt", "rank": 1}},
+            {"id": "doc-b", "text": prose(6), "metadata": {"source": "b.txt"}},
+            prose(7),
+        ],
+    }
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(record))
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5",
+                    "--text-field", "passages", "--query-field", "question", "--id-field", "qid")
+
+    assert result.exit_code == 0, result.output
+    [r] = read_records(out)
+    assert r["id"] == "q-9"
+    docs = r["result"]["documents"]
+    assert [d["id"] for d in docs] == ["doc-a", "doc-b", "2"]
+    assert [d["metadata"] for d in docs] == [{"source": "a.txt", "rank": 1}, {"source": "b.txt"}, {}]
+    assert r["result"]["compressed_tokens"] < r["result"]["original_tokens"]
+
+
+def test_stdin_to_stdout() -> None:
+    data = jsonl({"id": "a", "text": prose(1)}, {"id": "b", "text": ""})
+
+    result = invoke("compress", "-", "-o", "-", "--keep-rate", "0.5", "-q", input=data)
+
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["id"], "result" in r) for r in records] == [("a", True), ("b", False)]
+
+
+def test_floor_mode_yields_one_record_per_input(tmp_path: Path) -> None:
+    """The floor may not be available in every build; either way each record gets an answer."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i), "query": "storm?"} for i in range(3))))
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), "--floor", "0.9", "-q")
+
+    records = read_records(out)
+    assert [r["id"] for r in records] == [0, 1, 2]
+    failed = sum("error" in r for r in records)
+    assert result.exit_code == (1 if failed else 0)
+    for r in records:
+        if "result" in r:
+            assert r["result"]["floor"]["floor"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "exactly one of"),
+        (["--keep-rate", "0.5", "--target-tokens", "10"], "exactly one of"),
+        (["--keep-rate", "1.5"], "keep_rate"),
+        (["--keep-rate", "0.5", "--compressor", "nope"], "unknown compressor"),
+        (["--keep-rate", "0.5", "--tokenizer", "nope"], "unknown tokenizer"),
+        (["--keep-rate", "0.5", "--resume", "--overwrite"], "contradict"),
+        (["--keep-rate", "0.5", "--predictor", "default"], "apply to --floor"),
+    ],
+)
+def test_bad_options_exit_2_before_writing(tmp_path: Path, extra: list[str], message: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"text": prose(1)}))
+    out = tmp_path / "out.jsonl"
+
+    result = invoke("compress", str(src), "-o", str(out), *extra)
+
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not out.exists()
+
+
+def test_refuses_to_clobber_output_or_input(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"text": prose(1)}))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"precious": true}\n')
+
+    clobber = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5")
+    same = invoke("compress", str(src), "-o", str(src), "--keep-rate", "0.5", "--overwrite")
+    stdout_resume = invoke("compress", str(src), "-o", "-", "--keep-rate", "0.5", "--resume")
+    missing = invoke("compress", str(tmp_path / "absent.jsonl"), "-o", str(tmp_path / "o2"), "--keep-rate", "0.5")
+
+    assert (clobber.exit_code, same.exit_code, stdout_resume.exit_code, missing.exit_code) == (2, 2, 2, 2)
+    assert "--resume" in clobber.stderr
+    assert out.read_bytes() == b'{"precious": true}\n'
+    assert src.read_bytes() == jsonl({"text": prose(1)})
+    replaced = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "--overwrite")
+    assert replaced.exit_code == 0 and len(read_records(out)) == 1
+
+
+# -- compress: resume ------------------------------------------------------------------------
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_resume_after_killed_process(tmp_path: Path) -> None:
+    """A real SIGKILL mid-run, plus a partial last line as a crash mid-write leaves it, then --resume."""
+    records = [{"id": f"r{i}", "text": prose(i)} for i in range(30)]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*records))
+    out = tmp_path / "out.jsonl"
+    reference = tmp_path / "reference.jsonl"
+    assert invoke("compress", str(src), "-o", str(reference), "--keep-rate", "0.5", "-q").exit_code == 0
+
+    # Feed the first 12 records through a pipe, so the kill lands mid-run deterministically.
+    proc = subprocess.Popen([*CLI, "compress", "-", "-o", str(out), "--keep-rate", "0.5"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    proc.stdin.write(jsonl(*records[:12]))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while _count_lines(out) < 12 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _count_lines(out) == 12
+    with out.open("ab") as fh:
+        fh.write(b'{"id":"r12","line":12,"result":{"text":"half a rec')
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "--resume")
+
+    assert result.exit_code == 0, result.output
+    got = read_records(out)
+    assert [r["id"] for r in got] == [r["id"] for r in records]
+    assert [r["line"] for r in got] == list(range(30))
+    assert [without_timings(r) for r in got] == [without_timings(r) for r in read_records(reference)]
+    assert "kept from the earlier run" in result.stderr
+
+
+def test_resume_after_kill_at_any_moment(tmp_path: Path) -> None:
+    """Kill a file-to-file run as soon as it has written something; resume must complete it exactly."""
+    records = [{"id": i, "text": prose(i, sentences=30)} for i in range(150)]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*records))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*CLI, "compress", str(src), "-o", str(out), "--keep-rate", "0.3", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while _count_lines(out) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and _count_lines(out) < 150, "the run was not interrupted"
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.3", "--resume", "-q")
+
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_records(out)] == list(range(150))
+
+
+def test_ctrl_c_exits_130_and_leaves_whole_records(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*CLI, "compress", "-", "-o", str(out), "--keep-rate", "0.5"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(jsonl({"id": "a", "text": prose(1)}, {"id": "b", "text": prose(2)}))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while _count_lines(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+
+    assert proc.wait(timeout=60) == 130
+    assert "--resume" in proc.stderr.read().decode()
+    assert [r["id"] for r in read_records(out)] == ["a", "b"]
+
+
+def test_resume_of_a_finished_run_appends_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"id": "a", "text": prose(1)}, {"id": "b", "text": 3}))
+    out = tmp_path / "out.jsonl"
+    assert invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5").exit_code == 1
+    before = out.read_bytes()
+    with out.open("ab") as fh:  # a crash after the last record, mid-way through writing nothing useful
+        fh.write(b'{"id":"zz","li')
+
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "--resume")
+
+    assert result.exit_code == 0  # nothing failed in this run
+    assert out.read_bytes() == before
+
+
+def test_resume_refuses_output_of_another_input(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n\n" + jsonl({"text": prose(1)}, {"text": prose(2)}))  # records on lines 2 and 3
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id":0,"line":0,"error":{"type":"X","code":"x","message":"m"}}\n')
+    longer = tmp_path / "longer.jsonl"
+    longer.write_bytes(jsonl(*({"id": i, "line": i} for i in range(5))))
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"hello\nworld\n")
+
+    other_ids = tmp_path / "other.jsonl"
+    other_ids.write_bytes(jsonl({"id": "x", "text": prose(1)}, {"id": "y", "text": prose(2)}))
+    half = tmp_path / "half.jsonl"
+    half.write_bytes(b'{"id":"a","line":0,"error":{"type":"X","code":"x","message":"m"}}\n')
+
+    mismatch = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "--resume")
+    wrong_id = invoke("compress", str(other_ids), "-o", str(half), "--keep-rate", "0.5", "--resume")
+    too_many = invoke("compress", str(src), "-o", str(longer), "--keep-rate", "0.5", "--resume")
+    foreign = invoke("compress", str(src), "-o", str(garbage), "--keep-rate", "0.5", "--resume")
+
+    assert (mismatch.exit_code, too_many.exit_code, foreign.exit_code) == (2, 2, 2)
+    assert "same input" in mismatch.stderr
+    assert wrong_id.exit_code == 2 and "same input" in wrong_id.stderr
+    assert half.read_bytes().count(b"\n") == 1
+    assert "fewer" in too_many.stderr
+    assert "not a pocsdk output record" in foreign.stderr
+    assert garbage.read_bytes() == b"hello\nworld\n"
+
+
+# -- jsonl helpers -------------------------------------------------------------------------
+
+
+def test_iter_lines_numbers_skips_blanks_and_bounds_long_lines() -> None:
+    data = b'{"a":1}\r\n\n  \n' + b"x" * 100 + b'\n{"b":2}'
+    lines = list(iter_lines(io.BytesIO(data), max_bytes=50))
+
+    assert [(r.number, r.data, r.too_large) for r in lines] == [
+        (0, b'{"a":1}', False), (3, b"", True), (4, b'{"b":2}', False)]
+    assert lines[-1].end == len(data)
+
+
+def test_parse_object_raises_typed_errors() -> None:
+    assert parse_object('\ufeff{"t": "ok \U0001f600"}'.encode()) == {"t": "ok \U0001f600"}
+    assert parse_object(b'{"t": "\\ud83d\\ude00"}') == {"t": "\U0001f600"}  # a valid surrogate pair
+    with pytest.raises(EncodingError):
+        parse_object(b'{"t": "\xff"}')
+    with pytest.raises(InvalidInputError):
+        parse_object(b'{"t": Infinity}')
+    with pytest.raises(InvalidTypeError):
+        parse_object(b'"just a string"')
+
+
+def test_find_resume_point_cuts_partial_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    assert find_resume_point(out).records == 0
+    complete = b'{"id":"a","line":0}\n{"id":"b","line":4}\n'
+    out.write_bytes(complete + b'{"id":"c","li')
+
+    point = find_resume_point(out)
+
+    assert (point.records, point.keep_bytes, point.last_line) == (2, len(complete), 4)
+    out.write_bytes(b"partial only")
+    assert find_resume_point(out).records == 0
+    out.write_bytes(b'{"no_line": 1}\n')
+    with pytest.raises(ConfigError):
+        find_resume_point(out)
+
+
+# -- info ------------------------------------------------------------------------------------
+
+
+def test_info_json_parses() -> None:
+    result = subprocess.run([*CLI, "info", "--json"], capture_output=True, check=True, timeout=120)
+
+    report = json.loads(result.stdout)
+    assert report["compressors"] == available()
+    assert report["version"]
+    assert report["devices"][0]["type"] == "cpu"
+    assert isinstance(report["predictors"], list)
+    extras = {e["package"]: e for e in report["extras"]}
+    assert {"tiktoken", "sentence-transformers", "transformers", "langchain-core", "fastapi"} <= set(extras)
+    assert all(e["installed"] == (e["version"] is not None) for e in extras.values())
+
+
+def test_info_human_output_names_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(info_module, "devices", lambda: [DeviceInfo(type="cuda", index=0, name="Fake GPU",
+                                                                     memory_gib=80.0)])
+    result = invoke("info")
+
+    assert result.exit_code == 0, result.output
+    assert "compressors:" in result.stdout
+    assert "pip install 'pocsdk[embeddings]'" in result.stdout
+    assert "Fake GPU" in result.stdout and "80.0" in result.stdout
+
+
+def test_shipped_predictors_reads_cards_and_survives_bad_ones(tmp_path: Path) -> None:
+    assert shipped_predictors([tmp_path]) == []
+    good = tmp_path / "extractive-lgbm"
+    good.mkdir()
+    (good / "card.json").write_text(json.dumps(
+        {"schema": "pocsdk.predictor", "kind": "lightgbm", "compressor": "extractive", "created": "2026-01-01"}))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{oops")
+    (tmp_path / "model.json").write_text("{}")  # not a card: ignored
+
+    found = {p.name: p for p in shipped_predictors([tmp_path])}
+
+    assert set(found) == {"extractive-lgbm", "broken"}
+    assert (found["extractive-lgbm"].kind, found["extractive-lgbm"].compressor) == ("lightgbm", "extractive")
+    assert found["extractive-lgbm"].error is None
+    assert found["broken"].error is not None and found["broken"].kind is None

@@ -1,0 +1,231 @@
+"""The shared compressor matrix: every CPU compressor honours the same contract.
+
+New compressors added to ``CPU_COMPRESSORS`` are picked up by every test here.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from pocsdk.compressors import (
+    CPU_COMPRESSORS,
+    TextCompressor,
+    available,
+    get_compressor,
+    render,
+)
+from pocsdk.errors import ConfigError, InputTooLargeError, UnknownCompressorError
+from pocsdk.types import CompressionResult
+
+WORDS = (
+    "river mountain city council budget school teacher museum painting harbour engine railway bridge forest "
+    "election senator festival orchestra library scientist telescope planet ocean vaccine hospital farmer "
+    "market currency factory workers strike storm flood village castle kingdom treaty border"
+).split()
+
+
+def make_text(n_sentences: int, seed: int = 0, paragraphs: int = 4) -> str:
+    """Prose with sentences of varied length (3 to 40 words), split into paragraphs."""
+    rng = random.Random(seed)
+    sents = []
+    for _ in range(n_sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 40))]
+        sents.append(" ".join(words).capitalize() + ".")
+    size = max(1, n_sentences // paragraphs)
+    return "\n\n".join(" ".join(sents[i:i + size]) for i in range(0, n_sentences, size))
+
+
+def run(comp: TextCompressor, context: object, rate: float, query: str | None = None) -> CompressionResult:
+    scored = comp.score(context, query)  # type: ignore[arg-type]
+    return render(scored, comp.select(scored, rate), requested_keep_rate=rate)
+
+
+def check_spans(context_texts: list[str], res: CompressionResult) -> None:
+    """Spans are sorted, disjoint, in bounds; each document's text is its spans joined by whitespace."""
+    for original, doc in zip(context_texts, res.documents, strict=True):
+        prev = 0
+        rebuilt = []
+        for sp in doc.spans:
+            assert prev <= sp.start < sp.end <= len(original)
+            prev = sp.end
+            rebuilt.append(original[sp.start:sp.end])
+        if not doc.spans:
+            assert doc.text == ""
+            continue
+        # the joined text is the span texts with whitespace (original or one break/space) between
+        pos = 0
+        for piece in rebuilt:
+            at = doc.text.find(piece, pos)
+            assert at >= pos and not doc.text[pos:at].strip(), (piece, doc.text[pos:at])
+            pos = at + len(piece)
+        assert pos == len(doc.text)
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+@pytest.mark.parametrize("n_sentences", [12, 40, 150])
+def test_rate_tracks_request_within_ten_percent(name: str, n_sentences: int) -> None:
+    text = make_text(n_sentences, seed=n_sentences)
+    comp = get_compressor(name)
+    scored = comp.score(text, "council budget election")
+    assert scored.total_tokens >= 200
+    for rate in (0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0):
+        res = render(scored, comp.select(scored, rate))
+        assert abs(res.keep_rate / rate - 1) <= 0.10, (name, rate, res.keep_rate, res.original_tokens)
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_rate_tracks_with_tiktoken_counts(name: str) -> None:
+    comp = get_compressor(name, tokenizer="tiktoken:cl100k_base")
+    scored = comp.score(make_text(30, seed=3), "museum")
+    assert scored.tokenizer.name == "tiktoken:cl100k_base"
+    for rate in (0.1, 0.25, 0.5, 0.75):
+        res = render(scored, comp.select(scored, rate))
+        assert abs(res.keep_rate / rate - 1) <= 0.10, (name, rate, res.keep_rate)
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_selection_token_estimate_matches_rendered_count(name: str) -> None:
+    comp = get_compressor(name)
+    scored = comp.score(make_text(60, seed=5), "railway bridge")
+    for rate in (0.1, 0.33, 0.6):
+        sel = comp.select(scored, rate)
+        assert sel.tokens(scored) == render(scored, sel).compressed_tokens
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_short_input_passes_through_unchanged(name: str) -> None:
+    text = "  A short note. Nothing to compress here.\n"
+    res = run(get_compressor(name), text, 0.2)
+    assert res.passthrough and res.reason == "input_too_short"
+    assert res.text == text
+    assert res.keep_rate == 1.0 and res.compressed_tokens == res.original_tokens
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_keep_rate_one_returns_the_original_text(name: str) -> None:
+    text = "\n" + make_text(40, seed=1) + "\n\n```\ncode  block\n```\n  "
+    res = run(get_compressor(name), text, 1.0)
+    assert res.text == text
+    assert res.passthrough and res.reason == "full_keep_rate"
+    docs = [{"id": "a", "text": make_text(20, seed=2)}, {"id": "b", "text": make_text(25, seed=3)}]
+    res2 = run(get_compressor(name), docs, 1.0)
+    assert [d.text for d in res2.documents] == [d["text"] for d in docs]
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+@pytest.mark.parametrize("rate", [0.05, 0.3, 0.7])
+def test_document_ids_and_metadata_survive(name: str, rate: float) -> None:
+    docs: list[dict[str, Any]] = [
+        {"id": f"doc-{i}", "text": make_text(8 + i, seed=i), "metadata": {"source": f"s{i}", "rank": i}}
+        for i in range(6)
+    ]
+    docs.append({"text": make_text(5, seed=99)})  # no id: its position becomes the id
+    res = run(get_compressor(name), docs, rate, "orchestra festival")
+    assert [d.id for d in res.documents] == [f"doc-{i}" for i in range(6)] + ["6"]
+    assert [d.metadata for d in res.documents] == [{"source": f"s{i}", "rank": i} for i in range(6)] + [{}]
+    assert res.original_tokens == sum(d.original_tokens for d in res.documents)
+    assert res.compressed_tokens == sum(d.compressed_tokens for d in res.documents)
+    check_spans([d["text"] for d in docs], res)
+    # no text moves between documents
+    for d, original in zip(res.documents, docs, strict=True):
+        for sp in d.spans:
+            assert original["text"][sp.start:sp.end] in d.text
+    assert res.text == res.separator.join(d.text for d in res.documents if d.text)
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_spans_rebuild_text_for_structured_input(name: str) -> None:
+    text = (
+        "# Report\n\nThe council met on Monday. It approved the budget.\n\n"
+        "| item | cost |\n|---|---|\n| roads | 10 |\n| schools | 20 |\n\n"
+        "```python\ndef total(x):\n    return sum(x)\n```\n\n"
+        "- first point about railways and bridges\n- second point about museums\n\n"
+        + make_text(30, seed=7)
+    )
+    for rate in (0.1, 0.4, 0.8):
+        check_spans([text], run(get_compressor(name), text, rate, "budget"))
+
+
+def test_extractive_keeps_the_sentence_that_answers() -> None:
+    text = make_text(80, seed=11)
+    needle = "The observatory on Mount Wilson was founded in 1904 by George Ellery Hale."
+    paras = text.split("\n\n")
+    paras[2] = paras[2] + " " + needle
+    res = run(get_compressor("extractive"), "\n\n".join(paras), 0.1, "Who founded the Mount Wilson observatory?")
+    assert needle in res.text
+
+
+def test_truncate_keeps_the_beginning() -> None:
+    text = make_text(60, seed=4)
+    res = run(get_compressor("truncate"), text, 0.3)
+    assert text.startswith(res.text.split("\n")[0])
+    assert res.documents[0].spans[0].start == 0
+
+
+def test_random_is_seeded() -> None:
+    text = make_text(60, seed=8)
+    a = run(get_compressor("random", seed=1), text, 0.3).text
+    assert a == run(get_compressor("random", seed=1), text, 0.3).text
+    assert a != run(get_compressor("random", seed=2), text, 0.3).text
+
+
+def test_skim_reports_skimmed_excerpts_and_never_cuts_negated_sentences() -> None:
+    text = make_text(120, seed=12, paragraphs=12)
+    res = run(get_compressor("skim"), text, 0.3, "harbour")
+    assert res.skimmed_spans and res.kept_spans
+    neg = ("The bridge is safe for cars, trucks and buses, but it is not safe for pedestrians, cyclists, "
+           "horses or children under any circumstances whatsoever in this entire region.")
+    paras = text.split("\n\n")
+    paras[5] = neg
+    res2 = run(get_compressor("skim", clause_min_tokens=5), "\n\n".join(paras), 0.15, "pedestrians safe")
+    for _, sp in res2.skimmed_spans:
+        piece = "\n\n".join(paras)[sp.start:sp.end]
+        assert piece == neg or piece not in neg
+
+
+def test_input_size_limit_is_configurable() -> None:
+    text = make_text(40)
+    with pytest.raises(InputTooLargeError):
+        get_compressor("extractive", max_input_chars=100).score(text)
+    assert get_compressor("extractive", max_input_chars=len(text)).score(text).total_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_input_chars": 0},
+        {"max_input_chars": "big"},
+        {"max_input_chars": 1.5},
+        {"min_tokens": -1},
+        {"min_tokens": True},
+        {"max_unit_chars": 2},
+        {"no_such_param": 1},
+        {"protect": 3},
+    ],
+)
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_bad_parameters_are_config_errors(name: str, params: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        get_compressor(name, **params)
+
+
+@pytest.mark.parametrize("params", [{"skim_share": 1.5}, {"segment_tokens": 0}, {"clause_min_tokens": "x"}])
+def test_bad_skim_parameters(params: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        get_compressor("skim", **params)
+
+
+def test_registry() -> None:
+    assert set(CPU_COMPRESSORS) <= set(available())
+    with pytest.raises(UnknownCompressorError):
+        get_compressor("nope")
+    comp = get_compressor("extractive")
+    assert get_compressor(comp) is comp
+    with pytest.raises(ConfigError):
+        get_compressor(comp, min_tokens=3)
+    for name in CPU_COMPRESSORS:
+        c = get_compressor(name)
+        assert c.name == name and isinstance(c, TextCompressor)

@@ -1,0 +1,75 @@
+"""Evaluation report and the prediction CLI commands (train-predictor, fit-calibration, evaluate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pocsdk.cli import app
+from pocsdk.prediction.evaluate import evaluate_files
+from pocsdk.prediction.synthetic import synthetic_records
+
+
+@pytest.fixture(scope="module")
+def label_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("labels")
+    paths = []
+    for i, (name, shift) in enumerate((("easy", 0.0), ("hard", 0.6))):
+        p = d / f"{name}.jsonl"
+        p.write_text("".join(r.model_dump_json() + "\n"
+                             for r in synthetic_records(120, seed=i, dataset=name, shift=shift)))
+        paths.append(p)
+    return paths
+
+
+def test_evaluate_writes_json_md_png(label_files: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    report = evaluate_files(label_files, out, floors=[0.8, 0.9], confidence=0.9, few_shot=30,
+                            kinds=["agnostic", "lightgbm"])
+    for name in ("report.json", "report.md", "pred_vs_actual.png", "perf_vs_factor.png", "meet_vs_floor.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "pred_vs_actual.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "report.json").read_text())
+    assert data["compressor"] == "extractive" and data["examples"] == 240
+    splits = {r["split"] for r in data["rows"]}
+    assert {"random", "lodo", "fewshot"} <= splits
+    oracle = report.row("random", "oracle", 0.9)
+    fixed = report.row("random", "fixed", 0.9)
+    cal = report.row("random", "lightgbm+cal", 0.9)
+    assert oracle is not None and fixed is not None and cal is not None
+    assert oracle.meet == 1.0 and oracle.of_oracle == pytest.approx(1.0)
+    assert cal.mae is not None and cal.margin is not None
+    assert report.row("lodo", "lightgbm", 0.9) is not None
+    md = (out / "report.md").read_text()
+    assert "| oracle |" in md and "leave-one-dataset-out" in md
+
+
+def test_cli_train_calibrate_evaluate(label_files: list[Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    pdir = tmp_path / "predictors" / "extractive"
+    res = runner.invoke(app, ["train-predictor", "--labels", str(label_files[0]), str(label_files[1]),
+                              "--kind", "agnostic", "-o", str(pdir)])
+    assert res.exit_code == 0, res.output
+    assert (pdir / "card.json").is_file() and (pdir / "calibration.json").is_file()
+    assert json.loads(res.output)["kind"] == "agnostic"
+
+    calib = tmp_path / "calib.json"
+    res = runner.invoke(app, ["fit-calibration", "--labels", str(label_files[1]), "--predictor", str(pdir),
+                              "-o", str(calib)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(calib.read_text())["schema"] == "pocsdk.calibration"
+
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(pdir),
+                              "--floors", "0.8,0.9", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.json").is_file() and (out / "report.md").is_file()
+
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), "--floors", "0.8,1.5", "-o", str(out)])
+    assert res.exit_code == 1 and "floor" in res.output
+
+    res = runner.invoke(app, ["train-predictor", "--labels", str(tmp_path / "missing.jsonl"), "-o", str(pdir)])
+    assert res.exit_code == 1

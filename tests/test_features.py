@@ -1,0 +1,96 @@
+"""Features: names, shapes and values on a small case, and their cost."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from pocsdk.calibration.labels import DEFAULT_FACTORS
+from pocsdk.compressors import get_compressor
+from pocsdk.prediction.features import (
+    CONTEXT_FEATURES,
+    FACTOR_FEATURES,
+    FEATURE_NAMES,
+    FEATURES_VERSION,
+    TASKS,
+    featurize,
+    task_code,
+)
+
+DOCS = [
+    {"id": "a", "text": "The Eiffel Tower is in Paris. It was completed in 1889. Gustave Eiffel's company built it. "
+                        "It is 330 metres tall. Millions of people visit it every year."},
+    {"id": "b", "text": "Berlin is the capital of Germany. The Brandenburg Gate is a landmark. "
+                        "The city has many museums. The Berlin Wall fell in 1989."},
+    {"id": "c", "text": "Tokyo is the capital of Japan. It is one of the largest cities in the world. "
+                        "Mount Fuji can be seen from Tokyo on clear days. Sushi is popular there."},
+]
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+def test_featurize_shapes_and_values(name: str) -> None:
+    comp = get_compressor(name, min_tokens=1)
+    scored = comp.score(DOCS, "When was the Eiffel Tower completed?")
+    ctx, per = featurize(comp, scored, DEFAULT_FACTORS, task="multi_doc_qa")
+    assert list(ctx) == list(CONTEXT_FEATURES)
+    assert len(per) == len(DEFAULT_FACTORS)
+    assert all(list(ff) == list(FACTOR_FEATURES) for ff in per)
+    assert FEATURE_NAMES == CONTEXT_FEATURES + FACTOR_FEATURES and FEATURES_VERSION >= 1
+    assert all(math.isfinite(v) for v in ctx.values())
+    assert all(math.isfinite(v) for ff in per for v in ff.values())
+    assert ctx["n_documents"] == 3.0
+    assert ctx["task_code"] == TASKS.index("multi_doc_qa")
+    assert ctx["has_query"] == 1.0 and ctx["query_terms"] >= 2 and 0.0 < ctx["query_overlap"] <= 1.0
+    assert 0.0 <= ctx["rel_entropy"] <= 1.0 and 0.0 <= ctx["rel_gini"] <= 1.0
+    assert 0.0 < ctx["rel_top1_share"] <= ctx["rel_topk_share"] <= 1.0
+    assert 0.0 < ctx["zlib_ratio"] <= 1.5 and 0.0 < ctx["type_token_ratio"] <= 1.0
+    assert math.isclose(ctx["log_original_tokens"], math.log1p(scored.total_tokens))
+    first = per[0]
+    assert first["factor"] == 1.0 and first["keep_rate"] == pytest.approx(1.0) and first["mass_kept"] == pytest.approx(1.0)
+    keep = np.array([ff["keep_rate"] for ff in per])
+    assert np.all(np.diff(keep) <= 1e-9), "achieved keep rate falls with the factor"
+    for ff in per:
+        assert ff["achieved_factor"] == pytest.approx(1.0 / ff["keep_rate"])
+        assert 0.0 <= ff["mass_kept"] <= 1.0 + 1e-9 and 0.0 <= ff["topk_kept"] <= 1.0
+    if name == "extractive":
+        mass = np.array([ff["mass_kept"] for ff in per])
+        assert np.all(np.diff(mass) <= 1e-9)
+        assert all(ff["skim_token_share"] == 0.0 for ff in per)
+
+
+def test_top_unit_kept_first() -> None:
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score(DOCS, "When was the Eiffel Tower completed?")
+    _, per = featurize(comp, scored, [1.0, 4.0])
+    assert per[1]["top1_kept"] == 1.0  # the best unit fits a quarter of the budget
+
+
+def test_task_codes_and_passthrough() -> None:
+    assert task_code(None) == task_code("unknown-task") == TASKS.index("other")
+    assert task_code("QA") == TASKS.index("qa")
+    comp = get_compressor("extractive")  # default min_tokens: the tiny input passes through
+    scored = comp.score("Short text. Two sentences.", "what?")
+    ctx, per = featurize(comp, scored, [1.0, 2.0, 8.0], task="qa")
+    assert [ff["keep_rate"] for ff in per] == [1.0, 1.0, 1.0]
+    assert ctx["task_code"] == TASKS.index("qa")
+
+
+def test_no_query() -> None:
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score(DOCS, None)
+    ctx, _ = featurize(comp, scored, [2.0])
+    assert ctx["has_query"] == 0.0 and ctx["query_terms"] == 0.0 and ctx["query_overlap"] == 0.0
+
+
+def test_featurize_is_cheap() -> None:
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score(DOCS * 1, "Eiffel Tower completed")
+    featurize(comp, scored, DEFAULT_FACTORS)
+    t = time.process_time()
+    for _ in range(50):
+        featurize(comp, scored, DEFAULT_FACTORS)
+    per_call_ms = (time.process_time() - t) / 50 * 1000
+    assert per_call_ms < 20.0  # generous: shared CI machines; typical is well under 2 ms

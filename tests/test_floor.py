@@ -1,0 +1,164 @@
+"""The floor search: validation, most aggressive valid factor, pass-through, calibration wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pocsdk import Compressor
+from pocsdk.compressors import get_compressor
+from pocsdk.errors import ArtifactError, ConfigError, InvalidRateError
+from pocsdk.prediction.conformal import fit_calibration
+from pocsdk.prediction.floor import FloorPolicy, predictors_root
+from pocsdk.prediction.predictors import LightGBMPredictor
+from pocsdk.prediction.synthetic import synthetic_records
+
+TEXT = " ".join(f"Sentence number {i} talks about topic {i % 7} and the river Danube." for i in range(80))
+GRID = [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+class StubPredictor:
+    """Predicts a fixed curve over the grid, whatever the input."""
+
+    kind = "stub"
+    compressor_ = "extractive"
+    sha256_ = ""
+    name = "stub"
+
+    def __init__(self, curve: Sequence[float]) -> None:
+        self.curve = np.asarray(curve, dtype=np.float64)
+        self.factors_ = list(GRID)
+
+    def predict(self, context: Mapping[str, float], factors: Sequence[float], factor_features: Any = None) -> np.ndarray:
+        assert list(factors) == GRID
+        assert factor_features is not None and len(factor_features[0]) == len(GRID)
+        return self.curve.copy()
+
+
+def _policy(curve: Sequence[float]) -> FloorPolicy:
+    return FloorPolicy(StubPredictor(curve), compressor="extractive", factors=GRID)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def scored():  # type: ignore[no-untyped-def]
+    comp = get_compressor("extractive")
+    return comp, comp.score(TEXT, "Which river?")
+
+
+def test_picks_most_aggressive_valid_factor(scored) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    res = _policy([1.0, 0.97, 0.93, 0.85, 0.5]).compress(comp, s, 0.9)
+    assert res.floor is not None and res.floor.met and res.floor.chosen_factor == 4.0
+    assert res.floor.predicted_performance == pytest.approx(0.93)
+    assert res.floor.grid == GRID and len(res.floor.predictions) == 5
+    assert not res.passthrough and 3.0 < res.compression_factor < 5.0  # achieved, near 4x
+    assert res.timings.predict_ms > 0
+    res2 = _policy([1.0, 0.97, 0.93, 0.85, 0.5]).compress(comp, s, 0.8)
+    assert res2.floor is not None and res2.floor.chosen_factor == 8.0
+
+
+def test_passthrough_when_no_factor_meets(scored) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    res = _policy([1.0, 0.8, 0.7, 0.6, 0.5]).compress(comp, s, 0.9)
+    assert res.passthrough and res.reason == "floor_not_met"
+    assert res.floor is not None and not res.floor.met and res.floor.chosen_factor == 1.0
+    assert "passed through" in res.floor.reason
+    assert res.compressed_tokens == res.original_tokens and res.text == TEXT
+
+
+def test_floor_one_passes_through_unless_predicted_perfect(scored) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    assert _policy([1.0, 0.999, 0.9, 0.8, 0.7]).compress(comp, s, 1.0).passthrough
+    res = _policy([1.0, 1.0, 0.9, 0.8, 0.7]).compress(comp, s, 1.0)
+    assert res.floor is not None and res.floor.chosen_factor == 2.0
+
+
+@pytest.mark.parametrize("floor", [0.0, -0.1, 1.01, float("nan")])
+def test_floor_out_of_range(scored, floor: float) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    with pytest.raises(InvalidRateError):
+        _policy([1.0] * 5).compress(comp, s, floor)
+    with pytest.raises(InvalidRateError):
+        Compressor(floor=floor, predictor=StubPredictor([1.0] * 5))
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5, -0.2])
+def test_confidence_out_of_range(scored, confidence: float) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    with pytest.raises(InvalidRateError):
+        _policy([1.0] * 5).compress(comp, s, 0.9, confidence)
+
+
+def test_confidence_needs_calibration(scored) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    with pytest.raises(ConfigError):
+        _policy([1.0] * 5).compress(comp, s, 0.9, 0.9)
+
+
+def test_facade_with_stub_predictor() -> None:
+    c = Compressor(floor=0.9, predictor=StubPredictor([1.0, 0.97, 0.93, 0.85, 0.5]))
+    c._policy_for().factors = GRID
+    res = c.compress(TEXT, "Which river?")
+    assert res.floor is not None and res.floor.chosen_factor == 4.0 and res.floor.predictor == "stub"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pred") / "extractive"
+    recs = synthetic_records(300, seed=3)
+    p = LightGBMPredictor(n_estimators=40).fit(recs[:200])
+    p.save(d)
+    fit_calibration(p, recs[200:]).save(d / "calibration.json")
+    return d
+
+
+def test_policy_from_directory_with_calibration(trained: Path) -> None:
+    pol = FloorPolicy.for_compressor("extractive", predictor=str(trained))
+    assert pol.calibration is not None and pol.factors == sorted(pol.factors)
+    comp = get_compressor("extractive")
+    s = comp.score(TEXT, "Which river?")
+    plain = pol.compress(comp, s, 0.9)
+    cal = pol.compress(comp, s, 0.9, 0.9)
+    assert plain.floor is not None and cal.floor is not None
+    assert cal.floor.margin >= 0.0 and cal.floor.confidence == 0.9
+    assert cal.floor.chosen_factor <= plain.floor.chosen_factor
+    res = Compressor(floor=0.9, confidence=0.9, predictor=str(trained),
+                     calibration=str(trained / "calibration.json")).compress(TEXT, "Which river?")
+    assert res.floor is not None and res.floor.predictor == "lightgbm:extractive"
+
+
+def test_predictor_or_calibration_for_other_compressor(trained: Path) -> None:
+    with pytest.raises(ArtifactError):
+        FloorPolicy.for_compressor("skim", predictor=str(trained))
+    other = synthetic_records(60, seed=5, compressor="skim")
+    p = LightGBMPredictor(n_estimators=5).fit(other)
+    with pytest.raises(ArtifactError):
+        FloorPolicy.for_compressor("extractive", predictor=str(trained), calibration=fit_calibration(p, other))
+
+
+def test_calibration_for_another_model(trained: Path, tmp_path: Path) -> None:
+    recs = synthetic_records(120, seed=7)
+    other = LightGBMPredictor(n_estimators=7).fit(recs)
+    other.save(tmp_path / "other")
+    cal = fit_calibration(other, recs)
+    with pytest.raises(ArtifactError, match="another predictor"):
+        FloorPolicy.for_compressor("extractive", predictor=str(trained), calibration=cal)
+
+
+def test_missing_shipped_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POCSDK_PREDICTORS", str(tmp_path))
+    with pytest.raises(ArtifactError, match="no shipped predictor"):
+        FloorPolicy.for_compressor("extractive")
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+def test_shipped_default_predictor(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POCSDK_PREDICTORS", raising=False)
+    if not (predictors_root() / name / "card.json").is_file():
+        pytest.skip(f"no shipped predictor for {name}")
+    res = Compressor(floor=0.9, confidence=0.9, compressor=name).compress(TEXT, "Which river?")
+    assert res.floor is not None and res.floor.predictor.endswith(name)

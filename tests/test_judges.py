@@ -1,0 +1,249 @@
+"""Judges and answer metrics on hand cases; the LLM judge against a fake endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pocsdk.calibration.datasets import Example
+from pocsdk.calibration.judges import (
+    RetentionJudge,
+    answer_match,
+    content_tokens,
+    exact_match,
+    f1_score,
+    get_judge,
+    normalize_answer,
+    rouge_l,
+)
+from pocsdk.calibration.llm_judge import LLMJudge, build_messages, metric_for
+from pocsdk.errors import ConfigError, RemoteError
+
+
+def ex(**kw: object) -> Example:
+    base: dict[str, object] = {"id": "x", "dataset": "t", "task": "qa", "context": "c", "query": "q?"}
+    base.update(kw)
+    return Example.model_validate(base)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_normalize_answer_squad_style() -> None:
+    assert normalize_answer("  The  Eiffel-Tower! ") == "eiffel tower"
+    assert normalize_answer("An apple, a day") == "apple day"
+    assert normalize_answer("25,000") == normalize_answer("25 000")
+
+
+def test_exact_match_and_answer_match() -> None:
+    assert exact_match("The Beatles.", ["beatles", "x"]) == 1.0
+    assert exact_match("The Beatles were great", ["beatles"]) == 0.0
+    assert answer_match("I think it was The Beatles.", ["beatles"]) == 1.0
+    assert answer_match("1800 people", ["18"]) == 0.0  # whole words only
+
+
+def test_f1_hand_case() -> None:
+    # pred {paris, france} vs gold {paris}: P = 1/2, R = 1 -> F1 = 2/3
+    assert f1_score("Paris, France", ["Paris"]) == pytest.approx(2 / 3)
+    assert f1_score("Paris, France", ["Lyon", "Paris"]) == pytest.approx(2 / 3)
+    assert f1_score("nothing", ["Paris"]) == 0.0
+
+
+def test_rouge_l_hand_case() -> None:
+    # pred: police killed gunman ; gold: police kill gunman -> LCS = 2 (police, gunman); P = R = 2/3
+    assert rouge_l("police killed the gunman", ["the police kill the gunman"]) == pytest.approx(2 / 3)
+    assert rouge_l("a b c d", ["a b c d"]) == pytest.approx(1.0)
+    assert rouge_l("", ["x"]) == 0.0
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def test_retention_span_mode() -> None:
+    judge = RetentionJudge()
+    e = ex(answers=["Wilhelm Röntgen", "Röntgen"])
+    full = "The first Nobel Prize in Physics went to Wilhelm Röntgen in 1901."
+    v = judge.judge(e, full, [full, "Physics prize 1901.", "went to röntgen"])
+    assert v.scorable and v.full_score == 1.0
+    assert v.performance == [1.0, 0.0, 1.0]
+    assert v.details["mode"] == "span"
+
+
+def test_retention_span_unscorable_when_full_lacks_answer() -> None:
+    v = RetentionJudge().judge(ex(answers=["Lyon"]), "Paris is big.", ["Paris"])
+    assert not v.scorable and "full context" in (v.reason or "")
+
+
+def test_retention_span_whole_words() -> None:
+    v = RetentionJudge().judge(ex(answers=["18"]), "He was 18 in 1800.", ["born in 1800"])
+    assert v.scorable and v.performance == [0.0]
+
+
+def test_retention_recall_formula() -> None:
+    # reference content tokens: cat(2) sat mat red ; full supports cat(2) sat mat -> |R| = 4
+    ref = "The cat sat on the mat. The red cat."
+    full = "A cat and another cat sat on a mat."
+    v = RetentionJudge().judge(ex(task="summarization", reference=ref), full, [full, "one cat sat", ""])
+    assert v.scorable
+    assert v.full_score == pytest.approx(4 / 5)
+    assert v.performance == pytest.approx([1.0, 2 / 4, 0.0])
+    assert v.details["mode"] == "recall"
+
+
+def test_retention_long_answers_use_recall() -> None:
+    long = "the treaty was signed in paris by four nations after long talks"
+    v = RetentionJudge().judge(ex(answers=[long]), "Four nations signed the treaty in Paris.", ["treaty paris"])
+    assert v.details["mode"] == "recall"
+    # R = {treaty, signed, paris, four, nations}; 'long', 'talks' are not in the full context
+    assert v.performance == pytest.approx([2 / 5])
+
+
+def test_retention_long_answers_recall_exact() -> None:
+    ref = "treaty signed paris four nations long talks"
+    full = "Four nations signed the treaty in Paris."
+    r = [t for t in content_tokens(ref) if t in content_tokens(full)]
+    assert r == ["treaty", "signed", "paris", "four", "nations"]
+    v = RetentionJudge().judge(ex(reference=ref), full, ["treaty paris"])
+    assert v.performance == pytest.approx([2 / 5])
+
+
+def test_retention_unscorable_cases() -> None:
+    judge = RetentionJudge()
+    assert not judge.judge(ex(task="few_shot", answers=["18"]), "18", ["18"]).scorable
+    assert not judge.judge(ex(answers=["x"], metadata={"unanswerable": True}), "x", ["x"]).scorable
+    assert not judge.judge(ex(reference="zebra"), "no such animal", [""]).scorable
+
+
+def test_get_judge() -> None:
+    assert get_judge("retention").name == "retention"
+    with pytest.raises(ConfigError):
+        get_judge("nope")
+    with pytest.raises(ConfigError):
+        get_judge("llm", base_url="", model="")
+
+
+# -- LLM judge ----------------------------------------------------------------------------------
+
+
+class FakeLLM:
+    """A tiny OpenAI-compatible endpoint: answers 'Paris' when the context mentions Paris."""
+
+    def __init__(self, fail_first: int = 0, status: int = 429) -> None:
+        self.calls = 0
+        self.fail_first = fail_first
+        self.status = status
+        self.seen: list[dict[str, object]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        assert request.url.path.endswith("/v1/chat/completions")
+        assert request.headers["authorization"] == "Bearer sk-test"
+        if self.calls <= self.fail_first:
+            return httpx.Response(self.status, headers={"retry-after": "0"}, json={"error": "slow down"})
+        body = json.loads(request.content)
+        self.seen.append(body)
+        user = body["messages"][-1]["content"]
+        answer = "Paris" if "Paris" in user else "I don't know"
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": answer}}]})
+
+
+def make_judge(fake: FakeLLM, tmp_path: Path | None = None, **kw: object) -> LLMJudge:
+    return LLMJudge(base_url="http://fake/v1", model="fake-model", api_key="sk-test", backoff=0.0,
+                    transport=httpx.MockTransport(fake),
+                    cache_path=(tmp_path / "cache.sqlite") if tmp_path else None, **kw)  # type: ignore[arg-type]
+
+
+def test_llm_judge_scores_relative_performance() -> None:
+    fake = FakeLLM()
+    judge = make_judge(fake)
+    e = ex(answers=["Paris"], query="Capital of France?")
+    full = "France's capital is Paris. It is large."
+    v = judge.judge(e, full, [full, "It is large."])
+    assert v.scorable and v.full_score == 1.0
+    assert v.performance == [1.0, 0.0]
+    assert fake.calls == 2  # full and factor-1 contexts are identical: asked once
+    assert fake.seen[0]["temperature"] == 0
+
+
+def test_llm_judge_unscorable_when_full_fails() -> None:
+    v = make_judge(FakeLLM()).judge(ex(answers=["Paris"]), "nothing here", ["nothing"])
+    assert not v.scorable
+
+
+def test_llm_judge_retries_on_429_and_5xx() -> None:
+    for status in (429, 503):
+        fake = FakeLLM(fail_first=2, status=status)
+        judge = make_judge(fake)
+        v = judge.judge(ex(answers=["Paris"]), "Paris", ["Paris"])
+        assert v.scorable and v.performance == [1.0]
+        assert fake.calls == 3 and judge.requests == 3
+
+
+def test_llm_judge_gives_up_and_does_not_retry_4xx() -> None:
+    judge = make_judge(FakeLLM(fail_first=10), max_retries=2)
+    with pytest.raises(RemoteError, match="after 3 attempts"):
+        judge.judge(ex(answers=["Paris"]), "Paris", ["x"])
+    fake = FakeLLM(fail_first=10, status=401)
+    with pytest.raises(RemoteError) as info:
+        make_judge(fake).judge(ex(answers=["Paris"]), "Paris", ["Paris"])  # one unique context
+    assert info.value.status_code == 401 and fake.calls == 1
+
+
+def test_llm_judge_retries_timeouts() -> None:
+    calls = {"n": 0}
+    inner = FakeLLM()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        return inner(request)
+
+    judge = LLMJudge(base_url="http://fake/v1", model="m", api_key="sk-test", backoff=0.0,
+                     transport=httpx.MockTransport(handler))
+    assert judge.judge(ex(answers=["Paris"]), "Paris", ["Paris"]).scorable
+
+
+def test_llm_judge_cache_hits(tmp_path: Path) -> None:
+    fake = FakeLLM()
+    e = ex(answers=["Paris"])
+    first = make_judge(fake, tmp_path).judge(e, "Paris is the capital.", ["the capital"])
+    assert fake.calls == 2
+    again = make_judge(fake, tmp_path).judge(e, "Paris is the capital.", ["the capital"])
+    assert fake.calls == 2  # every answer came from the on-disk cache
+    assert first.performance == again.performance
+    other = LLMJudge(base_url="http://fake/v1", model="other-model", api_key="sk-test", backoff=0.0,
+                     transport=httpx.MockTransport(fake), cache_path=tmp_path / "cache.sqlite")
+    other.judge(e, "Paris is the capital.", ["the capital"])
+    assert fake.calls == 4  # the key includes the model
+
+
+def test_llm_judge_concurrency_limit() -> None:
+    import asyncio
+
+    active = {"now": 0, "peak": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        active["now"] += 1
+        active["peak"] = max(active["peak"], active["now"])
+        await asyncio.sleep(0.01)
+        active["now"] -= 1
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Paris"}}]})
+
+    judge = LLMJudge(base_url="http://fake/v1", model="m", concurrency=2, transport=httpx.MockTransport(handler))
+    v = judge.judge(ex(answers=["Paris"]), "Paris 0", [f"Paris {i}" for i in range(1, 8)])
+    assert v.performance == [1.0] * 7
+    assert active["peak"] == 2
+
+
+def test_metric_per_task_and_prompt() -> None:
+    assert metric_for(ex(task="summarization", reference="r")) == "rouge_l"
+    assert metric_for(ex(task="long_qa", answers=["a"])) == "f1"
+    assert metric_for(ex(task="qa", answers=["a"])) == "match"
+    assert metric_for(ex(task="qa", answers=["one two three four five six seven eight nine ten"])) == "f1"
+    msgs = build_messages(ex(answers=["a"], query="Who?"), "CTX")
+    assert "CTX" in msgs[-1]["content"] and "Who?" in msgs[-1]["content"]
+    assert "sk-" not in repr(make_judge(FakeLLM()))

@@ -1,0 +1,211 @@
+"""LangChain integration: the runnable, the document compressor, the chat model adapter, the examples."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompt_values import ChatPromptValue, StringPromptValue
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import ConfigurableField, RunnablePassthrough
+
+from pocsdk.integrations.langchain import (
+    EVENT,
+    PocsdkChatModel,
+    PocsdkCompressorRunnable,
+    PocsdkDocumentCompressor,
+)
+from pocsdk.llm import ChatResult, Usage
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "river castle engine orchard harbor glacier violin comet market forest".split()
+
+
+def text(n: int, seed: int, fact: str = "") -> str:
+    rng = random.Random(seed)
+    sents = [" ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "." for _ in range(n)]
+    if fact:
+        sents.insert(n // 2, fact)
+    return " ".join(sents)
+
+
+FACT = "The treasure is buried under the old lighthouse."
+QUESTION = "Where is the treasure buried?"
+
+
+class Recorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.events.append((name, data))
+
+
+# -- the runnable --------------------------------------------------------------------------
+def test_dict_input_compresses_context_and_reports_stats() -> None:
+    rec = Recorder()
+    r = PocsdkCompressorRunnable(keep_rate=0.3)
+    out = r.invoke({"context": text(100, 1, FACT), "question": QUESTION, "extra": 7}, {"callbacks": [rec]})
+    assert out["question"] == QUESTION and out["extra"] == 7
+    stats = out["pocsdk"]
+    assert stats["compressed_tokens"] < 0.4 * stats["original_tokens"]
+    assert FACT in out["context"]
+    assert rec.events and rec.events[0][0] == EVENT and rec.events[0][1]["compressed_tokens"] == stats[
+        "compressed_tokens"]
+
+
+def test_dict_input_accepts_langchain_documents() -> None:
+    docs = [Document(text(40, 2)), Document(text(40, 3, FACT)), Document(text(40, 4))]
+    out = PocsdkCompressorRunnable(keep_rate=0.3).invoke({"context": docs, "question": QUESTION})
+    assert FACT in out["context"]
+
+
+def _history() -> list[Any]:
+    return [SystemMessage("Be brief. " + text(60, 5)),
+            HumanMessage("Find the treasure."),
+            AIMessage("Searching."),
+            ToolMessage(text(120, 6, FACT), tool_call_id="t1"),
+            HumanMessage(QUESTION)]
+
+
+def test_message_list_compresses_long_tool_output_only() -> None:
+    before = _history()
+    after = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200).invoke(before)
+    assert [type(m) for m in after] == [type(m) for m in before]
+    assert after[0].content == before[0].content  # system verbatim even though long
+    assert after[1].content == before[1].content and after[4].content == QUESTION
+    assert len(after[3].content) < 0.5 * len(before[3].content) and FACT in after[3].content
+    assert after[3].tool_call_id == "t1"
+    meta = after[3].response_metadata["pocsdk"]
+    assert meta["compressed_tokens"] < meta["original_tokens"]
+    assert "pocsdk" not in after[0].response_metadata
+
+
+def test_prompt_values_keep_their_kind() -> None:
+    r = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200)
+    prompt = ChatPromptTemplate.from_messages([("system", "sys"), ("human", "{context}\n\n{question}")])
+    out = (prompt | r).invoke({"context": text(120, 7, FACT), "question": QUESTION})
+    assert isinstance(out, ChatPromptValue)
+    human = out.messages[1].content
+    assert human.endswith("\n\n" + QUESTION) and FACT in human
+    assert len(human) < 0.5 * len(text(120, 7, FACT))
+    s = r.invoke(StringPromptValue(text=text(120, 7, FACT) + "\n\n" + QUESTION))
+    assert isinstance(s, StringPromptValue) and s.text.endswith(QUESTION)
+
+
+def test_configurable_fields_change_rate_per_call() -> None:
+    r = PocsdkCompressorRunnable(keep_rate=0.2).configurable_fields(
+        keep_rate=ConfigurableField(id="keep_rate", name="keep rate"))
+    inp = {"context": text(100, 8, FACT), "question": QUESTION}
+    low = r.invoke(inp)["pocsdk"]["keep_rate"]
+    high = r.with_config(configurable={"keep_rate": 0.6}).invoke(inp)["pocsdk"]["keep_rate"]
+    assert low == pytest.approx(0.2, abs=0.05) and high == pytest.approx(0.6, abs=0.05)
+
+
+async def test_ainvoke_abatch_and_custom_events() -> None:
+    r = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200)
+    inputs = [{"context": text(80, s, FACT), "question": QUESTION} for s in range(3)]
+    outs = await r.abatch(inputs)
+    assert len(outs) == 3 and all(FACT in o["context"] for o in outs)
+    msgs = await r.ainvoke(_history())
+    assert len(msgs[3].content) < len(_history()[3].content)
+    names = [e["name"] async for e in r.astream_events(inputs[0], version="v2") if e["event"] == "on_custom_event"]
+    assert names == [EVENT]
+
+
+def test_rag_chain_end_to_end_with_fake_model() -> None:
+    llm = FakeListChatModel(responses=["Under the old lighthouse."])
+    prompt = ChatPromptTemplate.from_messages([("human", "Context:\n{context}\n\nQuestion: {question}")])
+    chain = PocsdkCompressorRunnable(keep_rate=0.3) | RunnablePassthrough.assign(
+        answer=prompt | llm | StrOutputParser())
+    out = chain.invoke({"context": text(100, 9, FACT), "question": QUESTION})
+    assert out["answer"] == "Under the old lighthouse." and out["pocsdk"]["compression_factor"] > 2
+
+
+# -- the document compressor ---------------------------------------------------------------
+def test_document_compressor_one_output_per_input() -> None:
+    docs = [Document(text(40, 10), metadata={"source": "a"}, id="a"),
+            Document(text(40, 11, FACT), metadata={"source": "b"}, id="b"),
+            Document(text(40, 12), metadata={"source": "c"}, id="c")]
+    out = PocsdkDocumentCompressor(keep_rate=0.3).compress_documents(docs, QUESTION)
+    assert [d.id for d in out] == ["a", "b", "c"]
+    assert [d.metadata["source"] for d in out] == ["a", "b", "c"]
+    assert FACT in out[1].page_content
+    for d in out:
+        s = d.metadata["pocsdk"]
+        assert s["compressed_tokens"] <= s["original_tokens"]
+        assert s["total"]["compressed_tokens"] < s["total"]["original_tokens"]
+    async_out = asyncio.run(PocsdkDocumentCompressor(keep_rate=0.3).acompress_documents(docs, QUESTION))
+    assert [d.page_content for d in async_out] == [d.page_content for d in out]
+
+
+def test_document_compressor_empty_and_dropped_documents() -> None:
+    assert PocsdkDocumentCompressor(keep_rate=0.5).compress_documents([], "q") == []
+    docs = [Document(text(200, 13, FACT)), Document("Cats purr. " * 3)]
+    kept = PocsdkDocumentCompressor(keep_rate=0.05).compress_documents(docs, QUESTION)
+    assert len(kept) == 2
+    dropped = [d for d in kept if d.metadata["pocsdk"]["dropped"]]
+    for d in dropped:
+        assert d.page_content == ""
+    filtered = PocsdkDocumentCompressor(keep_rate=0.05, drop_empty=True).compress_documents(docs, QUESTION)
+    assert len(filtered) == 2 - len(dropped)
+
+
+# -- the chat model adapter ------------------------------------------------------------------
+class _EchoClient:
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def chat(self, messages: Any, model: str | None = None, **params: Any) -> ChatResult:
+        self.calls.append((messages, model, params))
+        return ChatResult(content="ok:" + messages[-1]["content"][-10:], model="echo",
+                          usage=Usage(prompt_tokens=5, completion_tokens=2, total_tokens=7))
+
+
+def test_chat_model_adapter_sync_and_async() -> None:
+    client = _EchoClient()
+    llm = PocsdkChatModel(client=client, model="m", params={"max_tokens": 5})
+    msg = llm.invoke([SystemMessage("s"), HumanMessage("hello world")])
+    assert msg.content == "ok:ello world" and msg.usage_metadata["total_tokens"] == 7
+    assert client.calls[0][0][0] == {"role": "system", "content": "s"} and client.calls[0][2] == {"max_tokens": 5}
+    assert asyncio.run(llm.ainvoke("hi")).content == "ok:hi"
+
+
+# -- examples ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["rag_chain.py", "agent_history.py"])
+def test_examples_run_offline(name: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / name)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokens" in proc.stdout
+
+
+def test_rag_example_keeps_the_answer_sentence() -> None:
+    ns = runpy.run_path(str(REPO / "examples" / "rag_chain.py"))
+    out = ns["main"]([])
+    assert "1931" in out["context"]
+    after = runpy.run_path(str(REPO / "examples" / "agent_history.py"))["main"]([])
+    assert "connection pool exhausted" in after[3].content
+
+
+@pytest.mark.slow
+def test_rag_chain_with_smollm2() -> None:
+    pytest.importorskip("transformers")
+    out = runpy.run_path(str(REPO / "examples" / "rag_chain.py"))["main"](["--smollm2"])
+    assert isinstance(out["answer"], str) and out["answer"].strip()

@@ -1,0 +1,196 @@
+"""LLMLingua-2 compressor on randomly initialised tiny token classifiers (both families), CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocsdk.compressors import CPU_COMPRESSORS, available, get_compressor, render
+from pocsdk.errors import ConfigError, MissingDependencyError
+from pocsdk.text.protect import Protection
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+FAMILIES = ("bert", "xlm-roberta")
+
+PROSE = (
+    "The river city grew quickly after the new bridge opened in 1998. Traders moved their stalls closer to "
+    "the water, and the old market square emptied within a year. Officials argued about the budget for "
+    "months; the council finally approved 42 million for repairs. Why did the museum close early? Nobody "
+    "could say for sure, but the director blamed the heating system.\n\n"
+    "In the second district, schools reported higher attendance. Teachers said the free bus line made the "
+    "difference, although parents pointed to the longer opening hours of the library. A study by the "
+    "regional office found that reading scores rose by 3.5 points on average, with the largest gains among "
+    "younger pupils. The report recommends extending the programme to three more districts next year.\n"
+)
+
+
+def prose(n_paragraphs: int = 4) -> str:
+    return "".join(PROSE for _ in range(n_paragraphs // 2 or 1))
+
+
+@pytest.fixture(scope="session")
+def classifiers() -> dict[str, Path]:
+    from pocsdk.testing.peers import make_random_token_classifier
+
+    return {f: make_random_token_classifier(family=f, size="tiny") for f in FAMILIES}  # type: ignore[arg-type]
+
+
+def compressor(classifiers: dict[str, Path], family: str, **kw: object):  # noqa: ANN201
+    return get_compressor("llmlingua2", model=str(classifiers[family]), **kw)
+
+
+def test_registered_but_not_cpu_default() -> None:
+    assert "llmlingua2" in available() and "selfinfo" in available()
+    assert "llmlingua2" not in CPU_COMPRESSORS and "selfinfo" not in CPU_COMPRESSORS
+
+
+def test_importing_pocsdk_never_imports_torch() -> None:
+    code = ("import sys, pocsdk, pocsdk.compressors, pocsdk.compressors.llmlingua2, pocsdk.compressors.selfinfo; "
+            "from pocsdk.compressors import get_compressor; get_compressor('llmlingua2'); get_compressor('selfinfo'); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["llmlingua2", "selfinfo"])
+def test_missing_torch_raises_missing_dependency(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    c = get_compressor(name, model="/nonexistent")
+    with pytest.raises(MissingDependencyError, match=r"pocsdk\[neural\]"):
+        c.score(prose())
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ConfigError):
+        get_compressor("llmlingua2", family="gpt")
+    with pytest.raises(ConfigError):
+        get_compressor("llmlingua2", force_tokens="\n")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("tokenizer", [None, "tiktoken:cl100k_base"])
+def test_rate_tracks_request(classifiers: dict[str, Path], family: str, tokenizer: str | None) -> None:
+    c = compressor(classifiers, family, tokenizer=tokenizer)
+    scored = c.score(prose(8))
+    assert scored.total_tokens >= 200
+    for rate in (0.1, 0.2, 0.33, 0.5, 0.7, 0.9):
+        res = render(scored, c.select(scored, rate), requested_keep_rate=rate)
+        assert abs(res.keep_rate / rate - 1) <= 0.10, (rate, res.keep_rate)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_spans_are_exact_words_in_order(classifiers: dict[str, Path], family: str) -> None:
+    docs = [prose(2), "Short second document about the harbour. It has two sentences only, " * 6]
+    c = compressor(classifiers, family, min_tokens=0)
+    scored = c.score(docs)
+    res = render(scored, c.select(scored, 0.4))
+    for d, out in zip(docs, res.documents, strict=True):
+        prev = 0
+        pieces = []
+        for sp in out.spans:
+            assert prev <= sp.start < sp.end <= len(d)
+            piece = d[sp.start:sp.end]
+            assert piece == piece.strip() and piece
+            pieces.append(piece)
+            prev = sp.end
+        # the compressed text is the kept spans, in order, joined by whitespace only
+        pos = 0
+        for piece in pieces:
+            at = out.text.find(piece, pos)
+            assert at >= 0 and not out.text[pos:at].strip()
+            pos = at + len(piece)
+    u = scored.units
+    assert np.all(np.diff(u.start[u.doc == 0]) > 0)  # words in order
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_selection_is_a_threshold(classifiers: dict[str, Path], family: str) -> None:
+    c = compressor(classifiers, family, protect=Protection.none(), force_tokens=())
+    scored = c.score(prose(4))
+    prev = np.zeros(len(scored.units), dtype=bool)
+    for rate in (0.1, 0.3, 0.5, 0.8):
+        keep = c.select(scored, rate).keep
+        assert np.all(keep >= prev)  # nested: a larger rate keeps a superset
+        rel = scored.units.relevance
+        if keep.any() and (~keep).any():
+            assert rel[keep].min() >= rel[~keep].max()  # everything kept scores at least as high
+        prev = keep
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_protected_spans_survive(classifiers: dict[str, Path], family: str) -> None:
+    text = (prose(2) + "<keep>Ticket ALPHA-7 stays open.</keep> " + prose(2)
+            + " Never share the access code with anyone. Reference ID-4242 belongs to the archive. " + prose(2))
+    c = compressor(classifiers, family, protect=Protection(patterns=(r"ID-\d+",)))
+    scored = c.score(text)
+    out = render(scored, c.select(scored, 0.1)).text
+    assert "Ticket ALPHA-7 stays open." in out
+    assert "Never share the access code with anyone." in out
+    assert "ID-4242" in out
+    assert "<keep>" not in out and "</keep>" not in out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_force_tokens_kept(classifiers: dict[str, Path], family: str) -> None:
+    text = prose(4) + " Flights to New York were cancelled. " + prose(2)
+    c = compressor(classifiers, family, force_tokens=("?", "\n", "New York"), protect=Protection.none())
+    scored = c.score(text)
+    out = render(scored, c.select(scored, 0.15)).text
+    assert out.count("?") == text.count("?")
+    assert "New York" in out
+    assert "\n" in out  # line breaks survive in the join wherever dropped text held one
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_extras_for_predictors(classifiers: dict[str, Path], family: str) -> None:
+    c = compressor(classifiers, family)
+    scored = c.score(prose(4))
+    x = scored.extras
+    assert x["score_kind"] == "keep_probability"
+    ts = x["token_scores"]
+    assert len(ts) == x["model_tokens"] and np.all((ts >= 0) & (ts <= 1))
+    assert set(x["score_stats"]) >= {"mean", "std", "p10", "p50", "p90"}
+    rel = scored.units.relevance
+    assert len(rel) == len(scored.units) and np.all((rel >= 0) & (rel <= 1)) and rel.std() > 0
+
+
+def test_featurizer_works_unchanged(classifiers: dict[str, Path]) -> None:
+    features = pytest.importorskip("pocsdk.prediction.features")
+    c = compressor(classifiers, "bert")
+    scored = c.score(prose(4), query="What did the study find?")
+    ctx, per_factor = features.featurize(c, scored, [1.0, 2.0, 4.0])
+    assert np.isfinite(list(ctx.values())).all()
+    assert len(per_factor) == 3
+
+
+def test_short_input_and_full_rate_pass_through(classifiers: dict[str, Path]) -> None:
+    c = compressor(classifiers, "bert")
+    short = c.score("Just a few words here.")
+    assert render(short, c.select(short, 0.3)).passthrough
+    scored = c.score(prose(4))
+    assert render(scored, c.select(scored, 1.0)).passthrough
+
+
+def test_word_labels_only_in_compatible_mode(classifiers: dict[str, Path]) -> None:
+    c = compressor(classifiers, "bert")
+    with pytest.raises(ConfigError):
+        c.word_labels(c.score(prose(2)), 0.5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_long_input_windows_and_unknown_tokens(classifiers: dict[str, Path], family: str) -> None:
+    text = ("Symbols like \u2603 and \u00e9t\u00e9 appear here. " + prose(2)) * 6  # > 512 tokens: several windows
+    c = compressor(classifiers, family)
+    scored = c.score(text)
+    assert scored.extras["windows"] >= 2
+    # every model token got a probability, every non-space character lies in some word
+    assert len(scored.extras["token_scores"]) == scored.extras["model_tokens"]
+    covered = np.zeros(len(text), dtype=bool)
+    for s, e in zip(scored.units.start.tolist(), scored.units.end.tolist(), strict=True):
+        covered[s:e] = True
+    assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())

@@ -1,0 +1,155 @@
+"""Predictors: monotone over the factor, save/load round trip, and refusal of bad artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocsdk.calibration.labels import DEFAULT_FACTORS
+from pocsdk.errors import ArtifactError, ConfigError, LabelsError
+from pocsdk.prediction.predictors import (
+    ContextAgnosticPredictor,
+    LightGBMPredictor,
+    MLPPredictor,
+    Predictor,
+    load_predictor,
+    make_predictor,
+)
+from pocsdk.prediction.synthetic import synthetic_records
+
+KINDS = {
+    "agnostic": lambda: ContextAgnosticPredictor(min_task_examples=20),
+    "lightgbm": lambda: LightGBMPredictor(n_estimators=60),
+    "mlp": lambda: MLPPredictor(hidden=(16,), max_iter=80),
+}
+
+
+@pytest.fixture(scope="module")
+def records():  # type: ignore[no-untyped-def]
+    return synthetic_records(300, seed=1) + synthetic_records(100, seed=2, dataset="other", task="summarization")
+
+
+@pytest.fixture(scope="module")
+def fitted(records):  # type: ignore[no-untyped-def]
+    return {k: make().fit(records) for k, make in KINDS.items()}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_monotone_over_factor(kind: str, fitted, records) -> None:  # type: ignore[no-untyped-def]
+    p: Predictor = fitted[kind]
+    preds = p.predict_records(records[:50])
+    for row in preds:
+        assert row.shape == (len(DEFAULT_FACTORS),)
+        assert np.all(np.diff(row) <= 1e-12)
+        assert np.all((row >= 0) & (row <= 1))
+    # unsorted grid, random (even adversarial) per-factor features: still non-increasing in the factor
+    rng = np.random.default_rng(0)
+    grid = [8.0, 1.0, 3.0, 20.0, 2.0]
+    ctx = [r.context_features for r in records[:20]]
+    ff = [[{"mass_kept": float(rng.random()), "achieved_factor": f} for f in grid] for _ in ctx]
+    out = p.predict(ctx, grid, ff)
+    assert out.shape == (20, 5)
+    order = np.argsort(grid)
+    assert np.all(np.diff(out[:, order], axis=1) <= 1e-12)
+    single = p.predict(ctx[0], grid)
+    assert single.shape == (5,)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_save_load_round_trip(kind: str, fitted, records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    p: Predictor = fitted[kind]
+    p.save(tmp_path / kind)
+    card = json.loads((tmp_path / kind / "card.json").read_text())
+    assert card["schema"] == "pocsdk.predictor" and card["kind"] == kind and card["compressor"] == "extractive"
+    assert len(card["sha256"]) == 64 and card["training"]["examples"] == len(records)
+    q = load_predictor(tmp_path / kind, compressor="extractive")
+    assert type(q) is type(p) and q.sha256_ == card["sha256"]
+    a = np.stack(p.predict_records(records[:40]))
+    b = np.stack(q.predict_records(records[:40]))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+    if kind == "lightgbm":
+        assert (tmp_path / kind / "model.txt").read_text().startswith("tree\n")
+
+
+def test_lightgbm_beats_agnostic_on_context_signal(fitted, records) -> None:  # type: ignore[no-untyped-def]
+    test = synthetic_records(200, seed=9, binary=False)
+    actual = np.array([r.performance for r in test])
+    mae = {k: float(np.abs(np.stack(fitted[k].predict_records(test)) - actual).mean()) for k in ("agnostic", "lightgbm")}
+    assert mae["lightgbm"] < mae["agnostic"]
+
+
+@pytest.fixture()
+def saved(fitted, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    d = tmp_path / "lgb"
+    fitted["lightgbm"].save(d)
+    return d
+
+
+def test_corrupted_model_file(saved: Path) -> None:
+    model = saved / "model.txt"
+    model.write_text(model.read_text().replace("Tree=1", "Tree=9"))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_predictor(saved)
+
+
+def test_wrong_checksum_in_card(saved: Path) -> None:
+    card = json.loads((saved / "card.json").read_text())
+    card["sha256"] = "0" * 64
+    (saved / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_predictor(saved)
+
+
+def test_garbage_model_with_matching_checksum(saved: Path) -> None:
+    import hashlib
+
+    (saved / "model.txt").write_bytes(b"tree\nthis is not a model\n")
+    card = json.loads((saved / "card.json").read_text())
+    card["sha256"] = hashlib.sha256(b"tree\nthis is not a model\n").hexdigest()
+    (saved / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError):
+        load_predictor(saved)
+
+
+@pytest.mark.parametrize("mutation", [
+    {"schema": "something.else"},
+    {"card_version": 99},
+    {"features_version": 999},
+    {"kind": "xgboost"},
+    {"model_file": "../model.txt"},
+    {"unexpected": 1},
+])
+def test_foreign_card(saved: Path, mutation: dict[str, object]) -> None:
+    card = json.loads((saved / "card.json").read_text())
+    card.update(mutation)
+    (saved / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError):
+        load_predictor(saved)
+
+
+def test_card_not_json_or_missing(saved: Path, tmp_path: Path) -> None:
+    (saved / "card.json").write_text("{not json")
+    with pytest.raises(ArtifactError):
+        load_predictor(saved)
+    with pytest.raises(ArtifactError):
+        load_predictor(tmp_path / "nowhere")
+
+
+def test_card_for_another_compressor(saved: Path) -> None:
+    with pytest.raises(ArtifactError, match="compressor"):
+        load_predictor(saved, compressor="skim")
+    with pytest.raises(ArtifactError):
+        MLPPredictor.load(saved)  # a LightGBM artifact is not an MLP
+
+
+def test_mixed_compressors_and_unknown_kind(records) -> None:  # type: ignore[no-untyped-def]
+    mixed = records[:5] + synthetic_records(5, compressor="skim")
+    with pytest.raises(LabelsError):
+        LightGBMPredictor(n_estimators=5).fit(mixed)
+    with pytest.raises(ConfigError):
+        make_predictor("forest")
+    with pytest.raises(ArtifactError):
+        LightGBMPredictor().predict({}, [1.0, 2.0])

