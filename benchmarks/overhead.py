@@ -77,6 +77,10 @@ class Timing:
     def cpu(self) -> float:
         return statistics.median(self.cpu_ms)
 
+    @property
+    def cpu_best(self) -> float:
+        return min(self.cpu_ms)
+
 
 def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
     """Median-ready wall and process CPU times of ``fn`` (after ``warmup`` untimed calls)."""
@@ -242,8 +246,9 @@ def render_section(
     checks = []
     d16 = res.get((default, 16000))
     if d16:
-        checks.append(f"- default (`{default}`) at 16k tokens under 20 ms: {d16.wall:.1f} ms wall, {d16.cpu:.1f} ms "
-                      f"CPU: **{'met' if d16.wall < 20.0 else 'met in CPU time' if d16.cpu < 20.0 else 'not met'}**")
+        checks.append(f"- default (`{default}`) at 16k tokens under 20 ms: median {d16.wall:.1f} ms wall, "
+                      f"{d16.cpu:.1f} ms CPU (best run {d16.cpu_best:.1f} ms CPU, the closest to an idle core): "
+                      f"**{'met' if d16.wall < 20.0 else 'met in CPU time' if d16.cpu < 20.0 else 'not met'}**")
     for s in sizes:
         t, d = res.get((LLMLINGUA2, s)), res.get((default, s))
         if t and d:
@@ -308,7 +313,7 @@ def write_section(path: Path, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
+        text = text[:start] + section.rstrip("\n") + "\n\n" + (text[nxt + 1:] if nxt >= 0 else "")
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 

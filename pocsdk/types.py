@@ -78,6 +78,11 @@ class FloorDecision(BaseModel):
     reason: str
     predictor: str
     margin: float = 0.0
+    """Calibration margin subtracted from predictions (margin rule)."""
+    rule: str | None = None
+    """Decision rule: ``margin`` or ``tradeoff``."""
+    weight: float | None = None
+    """Calibrated trade-off weight w (trade-off rule: maximise log(factor) + w * prediction)."""
     grid: list[float] = Field(default_factory=list)
     predictions: list[float] = Field(default_factory=list)
 

@@ -406,7 +406,9 @@ def test_info_json_parses() -> None:
     result = subprocess.run([*CLI, "info", "--json"], capture_output=True, check=True, timeout=120)
 
     report = json.loads(result.stdout)
-    assert report["compressors"] == available()
+    # other tests may register stubs in this process; the fresh CLI process sees the built-ins only
+    assert set(report["compressors"]) <= set(available())
+    assert {"extractive", "skim", "truncate", "random", "llmlingua2", "selfinfo", "ram"} <= set(report["compressors"])
     assert report["version"]
     assert report["devices"][0]["type"] == "cpu"
     assert isinstance(report["predictors"], list)

@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pocsdk.errors import ArtifactError, InvalidRateError
-from pocsdk.prediction.conformal import NO_PROMISE, Calibration, decision_margin, fit_calibration
+from pocsdk.calibration.labels import LabelRecord
+from pocsdk.errors import ArtifactError, InvalidRateError, LabelsError
+from pocsdk.prediction.conformal import (
+    NO_PROMISE,
+    Calibration,
+    cross_dataset_calibration,
+    decision_margin,
+    fit_calibration,
+)
 from pocsdk.prediction.decision import choose, outcome
 from pocsdk.prediction.predictors import ContextAgnosticPredictor
 from pocsdk.prediction.synthetic import synthetic_records, true_curve
@@ -79,8 +86,15 @@ def test_fit_save_load_and_per_task(tmp_path: Path) -> None:
         back.margin(0.9, 1.0)
 
 
-@pytest.mark.parametrize("content", ["{oops", json.dumps({"schema": "other"}), json.dumps({"schema": "pocsdk.calibration",
-                                     "version": 7}), json.dumps({"schema": "pocsdk.calibration", "version": 1})])
+BAD_FILES = [
+    "{oops",
+    json.dumps({"schema": "other"}),
+    json.dumps({"schema": "pocsdk.calibration", "version": 7}),
+    json.dumps({"schema": "pocsdk.calibration", "version": 1}),
+]
+
+
+@pytest.mark.parametrize("content", BAD_FILES)
 def test_bad_calibration_files(tmp_path: Path, content: str) -> None:
     p = tmp_path / "c.json"
     p.write_text(content)
@@ -98,3 +112,107 @@ def test_grid_mismatch_rejected(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError):
         Calibration.load(tmp_path / "c.json")
+
+
+def test_tradeoff_weight_coverage_on_exchangeable_data() -> None:
+    from pocsdk.prediction.conformal import decision_weight
+    from pocsdk.prediction.decision import choose_tradeoff
+
+    rng = np.random.default_rng(3)
+    coverage = []
+    gain = []
+    for _ in range(30):
+        cp, ca = _draw(rng, 300)
+        tp, ta = _draw(rng, 2000)
+        w = decision_weight(cp, ca, GRID, 0.9, 0.9)
+        perf, fac = outcome(ta, np.tile(GRID, (2000, 1)), choose_tradeoff(tp, GRID, w))
+        coverage.append(float((perf >= 0.9).mean()))
+        d = decision_margin(cp, ca, GRID, 0.9, 0.9)
+        _, fac_m = outcome(ta, np.tile(GRID, (2000, 1)), choose(tp, GRID, 0.9, d))
+        gain.append(float(fac.mean() / fac_m.mean()))
+    assert np.mean(coverage) >= 0.9 - 0.005
+    assert np.mean(gain) >= 1.0  # the trade-off rule compresses at least as much as the margin rule here
+
+
+def test_choose_tradeoff_rule() -> None:
+    from pocsdk.prediction.decision import PASSTHROUGH, choose_tradeoff
+
+    grid = [1.0, 2.0, 4.0, 8.0]
+    pred = np.array([[1.0, 0.99, 0.9, 0.2], [1.0, 0.5, 0.4, 0.3]])
+    assert choose_tradeoff(pred, grid, 5.0).tolist() == [2, PASSTHROUGH]  # log 4 + 4.5 beats log 2 + 4.95
+    assert choose_tradeoff(pred, grid, 0.0).tolist() == [3, 3]
+    assert choose_tradeoff(pred, grid, float("inf")).tolist() == [PASSTHROUGH, PASSTHROUGH]
+    assert choose_tradeoff(pred, grid, np.array([0.0, 1000.0])).tolist() == [3, PASSTHROUGH]
+
+
+def _shifted_datasets(binary: bool = False) -> tuple[list[LabelRecord], list[str]]:
+    """Three easy calibration datasets and one hard one: the new task may be as hard as the hardest."""
+    recs: list[LabelRecord] = []
+    src: list[str] = []
+    for i, (name, shift) in enumerate((("a", 0.0), ("b", 0.0), ("c", 0.0), ("d", 1.0))):
+        r = synthetic_records(200, seed=i, dataset=name, shift=shift, binary=binary)
+        recs += r
+        src += [name] * len(r)
+    return recs, src
+
+
+def test_cross_dataset_holds_on_a_shifted_dataset_where_holdout_fails() -> None:
+    import random
+
+    from pocsdk.prediction.evaluate import arrays, split_fit_cal
+
+    recs, src = _shifted_datasets()
+    test = synthetic_records(1000, seed=99, dataset="new", shift=1.0, binary=False)
+    fit, cal = split_fit_cal(recs, random.Random(0))
+    holdout = fit_calibration(ContextAgnosticPredictor().fit(fit), cal)
+    final = ContextAgnosticPredictor().fit(recs)
+    xcal = cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r), sources=src, predictor=final)
+    assert holdout.method == "holdout" and xcal.method == "cross_dataset" and xcal.per_dataset
+    actual, achieved = arrays(test)
+    floor, conf = 0.8, 0.8
+    meet = {}
+    for name, pred, c in (("holdout", ContextAgnosticPredictor().fit(fit), holdout), ("xcal", final, xcal)):
+        pm = np.stack(pred.predict_records(test))
+        perf, _ = outcome(actual, achieved, choose(pm, GRID, floor, c.margin(floor, conf)))
+        meet[name] = float((perf >= floor).mean())
+    assert meet["holdout"] < conf - 0.1  # in-distribution residuals are too small for the harder dataset
+    assert meet["xcal"] >= conf - 0.02
+    assert xcal.margin(floor, conf) > holdout.margin(floor, conf)
+    assert xcal.weight(floor, conf) >= holdout.weight(floor, conf)
+    # pooled cross-dataset tables are less conservative than requiring each dataset separately
+    pooled = xcal.model_copy(update={"per_dataset": False})
+    assert pooled.margin(floor, conf) <= xcal.margin(floor, conf)
+
+
+def test_cross_dataset_needs_three_datasets_and_round_trips(tmp_path: Path) -> None:
+    recs, src = _shifted_datasets()
+    with pytest.raises(LabelsError):
+        cross_dataset_calibration(recs[:400], lambda r: ContextAgnosticPredictor().fit(r), sources=src[:400])
+    with pytest.raises(LabelsError):
+        cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r), sources=src[:10])
+    cal = cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r), sources=src)
+    assert cal.groups["*"].sources == src
+    back = Calibration.load(cal.save(tmp_path / "x.json"))
+    assert back.method == "cross_dataset" and back.per_dataset and back.min_dataset == cal.min_dataset
+    assert back.groups["*"].sources == src
+    assert back.margin(0.8, 0.8) == cal.margin(0.8, 0.8) and back.weight(0.8, 0.8) == cal.weight(0.8, 0.8)
+    # files written before the method field load as holdout calibrations
+    data = json.loads((tmp_path / "x.json").read_text())
+    for key in ("method", "per_dataset", "min_dataset"):
+        data.pop(key)
+    for t in data["groups"].values():
+        t.pop("sources")
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Calibration.load(tmp_path / "old.json")
+    assert old.method == "holdout" and not old.per_dataset
+    data["method"] = "magic"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError):
+        Calibration.load(tmp_path / "bad.json")
+
+
+def test_cross_dataset_task_groups_need_two_datasets() -> None:
+    recs = (synthetic_records(60, seed=1, dataset="a") + synthetic_records(60, seed=2, dataset="b")
+            + synthetic_records(60, seed=3, dataset="c", task="summarization"))
+    cal = cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r))
+    assert set(cal.groups) == {"*", "qa"}  # summarization comes from one dataset only: pooled

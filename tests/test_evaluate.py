@@ -54,13 +54,18 @@ def test_cli_train_calibrate_evaluate(label_files: list[Path], tmp_path: Path) -
                               "--kind", "agnostic", "-o", str(pdir)])
     assert res.exit_code == 0, res.output
     assert (pdir / "card.json").is_file() and (pdir / "calibration.json").is_file()
-    assert json.loads(res.output)["kind"] == "agnostic"
+    out_json = json.loads(res.stdout)
+    assert out_json["kind"] == "agnostic"
+    # two labels files are too few datasets for the default cross-dataset calibration: holdout, with a warning
+    assert out_json["calibration_method"] == "holdout" and "warning" in res.stderr
+    assert json.loads((pdir / "calibration.json").read_text())["method"] == "holdout"
 
     calib = tmp_path / "calib.json"
     res = runner.invoke(app, ["fit-calibration", "--labels", str(label_files[1]), "--predictor", str(pdir),
                               "-o", str(calib)])
     assert res.exit_code == 0, res.output
     assert json.loads(calib.read_text())["schema"] == "pocsdk.calibration"
+    assert json.loads(calib.read_text())["method"] == "few_shot"
 
     out = tmp_path / "rep"
     res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(pdir),
@@ -73,3 +78,44 @@ def test_cli_train_calibrate_evaluate(label_files: list[Path], tmp_path: Path) -
 
     res = runner.invoke(app, ["train-predictor", "--labels", str(tmp_path / "missing.jsonl"), "-o", str(pdir)])
     assert res.exit_code == 1
+
+
+def test_cli_cross_dataset_calibration(tmp_path: Path) -> None:
+    paths = []
+    for i, shift in enumerate((0.0, 0.3, 0.6)):
+        p = tmp_path / f"d{i}.jsonl"
+        p.write_text("".join(r.model_dump_json() + "\n" for r in synthetic_records(60, seed=i, dataset=f"d{i}",
+                                                                                    shift=shift)))
+        paths.append(str(p))
+    runner = CliRunner()
+    pdir = tmp_path / "pred"
+    res = runner.invoke(app, ["train-predictor", "--labels", *paths, "--kind", "agnostic", "-o", str(pdir)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["calibration_method"] == "cross_dataset" and out["examples"] == 180  # fitted on all labels
+    cal = json.loads((pdir / "calibration.json").read_text())
+    assert cal["method"] == "cross_dataset" and cal["per_dataset"] is True
+    assert sorted(set(cal["groups"]["*"]["sources"])) == ["d0", "d1", "d2"]
+    card = json.loads((pdir / "card.json").read_text())
+    assert cal["predictor_sha256"] == card["sha256"] and "out_of_dataset_mae" in card["metrics"]
+
+    res = runner.invoke(app, ["train-predictor", "--labels", *paths, "--kind", "agnostic", "--pooled",
+                              "--calibration", "holdout", "-o", str(tmp_path / "p2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p2" / "calibration.json").read_text())["method"] == "holdout"
+    res = runner.invoke(app, ["train-predictor", "--labels", *paths, "--calibration", "nope", "-o", str(pdir)])
+    assert res.exit_code == 1 and "cross_dataset" in res.output
+
+
+def test_nested_lodo_xcal_rows(tmp_path: Path) -> None:
+    recs = []
+    for i, shift in enumerate((0.0, 0.3, 0.6, 0.9)):
+        recs += synthetic_records(60, seed=i, dataset=f"d{i}", shift=shift)
+    from pocsdk.prediction.evaluate import evaluate_records
+
+    report = evaluate_records(recs, floors=[0.8], confidence=0.8, few_shot=20, kinds=["agnostic"])
+    for fold in ("d0", "d3"):
+        assert report.row("lodo", "agnostic+xcal", 0.8, fold=fold) is not None
+        assert report.row("lodo", "agnostic+xcal-tradeoff", 0.8, fold=fold) is not None
+    assert report.row("lodo", "agnostic+xcal", 0.8) is not None  # pooled over folds
+    assert "agnostic+xcal" in report.markdown

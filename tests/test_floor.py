@@ -33,7 +33,8 @@ class StubPredictor:
         self.curve = np.asarray(curve, dtype=np.float64)
         self.factors_ = list(GRID)
 
-    def predict(self, context: Mapping[str, float], factors: Sequence[float], factor_features: Any = None) -> np.ndarray:
+    def predict(self, context: Mapping[str, float], factors: Sequence[float],
+                factor_features: Any = None) -> np.ndarray:
         assert list(factors) == GRID
         assert factor_features is not None and len(factor_features[0]) == len(GRID)
         return self.curve.copy()
@@ -162,3 +163,14 @@ def test_shipped_default_predictor(name: str, monkeypatch: pytest.MonkeyPatch) -
         pytest.skip(f"no shipped predictor for {name}")
     res = Compressor(floor=0.9, confidence=0.9, compressor=name).compress(TEXT, "Which river?")
     assert res.floor is not None and res.floor.predictor.endswith(name)
+
+
+def test_rules(trained: Path) -> None:
+    comp = get_compressor("extractive")
+    s = comp.score(TEXT, "Which river?")
+    for rule in ("tradeoff", "margin"):
+        pol = FloorPolicy.for_compressor("extractive", predictor=str(trained), rule=rule)
+        res = pol.compress(comp, s, 0.9, 0.9)
+        assert res.floor is not None and res.floor.confidence == 0.9 and res.floor.reason
+    with pytest.raises(ConfigError):
+        FloorPolicy.for_compressor("extractive", predictor=str(trained), rule="greedy")

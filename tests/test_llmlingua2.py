@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def classifiers() -> dict[str, Path]:
     return {f: make_random_token_classifier(family=f, size="tiny") for f in FAMILIES}  # type: ignore[arg-type]
 
 
-def compressor(classifiers: dict[str, Path], family: str, **kw: object):  # noqa: ANN201
+def compressor(classifiers: dict[str, Path], family: str, **kw: object) -> Any:
     return get_compressor("llmlingua2", model=str(classifiers[family]), **kw)
 
 

@@ -102,7 +102,7 @@ def test_compatible_mode_renders_the_kept_words_as_spans(peers: dict[str, tuple[
 def test_difference_rate_is_per_window_in_cl100k_for_llmlingua(peers: dict[str, tuple[Path, Any]]) -> None:
     """llmlingua thresholds each 512-token window on cl100k counts of its own word strings; pocsdk's
     default thresholds the whole input in the target tokenizer, so its rate tracks the request."""
-    path, pc = peers["xlm-roberta"]
+    path, _ = peers["xlm-roberta"]
     text = PROSE * 12
     default = get_compressor("llmlingua2", model=str(path), tokenizer="tiktoken:cl100k_base",
                              protect=Protection.none(), force_tokens=())

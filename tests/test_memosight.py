@@ -69,7 +69,8 @@ def check_equivalence(model: Any, ids: TokenIds, prompt: list[int], cfg: DecodeC
                        res.output_ids, ids, ratio, window=cfg.window, max_offset=k or None,
                        offsets=list(range(1, k + 1)) if k else None)
     full = forward_layout(model, lay)
-    rows = [i for i, (t, kind) in enumerate(zip(lay.targets, lay.kinds)) if t != IGNORE and kind != FORESIGHT]
+    pairs = enumerate(zip(lay.targets, lay.kinds, strict=True))
+    rows = [i for i, (t, kind) in pairs if t != IGNORE and kind != FORESIGHT]
     assert [lay.targets[i] for i in rows] == res.output_ids
     torch.testing.assert_close(full[rows], torch.stack(res.choice_logits), atol=atol, rtol=1e-4)
     checked = 0
@@ -179,7 +180,7 @@ def test_cache_keep_slices_every_layer() -> None:
     before = [layer.keys.clone() for layer in cache.layers]
     cache_keep(cache, torch.tensor([0, 2, 3]))
     assert cache.get_seq_length() == 3
-    for old, layer in zip(before, cache.layers):
+    for old, layer in zip(before, cache.layers, strict=True):
         torch.testing.assert_close(layer.keys, old[:, :, [0, 2, 3]])
 
 
@@ -259,7 +260,7 @@ def test_session_stats_and_floor() -> None:
     assert st.peak_kv_entries >= st.final_kv_entries and st.peak_kv_bytes > 0
     assert 0 < st.kv_saving < 1
     assert st.acceptance_rate is None or 0 <= st.acceptance_rate <= 1
-    assert st.total_s >= st.verify_s
+    assert st.total_s >= st.verify_s + st.prefill_s + st.compress_s
     none = session.generate("w1", floor=1.0, max_new_tokens=5)
     assert none.stats.compression_ratio is None and none.stats.steps_compressed == 0
     pred = ReasoningSession(model, tok, tokens=TOKENS, ratio_predictor=lambda f: 8.0)
@@ -278,3 +279,21 @@ def test_equivalence_on_cuda() -> None:
     cfg = DecodeConfig(compression_ratio=4, draft_tokens=2, max_new_tokens=30, force_split_every=7,
                        stop_at_eos=False)
     check_equivalence(model, ids, [5, 6, 7, 8], cfg, atol=1e-3)
+
+
+def test_speed_benchmark_runs_on_tiny_shape(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memosight_speed.py"
+    spec = importlib.util.spec_from_file_location("memosight_speed", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--model-size", "tiny", "--new-tokens", "12", "--step-tokens", "5", "--ratio", "2",
+                     "--repeats", "1", "--oracle", "--skip-hf", "--json", str(tmp_path / "rows.json")])
+    by_mode = {r.mode: r for r in rows}
+    assert set(by_mode) == {"vanilla", "memosight", "memosight+fs", "oracle-fs"}
+    assert all(r.new_tokens == 12 for r in rows)
+    assert by_mode["memosight"].peak_kv_entries < by_mode["vanilla"].peak_kv_entries
+    assert by_mode["oracle-fs"].forward_passes < by_mode["memosight"].forward_passes
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["mode"] == "vanilla"

@@ -72,7 +72,7 @@ def test_later_text_keeps_its_positions() -> None:
     steps = [[20, 21, 22, 23, 24], [25, 26]]
     for ratio in (2, 4, 6, 8, 16):
         lay = build_layout([10], steps, [30, 31], IDS, ratio=ratio)
-        stream = [p for p, k in zip(lay.position_ids, lay.kinds) if k != MEMORY]
+        stream = [p for p, k in zip(lay.position_ids, lay.kinds, strict=True) if k != MEMORY]
         assert stream == list(range(len(stream)))
 
 

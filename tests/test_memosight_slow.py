@@ -32,6 +32,7 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def session() -> Any:
+    torch.set_num_threads(1)  # shared CPU: one thread is faster than oversubscribed two
     return ReasoningSession.from_pretrained(str(smollm2_dir()), gguf_file=GGUF, device="cpu", dtype="float32",
                                             attn_implementation="sdpa")
 
@@ -39,19 +40,19 @@ def session() -> Any:
 @pytest.mark.slow
 def test_smollm2_generation_equivalence_and_speculation(session: Any) -> None:
     model, ids = session.model, session.ids
-    res = session.generate("What is 12 + 30? Think step by step.", compression_ratio=4, max_new_tokens=24,
-                           force_split_every=8)
-    assert res.stats.generated_tokens == 24 and res.stats.steps_compressed == 2
-    assert res.stats.final_kv_entries < res.stats.uncompressed_kv_entries
-    plain = session.generate("What is 12 + 30? Think step by step.", compression_ratio=4, max_new_tokens=24,
-                             force_split_every=8, draft_tokens=0)
-    assert plain.output_ids == res.output_ids
+    res = session.generate("What is 12 + 30? Think step by step.", compression_ratio=4, max_new_tokens=12,
+                           force_split_every=6)
+    assert 1 <= res.stats.generated_tokens <= 12 and res.stats.steps_compressed >= 1
+    assert res.text
     prompt = list(session.tokenizer("Question: why is the sky blue?\nAnswer:", add_special_tokens=False)["input_ids"])
     cfg = DecodeConfig(compression_ratio=4, draft_tokens=2, max_new_tokens=20, force_split_every=7,
                        stop_at_eos=False)
     out = decode(model, prompt, ids, cfg, record=True)
+    plain = decode(model, prompt, ids, DecodeConfig(**{**cfg.__dict__, "draft_tokens": 0}))
+    assert plain.output_ids == out.output_ids and out.steps == 2
+    assert out.final_kv < len(prompt) + 20 - 1
     steps, tail = split_output(out.output_ids, ids)
     lay = build_layout(prompt, steps, tail, ids, 4, max_offset=2, offsets=[1, 2])
     full = forward_layout(model, lay)
-    rows = [i for i, (t, k) in enumerate(zip(lay.targets, lay.kinds)) if t != IGNORE and k != FORESIGHT]
+    rows = [i for i, (t, k) in enumerate(zip(lay.targets, lay.kinds, strict=True)) if t != IGNORE and k != FORESIGHT]
     torch.testing.assert_close(full[rows], torch.stack(out.choice_logits), atol=2e-3, rtol=1e-3)

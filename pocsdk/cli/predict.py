@@ -36,41 +36,78 @@ def train_predictor(
     more: Optional[list[Path]] = typer.Argument(None, help="More labels files.", show_default=False),
     kind: str = typer.Option("lightgbm", "--kind", "-k", help="lightgbm, mlp or agnostic."),
     output: Path = typer.Option(..., "--output", "-o", help="Predictor directory to write (e.g. predictors/skim/)."),
+    calibration: str = typer.Option(
+        "cross_dataset", "--calibration",
+        help="cross_dataset: refit without each labels file (dataset) and calibrate on its out-of-dataset "
+             "predictions; the predictor itself is fitted on all labels (needs >= 3 files, else falls back to "
+             "holdout). holdout: hold out --calibration-share of the labels."),
+    per_dataset: bool = typer.Option(True, "--per-dataset/--pooled",
+                                     help="cross_dataset: the promise must hold on each dataset separately."),
     calibration_share: float = typer.Option(0.25, "--calibration-share", min=0.0, max=0.9,
-                                            help="Share of examples held out to fit calibration.json (0: none)."),
+                                            help="holdout: share of examples held out to fit calibration.json "
+                                                 "(0: no calibration)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Train a predictor, hold out a share to fit its calibration margins, and save both with a card."""
+    """Train a predictor and fit its calibration (cross-dataset by default); save both with a card."""
     import numpy as np
 
-    from pocsdk.prediction.conformal import fit_calibration
-    from pocsdk.prediction.evaluate import common_grid, load_records, split_fit_cal
+    from pocsdk.prediction.conformal import Calibration, cross_dataset_calibration, fit_calibration
+    from pocsdk.prediction.evaluate import load_records_with_sources, split_fit_cal
     from pocsdk.prediction.floor import CALIBRATION_FILE
     from pocsdk.prediction.predictors import make_predictor
 
     try:
-        records, _ = common_grid(load_records(_labels(labels, more)))
-        if calibration_share > 0:
-            fit, cal = split_fit_cal(records, random.Random(seed), calibration_share)
-        else:
-            fit, cal = records, []
+        if calibration not in ("cross_dataset", "holdout"):
+            raise ValueError(f"--calibration must be cross_dataset or holdout, not {calibration!r}")
+        records, sources = load_records_with_sources(_labels(labels, more))
         params = {"seed": seed} if kind in ("lightgbm", "mlp") else {}
-        predictor = make_predictor(kind, **params).fit(fit)
-        if cal:
-            preds = predictor.predict_records(cal)
-            actual = [np.asarray(r.performance) for r in cal]
-            predictor.metrics_ = {
-                "heldout_mae": float(np.mean([np.abs(p - a).mean() for p, a in zip(preds, actual, strict=False)])),
-                "heldout_examples": float(len(cal)),
-            }
+        method = calibration
+        if method == "cross_dataset" and len(set(sources)) < 3:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"[yellow]warning:[/yellow] cross-dataset calibration needs >= 3 labels files (datasets), got "
+                f"{len(set(sources))}; falling back to --calibration holdout (the promise then only holds "
+                "in-distribution)")
+            method = "holdout"
+        calib: Calibration | None = None
+        cal: list = []
+        if method == "cross_dataset":
+            predictor = make_predictor(kind, **params).fit(records)
+            predictor.save(output)  # sets the checksum the calibration vouches for
+            calib = cross_dataset_calibration(records, lambda recs: make_predictor(kind, **params).fit(recs),
+                                              sources=sources, predictor=predictor, per_dataset=per_dataset)
+            pred_t, act_t = calib.groups["*"].arrays()
+            predictor.metrics_ = {"out_of_dataset_mae": float(np.abs(pred_t - act_t).mean()),
+                                  "out_of_dataset_examples": float(len(pred_t))}
+            fit_n = len(records)
+        else:
+            if calibration_share > 0:
+                fit, cal = split_fit_cal(records, random.Random(seed), calibration_share)
+            else:
+                fit, cal = records, []
+            predictor = make_predictor(kind, **params).fit(fit)
+            if cal:
+                preds = predictor.predict_records(cal)
+                actual = [np.asarray(r.performance) for r in cal]
+                predictor.metrics_ = {
+                    "heldout_mae": float(np.mean([np.abs(p - a).mean() for p, a in zip(preds, actual, strict=False)])),
+                    "heldout_examples": float(len(cal)),
+                }
+            fit_n = len(fit)
         predictor.save(output)
         summary: dict[str, object] = {"predictor": str(output), "kind": kind, "compressor": predictor.compressor_,
-                                      "examples": len(fit), "metrics": predictor.metrics_}
-        if cal:
+                                      "examples": fit_n, "metrics": predictor.metrics_, "calibration_method": method}
+        if method == "holdout" and cal:
             calib = fit_calibration(predictor, cal, notes=f"held out {len(cal)} of {len(records)} examples")
+        if calib is not None:
             calib.save(output / CALIBRATION_FILE)
             summary["calibration"] = str(output / CALIBRATION_FILE)
             summary["margins_conf_0.9"] = calib.margins_table([0.8, 0.9, 0.95], 0.9)
+            summary["weights_conf_0.9"] = {f"{f:g}": calib.weight(f, 0.9) for f in (0.8, 0.9, 0.95)}
+    except ValueError as exc:
+        _fail(exc)
+        return
     except (PocError, OSError) as exc:
         _fail(exc)
         return
@@ -86,7 +123,11 @@ def fit_calibration_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Calibration JSON to write."),
     min_group: int = typer.Option(50, "--min-group", min=1, help="Examples a task needs for its own margins."),
 ) -> None:
-    """Few-shot calibration: margins for ``Compressor(floor=..., confidence=..., calibration=...)``."""
+    """Few-shot calibration on your task: margins for ``Compressor(floor=..., confidence=..., calibration=...)``.
+
+    Usually compresses more than the shipped cross-dataset calibration, which must cover the hardest
+    of its calibration datasets; this one only has to cover your task.
+    """
     from pocsdk.prediction.conformal import fit_calibration
     from pocsdk.prediction.evaluate import common_grid, load_records
     from pocsdk.prediction.floor import PREDICTOR_NAMES, default_predictor_dir
@@ -97,7 +138,7 @@ def fit_calibration_cmd(
         comp = records[0].compressor
         pdir = default_predictor_dir(comp, predictor) if predictor in PREDICTOR_NAMES else Path(predictor)
         pred = load_predictor(pdir, compressor=comp)
-        calib = fit_calibration(pred, records, min_group=min_group,
+        calib = fit_calibration(pred, records, min_group=min_group, method="few_shot",
                                 notes=f"few-shot calibration on {len(records)} examples")
         calib.save(output)
     except (PocError, OSError) as exc:
@@ -116,6 +157,8 @@ def evaluate_cmd(
     confidence: float = typer.Option(0.9, "--confidence", help="Confidence of the calibrated promise."),
     few_shot: int = typer.Option(50, "--few-shot", min=0, help="Few-shot calibration size on unseen datasets."),
     kinds: str = typer.Option("agnostic,lightgbm,mlp", "--kinds", help="Predictor kinds to train and compare."),
+    lodo_kinds: Optional[str] = typer.Option(None, "--lodo-kinds",
+                                             help="Kinds for leave-one-dataset-out (default: --kinds)."),
     predictor: Optional[Path] = typer.Option(None, "--predictor", "-p",
                                              help="Evaluate this trained predictor on the labels instead."),
     seed: int = typer.Option(0, "--seed"),
@@ -135,7 +178,9 @@ def evaluate_cmd(
         else:
             report = evaluate_files(paths, output, floors=floor_list, confidence=confidence, few_shot=few_shot,
                                     seed=seed, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-                                    command=command)
+                                    command=command,
+                                    lodo_kinds=None if lodo_kinds is None else
+                                    [k.strip() for k in lodo_kinds.split(",") if k.strip()])
     except ValueError as exc:
         _fail(exc)
         return

@@ -15,12 +15,15 @@ from pocsdk.errors import PocError
 @train_app.command("ram")
 def train_ram_command(
     backbone: str = typer.Option(..., help="Decoder backbone: local folder, cached hub id, or .gguf file."),
-    data: Path = typer.Option(..., exists=True, dir_okay=False, help="NQ-style .jsonl(.gz): question, answers, ctxs."),
+    data: Path = typer.Option(..., exists=True, dir_okay=False,
+                              help="NQ-style .jsonl(.gz): question, answers, ctxs."),
     out: Path = typer.Option(Path("ram-checkpoint"), help="Checkpoint folder to write."),
     gguf_file: Optional[str] = typer.Option(None, help="GGUF file name inside --backbone."),
-    init: Optional[str] = typer.Option(None, help="Start from a pocsdk RAM checkpoint folder or official .safetensors."),
+    init: Optional[str] = typer.Option(None, help="Start from a pocsdk RAM checkpoint or an official .safetensors."),
     encoder_layers: int = typer.Option(8, help="Backbone layers used as the encoder (official: 8)."),
     segment_tokens: int = typer.Option(32, help="Segment width w in tokens."),
+    query_template: str = typer.Option("Question:{query}\nAnswer:", help="Decoder prompt after the memory."),
+    context_prefix: str = typer.Option("", help="Decoder text before the memory (e.g. a chat template's user turn)."),
     temperature: float = typer.Option(0.1, help="InfoNCE temperature."),
     contrastive_weight: float = typer.Option(1.0, help="Weight of the InfoNCE term."),
     train_encoder: str = typer.Option("none", help="none (alignment only) | lora | full (separate encoder copy)."),
@@ -29,7 +32,7 @@ def train_ram_command(
     steps: int = typer.Option(1000, help="Optimiser steps."),
     lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
     grad_accum: int = typer.Option(1, help="Examples per optimiser step."),
-    keep_ratio: Optional[float] = typer.Option(None, help="Fixed close-reading fraction (default: uniform per example)."),
+    keep_ratio: Optional[float] = typer.Option(None, help="Fixed close-reading fraction (default: uniform draw)."),
     max_examples: Optional[int] = typer.Option(None, help="Read at most this many examples."),
     max_context_tokens: int = typer.Option(4096, help="Truncate contexts to this many tokens."),
     gradient_checkpointing: bool = typer.Option(True, help="Recompute activations in the backward pass."),
@@ -59,7 +62,8 @@ def train_ram_command(
         separate = train_encoder != "none"
         if init:
             model = load_ram(init, backbone, gguf_file=gguf_file, device=dev, dtype=dt,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, query_template=query_template,
+                             context_prefix=context_prefix)
             if separate and not model.ram_config.separate_encoder:
                 raise typer.BadParameter("--train-encoder needs a checkpoint with a separate encoder")
         else:
@@ -68,10 +72,12 @@ def train_ram_command(
                             trust_remote_code=trust_remote_code)
             cfg = RAMConfig(encoder_layers=encoder_layers, segment_tokens=segment_tokens, temperature=temperature,
                             contrastive_weight=contrastive_weight, separate_encoder=separate,
+                            query_template=query_template, context_prefix=context_prefix,
                             lora_r=lora_r if train_encoder == "lora" else 0, lora_alpha=lora_alpha)
             model = RAMModel(base.decoder, base.tokenizer, cfg, source=base.source) if separate else base
             model.ram_config = replace(model.ram_config, temperature=temperature,
-                                       contrastive_weight=contrastive_weight)
+                                       contrastive_weight=contrastive_weight, query_template=query_template,
+                                       context_prefix=context_prefix)
         typer.echo(f"training RAM on {len(examples)} examples ({dev}, {dt}, encoder: {train_encoder})", err=True)
         result = train_ram(model, examples, tcfg, log=lambda m: typer.echo(m, err=True))
         save_ram(model, out, extra={"training": {"data": str(data), "steps": result.steps, "lr": lr,

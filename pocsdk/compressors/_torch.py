@@ -64,12 +64,20 @@ def split_gguf(model: str, gguf_file: str | None) -> tuple[str, str | None]:
     return model, gguf_file
 
 
-def cached_model(key: tuple[Any, ...], load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
-    """(model, tokenizer) from the process cache, loading once under a lock."""
+def cached_model(key: tuple[Any, ...], load: Callable[[], tuple[Any, Any]], name: str = "") -> tuple[Any, Any]:
+    """(model, tokenizer) from the process cache, loading once under a lock.
+
+    A checkpoint that cannot be found or read (no network, wrong path) becomes a ConfigError
+    naming it, instead of a deep ``OSError`` from the hub client."""
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            hit = load()
+            try:
+                hit = load()
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"cannot load model {name or key[1]!r}: {exc}") from exc
             _CACHE[key] = hit
         return hit
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from pocsdk.compressors.topup import top_up
 from pocsdk.errors import ConfigError, InputTooLargeError
-from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, is_instruction, strip_markers
+from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_mask, strip_markers
 from pocsdk.text.segment import MAX_UNIT_CHARS, segment
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
@@ -228,8 +228,7 @@ class UnitCompressor:
             texts.extend([strip_markers(x) for x in pieces] if marked else pieces)
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:
-                for i in np.flatnonzero(~protected).tolist():
-                    protected[i] = is_instruction(pieces[i])
+                protected |= instruction_mask(text, starts, ends)
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
             else:

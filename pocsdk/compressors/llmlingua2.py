@@ -49,7 +49,7 @@ from pocsdk.errors import ConfigError, InputTooLargeError
 from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, is_instruction, strip_markers
 from pocsdk.text.segment import segment
 from pocsdk.text.tokens import TokenCounter, get_token_counter
-from pocsdk.types import ContextLike, check_keep_rate, normalize_context
+from pocsdk.types import ContextLike, check_count, check_keep_rate, normalize_context
 
 FEATURE = "the llmlingua2 compressor"
 DEFAULT_MODEL = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
@@ -112,6 +112,14 @@ class LLMLingua2Compressor:
             raise ConfigError(f"token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
         if self.max_seq_len < 8 or self.max_batch_size < 1:
             raise ConfigError("max_seq_len must be >= 8 and max_batch_size >= 1")
+        self.min_tokens = check_count("min_tokens", self.min_tokens)
+        self.max_input_chars = check_count("max_input_chars", self.max_input_chars, minimum=1)
+        if self.protect is None:
+            self.protect = Protection()
+        elif isinstance(self.protect, (list, tuple)) and all(isinstance(p, str) for p in self.protect):
+            self.protect = Protection(patterns=tuple(self.protect))
+        elif not isinstance(self.protect, Protection):
+            raise ConfigError(f"protect must be a Protection or a list of regexes, got {type(self.protect).__name__}")
         if isinstance(self.force_tokens, str) or isinstance(self.chunk_end_tokens, str):
             raise ConfigError("force_tokens and chunk_end_tokens are lists of strings, not one string")
         self.force_tokens = tuple(self.force_tokens)
@@ -130,6 +138,12 @@ class LLMLingua2Compressor:
             )
         counter = get_token_counter(self.tokenizer)
         doc_tokens = np.array(counter.count_many([strip_markers(d.text) for d in docs]), dtype=np.int64)
+        if int(doc_tokens.sum()) < self.min_tokens:  # passes through: no need to run the model
+            scored = Scored(compressor=self.name, parameters=self.parameters(), documents=docs, query=query,
+                            units=Units.empty(), doc_tokens=doc_tokens, tokenizer=counter,
+                            passthrough_reason="input_too_short")
+            scored.score_ms = (time.perf_counter() - t0) * 1000.0
+            return scored
         compat = self.llmlingua_compatible
         model, tok = self._load_compatible() if compat else self._load()
         family = self._family(model, tok)
@@ -155,8 +169,6 @@ class LLMLingua2Compressor:
             compressor=self.name, parameters=self.parameters(), documents=docs, query=query, units=units,
             doc_tokens=doc_tokens, tokenizer=counter,
         )
-        if int(doc_tokens.sum()) < self.min_tokens:
-            scored.passthrough_reason = "input_too_short"
         token_scores = np.concatenate(probs) if probs else np.zeros(0)
         token_scores = token_scores[~np.isnan(token_scores)]
         scored.extras.update(
@@ -247,7 +259,7 @@ class LLMLingua2Compressor:
             )
             return model.to(device).eval(), tok
 
-        return cached_model(key, load)
+        return cached_model(key, load, self.model)
 
     def _load_compatible(self) -> tuple[Any, Any]:
         """Private copies with llmlingua's 100 ``[NEWi]`` tokens, rows resized under its seed (42)."""
@@ -269,7 +281,7 @@ class LLMLingua2Compressor:
                 model.resize_token_embeddings(len(tok))
             return model.eval(), tok
 
-        return cached_model(key, load)
+        return cached_model(key, load, self.model)
 
     def _family(self, model: Any, tok: Any) -> str:
         if self.family != "auto":
@@ -401,7 +413,7 @@ class LLMLingua2Compressor:
                 forced[sel] |= overlaps(s, e, force_spans(text, multi))
         units = Units(
             doc=doc.astype(np.int32), start=start, end=end,
-            tokens=np.array(counter.count_many(texts), dtype=np.int64) if n else np.zeros(0, np.int64),
+            tokens=count_words(counter, texts),
             relevance=w.prob_raw[idx].astype(np.float64), protected=protected, group=group, kind=kind,
         )
         layout = Layout(doc=units.doc, nl_start=nl_start, nl_end=nl_end,
@@ -792,9 +804,19 @@ def _oai_counts(words: list[str]) -> np.ndarray:
     """cl100k token counts of llmlingua's word strings (what its percentile is weighted by)."""
     if not words:
         return np.zeros(0, dtype=np.int64)
-    uniq = sorted(set(words))
-    counts = dict(zip(uniq, get_token_counter("tiktoken:cl100k_base").count_many(uniq), strict=True))
-    return np.array([counts[w] for w in words], dtype=np.int64)
+    return count_words(get_token_counter("tiktoken:cl100k_base"), words)
+
+
+def count_words(counter: TokenCounter, texts: list[str]) -> np.ndarray:
+    """Token counts of many short texts: each distinct text counted once, one call each.
+
+    Words repeat (a few thousand distinct forms in 32k tokens), and ``count_many`` of
+    tiktoken fans out to a thread pool per text, which costs more than the counting."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    uniq = dict.fromkeys(texts)
+    counts = {t: counter.count(t) for t in uniq}
+    return np.fromiter((counts[t] for t in texts), dtype=np.int64, count=len(texts))
 
 
 # -- shared helpers (also used by selfinfo) ------------------------------------------------------

@@ -32,7 +32,7 @@ from pocsdk.compressors._torch import (
     split_gguf,
 )
 from pocsdk.compressors.base import Scored, UnitCompressor, Units
-from pocsdk.compressors.llmlingua2 import _blank_markers, dtype_kwarg, in_context, score_stats
+from pocsdk.compressors.llmlingua2 import _blank_markers, count_words, dtype_kwarg, in_context, score_stats
 from pocsdk.errors import ConfigError
 from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE, clauses
 from pocsdk.text.tokens import TokenCounter
@@ -92,9 +92,11 @@ class SelfInfoCompressor(UnitCompressor):
     # -- phase 1 hooks -------------------------------------------------------------------
     def rank(self, unit_texts: list[str], query: str | None, scored: Scored) -> np.ndarray:
         """Mean self-information (nats) of the tokens starting inside each unit."""
-        model, tok = self._load()
         u = scored.units
         rel = np.zeros(len(u))
+        if scored.passthrough_reason:  # too short to compress: never load the model for it
+            return rel
+        model, tok = self._load()
         all_scores: list[np.ndarray] = []
         for di, doc in enumerate(scored.documents):
             sel = np.flatnonzero(u.doc == di)
@@ -118,8 +120,9 @@ class SelfInfoCompressor(UnitCompressor):
         if self.granularity == "sentence" or not len(units):
             return units, texts, doc_tokens
         rows: list[tuple[int, int, int]] = []  # (parent unit, start, end)
+        blanked = [_blank_markers(d.text) for d in docs]  # <keep> markers are not words
         for i in range(len(units)):
-            text = docs[int(units.doc[i])].text
+            text = blanked[int(units.doc[i])]
             a, b = int(units.start[i]), int(units.end[i])
             if self.granularity == "phrase":
                 pieces = clauses(text, a, b) if units.kind[i] in (SENTENCE, FRAGMENT, LIST_ITEM) else [(a, b)]
@@ -135,7 +138,7 @@ class SelfInfoCompressor(UnitCompressor):
             sel = np.flatnonzero(doc == di)
             if len(sel):
                 new_texts.extend(in_context(d.text, start[sel], end[sel])[0])
-        tokens = np.array(counter.count_many(new_texts), dtype=np.int64)
+        tokens = count_words(counter, new_texts)
         fine = Units(doc=doc, start=start, end=end, tokens=tokens, relevance=np.zeros(len(rows)),
                      protected=units.protected[parent], group=units.group[parent], kind=units.kind[parent])
         return fine, [t.strip() for t in new_texts], doc_tokens
@@ -167,7 +170,7 @@ class SelfInfoCompressor(UnitCompressor):
             model = transformers.AutoModelForCausalLM.from_pretrained(path, **extra, **dtype_kwarg(transformers, dtype))
             return model.to(device).eval(), tok
 
-        return cached_model(key, load)
+        return cached_model(key, load, path)
 
     def _cached_token_info(self, model: Any, tok: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Token starts and self-information, remembered for the last few texts, so re-scoring a text

@@ -13,14 +13,37 @@ found by fixed-sequence testing from the largest ``δ`` downward (stop at the fi
 fails the test), so no monotonicity of failures in ``δ`` is assumed. If even the largest ``δ``
 fails, the margin is 1.0: nothing can be promised and every input passes through.
 
+The same test calibrates the weight ``w`` of the trade-off rule (:meth:`Calibration.weight`, used
+by default by the floor search): per input the factor maximising ``log(factor) + w * prediction``;
+the smallest ``w`` on a geometric grid that passes the test. It spends the allowed failures where
+compression pays most instead of asking every input to clear the floor, and compresses about a
+third more for the same promise on the real labels.
+
 Margins are computed on the fly for the requested (floor, confidence) from the stored tables of
 predictions and actual performance, and cached. Inputs of a task type with at least
 ``min_group`` calibration examples use that task's table; everything else uses the pooled table.
 
+Three ways to get the tables (``Calibration.method``):
+
+* ``"cross_dataset"`` (default for shipped predictors, :func:`cross_dataset_calibration`): the
+  *datasets* are the exchangeable units. For each calibration dataset ``d`` the predictor is refit
+  on the other datasets and predicts ``d``, so every row of the tables is an out-of-dataset
+  prediction, with the larger errors a predictor makes on data it has never seen. With
+  ``per_dataset`` (default) the margin / weight must pass the test on *each* dataset with at least
+  ``min_dataset`` rows separately, and the most conservative one is used.
+* ``"holdout"``: a random held-out share of the training labels (in-distribution residuals only).
+* ``"few_shot"``: 30-100 labelled examples of the user's own task (``pocsdk fit-calibration``).
+
 **Assumption, plainly:** the promise holds on average over inputs that are exchangeable with
-the calibration inputs (drawn from the same distribution: same kind of task, data, judge and
-model). It is not a per-input guarantee, and it does not survive a shift to other data; for a
-new task, re-calibrate on 30-100 labelled examples of it (``pocsdk fit-calibration``).
+the calibration inputs. For ``holdout`` / ``few_shot`` that means drawn from the same
+distribution (same kind of task, data, judge and model) as the calibration rows. For
+``cross_dataset`` it means the new task is exchangeable with the calibration datasets: with
+``per_dataset``, it is no harder for the predictor than the hardest of them. Neither is a
+per-input guarantee, and a task harder than every calibration dataset can still break it; for a
+new task the best promise (and usually more compression) comes from re-calibrating on 30-100
+labelled examples of it (``pocsdk fit-calibration``). The cross-dataset tables come from
+predictors fitted without one dataset each; the shipped predictor is fitted on all of them, so it
+is assumed no worse on a new dataset than those were on theirs.
 The (k + 1) / (n + 1) correction makes the guarantee hold in expectation over the draw of the
 calibration set; with few examples, high confidences are unreachable and the margin is 1.0.
 """
@@ -28,8 +51,9 @@ calibration set; with few examples, high confidences are unreachable and the mar
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -40,14 +64,18 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pocsdk._version import __version__
 from pocsdk.calibration.labels import LabelRecord
 from pocsdk.errors import ArtifactError, LabelsError
-from pocsdk.prediction.decision import choose, outcome
+from pocsdk.prediction.decision import choose, choose_tradeoff, outcome
 from pocsdk.types import check_unit_interval
 
+CalibrationMethod = Literal["cross_dataset", "holdout", "few_shot"]
 CALIBRATION_SCHEMA = "pocsdk.calibration"
 CALIBRATION_VERSION = 1
 DELTA_GRID: tuple[float, ...] = tuple(round(0.0025 * i, 4) for i in range(201))  # 0 .. 0.5
 NO_PROMISE = 1.0
 """Margin meaning "no compression can be promised" (pred - 1.0 never reaches a floor > 0)."""
+WEIGHT_GRID: tuple[float, ...] = tuple(float(w) for w in np.round(np.geomspace(0.5, 5000.0, 160), 4))
+NO_WEIGHT = math.inf
+"""Trade-off weight meaning "no compression can be promised" (always pass through)."""
 
 
 class ResidualTable(BaseModel):
@@ -56,9 +84,18 @@ class ResidualTable(BaseModel):
     predicted: list[list[float]]
     actual: list[list[float]]
     datasets: dict[str, int] = Field(default_factory=dict)
+    sources: list[str] = Field(default_factory=list)
+    """Per row, the dataset (exchangeable unit) it comes from; empty for old files."""
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.predicted, dtype=np.float64), np.asarray(self.actual, dtype=np.float64)
+
+    def subsets(self, min_rows: int) -> list[np.ndarray]:
+        """Row indices of each source with at least ``min_rows`` rows (for the per-dataset test)."""
+        if len(self.sources) != len(self.predicted):
+            return []
+        src = np.asarray(self.sources)
+        return [np.flatnonzero(src == s) for s, c in Counter(self.sources).items() if c >= min_rows]
 
 
 class Calibration(BaseModel):
@@ -78,10 +115,16 @@ class Calibration(BaseModel):
     groups: dict[str, ResidualTable]
     """``"*"`` (all calibration inputs) and task types with at least ``min_group`` inputs."""
     delta_grid: list[float] = Field(default_factory=lambda: list(DELTA_GRID))
+    method: CalibrationMethod = "holdout"
+    """How the tables were made: ``cross_dataset``, ``holdout`` or ``few_shot`` (module docstring)."""
+    per_dataset: bool = False
+    """Require the test on each source with >= ``min_dataset`` rows; use the most conservative value."""
+    min_dataset: int = 30
     created: str = ""
     pocsdk_version: str = __version__
     notes: str = ""
     _cache: dict[tuple[str, float, float], float] = PrivateAttr(default_factory=dict)
+    _wcache: dict[tuple[str, float, float], float] = PrivateAttr(default_factory=dict)
 
     def margin(self, floor: float, confidence: float, task: str | None = None) -> float:
         """The margin for ``floor`` at ``confidence`` (per task when it has its own table)."""
@@ -90,9 +133,37 @@ class Calibration(BaseModel):
         group = task if task is not None and task in self.groups else "*"
         key = (group, round(floor, 6), round(confidence, 6))
         if key not in self._cache:
-            pred, actual = self.groups[group].arrays()
-            self._cache[key] = decision_margin(pred, actual, self.factors, floor, confidence, self.delta_grid)
+            self._cache[key] = self._conservative(
+                group, lambda p, a: decision_margin(p, a, self.factors, floor, confidence, self.delta_grid))
         return self._cache[key]
+
+    def weight(self, floor: float, confidence: float, task: str | None = None) -> float:
+        """The calibrated weight of the trade-off rule (:func:`~pocsdk.prediction.decision.choose_tradeoff`).
+
+        ``inf`` when nothing can be promised. Same test as :meth:`margin`, on the weight grid.
+        """
+        floor = check_unit_interval("floor", floor)
+        confidence = check_unit_interval("confidence", confidence, closed_right=False)
+        group = task if task is not None and task in self.groups else "*"
+        key = (group, round(floor, 6), round(confidence, 6))
+        if key not in self._wcache:
+            self._wcache[key] = self._conservative(
+                group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))
+        return self._wcache[key]
+
+    def _conservative(self, group: str, fit: Callable[[np.ndarray, np.ndarray], float]) -> float:
+        """``fit`` on the group's table; with ``per_dataset``, the largest value over its sources too.
+
+        Margins and weights are both "larger = more conservative", so the max over datasets is the
+        value that passes the test on every dataset.
+        """
+        table = self.groups[group]
+        pred, actual = table.arrays()
+        value = fit(pred, actual)
+        if self.per_dataset:
+            for rows in table.subsets(self.min_dataset):
+                value = max(value, fit(pred[rows], actual[rows]))
+        return value
 
     def n(self, task: str | None = None) -> int:
         group = task if task is not None and task in self.groups else "*"
@@ -157,27 +228,88 @@ def decision_margin(pred: np.ndarray, actual: np.ndarray, factors: Sequence[floa
     return float(d[first_ok])
 
 
+def decision_weight(pred: np.ndarray, actual: np.ndarray, factors: Sequence[float], floor: float,
+                    confidence: float, weights: Sequence[float] = WEIGHT_GRID) -> float:
+    """Smallest trade-off weight (fixed sequence from the largest) with (failures + 1) / (n + 1) <= 1 - confidence."""
+    n = pred.shape[0]
+    if n == 0:
+        return NO_WEIGHT
+    w = np.asarray(sorted(weights), dtype=np.float64)
+    idx = choose_tradeoff(pred[None, :, :], factors, w[:, None])  # (W, n)
+    perf, _ = outcome(actual, np.ones_like(actual), idx)
+    risk = ((perf < floor - 1e-9).sum(axis=1) + 1.0) / (n + 1.0)
+    ok = risk <= (1.0 - confidence) + 1e-12
+    if not ok[-1]:
+        return NO_WEIGHT
+    bad = np.flatnonzero(~ok)
+    return float(w[int(bad[-1]) + 1 if bad.size else 0])
+
+
 def fit_calibration(predictor: Any, records: Sequence[LabelRecord], *, min_group: int = 50,
-                    notes: str = "") -> Calibration:
+                    notes: str = "", method: CalibrationMethod = "holdout",
+                    sources: Sequence[str] | None = None) -> Calibration:
     """Build a :class:`Calibration` for ``predictor`` from held-out label records.
 
-    Records must share one factor grid (the most common grid is used; others are refused).
+    ``method`` is ``"holdout"`` (a random share of the training labels) or ``"few_shot"``
+    (examples of the user's task). Records must share one factor grid (others are refused).
     """
-    if not records:
-        raise LabelsError("no calibration records")
-    grids = Counter(tuple(float(f) for f in r.factors) for r in records)
-    grid, _ = grids.most_common(1)[0]
-    if len(grids) > 1:
-        raise LabelsError(f"calibration records use {len(grids)} different factor grids; use one grid")
-    if list(grid) != sorted(grid):
-        raise LabelsError("calibration factor grid must be ascending")
+    _check_grid(records)
     preds = predictor.predict_records(records)
-    groups: dict[str, ResidualTable] = {"*": _table(records, preds)}
+    return calibration_from_predictions(records, preds, predictor, min_group=min_group, notes=notes, method=method,
+                                        sources=sources)
+
+
+def cross_dataset_calibration(records: Sequence[LabelRecord], make: Callable[[list[LabelRecord]], Any], *,
+                              sources: Sequence[str] | None = None, predictor: Any = None,
+                              per_dataset: bool = True, min_group: int = 50, min_dataset: int = 30,
+                              notes: str = "") -> Calibration:
+    """Cross-dataset calibration: tables of out-of-dataset predictions (see the module docstring).
+
+    ``sources`` names each record's dataset (default: ``record.dataset``); at least 3 are needed.
+    ``make(train_records)`` returns a predictor fitted on them; it is called once per dataset.
+    ``predictor`` is the final predictor (fitted on all records) the calibration ships with.
+    Task types get their own table when they have >= ``min_group`` rows from >= 2 datasets of
+    >= ``min_dataset`` rows each (pooled otherwise), so a task's margin is still cross-dataset.
+    """
+    _check_grid(records)
+    src = list(sources) if sources is not None else [r.dataset for r in records]
+    if len(src) != len(records):
+        raise LabelsError("sources must name one dataset per record")
+    names = sorted(set(src))
+    if len(names) < 3:
+        raise LabelsError(f"cross-dataset calibration needs >= 3 datasets, labels have {len(names)}")
+    preds: list[np.ndarray] = [np.zeros(0)] * len(records)
+    for d in names:
+        train = [r for r, s in zip(records, src, strict=True) if s != d]
+        held = [i for i, s in enumerate(src) if s == d]
+        model = make(train)
+        for i, p in zip(held, model.predict_records([records[i] for i in held]), strict=True):
+            preds[i] = np.asarray(p, dtype=np.float64)
+
+    def task_ok(task: str) -> bool:
+        counts = Counter(s for r, s in zip(records, src, strict=True) if r.task == task)
+        return sum(counts.values()) >= min_group and sum(c >= min_dataset for c in counts.values()) >= 2
+
+    return calibration_from_predictions(
+        records, preds, predictor if predictor is not None else model, min_group=min_group,
+        notes=notes or f"cross-dataset calibration over {len(names)} datasets: {', '.join(names)}",
+        method="cross_dataset", sources=src, per_dataset=per_dataset, min_dataset=min_dataset, task_filter=task_ok)
+
+
+def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence[np.ndarray], predictor: Any, *,
+                                 min_group: int = 50, notes: str = "", method: CalibrationMethod = "holdout",
+                                 sources: Sequence[str] | None = None, per_dataset: bool = False,
+                                 min_dataset: int = 30,
+                                 task_filter: Callable[[str], bool] | None = None) -> Calibration:
+    """A :class:`Calibration` from records and the predictions the calibrated predictor made on them."""
+    grid = _check_grid(records)
+    src = list(sources) if sources is not None else [r.dataset for r in records]
+    groups: dict[str, ResidualTable] = {"*": _table(records, preds, src)}
     by_task = Counter(r.task for r in records)
     for task, count in by_task.items():
-        if count >= min_group:
+        if count >= min_group and (task_filter is None or task_filter(task)):
             keep = [i for i, r in enumerate(records) if r.task == task]
-            groups[task] = _table([records[i] for i in keep], [preds[i] for i in keep])
+            groups[task] = _table([records[i] for i in keep], [preds[i] for i in keep], [src[i] for i in keep])
     sha = ""
     card_sha = getattr(predictor, "sha256_", None)
     if isinstance(card_sha, str):
@@ -190,14 +322,30 @@ def fit_calibration(predictor: Any, records: Sequence[LabelRecord], *, min_group
         factors=list(grid),
         min_group=min_group,
         groups=groups,
+        method=method,
+        per_dataset=per_dataset,
+        min_dataset=min_dataset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
     )
 
 
-def _table(records: Sequence[LabelRecord], preds: Sequence[np.ndarray]) -> ResidualTable:
+def _check_grid(records: Sequence[LabelRecord]) -> tuple[float, ...]:
+    if not records:
+        raise LabelsError("no calibration records")
+    grids = Counter(tuple(float(f) for f in r.factors) for r in records)
+    grid, _ = grids.most_common(1)[0]
+    if len(grids) > 1:
+        raise LabelsError(f"calibration records use {len(grids)} different factor grids; use one grid")
+    if list(grid) != sorted(grid):
+        raise LabelsError("calibration factor grid must be ascending")
+    return grid
+
+
+def _table(records: Sequence[LabelRecord], preds: Sequence[np.ndarray], sources: Sequence[str]) -> ResidualTable:
     return ResidualTable(
         predicted=[[round(float(v), 4) for v in p] for p in preds],
         actual=[[round(min(max(float(v), 0.0), 1.0), 4) for v in r.performance] for r in records],
         datasets=dict(Counter(r.dataset for r in records)),
+        sources=list(sources),
     )

@@ -40,3 +40,19 @@ def outcome(actual: np.ndarray, achieved: np.ndarray, idx: np.ndarray) -> tuple[
     perf = np.where(idx < 0, 1.0, actual[rows, safe])
     fac = np.where(idx < 0, 1.0, achieved[rows, safe])
     return perf, fac
+
+
+def choose_tradeoff(pred: np.ndarray, factors: Sequence[float], weight: float | np.ndarray) -> np.ndarray:
+    """Index per input maximising ``log(factor) + weight * prediction`` (``-1`` = pass through).
+
+    The "trade-off" rule of the calibrated promise: instead of asking every input to clear the
+    floor by a margin, it spends risk where compression pays most, and the weight is calibrated so
+    that the share of inputs meeting the floor is still at least the confidence on average. A larger
+    weight is more conservative. ``weight`` may be an array broadcasting against ``pred[..., 0]``.
+    """
+    f = np.asarray(factors, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)[..., None]
+    finite = np.isfinite(w)
+    score = np.log(f) + np.where(finite, w, 0.0) * pred
+    j = np.argmax(score, axis=-1)
+    return np.where((f[j] <= 1.0 + EPS) | ~finite[..., 0], PASSTHROUGH, j)

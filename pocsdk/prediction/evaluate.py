@@ -17,12 +17,21 @@ training inputs meet the floor), ``agnostic``, ``lightgbm``, ``mlp`` (point pred
 
 Splits: ``random`` (test 25%; the rest is split 75/25 into fit and calibration) and
 ``lodo`` (leave one dataset out: train and calibrate on the others, test on the held-out one).
-For each held-out dataset, ``few_shot`` examples of it are also used as the calibration set
-(``lightgbm+fewshot``) and compared with ``lightgbm+cal`` on the remaining examples.
+
+Leave-one-dataset-out is nested for the cross-dataset calibration (``+xcal`` rows, what ships):
+hold out test dataset T; on the remaining datasets run :func:`cross_dataset_calibration` (an inner
+leave-one-dataset-out); fit the final predictor on all remaining datasets; apply both to T. T is
+never seen by the predictor nor by the calibration. ``+xcal`` uses the margin rule,
+``+xcal-tradeoff`` the trade-off rule (the ``FloorPolicy`` default).
+
+For each held-out dataset, ``few_shot`` examples of it are also used as the calibration set of that
+final predictor (``lightgbm+fewshot``, ``-tradeoff``) and compared with ``lightgbm+xcal`` (and the
+holdout ``lightgbm+cal``) on the remaining examples (split ``fewshot``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections import Counter
@@ -35,8 +44,8 @@ from pydantic import BaseModel, Field
 
 from pocsdk.calibration.labels import LabelRecord, read_labels
 from pocsdk.errors import LabelsError
-from pocsdk.prediction.conformal import Calibration, fit_calibration
-from pocsdk.prediction.decision import PASSTHROUGH, choose, outcome
+from pocsdk.prediction.conformal import Calibration, cross_dataset_calibration, fit_calibration
+from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff, outcome
 from pocsdk.prediction.predictors import (
     ContextAgnosticPredictor,
     LightGBMPredictor,
@@ -46,7 +55,10 @@ from pocsdk.prediction.predictors import (
 
 DEFAULT_FLOORS: tuple[float, ...] = (0.8, 0.9, 0.95)
 CURVE_FLOORS: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
-METHODS = ("fixed", "agnostic", "lightgbm", "mlp", "agnostic+cal", "lightgbm+cal", "oracle")
+METHODS = ("fixed", "agnostic", "lightgbm", "mlp", "agnostic+cal", "lightgbm+cal", "agnostic+tradeoff",
+           "lightgbm+tradeoff", "agnostic+xcal", "agnostic+xcal-tradeoff", "lightgbm+xcal", "lightgbm+xcal-tradeoff",
+           "lightgbm+fewshot", "lightgbm+fewshot-tradeoff", "oracle")
+XCAL_KINDS = ("agnostic", "lightgbm")
 
 
 class EvalRow(BaseModel):
@@ -93,6 +105,24 @@ def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
     if not records:
         raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
     return records
+
+
+def load_records_with_sources(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], list[str]]:
+    """Records on the common grid and, per record, its dataset for cross-dataset work: the labels file's stem.
+
+    A labels file is the exchangeable unit (e.g. LEval's 14 sub-tasks stay together).
+    """
+    records: list[LabelRecord] = []
+    sources: list[str] = []
+    for p in paths:
+        for r in read_labels(p):
+            records.append(r)
+            sources.append(Path(p).name.split(".")[0])
+    if not records:
+        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
+    kept, _ = common_grid(records)
+    keep = {id(r) for r in kept}
+    return kept, [s for r, s in zip(records, sources, strict=True) if id(r) in keep]
 
 
 def common_grid(records: Sequence[LabelRecord]) -> tuple[list[LabelRecord], list[float]]:
@@ -152,6 +182,11 @@ def _row(split: str, fold: str, method: str, floor: float, confidence: float, id
     )
 
 
+def task_margins(cal: Calibration, records: Sequence[LabelRecord], floor: float, confidence: float) -> np.ndarray:
+    """Per-record margins: the record's task table when the calibration has one, else the pooled one."""
+    return np.array([cal.margin(floor, confidence, task=r.task) for r in records])
+
+
 def fit_all(fit: Sequence[LabelRecord], seed: int = 0, kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
             ) -> dict[str, Predictor]:
     made: dict[str, Predictor] = {}
@@ -192,13 +227,51 @@ def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Seq
                              o_mean, mae=mae, margin=0.0))
         for k, c in cals.items():
             base = k.split("+")[0]
-            margin = c.margin(floor, confidence)
+            margin = task_margins(c, test, floor, confidence)
             name = k if "+" in k else f"{k}+cal"
             rows.append(_row(split, fold, name, floor, confidence, choose(test_pred[base], factors, floor, margin),
                              actual, achieved, o_mean, mae=float(np.abs(test_pred[base] - actual).mean()),
-                             margin=margin))
+                             margin=float(margin.mean())))
+            weights = np.array([c.weight(floor, confidence, task=r.task) for r in test])
+            rows.append(_row(split, fold, f"{base}+tradeoff", floor, confidence,
+                             choose_tradeoff(test_pred[base], factors, weights), actual, achieved, o_mean,
+                             mae=float(np.abs(test_pred[base] - actual).mean())))
         rows.append(_row(split, fold, "oracle", floor, confidence, o_idx, actual, achieved, o_mean))
     return rows, test_pred, preds, cals
+
+
+def _fit_one(records: list[LabelRecord], kind: str, seed: int) -> Predictor:
+    return fit_all(records, seed, [kind])[kind]
+
+
+def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources: Sequence[str],
+              test: Sequence[LabelRecord], factors: Sequence[float], floors: Sequence[float], confidence: float,
+              seed: int, kinds: Sequence[str] = XCAL_KINDS,
+              ) -> tuple[list[EvalRow], dict[str, Predictor], dict[str, Calibration]]:
+    """Cross-dataset calibration on ``train`` (inner leave-one-dataset-out), final fit on all of ``train``.
+
+    Rows ``<kind>+xcal`` (margin rule) and ``<kind>+xcal-tradeoff`` on ``test``, which neither saw.
+    """
+    actual, achieved = arrays(test)
+    preds: dict[str, Predictor] = {}
+    cals: dict[str, Calibration] = {}
+    rows: list[EvalRow] = []
+    for kind in kinds:
+        preds[kind] = fit_all(train, seed, [kind])[kind]
+        cals[kind] = cross_dataset_calibration(train, functools.partial(_fit_one, kind=kind, seed=seed),
+                                               sources=train_sources, predictor=preds[kind])
+    for kind in kinds:
+        pm = np.stack(preds[kind].predict_records(test))
+        mae = float(np.abs(pm - actual).mean())
+        for floor in floors:
+            o_mean = float(outcome(actual, achieved, oracle_index(actual, factors, floor))[1].mean())
+            m = task_margins(cals[kind], test, floor, confidence)
+            rows.append(_row(split, fold, f"{kind}+xcal", floor, confidence, choose(pm, factors, floor, m), actual,
+                             achieved, o_mean, mae=mae, margin=float(m.mean())))
+            w = np.array([cals[kind].weight(floor, confidence, task=r.task) for r in test])
+            rows.append(_row(split, fold, f"{kind}+xcal-tradeoff", floor, confidence,
+                             choose_tradeoff(pm, factors, w), actual, achieved, o_mean, mae=mae))
+    return rows, preds, cals
 
 
 def pooled_rows(rows: Sequence[EvalRow], split: str) -> list[EvalRow]:
@@ -225,7 +298,8 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
                      confidence: float = 0.9, few_shot: int = 50, seed: int = 0,
                      kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
                      plots_dir: Path | None = None,
-                     source: Callable[[LabelRecord], str] | None = None) -> EvalReport:
+                     source: Callable[[LabelRecord], str] | None = None,
+                     lodo_kinds: Sequence[str] | None = None) -> EvalReport:
     """Full protocol (see the module docstring).
 
     ``source`` names the dataset a record belongs to for leave-one-dataset-out (default: its
@@ -233,6 +307,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
     benchmark such as LEval are held out together).
     """
     src = source or (lambda r: r.dataset)
+    lodo_k = list(kinds if lodo_kinds is None else [k for k in lodo_kinds if k in kinds])
     compressors = sorted({r.compressor for r in records})
     if len(compressors) != 1:
         raise LabelsError(f"evaluate one compressor at a time; labels hold {compressors}")
@@ -261,24 +336,42 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
             held = [r for r in recs if src(r) == ds]
             rest = [r for r in recs if src(r) != ds]
             rows_ds, _, preds_ds, cals_ds = evaluate_fold("lodo", ds, rest, held, factors, floors, confidence,
-                                                          seed, kinds)
+                                                          seed, lodo_k)
             lodo.extend(rows_ds)
+            rest_src = [src(r) for r in rest]
+            xk = [k for k in XCAL_KINDS if k in lodo_k]
+            xpreds: dict[str, Predictor] = {}
+            xcals: dict[str, Calibration] = {}
+            if len(set(rest_src)) >= 3 and xk:
+                xrows, xpreds, xcals = xcal_fold("lodo", ds, rest, rest_src, held, factors, floors, confidence, seed,
+                                                 xk)
+                lodo.extend(xrows)
             if few_shot and len(held) > few_shot + 10 and "lightgbm" in preds_ds:
                 r2 = random.Random(seed + 1)
                 order = list(range(len(held)))
                 r2.shuffle(order)
                 shot = [held[i] for i in order[:few_shot]]
                 rest_ds = [held[i] for i in order[few_shot:]]
-                fs_cal = fit_calibration(preds_ds["lightgbm"], shot)
+                final = xpreds.get("lightgbm", preds_ds["lightgbm"])
+                fs_cal = fit_calibration(final, shot, method="few_shot")
                 a2, ach2 = arrays(rest_ds)
-                pm = np.stack(preds_ds["lightgbm"].predict_records(rest_ds))
+                pm_cal = np.stack(preds_ds["lightgbm"].predict_records(rest_ds))
+                pm = np.stack(final.predict_records(rest_ds))
+                cases: list[tuple[str, Calibration, np.ndarray]] = [("lightgbm+cal", cals_ds["lightgbm"], pm_cal)]
+                if "lightgbm" in xcals:
+                    cases.append(("lightgbm+xcal", xcals["lightgbm"], pm))
+                cases.append(("lightgbm+fewshot", fs_cal, pm))
                 for floor in floors:
                     o_idx = oracle_index(a2, factors, floor)
                     o_mean = float(outcome(a2, ach2, o_idx)[1].mean())
-                    for name, cal in (("lightgbm+cal", cals_ds["lightgbm"]), ("lightgbm+fewshot", fs_cal)):
-                        m = cal.margin(floor, confidence)
-                        lodo.append(_row("fewshot", ds, name, floor, confidence, choose(pm, factors, floor, m),
-                                         a2, ach2, o_mean, margin=m))
+                    for name, cal, p in cases:
+                        m = task_margins(cal, rest_ds, floor, confidence)
+                        lodo.append(_row("fewshot", ds, name, floor, confidence, choose(p, factors, floor, m),
+                                         a2, ach2, o_mean, margin=float(m.mean())))
+                        w = np.array([cal.weight(floor, confidence, task=r.task) for r in rest_ds])
+                        tname = "lightgbm+tradeoff" if name == "lightgbm+cal" else f"{name}-tradeoff"
+                        lodo.append(_row("fewshot", ds, tname, floor, confidence, choose_tradeoff(p, factors, w),
+                                         a2, ach2, o_mean))
                     lodo.append(_row("fewshot", ds, "oracle", floor, confidence, o_idx, a2, ach2, o_mean))
         report.rows.extend(lodo)
         report.rows.extend(pooled_rows(lodo, "lodo"))
@@ -324,7 +417,7 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 def table(rows: Sequence[EvalRow]) -> str:
     lines = ["| method | n | MAE | meet floor | mean factor | of oracle | pass-through | margin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {m: i for i, m in enumerate((*METHODS, "lightgbm+fewshot"))}
+    order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: order.get(r.method, 99)):
         lines.append(f"| {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | {r.of_oracle:.2f} | "
                      f"{r.passthrough:.2f} | {_fmt(r.margin)} |")
@@ -345,7 +438,8 @@ def to_markdown(report: EvalReport) -> str:
             if rows:
                 out += [f"**{title}, floor {floor:g}**", "", table(rows), ""]
     per_ds = [r for r in report.rows if r.split == "lodo" and r.fold != "all" and r.method in
-              ("lightgbm+cal", "oracle", "agnostic", "lightgbm") and abs(r.floor - 0.9) < 1e-9]
+              ("lightgbm+cal", "lightgbm+tradeoff", "oracle", "agnostic", "lightgbm", "agnostic+xcal",
+               "lightgbm+xcal", "lightgbm+xcal-tradeoff") and abs(r.floor - 0.9) < 1e-9]
     if per_ds:
         out += ["**Per held-out dataset, floor 0.9**", "",
                 "| held-out | method | n | MAE | meet | factor | of oracle |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -393,9 +487,10 @@ def plot_report(report: EvalReport, recs: Sequence[LabelRecord], test: Sequence[
     for ds in sorted(report.datasets):
         a, _ = arrays([r for r in recs if (source(r) if source else r.dataset) == ds])
         ax.plot(factors, a.mean(axis=0), "o-", label=f"{ds} (actual)")
-    if "agnostic" in preds:
-        ag = preds["agnostic"].predict({"task_code": 9.0}, list(factors))
-        ax.plot(factors, ag, "k--", label="agnostic (pooled)")
+    ag = preds.get("agnostic")
+    if isinstance(ag, ContextAgnosticPredictor):
+        kx, ky = ag.curves_["*"]
+        ax.plot(factors, np.interp(np.log(factors), kx, ky), "k--", label="agnostic (pooled)")
     ax.set(xscale="log", xlabel="compression factor", ylabel="mean relative performance", ylim=(0, 1.05),
            title=f"{report.compressor}: performance vs factor")
     ax.legend(fontsize=7)
@@ -422,7 +517,8 @@ def plot_report(report: EvalReport, recs: Sequence[LabelRecord], test: Sequence[
 
 def evaluate_files(paths: Sequence[Path], outdir: Path, *, floors: Sequence[float] = DEFAULT_FLOORS,
                    confidence: float = 0.9, few_shot: int = 50, seed: int = 0,
-                   kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"), command: str = "") -> EvalReport:
+                   kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"), command: str = "",
+                   lodo_kinds: Sequence[str] | None = None) -> EvalReport:
     """Evaluate labels (one compressor) and write ``report.json``, ``report.md`` and PNG plots to ``outdir``."""
     records: list[LabelRecord] = []
     origin: dict[int, str] = {}
@@ -434,7 +530,8 @@ def evaluate_files(paths: Sequence[Path], outdir: Path, *, floors: Sequence[floa
         raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
     outdir.mkdir(parents=True, exist_ok=True)
     report = evaluate_records(records, floors=floors, confidence=confidence, few_shot=few_shot, seed=seed,
-                              kinds=kinds, plots_dir=outdir, source=lambda r: origin.get(id(r), r.dataset))
+                              kinds=kinds, plots_dir=outdir, source=lambda r: origin.get(id(r), r.dataset),
+                              lodo_kinds=lodo_kinds)
     report.command = command
     if command:
         report.markdown = f"Command: `{command}`\n\n" + report.markdown

@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pocsdk.errors import ConfigError
 
 KEEP_OPEN = "<keep>"
@@ -42,7 +44,12 @@ _DIRECTIVE = re.compile(
     r"|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
     re.IGNORECASE,
 )
-_QUESTION = re.compile(r"[?\uff1f][\"'\u201d\u2019)\]]*\s*$")
+
+
+# Every _DIRECTIVE alternative contains one of these (lower-cased); a substring test skips the regex for
+# the vast majority of sentences, which is most of the cost of protection on long contexts.
+_DIRECTIVE_HINTS = ("you", "assistant", "model", "never", "not", "n't", "circumstances", "forbidden", "prohibited")
+_CLOSERS = "\"'\u201d\u2019)]"
 
 
 def is_instruction(sentence: str) -> bool:
@@ -51,9 +58,50 @@ def is_instruction(sentence: str) -> bool:
     Questions are never instructions ("Don't you agree?"). Measured on Wikipedia, news and lecture
     transcripts (tests/test_real_data.py) these rules protect well under 5% of tokens.
     """
-    if _QUESTION.search(sentence):
+    if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
         return False
-    return bool(_IMPERATIVE.match(sentence) or _DIRECTIVE.search(sentence))
+    if _IMPERATIVE.match(sentence):
+        return True
+    lowered = sentence.lower()
+    if not any(hint in lowered for hint in _DIRECTIVE_HINTS):
+        return False
+    return bool(_DIRECTIVE.search(sentence))
+
+
+def instruction_mask(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """:func:`is_instruction` for every unit ``text[starts[i]:ends[i]]`` of one document, in one pass.
+
+    Hint words are found once in the lower-cased document (``str.find`` runs in C) and mapped to units,
+    so the directive regex runs only on the few units that contain one.
+    """
+    n = len(starts)
+    out = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few characters change length when lower-cased: no position mapping
+        spans = zip(starts.tolist(), ends.tolist(), strict=True)
+        return np.array([is_instruction(text[s:e]) for s, e in spans], dtype=bool)
+    hits: list[int] = []
+    for hint in _DIRECTIVE_HINTS:
+        pos = lowered.find(hint)
+        while pos >= 0:
+            hits.append(pos)
+            pos = lowered.find(hint, pos + 1)
+    candidate = np.zeros(n, dtype=bool)
+    if hits:
+        idx = np.searchsorted(starts, np.asarray(hits, dtype=np.int64), side="right") - 1
+        ok = idx >= 0
+        idx = idx[ok]
+        inside = np.asarray(hits, dtype=np.int64)[ok] < ends[idx]
+        candidate[idx[inside]] = True
+    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        sentence = text[s:e]
+        if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
+            continue
+        if _IMPERATIVE.match(sentence) or (candidate[i] and _DIRECTIVE.search(sentence)):
+            out[i] = True
+    return out
 
 
 NEGATION = re.compile(

@@ -37,9 +37,11 @@ _TABLE = re.compile(r"[ \t]*\|")
 _RECORD_START = re.compile(r"[\"'{}\[\]<]")
 _LINE_END_TERMINAL = re.compile(r"[.!?:;\u3002\uff01\uff1f\uff1a\"'\)\]]\s*$")
 # A sentence ends after terminal punctuation (plus closing quotes/brackets) followed by
-# whitespace, or right after a CJK full stop.
+# whitespace, or right after a CJK full stop. The leading character class lets ``re`` skip ahead fast;
+# the look-behinds pick the Latin or the CJK rule for the run that follows.
 _SENT_END = re.compile(
-    r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+[\"'\u201d\u2019\u300d\u300f)\]]*)"
+    r"[.!?\u3002\uff01\uff1f](?:(?<=[.!?])[.!?]*[\"'\u201d\u2019)\]]*(?=\s)"
+    r"|(?<=[\u3002\uff01\uff1f])[\u3002\uff01\uff1f]*[\"'\u201d\u2019\u300d\u300f)\]]*)"
 )
 # Abbreviations that never end a sentence (titles, Latin, units before a name or number) ...
 _ABBREV = frozenset(
@@ -256,8 +258,10 @@ def _word_count(text: str, start: int, end: int) -> int:
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
+    """``(start, end)`` narrowed past leading and trailing whitespace (``str.isspace``); empty -> (end, end)."""
+    piece = text[start:end]
+    core = piece.strip()
+    if not core:
+        return end, end
+    s = start + len(piece) - len(piece.lstrip())
+    return s, s + len(core)

@@ -106,16 +106,23 @@ def load_ram(
     trust_remote_code: bool = False,
     decoder: Any = None,
     tokenizer: Any = None,
+    query_template: str | None = None,
+    context_prefix: str | None = None,
 ) -> RAMModel:
     """A RAMModel from a backbone alone (untrained alignment), a pocsdk checkpoint, or an official file.
 
     ``decoder``/``tokenizer`` skip loading the backbone (tests, or a model already in memory).
-    ``segment_tokens`` may differ from the checkpoint's (it is an inference setting); ``encoder_layers`` may not.
+    ``segment_tokens``, ``query_template`` and ``context_prefix`` may differ from the checkpoint's (they are
+    inference settings); ``encoder_layers`` may not.
     """
+    prompts: dict[str, Any] = {k: v for k, v in (("query_template", query_template),
+                                                  ("context_prefix", context_prefix)) if v is not None}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file() and ckpt.suffix == ".safetensors":
-        return load_official(ckpt, backbone, gguf_file=gguf_file, segment_tokens=segment_tokens, device=device,
-                             dtype=dtype, trust_remote_code=trust_remote_code, decoder=decoder, tokenizer=tokenizer)
+        model = load_official(ckpt, backbone, gguf_file=gguf_file, segment_tokens=segment_tokens, device=device,
+                              dtype=dtype, trust_remote_code=trust_remote_code, decoder=decoder, tokenizer=tokenizer)
+        model.ram_config = replace(model.ram_config, **prompts)
+        return model
     if ckpt is not None and ckpt.is_file():
         raise ArtifactError(f"{ckpt}: only .safetensors files or pocsdk RAM checkpoint folders are read (no pickles)")
     meta = read_meta(ckpt) if ckpt is not None else None
@@ -126,6 +133,7 @@ def load_ram(
         cfg = replace(cfg, encoder_layers=encoder_layers)
     if segment_tokens is not None:
         cfg = replace(cfg, segment_tokens=segment_tokens)
+    cfg = replace(cfg, **prompts)
     source = dict(meta.get("source", {})) if meta else {}
     backbone = backbone or source.get("backbone")
     gguf_file = gguf_file or (source.get("gguf_file") if backbone == source.get("backbone") else None)

@@ -16,6 +16,7 @@ the real decoder input and :meth:`RAMCompressor.plan` reports exact counts and t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +49,7 @@ class RAMPlan(BaseModel):
     memory_tokens: int
     """Decoder positions for the context: kept tokens plus one per skimmed segment."""
     prompt_tokens: int
+    """Decoder text tokens around the memory (context prefix and query prompt)."""
     decoder_tokens: int
     """memory_tokens + prompt_tokens: the prefill length."""
     rho: float
@@ -71,7 +73,7 @@ class _TokenizerCounter:
     def count(self, text: str) -> int:
         return len(self._tok(text, add_special_tokens=False)["input_ids"]) if text else 0
 
-    def count_many(self, texts: list[str]) -> list[int]:  # type: ignore[override]
+    def count_many(self, texts: Sequence[str]) -> list[int]:
         return [self.count(t) for t in texts]
 
 
@@ -93,6 +95,10 @@ class RAMCompressor:
     """Default: the checkpoint's, else 8 (the official setting)."""
     segment_tokens: int | None = None
     """Default: the checkpoint's, else 32."""
+    query_template: str | None = None
+    """Decoder prompt after the memory, with ``{query}`` (default: the official ``Question:{query}\nAnswer:``)."""
+    context_prefix: str | None = None
+    """Decoder text before the memory (default: none, as the official setup); e.g. a chat template's user turn."""
     device: str | None = "auto"
     dtype: str | None = "auto"
     min_tokens: int = 64
@@ -118,14 +124,15 @@ class RAMCompressor:
             return self.model
         import_transformers(FEATURE)
         key = ("ram", self.backbone, self.checkpoint, self.gguf_file, self.encoder_layers, self.segment_tokens,
-               self.device, self.dtype, self.trust_remote_code)
+               self.query_template, self.context_prefix, self.device, self.dtype, self.trust_remote_code)
 
         def _load() -> tuple[Any, Any]:
             from pocsdk.compressors.ram.checkpoint import load_ram
 
             m = load_ram(checkpoint=self.checkpoint, backbone=self.backbone, gguf_file=self.gguf_file,
                          encoder_layers=self.encoder_layers, segment_tokens=self.segment_tokens,
-                         device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+                         device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                         query_template=self.query_template, context_prefix=self.context_prefix)
             return m, m.tokenizer
 
         self.model = cached_model(key, _load)[0]
@@ -158,7 +165,8 @@ class RAMCompressor:
         name = model.source.get("backbone") or type(model.decoder).__name__
         scored = Scored(compressor=self.name, parameters=self.parameters(), documents=docs, query=query,
                         units=units, doc_tokens=doc_tokens, tokenizer=_TokenizerCounter(model.tokenizer, f"hf:{name}"))
-        scored.extras.update(ram_segments=seg_ids, ram_segment_tokens=w, ram_prompt=model.prompt_ids(query))
+        scored.extras.update(ram_segments=seg_ids, ram_segment_tokens=w, ram_prompt=model.prompt_ids(query),
+                            ram_prefix=model.prefix_ids())
         if int(doc_tokens.sum()) < self.min_tokens or n == 0:
             scored.passthrough_reason = "input_too_short"
         else:
@@ -223,7 +231,7 @@ class RAMCompressor:
         kept = int(keep.sum())
         memory = int(scored.units.tokens[keep].sum()) + (n - kept)
         total = scored.total_tokens
-        prompt = len(scored.extras["ram_prompt"])
+        prompt = len(scored.extras["ram_prompt"]) + len(scored.extras.get("ram_prefix", ()))
         w = int(scored.extras["ram_segment_tokens"])
         rho = kept / n if n else 1.0
         return RAMPlan(
@@ -242,7 +250,8 @@ class RAMCompressor:
         segs = scored.extras["ram_segments"]
         keep = np.ones(len(segs), dtype=bool) if _passthrough(scored, selection) else selection.keep
         with torch.inference_mode():
-            return model.assemble(segs, keep.tolist(), scored.extras.get("ram_skim"), scored.extras["ram_prompt"])
+            return model.assemble(segs, keep.tolist(), scored.extras.get("ram_skim"), scored.extras["ram_prompt"],
+                                  prefix=scored.extras.get("ram_prefix", ()))
 
     def render(self, scored: Scored, selection: Selection, *, select_ms: float = 0.0) -> CompressionResult:
         """:func:`pocsdk.compressors.render` plus the exact plan under ``parameters['ram']``."""

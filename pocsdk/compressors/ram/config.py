@@ -35,6 +35,8 @@ class RAMConfig:
     """Segments per encoder forward pass (bounds memory at long inputs; results do not depend on it)."""
     query_template: str = OFFICIAL_QUERY_TEMPLATE
     """Decoder prompt after the hybrid memory; ``{query}`` is replaced by the question."""
+    context_prefix: str = ""
+    """Decoder text before the hybrid memory (empty in the official setup); e.g. a chat template's user turn."""
     kept_embeddings: Literal["decoder", "encoder"] = "decoder"
     """Embedding table for close-read tokens (the official code uses the encoder's own copy)."""
     separate_encoder: bool = False

@@ -63,7 +63,7 @@ def load_backbone(
         kwargs["gguf_file"] = gguf
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the RAM backbone {backbone!r}: {exc}") from exc
     require_fast_tokenizer(tokenizer, backbone)
@@ -151,7 +151,7 @@ class RAMModel(nn.Module):
     def add_encoder_lora(self) -> None:
         """Wrap a separate encoder with LoRA adapters (peft); the decoder stays frozen."""
         if not self.ram_config.separate_encoder:
-            raise ConfigError("LoRA on the encoder needs separate_encoder=True (shared layers would change the decoder)")
+            raise ConfigError("encoder LoRA needs separate_encoder=True (shared layers would change the decoder)")
         if getattr(self.encoder, "peft_config", None):
             return
         try:
@@ -247,8 +247,14 @@ class RAMModel(nn.Module):
         return self.decoder.get_input_embeddings()
 
     def prompt_ids(self, query: str | None) -> list[int]:
+        """Decoder tokens after the memory: the query template filled in."""
         text = self.ram_config.query_template.format(query=query or "")
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prefix_ids(self) -> list[int]:
+        """Decoder tokens before the memory (``context_prefix``)."""
+        text = self.ram_config.context_prefix
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def assemble(
         self,
@@ -257,8 +263,9 @@ class RAMModel(nn.Module):
         skim_vectors: torch.Tensor | None,
         prompt: Sequence[int],
         answer: Sequence[int] = (),
+        prefix: Sequence[int] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hybrid memory in original order, then the prompt (and answer, for training).
+        """``prefix``, the hybrid memory in original order, then the prompt (and answer, for training).
 
         Returns ``inputs_embeds`` [1, L, H_dec] and ``attention_mask`` [1, L].
         """
@@ -270,6 +277,8 @@ class RAMModel(nn.Module):
         tail = dec_embed(torch.as_tensor(tail_ids, dtype=torch.long, device=dev)) if tail_ids else None
         dtype = dec_embed.weight.dtype
         pieces: list[torch.Tensor] = []
+        if prefix:
+            pieces.append(dec_embed(torch.as_tensor(list(prefix), dtype=torch.long, device=dev)))
         pos = 0
         run_start: int | None = None  # consecutive skimmed segments are sliced in one piece
         for i, (seg, k) in enumerate(zip(segments, keep, strict=True)):

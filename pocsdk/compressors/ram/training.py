@@ -145,6 +145,7 @@ class Prepared:
     query: list[int]
     prompt: list[int]
     answer: list[int]
+    prefix: list[int] = field(default_factory=list)
 
 
 def prepare(model: RAMModel, ex: Example, cfg: TrainConfig) -> Prepared | None:
@@ -162,7 +163,7 @@ def prepare(model: RAMModel, ex: Example, cfg: TrainConfig) -> Prepared | None:
     pos = positive_segments(ex.documents, seg_doc, offs, ex.answers, ex.gold)
     return Prepared(segments=segs, positives=torch.tensor(pos, dtype=torch.bool),
                     query=list(tok(ex.question, add_special_tokens=False)["input_ids"]),
-                    prompt=model.prompt_ids(ex.question), answer=answer)
+                    prompt=model.prompt_ids(ex.question), answer=answer, prefix=model.prefix_ids())
 
 
 def example_loss(model: RAMModel, item: Prepared, rho: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,7 +179,8 @@ def example_loss(model: RAMModel, item: Prepared, rho: float) -> tuple[torch.Ten
     keep = [False] * n
     for i in torch.argsort(enc.relevance.detach(), descending=True)[:k].tolist():
         keep[i] = True
-    embeds, mask = model.assemble(item.segments, keep, model.aligned(enc.skim), item.prompt, item.answer)
+    embeds, mask = model.assemble(item.segments, keep, model.aligned(enc.skim), item.prompt, item.answer,
+                                  prefix=item.prefix)
     labels = torch.full(mask.shape, -100, dtype=torch.long, device=mask.device)
     labels[0, -len(item.answer):] = torch.as_tensor(item.answer, dtype=torch.long, device=mask.device)
     out = model.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)

@@ -28,6 +28,7 @@ from pocsdk.reasoning.memosight.model import (
     cache_bytes,
     cache_keep,
     cache_length,
+    cache_truncate,
     model_device,
     model_dtype,
     new_cache,
@@ -74,6 +75,7 @@ class DecodeResult:
     final_kv: int = 0
     steps: int = 0
     memory_tokens: int = 0
+    prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
     compress_s: float = 0.0
@@ -138,8 +140,12 @@ class _Decoder:
 
     # --- one forward pass ---
 
-    def _pass(self, main: list[_Tok], anchors: list[int]) -> tuple[Any, Any]:
-        """Feed ``main`` plus ``k`` foresight tokens on each main index in ``anchors``; (main, fore) logits."""
+    def _pass(self, main: list[_Tok], anchors: list[int], last_only: bool = False) -> tuple[Any, Any]:
+        """Feed ``main`` plus ``k`` foresight tokens on each main index in ``anchors``; (main, fore) logits.
+
+        ``last_only``: only the last main token's logits are needed (prefill, compress pass), so the LM head
+        runs on it and the foresight tokens alone.
+        """
         torch = self.torch
         toks = list(main)
         for a in anchors:
@@ -161,7 +167,8 @@ class _Decoder:
                 input_ids=torch.tensor([[t.tok for t in toks]], device=self.device),
                 position_ids=torch.tensor([[t.pos for t in toks]], device=self.device),
                 attention_mask=additive(allowed, self.dtype).to(self.device),
-                past_key_values=self.cache, use_cache=True)
+                past_key_values=self.cache, use_cache=True,
+                logits_to_keep=torch.arange(len(main) - 1 if last_only else 0, q, device=self.device))
         self.res.forward_passes += 1
         n = cache_length(self.cache)
         if n > self.res.peak_kv:
@@ -169,7 +176,8 @@ class _Decoder:
             self.res.peak_kv_bytes = cache_bytes(self.cache)
         self.raw.extend(t.raw_step for t in toks)
         logits = out.logits[0].float()
-        return logits[: len(main)], logits[len(main):].view(len(anchors), self.k, -1) if anchors else None
+        n_main = 1 if last_only else len(main)
+        return logits[:n_main], logits[n_main:].view(len(anchors), self.k, -1) if anchors else None
 
     def _keep(self, keep: Any) -> None:
         cache_keep(self.cache, keep.to(self.device))
@@ -177,7 +185,8 @@ class _Decoder:
 
     def _truncate(self, length: int) -> None:
         if length < len(self.raw):
-            self._keep(self.torch.arange(length))
+            cache_truncate(self.cache, length)
+            del self.raw[length:]
 
     # --- choices ---
 
@@ -223,8 +232,8 @@ class _Decoder:
         main = [_Tok(t, i, PROMPT, -1, 0) for i, t in enumerate(prompt)]
         t0 = time.perf_counter()
         anchors = [len(main) - 1] if self.k else []
-        logits, fore = self._pass(main, anchors)
-        self.res.verify_s += time.perf_counter() - t0
+        logits, fore = self._pass(main, anchors, last_only=True)
+        self.res.prefill_s += time.perf_counter() - t0
         self._record_fore(main, fore, anchors, len(main) - 1)
         self._truncate(len(prompt))
         self.pos = self.step_p0 = len(prompt)
@@ -264,9 +273,9 @@ class _Decoder:
         self._truncate(base + 1 + i)
         self.pos += 1 + i
         self._commit(nxt, logits[i])
-        new_drafts = self._drafts(fore, i) if fore is not None else []
         self.res.draft_s += time.perf_counter() - t1
         self.res.verify_s += t1 - t0
+        new_drafts = self._drafts(fore, i) if fore is not None else []
         return nxt, new_drafts
 
     def _compress_step(self) -> tuple[int, list[int]]:
@@ -279,7 +288,7 @@ class _Decoder:
                  for k, p in enumerate(memory_positions(self.step_p0, n, m))]
         main.append(_Tok(self.ids.continue_, self.step_p0 + n, CONTINUE, -1, self.ncont + 1))
         anchors = [len(main) - 1] if self.k else []
-        logits, fore = self._pass(main, anchors)
+        logits, fore = self._pass(main, anchors, last_only=True)
         self._record_fore(main, fore, anchors, len(main) - 1)
         keep_len = len(self.raw) - (self.k if fore is not None else 0)
         evict = self.step_id - self.cfg.window

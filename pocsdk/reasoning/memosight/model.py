@@ -108,14 +108,6 @@ def forward_layout(model: Any, layout: Layout) -> Any:
 # --- cache -----------------------------------------------------------------------------------------------
 
 
-def _layer_tensors(cache: Any) -> list[tuple[Any, str, str]]:
-    """(holder, key attribute, value attribute) per layer for transformers 5.x and 4.x caches."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer, "keys", "values") for layer in layers]
-    return [(cache, f"key_cache[{i}]", f"value_cache[{i}]") for i in range(len(cache.key_cache))]
-
-
 def cache_length(cache: Any) -> int:
     """Entries currently held (the same in every layer)."""
     return int(cache.get_seq_length()) if cache is not None else 0
@@ -136,6 +128,20 @@ def cache_keep(cache: Any, keep: Any) -> None:
         idx = keep.to(cache.key_cache[i].device)
         cache.key_cache[i] = cache.key_cache[i].index_select(-2, idx)
         cache.value_cache[i] = cache.value_cache[i].index_select(-2, idx)
+
+
+def cache_truncate(cache: Any, length: int) -> None:
+    """Drop every entry from ``length`` on (a view, no copy: the next update concatenates anyway)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+        return
+    for i in range(len(cache.key_cache)):  # transformers 4.x
+        cache.key_cache[i] = cache.key_cache[i][..., :length, :]
+        cache.value_cache[i] = cache.value_cache[i][..., :length, :]
 
 
 def cache_bytes(cache: Any) -> int:

@@ -64,6 +64,7 @@ class ReasoningStats(BaseModel):
     memory_tokens: int
     compression_ratio: float | None
     ratio_source: Literal["explicit", "fixed-mapping", "predictor", "none"]
+    prefill_s: float = Field(description="the prompt pass")
     draft_s: float = Field(description="selecting drafts from foresight logits and acceptance bookkeeping")
     verify_s: float = Field(description="decoding forward passes (they verify drafts and draft the next ones)")
     compress_s: float = Field(description="compress passes and KV eviction")
@@ -94,7 +95,8 @@ def make_stats(res: DecodeResult, ratio: float | None, source: str) -> Reasoning
         uncompressed_kv_entries=uncompressed, kv_saving=1.0 - res.final_kv / max(1, uncompressed),
         steps_compressed=res.steps, memory_tokens=res.memory_tokens, compression_ratio=ratio,
         ratio_source=source,  # type: ignore[arg-type]  # one of the literal values
-        draft_s=res.draft_s, verify_s=res.verify_s, compress_s=res.compress_s, total_s=res.total_s)
+        prefill_s=res.prefill_s, draft_s=res.draft_s, verify_s=res.verify_s, compress_s=res.compress_s,
+        total_s=res.total_s)
 
 
 class ReasoningSession:

@@ -188,6 +188,15 @@ def prepare_lora(model: Any, ids: TokenIds, cfg: TrainConfig) -> Any:
     return peft.get_peft_model(model, lcfg)
 
 
+def _enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing under its transformers 5.x name, or the 4.x one."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """AdamW SFT over ``layouts`` for ``cfg.steps`` optimiser steps; the model is left in eval mode."""
@@ -196,10 +205,8 @@ def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
         raise InvalidInputError("no training layouts")
     torch.manual_seed(cfg.seed)
     device, dtype = model_device(model), model_dtype(model)
-    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
-        model, "gradient_checkpointing_enable", None)  # transformers 5.x renamed it
-    if cfg.gradient_checkpointing and enable is not None:
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
