@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pocsdk.compressors import TextCompressor, get_compressor, render
 from pocsdk.compressors.base import Scored
 from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
-from pocsdk.types import CompressionResult, ContextLike, check_keep_rate, check_unit_interval
+from pocsdk.types import (
+    CompressionResult,
+    ContextLike,
+    batch_items,
+    check_keep_rate,
+    check_unit_interval,
+    unpack_item,
+)
 
 if TYPE_CHECKING:
     from pocsdk.llm.types import CompletionResult
@@ -124,16 +131,17 @@ class Compressor:
     ) -> list[CompressionResult]:
         """Compress many inputs: each a context, a ``(context, query)`` pair or ``{context, query}``."""
         if self._remote is not None:
-            return self._remote.compress_many(_items(items), **overrides)
-        return [self.compress(ctx, q, **overrides) for ctx, q in (_unpack(it) for it in _items(items))]
+            return self._remote.compress_many(batch_items(items), **overrides)
+        return [self.compress(ctx, q, **overrides) for ctx, q in (unpack_item(it) for it in batch_items(items))]
 
     async def acompress_many(
         self, items: Iterable[ContextLike | Mapping[str, Any] | tuple[ContextLike, str | None]], **overrides: Any
     ) -> list[CompressionResult]:
         """Async twin of :meth:`compress_many`; inputs run concurrently in worker threads."""
         if self._remote is not None:
-            return await self._remote.acompress_many(_items(items), **overrides)
-        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in map(_unpack, _items(items)))))
+            return await self._remote.acompress_many(batch_items(items), **overrides)
+        pairs = [unpack_item(it) for it in batch_items(items)]
+        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in pairs)))
 
     def complete(self, context: ContextLike, query: str, *, llm: Any, **kwargs: Any) -> CompletionResult:
         """Compress, ask ``llm``, return a ``CompletionResult`` (see :func:`pocsdk.llm.complete.complete`)."""
@@ -202,22 +210,3 @@ def _check_target(value: object) -> int:
     if value < 1:
         raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _items(items: object) -> Iterable[Any]:
-    """The inputs of a batch: any iterable except a lone string (which would be split into characters)."""
-    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
-        raise InvalidTypeError(f"compress_many takes an iterable of inputs, got {type(items).__name__}")
-    return items
-
-
-def _unpack(item: Any) -> tuple[ContextLike, str | None]:
-    if isinstance(item, tuple) and len(item) == 2:
-        return item[0], item[1]
-    if isinstance(item, Mapping):
-        if "context" not in item:
-            raise InvalidTypeError("each mapping item needs a 'context' field")
-        return item["context"], item.get("query")
-    if isinstance(item, (str, Sequence)):
-        return item, None
-    raise InvalidTypeError(f"cannot compress an item of type {type(item).__name__}")

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -36,6 +36,7 @@ from pocsdk.types import (
     check_keep_rate,
     check_unit_interval,
     normalize_context,
+    unpack_item,
 )
 
 API_KEY_ENV = "POCSDK_API_KEY"
@@ -219,7 +220,7 @@ class RemoteCompressor:
         return self._exchange("POST", "/v1/compress", payload)
 
     def _chunks(self, items: Iterable[Any], overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
-        inputs = [self._item(*_unpack(it)) for it in items]
+        inputs = [self._item(*unpack_item(it)) for it in items]
         base: dict[str, Any] = self._modes(overrides)
         if self.compressor_name:
             base["compressor"] = self.compressor_name
@@ -351,18 +352,6 @@ def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, s
     if conf is not None:
         out["confidence"] = check_unit_interval("confidence", conf, closed_right=False)
     return out
-
-
-def _unpack(item: Any) -> tuple[ContextLike, str | None]:
-    if isinstance(item, tuple) and len(item) == 2:
-        return item[0], item[1]
-    if isinstance(item, Mapping):
-        if "context" not in item:
-            raise InvalidTypeError("each mapping item needs a 'context' field")
-        return item["context"], item.get("query")
-    if isinstance(item, (str, Sequence)):
-        return item, None
-    raise InvalidTypeError(f"cannot compress an item of type {type(item).__name__}")
 
 
 def _result(data: Any) -> CompressionResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -227,3 +227,23 @@ def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     if int(value) < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def batch_items(items: object) -> Iterable[Any]:
+    """The inputs of a batch: any iterable except a lone string (which would be split into characters)."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidTypeError(f"compress_many takes an iterable of inputs, got {type(items).__name__}")
+    return items
+
+
+def unpack_item(item: Any) -> tuple[ContextLike, str | None]:
+    """One batch input: a context, a ``(context, query)`` pair or a ``{context, query}`` mapping."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1]
+    if isinstance(item, Mapping):
+        if "context" not in item:
+            raise InvalidTypeError("each mapping item needs a 'context' field")
+        return item["context"], item.get("query")
+    if isinstance(item, (str, Sequence)):
+        return item, None
+    raise InvalidTypeError(f"cannot compress an item of type {type(item).__name__}")

@@ -104,7 +104,8 @@ def train_predictor(
             calib.save(output / CALIBRATION_FILE)
             summary["calibration"] = str(output / CALIBRATION_FILE)
             summary["margins_conf_0.9"] = calib.margins_table([0.8, 0.9, 0.95], 0.9)
-            summary["weights_conf_0.9"] = {f"{f:g}": calib.weight(f, 0.9) for f in (0.8, 0.9, 0.95)}
+            weights = {f"{f:g}": calib.weight(f, 0.9) for f in (0.8, 0.9, 0.95)}
+            summary["weights_conf_0.9"] = {k: (w if np.isfinite(w) else None) for k, w in weights.items()}
     except ValueError as exc:
         _fail(exc)
         return

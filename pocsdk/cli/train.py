@@ -9,5 +9,7 @@ import typer
 
 from pocsdk.cli.app import app
 
-train_app = typer.Typer(help="Train neural compressors (needs the extra: pip install 'pocsdk\\[train]').", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train neural compressors (needs the extra: pip install 'pocsdk\\[train]').", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")

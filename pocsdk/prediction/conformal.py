@@ -123,15 +123,15 @@ class Calibration(BaseModel):
     created: str = ""
     pocsdk_version: str = __version__
     notes: str = ""
-    _cache: dict[tuple[str, float, float], float] = PrivateAttr(default_factory=dict)
-    _wcache: dict[tuple[str, float, float], float] = PrivateAttr(default_factory=dict)
+    _cache: dict[tuple[str, float, float, bool, int], float] = PrivateAttr(default_factory=dict)
+    _wcache: dict[tuple[str, float, float, bool, int], float] = PrivateAttr(default_factory=dict)
 
     def margin(self, floor: float, confidence: float, task: str | None = None) -> float:
         """The margin for ``floor`` at ``confidence`` (per task when it has its own table)."""
         floor = check_unit_interval("floor", floor)
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
         group = task if task is not None and task in self.groups else "*"
-        key = (group, round(floor, 6), round(confidence, 6))
+        key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._cache:
             self._cache[key] = self._conservative(
                 group, lambda p, a: decision_margin(p, a, self.factors, floor, confidence, self.delta_grid))
@@ -145,7 +145,7 @@ class Calibration(BaseModel):
         floor = check_unit_interval("floor", floor)
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
         group = task if task is not None and task in self.groups else "*"
-        key = (group, round(floor, 6), round(confidence, 6))
+        key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._wcache:
             self._wcache[key] = self._conservative(
                 group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))

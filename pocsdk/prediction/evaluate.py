@@ -22,7 +22,9 @@ Leave-one-dataset-out is nested for the cross-dataset calibration (``+xcal`` row
 hold out test dataset T; on the remaining datasets run :func:`cross_dataset_calibration` (an inner
 leave-one-dataset-out); fit the final predictor on all remaining datasets; apply both to T. T is
 never seen by the predictor nor by the calibration. ``+xcal`` uses the margin rule,
-``+xcal-tradeoff`` the trade-off rule (the ``FloorPolicy`` default).
+``+xcal-tradeoff`` the trade-off rule (the ``FloorPolicy`` default); ``+xcal-pooled[-tradeoff]``
+use the same out-of-dataset tables pooled over datasets (``per_dataset=False``: the promise on
+average over datasets rather than on each).
 
 For each held-out dataset, ``few_shot`` examples of it are also used as the calibration set of that
 final predictor (``lightgbm+fewshot``, ``-tradeoff``) and compared with ``lightgbm+xcal`` (and the
@@ -57,6 +59,8 @@ DEFAULT_FLOORS: tuple[float, ...] = (0.8, 0.9, 0.95)
 CURVE_FLOORS: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
 METHODS = ("fixed", "agnostic", "lightgbm", "mlp", "agnostic+cal", "lightgbm+cal", "agnostic+tradeoff",
            "lightgbm+tradeoff", "agnostic+xcal", "agnostic+xcal-tradeoff", "lightgbm+xcal", "lightgbm+xcal-tradeoff",
+           "agnostic+xcal-pooled", "agnostic+xcal-pooled-tradeoff", "lightgbm+xcal-pooled",
+           "lightgbm+xcal-pooled-tradeoff",
            "lightgbm+fewshot", "lightgbm+fewshot-tradeoff", "oracle")
 XCAL_KINDS = ("agnostic", "lightgbm")
 
@@ -263,14 +267,17 @@ def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources
     for kind in kinds:
         pm = np.stack(preds[kind].predict_records(test))
         mae = float(np.abs(pm - actual).mean())
+        # same out-of-dataset tables, pooled over datasets instead of required on each (per_dataset=False)
+        pooled = cals[kind].model_copy(update={"per_dataset": False})
         for floor in floors:
             o_mean = float(outcome(actual, achieved, oracle_index(actual, factors, floor))[1].mean())
-            m = task_margins(cals[kind], test, floor, confidence)
-            rows.append(_row(split, fold, f"{kind}+xcal", floor, confidence, choose(pm, factors, floor, m), actual,
-                             achieved, o_mean, mae=mae, margin=float(m.mean())))
-            w = np.array([cals[kind].weight(floor, confidence, task=r.task) for r in test])
-            rows.append(_row(split, fold, f"{kind}+xcal-tradeoff", floor, confidence,
-                             choose_tradeoff(pm, factors, w), actual, achieved, o_mean, mae=mae))
+            for suffix, cal in (("xcal", cals[kind]), ("xcal-pooled", pooled)):
+                m = task_margins(cal, test, floor, confidence)
+                rows.append(_row(split, fold, f"{kind}+{suffix}", floor, confidence, choose(pm, factors, floor, m),
+                                 actual, achieved, o_mean, mae=mae, margin=float(m.mean())))
+                w = np.array([cal.weight(floor, confidence, task=r.task) for r in test])
+                rows.append(_row(split, fold, f"{kind}+{suffix}-tradeoff", floor, confidence,
+                                 choose_tradeoff(pm, factors, w), actual, achieved, o_mean, mae=mae))
     return rows, preds, cals
 
 

@@ -10,7 +10,11 @@ result says so (``passthrough=True``, ``floor.met=False``).
 Predictors ship in ``predictors/<compressor>/`` (repo folder for editable installs,
 ``pocsdk/_predictors`` inside the wheel; ``$POCSDK_PREDICTORS`` overrides both): a LightGBM
 model with its card and a ``calibration.json``; ``agnostic/`` and ``mlp/`` sub-folders hold the
-alternatives, selectable by name (``predictor="agnostic"``).
+alternatives, selectable by name (``predictor="agnostic"``). Shipped calibrations are
+cross-dataset (:func:`~pocsdk.prediction.conformal.cross_dataset_calibration`): the promise is
+meant to hold on a new task no harder for the predictor than the hardest of the calibration
+datasets; a few-shot calibration on the user's own task (``pocsdk fit-calibration``) usually
+compresses more.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ paraphrased questions that share few words with the evidence (extra ``[embedding
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections import Counter
@@ -126,11 +125,11 @@ class _TermBag:
 
     __slots__ = ("_first", "_lookup", "df", "n_terms", "term", "total_tf", "unit")
 
-    def __init__(self, term: np.ndarray, unit: np.ndarray, lookup: dict[str, int], first: np.ndarray) -> None:
+    def __init__(self, term: np.ndarray, unit: np.ndarray, lookup: np.ndarray, first: np.ndarray) -> None:
         self.term = term  # term id per occurrence
         self.unit = unit  # unit index per occurrence
-        self._lookup = lookup  # term -> index of its first occurrence (stopwords: -1)
-        self._first = first  # sorted first-occurrence indices; a term's id is its rank here
+        self._lookup = lookup  # sorted distinct term hashes
+        self._first = first  # the id of each hash in ``_lookup`` (ids follow first occurrence)
         self.n_terms = len(first)
         self.total_tf = np.bincount(term, minlength=self.n_terms)
         key = np.sort(unit * max(self.n_terms, 1) + term)  # (unit, term) pairs; sort beats np.unique here
@@ -142,36 +141,35 @@ class _TermBag:
         """Terms of all units from character classes of their lower-cased texts, joined by newlines.
 
         A term is a run of letters and digits or one CJK character (exactly what ``_TERM`` matches).
-        A new term's id is the index of its first occurrence (``dict.setdefault`` in C, no Python
-        call per term); stopwords map to -1. Ranks then make ids dense, in first-occurrence order.
+        Terms are identified by a 64-bit polynomial hash computed in numpy (no Python string per
+        term, which was most of the cost on long contexts); ids are dense, in first-occurrence order.
         """
         lows = [u.lower() for u in units]
         joined = "\n".join(lows)  # whitespace: no term crosses units
-        cls_ = char_classes(joined)
-        word = ((cls_ == LETTER) | (cls_ == DIGIT)).view(np.int8)
-        edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        cjk = np.flatnonzero(cls_ == CJK)
-        if cjk.size:
-            starts, ends = np.concatenate([starts, cjk]), np.concatenate([ends, cjk + 1])
-            order = np.argsort(starts, kind="stable")
-            starts, ends = starts[order], ends[order]
-        items = [joined[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-        lookup = dict(_STOP_IDS)
-        ids = np.fromiter(map(lookup.setdefault, items, itertools.count()), dtype=np.int64, count=len(items))
+        starts, ends = _term_spans(joined)
+        hashes = _span_hashes(joined, starts, ends)
         offsets = np.cumsum([0, *(len(x) + 1 for x in lows[:-1])])
         unit = np.searchsorted(offsets, starts, side="right") - 1
-        real = ids >= 0
-        first, term = np.unique(ids[real], return_inverse=True)  # dense ids, in first-occurrence order
-        return cls(term.astype(np.int64), unit[real], lookup, first)
+        real = ~np.isin(hashes, _stop_hashes())
+        uniq, first_idx, inverse = np.unique(hashes[real], return_index=True, return_inverse=True)
+        rank = np.empty(uniq.size, dtype=np.int64)
+        rank[np.argsort(first_idx, kind="stable")] = np.arange(uniq.size)
+        return cls(rank[inverse].astype(np.int64), unit[real], uniq, rank)
 
     def ids_of(self, weights: list[tuple[str, int]]) -> list[tuple[int, float]]:
         """Weighted terms known to the bag, by id, in the given order."""
         out: list[tuple[int, float]] = []
-        for t, w in weights:
-            first = self._lookup.get(t, -1)
-            if first >= 0:
-                out.append((int(np.searchsorted(self._first, first)), w))
+        if not weights or not self._first.size:
+            return out
+        probe = "\n".join(t for t, _ in weights)
+        starts, ends = _term_spans(probe)
+        hashes = _span_hashes(probe, starts, ends)
+        if hashes.size != len(weights):  # a weighted "term" that is not one term: look each up alone
+            hashes = np.array([_span_hashes(t, *_term_spans(t))[0] if t else 0 for t, _ in weights], dtype=np.uint64)
+        pos = np.minimum(np.searchsorted(self._lookup, hashes), self._lookup.size - 1)
+        for (_, w), p, h in zip(weights, pos.tolist(), hashes.tolist(), strict=True):
+            if int(self._lookup[p]) == h:
+                out.append((int(self._first[p]), w))
         return out
 
     def dense_tf(self, ids: list[int], n: int) -> np.ndarray:
@@ -184,7 +182,56 @@ class _TermBag:
         return out
 
 
-_STOP_IDS = dict.fromkeys(STOPWORDS, -1)
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
+_HASH_INV = pow(_HASH_BASE, -1, 2**64)
+
+
+def _term_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of every term of (lower-cased) ``text``: letter/digit runs and single CJK characters."""
+    cls_ = char_classes(text)
+    word = ((cls_ == LETTER) | (cls_ == DIGIT)).view(np.int8)
+    edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    cjk = np.flatnonzero(cls_ == CJK)
+    if cjk.size:
+        starts, ends = np.concatenate([starts, cjk]), np.concatenate([ends, cjk + 1])
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+    return starts, ends
+
+
+def _span_hashes(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """64-bit polynomial hash of each ``text[start:end]`` (wrapping uint64 arithmetic), mixed with its length."""
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    n = cps.size
+    powers, inverse = _hash_powers(n + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum((cps + np.uint64(1)) * powers[:n], dtype=np.uint64, out=prefix[1:])
+        h = (prefix[ends] - prefix[starts]) * inverse[starts]
+        return h ^ ((ends - starts).astype(np.uint64) << np.uint64(56))
+
+
+_POWERS: list[np.ndarray] = []
+
+
+def _hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """BASE**i and BASE**-i modulo 2**64 for i < n, cached and grown by doubling."""
+    if not _POWERS or _POWERS[0].size < n:
+        size = max(n, 2 * _POWERS[0].size if _POWERS else 1 << 16)
+        table = np.empty((2, size), dtype=np.uint64)
+        table[0], table[1] = _HASH_BASE, _HASH_INV
+        table[:, 0] = 1
+        with np.errstate(over="ignore"):
+            table = np.cumprod(table, axis=1, dtype=np.uint64)
+        _POWERS[:] = [table[0], table[1]]
+    return _POWERS[0], _POWERS[1]
+
+
+@lru_cache(maxsize=1)
+def _stop_hashes() -> np.ndarray:
+    text = "\n".join(sorted(STOPWORDS))
+    return np.unique(_span_hashes(text, *_term_spans(text)))
 
 
 class EmbeddingRelevance:

@@ -9,7 +9,11 @@ from the previous pass, and for each of them ``draft_tokens`` foresight tokens a
 see the prefix up to that token only. The longest draft prefix equal to the greedy choice is accepted; the
 foresight group of the last accepted token supplies the next drafts. Rejected drafts and every foresight
 token are cut from the cache after the pass, so the output is exactly the greedy output of the same model
-with the same compression (checked by the tests).
+with the same compression (checked by the tests). The official code spends a draft pass and a separate
+verify pass per step; fusing them (a tree-shaped mask over pending token, drafts and foresight groups)
+commits 1 to ``draft_tokens + 1`` tokens per pass.
+
+Batch size 1, greedy only (no sampling, no repetition penalty).
 """
 
 from __future__ import annotations

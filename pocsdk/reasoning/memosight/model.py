@@ -191,5 +191,20 @@ def load_model(
     torch_dtype = resolve_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"), device, FEATURE)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype, attn_implementation=attn_implementation, **kw)
+    if gguf:
+        drop_gguf_quantizer(model)
     model.to(device)
     return model, tokenizer
+
+
+def drop_gguf_quantizer(model: Any) -> None:
+    """GGUF weights are dequantised on load, but transformers keeps a GGUF quantizer that refuses to save.
+
+    Forget it, so a fine-tuned model saves as ordinary safetensors.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")
+    if quantizer is not None and "gguf" in str(getattr(method, "value", method)).lower():
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config

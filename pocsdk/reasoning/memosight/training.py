@@ -225,9 +225,9 @@ def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
             loss, lm, mtp = memosight_loss(out.logits, batch["targets"], batch["foresight"], cfg.lm_weight,
                                            cfg.mtp_weight)
             (loss / cfg.grad_accum).backward()
-            tot += float(loss) / cfg.grad_accum
-            lm_acc += float(lm) / cfg.grad_accum
-            mtp_acc += float(mtp) / cfg.grad_accum
+            tot += float(loss.detach()) / cfg.grad_accum
+            lm_acc += float(lm.detach()) / cfg.grad_accum
+            mtp_acc += float(mtp.detach()) / cfg.grad_accum
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         res.loss.append(tot)
