@@ -48,6 +48,16 @@ T = TypeVar("T")
 _Step = Union[httpx.Request, float]  # send this request, or sleep this many seconds
 
 
+def _sleep(seconds: float) -> None:
+    """Retry wait; a module-level hook so tests replace this module's waits only, not ``time.sleep``."""
+    time.sleep(seconds)
+
+
+async def _async_sleep(seconds: float) -> None:
+    """Async retry wait; see :func:`_sleep`."""
+    await asyncio.sleep(seconds)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry 429 / 503 answers and connection failures."""
@@ -300,7 +310,7 @@ class RemoteCompressor:
                         continue
                     step = gen.send(response)
                 else:
-                    time.sleep(step)
+                    _sleep(step)
                     step = gen.send(None)
         except StopIteration as stop:
             return stop.value
@@ -322,7 +332,7 @@ class RemoteCompressor:
                         continue
                     step = gen.send(response)
                 else:
-                    await asyncio.sleep(step)
+                    await _async_sleep(step)
                     step = gen.send(None)
         except StopIteration as stop:
             return stop.value

@@ -110,7 +110,7 @@ def _result_json() -> dict[str, Any]:
 @respx.mock
 def test_retries_429_and_503_honouring_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("pocsdk.remote.time.sleep", slept.append)
+    monkeypatch.setattr("pocsdk.remote._sleep", slept.append)
     route = respx.post("http://svc/v1/compress").mock(side_effect=[
         httpx.Response(429, headers={"Retry-After": "2"}, json={"error": {"type": "Overloaded"}}),
         httpx.Response(503, json={"error": {"type": "Unavailable"}}),
@@ -130,7 +130,7 @@ def test_async_retries_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     async def fake_sleep(s: float) -> None:
         slept.append(s)
 
-    monkeypatch.setattr("pocsdk.remote.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("pocsdk.remote._async_sleep", fake_sleep)
     respx.post("http://svc/v1/compress").mock(return_value=httpx.Response(
         429, headers={"Retry-After": "1"}, json={"error": {"message": "busy", "type": "Overloaded"}}))
     client = RemoteCompressor("http://svc", keep_rate=0.5, retry=RetryPolicy(attempts=3))
