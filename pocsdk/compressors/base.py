@@ -137,23 +137,12 @@ class UnitCompressor:
         self.min_tokens = check_count("min_tokens", self.min_tokens)
         self.max_input_chars = check_count("max_input_chars", self.max_input_chars, minimum=1)
         self.max_unit_chars = check_count("max_unit_chars", self.max_unit_chars, minimum=16)
-        if self.protect is None:
-            self.protect = Protection()
-        elif isinstance(self.protect, (list, tuple)) and all(isinstance(p, str) for p in self.protect):
-            self.protect = Protection(patterns=tuple(self.protect))
-        elif not isinstance(self.protect, Protection):
-            raise ConfigError(f"protect must be a Protection or a list of regexes, got {type(self.protect).__name__}")
+        self.protect = as_protection(self.protect)
 
     # -- phase 1 -------------------------------------------------------------------------
     def score(self, context: ContextLike, query: str | None = None) -> Scored:
         t0 = time.perf_counter()
-        docs = normalize_context(context)
-        size = sum(len(d.text) for d in docs)
-        if size > self.max_input_chars:
-            raise InputTooLargeError(
-                f"input has {size} characters, over the limit of {self.max_input_chars} "
-                "(raise max_input_chars to allow it)"
-            )
+        docs = checked_documents(context, self.max_input_chars)
         counter = get_token_counter(self.tokenizer)
         units, unit_texts, doc_tokens = self._units_counted(docs, counter)
         scored = Scored(
@@ -252,6 +241,28 @@ class UnitCompressor:
                       protected=protected, group=group, kind=kind)
         return units, texts, doc_tokens
 
+
+
+def checked_documents(context: ContextLike, max_input_chars: int) -> list[Document]:
+    """Normalised documents of ``context``, rejecting inputs over the size limit before any work."""
+    docs = normalize_context(context)
+    size = sum(len(d.text) for d in docs)
+    if size > max_input_chars:
+        raise InputTooLargeError(
+            f"input has {size} characters, over the limit of {max_input_chars} (raise max_input_chars to allow it)"
+        )
+    return docs
+
+
+def as_protection(value: object) -> Protection:
+    """A compressor's ``protect`` parameter: None (the defaults), a Protection, or a list of regexes."""
+    if value is None:
+        return Protection()
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return Protection(patterns=tuple(value))
+    if not isinstance(value, Protection):
+        raise ConfigError(f"protect must be a Protection or a list of regexes, got {type(value).__name__}")
+    return value
 
 def budget_for(scored: Scored, keep_rate: float) -> int:
     return round(check_keep_rate(keep_rate) * scored.total_tokens)

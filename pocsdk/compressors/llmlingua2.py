@@ -42,14 +42,16 @@ from pocsdk.compressors.base import (
     Scored,
     Selection,
     Units,
+    as_protection,
     budget_for,
+    checked_documents,
     early_selection,
 )
-from pocsdk.errors import ConfigError, InputTooLargeError
+from pocsdk.errors import ConfigError
 from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, is_instruction, strip_markers
 from pocsdk.text.segment import segment
 from pocsdk.text.tokens import TokenCounter, get_token_counter
-from pocsdk.types import ContextLike, check_count, check_keep_rate, normalize_context
+from pocsdk.types import ContextLike, check_count, check_keep_rate
 
 FEATURE = "the llmlingua2 compressor"
 DEFAULT_MODEL = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
@@ -114,12 +116,7 @@ class LLMLingua2Compressor:
             raise ConfigError("max_seq_len must be >= 8 and max_batch_size >= 1")
         self.min_tokens = check_count("min_tokens", self.min_tokens)
         self.max_input_chars = check_count("max_input_chars", self.max_input_chars, minimum=1)
-        if self.protect is None:
-            self.protect = Protection()
-        elif isinstance(self.protect, (list, tuple)) and all(isinstance(p, str) for p in self.protect):
-            self.protect = Protection(patterns=tuple(self.protect))
-        elif not isinstance(self.protect, Protection):
-            raise ConfigError(f"protect must be a Protection or a list of regexes, got {type(self.protect).__name__}")
+        self.protect = as_protection(self.protect)
         if isinstance(self.force_tokens, str) or isinstance(self.chunk_end_tokens, str):
             raise ConfigError("force_tokens and chunk_end_tokens are lists of strings, not one string")
         self.force_tokens = tuple(self.force_tokens)
@@ -129,13 +126,7 @@ class LLMLingua2Compressor:
     def score(self, context: ContextLike, query: str | None = None) -> Scored:
         """One batched forward pass over all windows; words, spans and probabilities."""
         t0 = time.perf_counter()
-        docs = normalize_context(context)
-        size = sum(len(d.text) for d in docs)
-        if size > self.max_input_chars:
-            raise InputTooLargeError(
-                f"input has {size} characters, over the limit of {self.max_input_chars} "
-                "(raise max_input_chars to allow it)"
-            )
+        docs = checked_documents(context, self.max_input_chars)
         counter = get_token_counter(self.tokenizer)
         doc_tokens = np.array(counter.count_many([strip_markers(d.text) for d in docs]), dtype=np.int64)
         if int(doc_tokens.sum()) < self.min_tokens:  # passes through: no need to run the model

@@ -29,12 +29,13 @@ from pocsdk.compressors.base import (
     Scored,
     Selection,
     Units,
+    checked_documents,
     early_selection,
     render,
 )
 from pocsdk.compressors.ram.config import RAMConfig, effective_factor, rho_for_keep_rate
-from pocsdk.errors import ConfigError, InputTooLargeError
-from pocsdk.types import CompressionResult, ContextLike, check_count, check_keep_rate, normalize_context
+from pocsdk.errors import ConfigError
+from pocsdk.types import CompressionResult, ContextLike, check_count, check_keep_rate
 
 FEATURE = "the RAM compressor"
 
@@ -142,10 +143,7 @@ class RAMCompressor:
     def score(self, context: ContextLike, query: str | None = None) -> Scored:
         """Tokenize, cut segments, run the encoder once; keep relevance and skim vectors in extras."""
         t0 = time.perf_counter()
-        docs = normalize_context(context)
-        size = sum(len(d.text) for d in docs)
-        if size > self.max_input_chars:
-            raise InputTooLargeError(f"input has {size} characters, over the limit of {self.max_input_chars}")
+        docs = checked_documents(context, self.max_input_chars)
         model = self.load()
         w = model.segment_tokens
         seg_ids, seg_offsets, seg_doc, doc_tokens = cut_segments(model.tokenizer, [d.text for d in docs], w)
