@@ -129,6 +129,8 @@ def factor_from_keep_rate(keep_rate: float) -> float:
 
 def _is_real(value: object) -> bool:
     """A real number that is not a bool (numpy scalars count; ``True`` is not a rate)."""
+    if type(value) is float:  # the common case, without the abstract-class check (hot in the floor search)
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -10,15 +11,18 @@ import pytest
 
 from pocsdk.calibration.labels import DEFAULT_FACTORS
 from pocsdk.compressors import get_compressor
+from pocsdk.prediction import features
 from pocsdk.prediction.features import (
     CONTEXT_FEATURES,
     FACTOR_FEATURES,
     FEATURE_NAMES,
     FEATURES_VERSION,
+    LOWER_NOT_SIMPLE,
     TASKS,
     featurize,
     task_code,
 )
+from pocsdk.text.relevance import terms
 
 DOCS = [
     {"id": "a", "text": "The Eiffel Tower is in Paris. It was completed in 1889. Gustave Eiffel's company built it. "
@@ -95,3 +99,32 @@ def test_featurize_is_cheap() -> None:
         featurize(comp, scored, DEFAULT_FACTORS)
     per_call_ms = (time.process_time() - t) / 50 * 1000
     assert per_call_ms < 20.0  # generous: shared CI machines; typical is well under 2 ms
+
+
+def test_lower_not_simple_is_complete() -> None:
+    odd: set[str] = set()
+    for start in range(0x80, 0x110000, 4096):  # a chunk at a time; characters one by one only where needed
+        chunk = "".join(map(chr, range(start, min(start + 4096, 0x110000))))
+        low = chunk.lower()
+        if len(low) != len(chunk) or re.search("[\\x00-\\x7f]", low):
+            odd |= {c for c in chunk if len(c.lower()) != 1 or c.lower().isascii()}
+    assert odd == set(LOWER_NOT_SIMPLE)
+
+
+@pytest.mark.parametrize("text", [
+    "Plain ASCII about the Eiffel TOWER in Paris.",
+    "Caf\u00e9 na\u00efve \u201cTower\u201d \u00c9IFFEL in Paris \u2014 1889.",
+    "The \u0130stanbul TOWER at 20\u212a, Paris.",  # lower case of these is ASCII or longer
+    "Lone surrogate \ud800 next to the Tower of PARIS.",
+    "\u00c9t\u00e9 \u00e0 PARIS, caf\u00e9 cr\u00e8me.",
+])
+@pytest.mark.parametrize("query", ["Which tower in Paris?", "caf\u00e9 \u00e9t\u00e9 paris", "istanbul 20k", "kelvin"])
+def test_query_overlap_fast_path_is_exact(text: str, query: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "OVERLAP_CHARS", 60)  # the bound cuts the second document
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score([text, "filler " * 5 + text.upper(), text], query)
+    q_types = set(terms(query))
+    hay = features._overlap_text(scored)
+    want = sum(t in hay for t in q_types) / len(q_types)
+    assert features._query_overlap(scored, q_types) == want
+    assert features.context_features(scored, names=["query_overlap"])["query_overlap"] == want

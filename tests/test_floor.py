@@ -13,6 +13,7 @@ from pocsdk import Compressor
 from pocsdk.compressors import get_compressor
 from pocsdk.errors import ArtifactError, ConfigError, InvalidRateError
 from pocsdk.prediction.conformal import fit_calibration
+from pocsdk.prediction.features import context_features, factor_features
 from pocsdk.prediction.floor import FloorPolicy, predictors_root
 from pocsdk.prediction.predictors import LightGBMPredictor
 from pocsdk.prediction.synthetic import synthetic_records
@@ -174,3 +175,24 @@ def test_rules(trained: Path) -> None:
         assert res.floor is not None and res.floor.confidence == 0.9 and res.floor.reason
     with pytest.raises(ConfigError):
         FloorPolicy.for_compressor("extractive", predictor=str(trained), rule="greedy")
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+@pytest.mark.parametrize("kind", ["default", "agnostic", "mlp"])
+def test_search_equals_its_rate_by_rate_definition(name: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selections in one pass and feature arrays give what selecting rate by rate and dict features give."""
+    monkeypatch.delenv("POCSDK_PREDICTORS", raising=False)
+    if not (predictors_root() / name / "card.json").is_file():
+        pytest.skip(f"no shipped predictor for {name}")
+    policy = FloorPolicy.for_compressor(name, predictor=kind)
+    comp = get_compressor(name)
+    for text, query in ((TEXT, "Which river?"), ("\n\n".join([TEXT] * 6), None)):
+        scored = comp.score(text, query)
+        pred, selections = policy.predict(comp, scored)
+        rate_by_rate = [comp.select(scored, 1.0 / f) if f > 1 else selections[0] for f in policy.factors]
+        for a, b in zip(selections[1:], rate_by_rate[1:], strict=True):
+            assert np.array_equal(a.keep, b.keep) and a.partial == b.partial
+            assert (a.skim is None) == (b.skim is None) and (a.skim is None or np.array_equal(a.skim, b.skim))
+        ctx = context_features(scored, policy.task, policy._needed)
+        ff = factor_features(scored, policy.factors, rate_by_rate)
+        assert np.array_equal(pred, policy.predictor.predict(ctx, policy.factors, [ff]))

@@ -195,3 +195,53 @@ def test_long_input_windows_and_unknown_tokens(classifiers: dict[str, Path], fam
     for s, e in zip(scored.units.start.tolist(), scored.units.end.tolist(), strict=True):
         covered[s:e] = True
     assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())
+
+
+# -- precision options ----------------------------------------------------------------------------
+def _agreement(c: Any, a: Any, b: Any, rate: float) -> tuple[float, float]:
+    ka, kb = c.select(a, rate).keep, c.select(b, rate).keep
+    assert len(ka) == len(kb)  # the same words: units come from the tokenizer, not the model
+    return float((ka & kb).sum() / max((ka | kb).sum(), 1)), float(np.mean(ka == kb))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("option", "value"), [("quantize", "int8"), ("dtype", "bfloat16")])
+def test_precision_options_agree_with_fp32(classifiers: dict[str, Path], family: str, option: str,
+                                           value: str) -> None:
+    """int8 / bfloat16 move probabilities a little: kept words differ from fp32's at the margin only."""
+    kw: dict[str, Any] = {"protect": Protection.none(), "force_tokens": (), "device": "cpu"}
+    ref = compressor(classifiers, family, **kw)
+    low = compressor(classifiers, family, **kw, **{option: value})
+    text = prose(8)
+    a, b = ref.score(text), low.score(text)
+    if option == "quantize":
+        assert b.parameters["quantize"] == "int8" and a.parameters["quantize"] == "none"
+    for rate in (0.3, 0.5):
+        jaccard, same = _agreement(ref, a, b, rate)
+        assert same >= 0.95 and jaccard >= 0.9, (rate, jaccard, same)
+    assert not np.array_equal(a.units.relevance, b.units.relevance)  # it did run at the lower precision
+
+
+def test_int8_quantizes_the_encoder_not_the_head(classifiers: dict[str, Path]) -> None:
+    import torch
+
+    c = compressor(classifiers, "bert", quantize="int8", device="cpu")
+    model, _ = c._load()
+    kinds = {n: type(m).__module__ for n, m in model.named_modules() if type(m).__name__ == "Linear"}
+    assert type(model.classifier) is torch.nn.Linear  # the 2-label head stays float32
+    assert sum("quantized.dynamic" in k for k in kinds.values()) == len(kinds) - 1
+    ref, _ = compressor(classifiers, "bert", device="cpu")._load()
+    assert ref is not model and type(ref.classifier) is torch.nn.Linear  # cached apart, fp32 untouched
+    assert not any("quantized" in type(m).__module__ for m in ref.modules())
+
+
+def test_quantize_checked() -> None:
+    with pytest.raises(ConfigError, match="quantize"):
+        get_compressor("llmlingua2", quantize="int4")
+    # checked before any model is loaded: no CUDA and no checkpoint needed to hear about it
+    with pytest.raises(ConfigError, match="CPU only"):
+        get_compressor("llmlingua2", model="/nonexistent", quantize="int8", device="cuda").score(prose())
+    with pytest.raises(ConfigError, match="float32"):
+        get_compressor("llmlingua2", model="/nonexistent", quantize="int8", device="cpu",
+                       dtype="bfloat16").score(prose())
+    assert get_compressor("llmlingua2").parameters()["quantize"] == "none"  # type: ignore[attr-defined]

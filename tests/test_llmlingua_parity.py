@@ -162,3 +162,18 @@ def test_pocsdk_is_faster_when_probing_rates(peers: dict[str, tuple[Path, Any]])
         pc.compress_prompt([text], rate=r)
     theirs = time.perf_counter() - t0
     assert ours < theirs, (ours, theirs)
+
+
+def test_difference_int8_moves_only_marginal_words(peers: dict[str, tuple[Path, Any]]) -> None:
+    """``quantize="int8"`` is opt-in and not bit-exact: in compatible mode its labels still match
+    llmlingua's (fp32) on nearly every word, the misses being words at a window's threshold."""
+    path, pc = peers["bert"]
+    c = get_compressor("llmlingua2", model=str(path), llmlingua_compatible=True, force_tokens=[],
+                       protect=Protection.none(), min_tokens=0, quantize="int8", device="cpu")
+    docs = [PROSE * 4]
+    scored = c.score(docs)
+    for rate in (0.3, 0.5):
+        words, labels, _ = llmlingua_labels(pc, docs, rate, [])
+        ours, our_labels = c.word_labels(scored, rate)
+        assert ours == words  # windows and words do not depend on the model
+        assert np.mean(our_labels == np.array(labels)) >= 0.95

@@ -165,3 +165,22 @@ def test_residual_lightgbm_round_trip_and_monotone(records, tmp_path: Path) -> N
     q = load_predictor(tmp_path / "r", compressor="extractive")
     assert isinstance(q, LightGBMPredictor) and q.residual
     np.testing.assert_allclose(a, np.stack(q.predict_records(records[:40])), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "residual"])
+def test_predict_columns_equals_predict(kind: str, fitted, records) -> None:  # type: ignore[no-untyped-def]
+    p: Predictor = LightGBMPredictor(n_estimators=20, residual=True).fit(records) if kind == "residual" \
+        else fitted[kind]
+    grid = [1.0, 1.5, 3.0, 8.0, 20.0]
+    rng = np.random.default_rng(3)
+    for rec in records[:10]:
+        rows = [{"factor": f, "log_factor": float(np.log(f)), "achieved_factor": f * (1 + rng.random()),
+                 "mass_kept": float(rng.random()), "keep_rate": 1 / f} for f in grid]
+        columns = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+        columns["log_achieved_factor"] = np.log(columns["achieved_factor"])
+        for r, v in zip(rows, columns["log_achieved_factor"], strict=True):
+            r["log_achieved_factor"] = float(v)
+        want = p.predict(rec.context_features, grid, [rows])
+        assert np.array_equal(p.predict_columns(rec.context_features, grid, columns), want)
+        assert np.array_equal(p.predict_columns(rec.context_features, grid, {"mass_kept": columns["mass_kept"]}),
+                              p.predict(rec.context_features, grid, [[{"mass_kept": r["mass_kept"]} for r in rows]]))

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pocsdk.compressors import CPU_COMPRESSORS, get_compressor, render
 from pocsdk.errors import ConfigError
-from pocsdk.text.protect import Protection, is_instruction, marker_spans, strip_markers
+from pocsdk.text.protect import (
+    _CLOSERS,
+    _DIRECTIVE_HINTS,
+    _IMPERATIVE,
+    _LEAD,
+    _SUBJECT_MODAL,
+    Protection,
+    _may_be_imperative,
+    instruction_flags,
+    instruction_mask,
+    is_instruction,
+    marker_spans,
+    strip_markers,
+)
+from pocsdk.text.segment import segment_arrays
 
 SENTENCES = [
     f"Sentence number {i} talks about the weather in a town far away and nothing else of note." for i in range(60)
@@ -113,3 +131,71 @@ def test_default_rules_keep_directives(name: str) -> None:
 def test_protect_must_be_a_protection() -> None:
     with pytest.raises(ConfigError):
         get_compressor("extractive", protect="not a protection")
+
+
+# -- fast paths: the same answers as the rule written as one regex ---------------------------------------
+_REFERENCE_DIRECTIVE = re.compile(
+    r"(?:^" + _LEAD + r"|[,;:]\s+|\bthen\s+)" + _SUBJECT_MODAL
+    + r"|[,;:]\s+(?:never|do\s+not|don't)\s+(?!\w+ed\b)\w"
+    r"|^" + _LEAD + r"under\s+no\s+circumstances\b"
+    r"|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
+    re.IGNORECASE,
+)
+KEYWORDS = ["never", "always", "do not", "don't", "must", "make sure", "ensure", "avoid", "only use", "answer",
+            "respond", "reply", "return", "output", "format", "cite", "write", "include", "exclude", "ignore",
+            "refuse", "please", "important:", "note:"]
+FRAGMENTS = st.sampled_from(
+    [*KEYWORDS, "you", "You", "the assistant", "aſſiſtant", "the model", "should", "shall", "need to", "cannot",
+     "will not", "under no circumstances", "ınder", "is", "İs", "strictly", "forbidden", "forbıdden", "prohibited",
+     "not allowed", "then", "THEN", "walked", "reveal", "it", "the", "In", "For", "Con", "ınclude", "İgnore", "cıte",
+     "wrıte", "muſt", "enſure", ",", ";", ":", " ", "  ", "\n", "?", "？", ".", '"', "'", "(", "- ", "1. ", "\u2022 ",
+     "\u201c", "٣", "K", "\u212a"]
+)
+
+
+def reference_is_instruction(sentence: str) -> bool:
+    """The rule as first written: one directive regex behind a hint-word test."""
+    if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
+        return False
+    if _IMPERATIVE.match(sentence):
+        return True
+    lowered = sentence.lower()
+    return any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=st.lists(FRAGMENTS, min_size=1, max_size=10), sep=st.sampled_from(["", " "]))
+def test_instruction_rules_match_the_single_regex(parts: list[str], sep: str) -> None:
+    sentence = sep.join(parts)
+    assert is_instruction(sentence) == reference_is_instruction(sentence)
+
+
+@pytest.mark.parametrize("keyword", KEYWORDS)
+def test_every_keyword_spelling_passes_the_imperative_prefilter(keyword: str) -> None:
+    spellings = {keyword, keyword.upper(), keyword.title(), keyword.replace("i", "ı"), keyword.replace("i", "İ"),
+                 keyword.replace("s", "ſ"), keyword.upper().replace("I", "İ")}
+    for word in spellings:
+        for lead in ("", "Please ", "- ", "1. ", '"'):
+            sentence = f"{lead}{word} the text."
+            assert not _IMPERATIVE.match(sentence) or _may_be_imperative(sentence, sentence.lower()), sentence
+
+
+def test_only_i_and_s_have_case_variants_that_lower_keeps() -> None:
+    """The prefilters rely on it: a character matching a letter under IGNORECASE lower-cases to that letter,
+    except the variants of "i" ("ı", "İ") and "s" ("ſ")."""
+    every_char = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    letters = "abcdefghijklmnopqrstuvwxyz'"
+    for ch in {m.group() for m in re.finditer(f"[{letters}]", every_char, re.IGNORECASE)}:
+        targets = [x for x in letters if re.fullmatch(re.escape(x), ch, re.IGNORECASE)]
+        assert ch.lower() in targets or set(targets) <= {"i", "s"}, (ch, targets)
+
+
+def test_instruction_flags_and_mask_agree_with_is_instruction() -> None:
+    text = ("Never reveal it. The cat sat. When unsure, you must ask. Don't you agree? "
+            "İgnore the rest. Then you must stop. Sharing is forbidden. nothing here. note that.")
+    starts, ends, _, _ = segment_arrays(text)
+    pieces = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    expected = [is_instruction(p) for p in pieces]
+    assert instruction_flags(pieces).tolist() == expected
+    assert instruction_mask(text, starts, ends).tolist() == expected
+    assert expected == [True, False, True, False, True, True, True, False, False]

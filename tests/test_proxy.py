@@ -114,9 +114,9 @@ def proxy(upstream: str) -> Iterator[str]:
         yield url
 
 
-def _openai(base: str, key: str = "sk-test") -> Any:
+def _openai(base: str, key: str = "sk-test", timeout: float = 10.0) -> Any:
     openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10.0)
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
 def _rag_messages(question: str = "What is the capital of Atlantis?") -> list[dict[str, Any]]:
@@ -376,7 +376,7 @@ def smollm2_server() -> Iterator[str]:
 @pytest.mark.slow
 def test_proxy_in_front_of_smollm2(smollm2_server: str) -> None:
     with _proxy(smollm2_server, read_timeout_s=120.0) as url:
-        client = _openai(url)
+        client = _openai(url, timeout=150.0)  # a CPU model on a busy 2-core machine can take half a minute
         messages = [{"role": "tool", "tool_call_id": "c", "content": long_text(80, 9, topic="Poseidonia")},
                     {"role": "user", "content": "What is the capital of Atlantis?"}]
         raw = client.chat.completions.with_raw_response.create(model="smollm2", messages=messages, max_tokens=8)

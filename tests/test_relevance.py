@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pocsdk.errors import ConfigError
-from pocsdk.text.relevance import BM25Relevance, EmbeddingRelevance, Relevance, get_relevance, terms
+from pocsdk.text.relevance import BM25Relevance, EmbeddingRelevance, Relevance, _group, get_relevance, terms
 
 UNITS = [
     "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
@@ -77,3 +82,78 @@ def test_minilm_ranks_a_paraphrase_above_unrelated_sentences() -> None:
     assert scores[0] > 2 * max(scores[1:].max(), 0.05)
     central = get_relevance("minilm").score(units, None)
     assert central.shape == (4,) and (central >= 0).all()
+
+
+# -- the vectorised BM25 is the per-term formula, bit for bit ---------------------------------------------
+def reference_bm25(units: list[str], query: str | None, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """BM25 with centrality written term by term over Python strings (what BM25Relevance vectorises)."""
+    toks = [terms(u) for u in units]
+    n = len(units)
+    order: dict[str, int] = {}  # first occurrence
+    for t in toks:
+        for w in t:
+            order.setdefault(w, len(order))
+    tf = [Counter(t) for t in toks]
+    df = Counter(w for t in toks for w in set(t))
+    total = Counter(w for t in toks for w in t)
+    lengths = np.array([len(t) for t in toks], dtype=np.float64)
+    norm = k1 * (1.0 - b + b * lengths / (float(lengths.mean()) or 1.0))
+
+    def idf(d: int) -> float:
+        return math.log(1.0 + (n - d + 0.5) / (d + 0.5))
+
+    def bm25(weights: list[tuple[str, float]]) -> np.ndarray:
+        scores = np.zeros(n)
+        for term, w in weights:
+            col = np.array([c[term] for c in tf], dtype=np.float64)
+            scores += w * idf(df[term]) * col * (k1 + 1.0) / (col + norm)
+        return scores
+
+    cand = [w for w in order if df[w] > 1]
+    weight = {w: total[w] * idf(df[w]) for w in cand} if cand else {w: float(total[w]) for w in order}
+    top = sorted(weight, key=lambda w: -weight[w])[:24]
+    central = bm25([(w, weight[w] / weight[top[0]]) for w in top])
+    q = Counter(terms(query)) if query else Counter()
+    if not q:
+        return central
+    rel = bm25([(w, c) for w, c in q.items() if w in order])
+
+    def unit_max(x: np.ndarray) -> np.ndarray:
+        return x / x.max() if x.size and x.max() > 0 else x
+
+    return unit_max(rel) + 0.1 * unit_max(central)
+
+
+WORDS = st.sampled_from(["tower", "Tower", "paris", "iron", "the", "of", "1889", "x2", "東", "京", "banana", "ſun",
+                         "İstanbul", "river", "river's", "a_b", "é", ".", ",", "\n", "  "])
+
+
+@settings(max_examples=150, deadline=None)
+@given(units=st.lists(st.lists(WORDS, max_size=12).map(" ".join), min_size=1, max_size=12),
+       query=st.none() | st.lists(WORDS, max_size=5).map(" ".join))
+def test_bm25_equals_the_per_term_formula(units: list[str], query: str | None) -> None:
+    assert np.array_equal(BM25Relevance().score(units, query), reference_bm25(units, query))
+
+
+def test_bm25_on_the_fixture_equals_the_per_term_formula() -> None:
+    for query in (None, "When was the Eiffel Tower completed?", "tower tower iron"):
+        assert np.array_equal(BM25Relevance().score(UNITS, query), reference_bm25(UNITS, query))
+
+
+@pytest.mark.parametrize("kind", ["random", "low_bits_only", "shared_high_bits", "few_values"])
+def test_group_is_np_unique(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 3, 50, 1000):
+        if kind == "random":
+            values = rng.integers(0, 2**64, n, dtype=np.uint64)
+        elif kind == "low_bits_only":  # every value in one group of high bits: np.unique decides
+            values = rng.integers(0, 20, n).astype(np.uint64)
+        elif kind == "shared_high_bits":
+            high = rng.integers(0, 5, n).astype(np.uint64) << np.uint64(40)
+            values = high | rng.integers(0, 3, n).astype(np.uint64)
+        else:
+            values = rng.choice(rng.integers(0, 2**64, 7, dtype=np.uint64), n)
+        uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        got = _group(values)
+        for a, b in zip(got, (uniq, inverse.reshape(-1), first), strict=True):
+            assert np.array_equal(a, b)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pocsdk.text.segment import (
+    _ABBREV,
+    _ABBREV_UNLESS_CAPITAL,
+    _LONGER_THAN_ABBREVIATIONS,
+    _NEXT_WORD,
     CODE,
     FRAGMENT,
     HEADING,
@@ -13,9 +21,15 @@ from pocsdk.text.segment import (
     SENTENCE,
     TABLE_ROW,
     Unit,
+    _cut_sentences,
+    _is_abbreviation,
+    _logical_lines,
+    _SentenceEnds,
+    _strip,
     clauses,
     paragraphs,
     segment,
+    segment_arrays,
     sentences,
 )
 
@@ -214,3 +228,69 @@ def test_one_record_per_line_json_is_one_unit_per_record() -> None:
     texts = [text[u.start:u.end] for u in units]
     for rec in records:
         assert rec in texts
+
+
+# -- fast paths: the same spans as the plain rules ---------------------------------------------------------
+_REFERENCE_WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*$")
+PIECES = st.sampled_from(
+    [" ", "  ", "\n", "\n\n", "\t", "\r\n", "\u3000", ".", "!", "?", "...", "?!", ".)", '."', ",", ";", ":", "(", "-",
+     "1.", "a)", "- ", "| ", "# ", "```", "the", "word", "Longword", "Mr", "Dr", "No", "no", "Inc", "etc", "U.S",
+     "e.g", "approx", "J", "x", "3.14", "_x", "İ", "ı", "ſ", "東京", "。", "！", "」", "😀", "\u00a0"]
+)
+ROUGH_TEXT = st.lists(PIECES, min_size=0, max_size=60).map("".join)
+
+
+def reference_is_abbreviation(text: str, seg_start: int, dot: int) -> bool:
+    """The rule as first written: the word before the dot by a backtracking regex search."""
+    m = _REFERENCE_WORD_BEFORE.search(text, max(seg_start, dot - 12), dot)
+    if not m:
+        return False
+    word = m.group(1).lower()
+    if word in _ABBREV:
+        return True
+    if word in _ABBREV_UNLESS_CAPITAL:
+        nxt = _NEXT_WORD.match(text, dot + 1)
+        return not (nxt and nxt.group(1)[0].isupper())
+    return len(word) == 1 and word.isalpha() and text[dot - 1].isupper()
+
+
+def test_no_abbreviation_is_as_long_as_the_long_word_shortcut() -> None:
+    assert max(len(w) for w in _ABBREV | _ABBREV_UNLESS_CAPITAL) < _LONGER_THAN_ABBREVIATIONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ROUGH_TEXT, data=st.data())
+def test_abbreviation_check_matches_the_regex_rule(text: str, data: st.DataObject) -> None:
+    if not text:
+        return
+    dot = data.draw(st.integers(0, len(text) - 1))
+    seg_start = data.draw(st.integers(0, dot))
+    assert _is_abbreviation(text, seg_start, dot) == reference_is_abbreviation(text, seg_start, dot)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ROUGH_TEXT, data=st.data())
+def test_strip_matches_str_strip(text: str, data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, len(text)))
+    piece = text[start:end]
+    lead = len(piece) - len(piece.lstrip())
+    expected = (start + lead, start + lead + len(piece.strip())) if piece.strip() else (end, end)
+    assert _strip(text, start, end) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ROUGH_TEXT)
+def test_sentence_ends_found_once_cut_lines_as_a_bounded_search(text: str) -> None:
+    ends = _SentenceEnds(text)
+    for ps, pe in paragraphs(text):
+        for ls, le, _ in _logical_lines(text, ps, pe):
+            assert _cut_sentences(text, ls, le, ends.within(ls, le)) == sentences(text, ls, le)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=ROUGH_TEXT, max_chars=st.integers(16, 120))
+def test_segment_arrays_are_segment_as_columns(text: str, max_chars: int) -> None:
+    start, end, paragraph, kind = segment_arrays(text, max_chars)
+    rows = [(u.start, u.end, u.paragraph, u.kind) for u in segment(text, max_chars)]
+    assert list(zip(start.tolist(), end.tolist(), paragraph.tolist(), kind.tolist(), strict=True)) == rows

@@ -113,6 +113,36 @@ def test_protected_and_extras(tiny_lm: Path) -> None:
     assert scored.units.relevance.std() > 0
 
 
+@pytest.mark.parametrize(("option", "value"), [("quantize", "int8"), ("dtype", "bfloat16")])
+def test_precision_options_run_and_stay_close(tiny_lm: Path, option: str, value: str) -> None:
+    """int8 (linear layers but the output layer) and bfloat16 run on the CPU; on the tiny random LM their
+    sentence choices match float32's on most units (SmolLM2 agrees less under int8: see RESULTS.md)."""
+    kw = {"model": str(tiny_lm), "granularity": "sentence", "window": 64, "overlap": 16, "device": "cpu"}
+    ref = get_compressor("selfinfo", **kw)
+    low = get_compressor("selfinfo", **kw, **{option: value})
+    a, b = ref.score(TEXT), low.score(TEXT)
+    assert np.isfinite(b.units.relevance).all()
+    assert not np.array_equal(a.units.relevance, b.units.relevance)
+    assert np.corrcoef(a.units.relevance, b.units.relevance)[0, 1] > 0.9
+    for rate in (0.3, 0.5):
+        ka, kb = ref.select(a, rate).keep, low.select(b, rate).keep
+        assert np.mean(ka == kb) >= 0.8, rate
+    if option == "quantize":
+        import torch
+
+        model, _ = low._load()  # type: ignore[attr-defined]
+        assert type(model.get_output_embeddings()) is torch.nn.Linear  # the output layer stays float32
+        assert any("quantized.dynamic" in type(m).__module__ for m in model.modules())
+        assert b.parameters["quantize"] == "int8"
+
+
+def test_quantize_checked_before_loading() -> None:
+    with pytest.raises(ConfigError, match="quantize"):
+        get_compressor("selfinfo", quantize="fp8")
+    with pytest.raises(ConfigError, match="CPU only"):
+        get_compressor("selfinfo", model="/nonexistent", quantize="int8", device="cuda").score(TEXT)
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> object:
     pytest.importorskip("gguf")

@@ -6,7 +6,10 @@ import importlib.util
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pocsdk.errors import ConfigError
 from pocsdk.text.tokens import HeuristicTokenCounter, TiktokenCounter, TokenCounter, get_token_counter
@@ -99,3 +102,20 @@ def test_hf_tokenizer_from_local_gguf(no_network: None) -> None:
     texts = ["Paris is the capital of France.", "", "我们今天去公园。"]
     assert counter.count_many(texts) == [counter.count(t) for t in texts]
     assert counter.count_many([]) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab_Z09 .,\n\t東京😀-")), max_size=80), data=st.data())
+def test_count_spans_equals_counting_each_piece(text: str, data: st.DataObject) -> None:
+    """Also for spans that touch (a hard cut inside a word): the runs are cut at span edges."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    spans = [(s, e) for s, e in zip(cuts[::2], cuts[1::2], strict=False) if s < e]
+    if data.draw(st.booleans()) and len(text) > 4:
+        spans = [(0, 2), (2, len(text))]  # adjacent, no whitespace between
+    h = HeuristicTokenCounter()
+    starts = np.array([s for s, _ in spans], dtype=np.int64)
+    ends = np.array([e for _, e in spans], dtype=np.int64)
+    total, per_span = h.count_spans(text, starts, ends)
+    assert total == h.count(text)
+    assert per_span.tolist() == [h.count(text[s:e]) for s, e in spans]
+    assert per_span.tolist() == h.count_many([text[s:e] for s, e in spans])

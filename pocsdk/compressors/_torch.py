@@ -9,14 +9,19 @@ compressor twice, or probing many rates, never loads a checkpoint twice.
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Callable
-from typing import Any
+import warnings
+from collections.abc import Callable, Collection
+from typing import Any, Literal
 
 from pocsdk.errors import ConfigError, MissingDependencyError
 
 _CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
+
+Quantize = Literal["none", "int8"]
+QUANTIZE_MODES: tuple[str, ...] = ("none", "int8")
 
 
 def import_torch(feature: str) -> Any:
@@ -55,6 +60,51 @@ def resolve_dtype(dtype: str | None, device: str, feature: str) -> Any:
     if not isinstance(value, torch.dtype):
         raise ConfigError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'float16' or 'bfloat16'")
     return value
+
+
+def dtype_kwarg(transformers: Any, dtype: Any) -> dict[str, Any]:
+    """transformers >= 4.56 calls it ``dtype``; older releases ``torch_dtype``."""
+    parts = str(transformers.__version__).split(".")
+    major, minor = int(parts[0]), int(re.sub(r"\D.*", "", parts[1]) or 0)
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def check_quantize(value: str | None) -> str:
+    """'none' (or None) or 'int8'; anything else is a ConfigError."""
+    mode = "none" if value in (None, "", "none") else str(value)
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize must be one of {', '.join(map(repr, QUANTIZE_MODES))}, got {value!r}")
+    return mode
+
+
+def check_quantizable(mode: str, device: str, dtype: Any, feature: str) -> None:
+    """int8 is torch's dynamic quantization: CPU kernels only, float32 weights in."""
+    if mode == "none":
+        return
+    torch = import_torch(feature)
+    if not device.startswith("cpu"):
+        raise ConfigError(f"quantize={mode!r} runs on the CPU only (torch dynamic quantization); "
+                          f"pass device='cpu', or quantize='none' on {device!r}")
+    if dtype != torch.float32:
+        raise ConfigError(f"quantize={mode!r} needs float32 weights (dtype 'auto' or 'float32'), got {dtype}")
+
+
+def quantize_model(model: Any, mode: str, feature: str, keep: Collection[str] = ()) -> Any:
+    """``model`` with every ``nn.Linear`` (except the modules named in ``keep``) replaced by its
+    dynamically quantized int8 version (weights int8 per output channel, activations quantized per
+    batch on the fly); a new model, ``model`` is left as it is. 'none' returns ``model``."""
+    if mode == "none":
+        return model
+    torch = import_torch(feature)
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:  # torch may drop eager-mode quantization one day
+        raise ConfigError(f"quantize={mode!r} needs torch.ao.quantization.quantize_dynamic, "
+                          f"which torch {torch.__version__} lacks; use quantize='none'") from exc
+    names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in keep}
+    with warnings.catch_warnings():  # torch >= 2.10 warns that eager-mode quantization is deprecated
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, dict.fromkeys(names, per_channel_dynamic_qconfig), dtype=torch.qint8)
 
 
 def split_gguf(model: str, gguf_file: str | None) -> tuple[str, str | None]:

@@ -22,8 +22,8 @@ import numpy as np
 
 from pocsdk.compressors.topup import top_up
 from pocsdk.errors import ConfigError, InputTooLargeError
-from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_mask, strip_markers
-from pocsdk.text.segment import MAX_UNIT_CHARS, segment
+from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_flags, strip_markers
+from pocsdk.text.segment import MAX_UNIT_CHARS, segment_arrays
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
     CompressionResult,
@@ -209,27 +209,22 @@ class UnitCompressor:
         group_base = 0
         for di, doc in enumerate(docs):
             text = doc.text
-            segs = segment(text, self.max_unit_chars)
-            starts = np.array([u.start for u in segs], dtype=np.int64)
-            ends = np.array([u.end for u in segs], dtype=np.int64)
-            pieces = [text[u.start:u.end] for u in segs]
+            starts, ends, paras, kinds = segment_arrays(text, self.max_unit_chars)
+            pieces = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
             marked = KEEP_OPEN in text or KEEP_CLOSE in text
             texts.extend([strip_markers(x) for x in pieces] if marked else pieces)
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:
-                protected |= instruction_mask(text, starts, ends)
+                protected |= instruction_flags(pieces)
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
             else:
-                tokens = np.zeros(len(segs), dtype=np.int64)
+                tokens = np.zeros(len(starts), dtype=np.int64)
                 to_count.append(di)
-            cols.append((
-                np.full(len(segs), di, dtype=np.int32), starts, ends, tokens, protected,
-                np.array([group_base + u.paragraph for u in segs], dtype=np.int32),
-                np.array([u.kind for u in segs], dtype=np.int8),
-            ))
-            if segs:
-                group_base += segs[-1].paragraph + 1
+            cols.append((np.full(len(starts), di, dtype=np.int32), starts, ends, tokens, protected,
+                         (group_base + paras).astype(np.int32), kinds.astype(np.int8)))
+            if len(paras):
+                group_base += int(paras[-1]) + 1
         if not cols:
             return Units.empty(), texts, doc_tokens
         doc_idx, start, end, tokens, protected, group, kind = (np.concatenate(c) for c in zip(*cols, strict=True))

@@ -22,17 +22,22 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from pocsdk.compressors._torch import (
+    Quantize,
     cached_model,
+    check_quantizable,
+    check_quantize,
+    dtype_kwarg,
     encode_with_offsets,
     import_torch,
     import_transformers,
+    quantize_model,
     require_fast_tokenizer,
     resolve_device,
     resolve_dtype,
     split_gguf,
 )
 from pocsdk.compressors.base import Scored, UnitCompressor, Units
-from pocsdk.compressors.llmlingua2 import _blank_markers, count_words, dtype_kwarg, in_context, score_stats
+from pocsdk.compressors.llmlingua2.shared import _blank_markers, count_words, in_context, score_stats
 from pocsdk.errors import ConfigError
 from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE, clauses
 from pocsdk.text.tokens import TokenCounter
@@ -80,6 +85,14 @@ class SelfInfoCompressor(UnitCompressor):
     batch_size: int = 4
     device: str = "auto"
     dtype: str = "auto"
+    """'auto' (float16 on CUDA, float32 elsewhere), 'float32', 'float16' or 'bfloat16' (fast on a CPU only
+    with native bfloat16: AVX512-BF16, AMX)."""
+    quantize: Quantize = "none"
+    """'int8': torch dynamic int8 quantization of the LM's linear layers (CPU and float32 only), except the
+    output layer and the MLP down projections. A trade-off, not a free win: on SmolLM2-135M (2k tokens,
+    2-core AVX2 CPU) the forward took 1.36x less CPU time, token self-information correlated at 0.975
+    with float32's, and 5-8% of keep/drop choices changed at rates 0.3-0.5 (any granularity).
+    'none': as trained."""
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -88,6 +101,7 @@ class SelfInfoCompressor(UnitCompressor):
             raise ConfigError(f"granularity must be 'sentence', 'phrase' or 'token', got {self.granularity!r}")
         if self.window < 16 or not 0 <= self.overlap < self.window // 2 or self.batch_size < 1:
             raise ConfigError("need window >= 16, 0 <= overlap < window / 2 and batch_size >= 1")
+        self.quantize = check_quantize(self.quantize)  # type: ignore[assignment]
 
     # -- phase 1 hooks -------------------------------------------------------------------
     def rank(self, unit_texts: list[str], query: str | None, scored: Scored) -> np.ndarray:
@@ -151,6 +165,7 @@ class SelfInfoCompressor(UnitCompressor):
             "granularity": self.granularity,
             "window": self.window,
             "overlap": self.overlap,
+            "quantize": self.quantize,
         }
 
     # -- mechanics -----------------------------------------------------------------------
@@ -158,8 +173,9 @@ class SelfInfoCompressor(UnitCompressor):
         transformers = import_transformers(FEATURE)
         device = resolve_device(self.device, FEATURE)
         dtype = resolve_dtype(self.dtype, device, FEATURE)
+        check_quantizable(self.quantize, device, dtype, FEATURE)
         path, gguf = split_gguf(self.model or default_model(), self.gguf_file)
-        key = ("causal-lm", path, gguf, device, str(dtype), self.trust_remote_code)
+        key = ("causal-lm", path, gguf, device, str(dtype), self.trust_remote_code, self.quantize)
 
         def load() -> tuple[Any, Any]:
             extra: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
@@ -168,7 +184,8 @@ class SelfInfoCompressor(UnitCompressor):
             tok = transformers.AutoTokenizer.from_pretrained(path, **extra)
             require_fast_tokenizer(tok, path)
             model = transformers.AutoModelForCausalLM.from_pretrained(path, **extra, **dtype_kwarg(transformers, dtype))
-            return model.to(device).eval(), tok
+            model = model.to(device).eval()
+            return quantize_model(model, self.quantize, FEATURE, keep=_float_layers(model)), tok
 
         return cached_model(key, load, path)
 
@@ -231,6 +248,16 @@ class SelfInfoCompressor(UnitCompressor):
             rest = si[1:]
             si[0] = float(np.median(rest)) if len(rest) else 0.0
         return off[:, 0], off[:, 1], si
+
+
+def _float_layers(model: Any) -> list[str]:
+    """Linear layers int8 leaves in float: the output layer (every logit rides on it) and the layers that
+    narrow their input (the MLP's down projection, whose input carries the activation outliers that
+    per-batch activation quantization handles worst). On SmolLM2-135M this keeps self-information
+    correlated at 0.97 with float32's instead of 0.83."""
+    head = model.get_output_embeddings()
+    return [n for n, m in model.named_modules()
+            if m is head or (type(m).__name__ == "Linear" and m.in_features > m.out_features)]
 
 
 _INFO_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}

@@ -12,6 +12,7 @@ Clauses are never cut out of a sentence that carries a negation, so skimming nev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,9 +25,9 @@ from pocsdk.compressors.base import (
     Units,
     budget_for,
     early_selection,
-    fill_budget,
 )
-from pocsdk.compressors.topup import top_up
+from pocsdk.compressors.grid import fill_budgets, fill_walk
+from pocsdk.compressors.topup import Partial, top_up
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import NEGATION, strip_markers
 from pocsdk.text.relevance import Relevance, get_relevance
@@ -117,58 +118,91 @@ class SkimCompressor(UnitCompressor):
         )
 
     def select(self, scored: Scored, keep_rate: float) -> Selection:
-        budget = budget_for(scored, keep_rate)
-        early = early_selection(scored, keep_rate)
-        if early is not None:
-            return early
+        return self.select_many(scored, [keep_rate])[0]
+
+    def select_many(self, scored: Scored, keep_rates: Sequence[float]) -> list[Selection]:
+        """The selection at each rate; the rates share the sorting and walk their budgets together.
+
+        Each one is what selecting at that rate alone gives (see :func:`~pocsdk.compressors.grid.fill_budgets`).
+        """
+        budgets = [budget_for(scored, r) for r in keep_rates]
+        out = [early_selection(scored, r) for r in keep_rates]
+        todo = [i for i, sel in enumerate(out) if sel is None]
+        if todo:
+            b = np.array([budgets[i] for i in todo], dtype=np.int64)
+            by_unit = np.argsort(-scored.units.relevance, kind="stable")
+            keep, skim = self._read_and_skim(scored, b, by_unit)
+            partials = self._top_ups(scored, by_unit, b, keep, skim)
+            for row, i in enumerate(todo):
+                out[i] = Selection(keep=keep[row], skim=skim[row], keep_rate=keep_rates[i], partial=partials[row])
+        return [sel for sel in out if sel is not None]
+
+    def _read_and_skim(self, scored: Scored, budgets: np.ndarray,
+                       by_unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Kept units and skimmed segments, one row per budget (steps 1-4 of the selection)."""
         u = scored.units
         x = scored.excerpts
         assert x is not None  # set by prepare for any non-empty input
         seg = scored.extras["segment"]
-        seg_rel = scored.extras["segment_relevance"]
-        n_seg = len(seg_rel)
-        keep = u.protected.copy()
+        by_rel = np.argsort(-scored.extras["segment_relevance"], kind="stable")
         # protected tokens are spent already; what remains is shared by close reading and skims
-        protected_by_seg = np.bincount(seg[keep], weights=u.tokens[keep], minlength=n_seg)
-        full_cost = scored.extras["segment_tokens"] - protected_by_seg.astype(np.int64)
+        protected_by_seg = np.bincount(seg[u.protected], weights=u.tokens[u.protected], minlength=len(by_rel))
         skim_cost = x.tokens.copy()
         skim_cost[protected_by_seg > 0] = 0  # a segment with protected text is represented by it
-        remaining = budget - int(u.tokens[keep].sum())
-        by_rel = np.argsort(-seg_rel, kind="stable")
-
-        # 1. close reading, leaving room for a share of skims
-        reserve = min(int(self.skim_share * max(remaining, 0)), int(skim_cost.sum()))
-        full = fill_budget(by_rel, full_cost, remaining - reserve, np.zeros(n_seg, dtype=bool))
-        remaining -= int(full_cost[full].sum())
-        # 2. skims for the other segments, most relevant first
-        skim = fill_budget(by_rel, np.where(full, 0, skim_cost), remaining, full.copy()) & ~full
-        remaining -= int(skim_cost[skim].sum())
-        # 3. budget left over: upgrade skimmed segments to close reading
-        if remaining > 0:
-            delta = np.where(skim, full_cost - skim_cost, full_cost)
-            delta[full] = 0
-            upgrade = fill_budget(by_rel, np.maximum(delta, 0), remaining, full.copy()) & ~full
-            full |= upgrade
-            skim &= ~upgrade
-        keep |= full[seg]
-        skim &= skim_cost > 0
+        remaining = budgets - int(u.tokens[u.protected].sum())
+        # steps 1-3 walk the segments by relevance: their arrays in that order, back to segment order after
+        full_cost = scored.extras["segment_tokens"] - protected_by_seg.astype(np.int64)
+        full, skim = self._close_reading(full_cost[by_rel], skim_cost[by_rel], remaining)
+        rank = np.empty(len(by_rel), dtype=np.int64)
+        rank[by_rel] = np.arange(len(by_rel))
+        keep = u.protected | full[:, rank[seg]]
+        skim = skim[:, rank] & (skim_cost > 0)
         # 4. segments are coarse: spend what is left on single sentences of segments not yet read
-        # (a skimmed segment keeps its excerpt), then on one sentence prefix
-        best_unit = scored.extras["best_unit"]
-        used = int(u.tokens[keep].sum()) + int(x.tokens[skim].sum())
+        # (a skimmed segment keeps its excerpt)
         blocked = keep.copy()
-        blocked[best_unit[skim]] = True
-        by_unit = np.argsort(-u.relevance, kind="stable")
-        cand = by_unit[~blocked[by_unit]]
-        extra = fill_budget(cand, u.tokens, budget - used, np.zeros(len(u), dtype=bool))
-        keep |= extra
-        used += int(u.tokens[extra].sum())
-        cand = by_unit[~keep[by_unit]]
-        credit = {int(best_unit[j]): int(x.tokens[j]) for j in np.flatnonzero(skim)}
-        partial = top_up(scored, cand, keep, budget, used=used, credit=credit)
-        for d, start, _, _ in partial:  # a prefix of a skimmed segment's best unit replaces its excerpt
-            skim &= ~((x.doc == d) & (u.start[best_unit] == start))
-        return Selection(keep=keep, skim=skim, keep_rate=keep_rate, partial=partial)
+        blocked[:, scored.extras["best_unit"]] |= skim
+        keep |= fill_budgets(by_unit, u.tokens, budgets - (keep @ u.tokens + skim @ x.tokens),
+                             np.zeros(len(u), dtype=bool), blocked=blocked)
+        return keep, skim
+
+    def _close_reading(self, full_cost: np.ndarray, skim_cost: np.ndarray,
+                       remaining: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Segments read in full and segments skimmed, one row per budget, segments by relevance."""
+        # 1. close reading, leaving room for a share of skims
+        total = int(skim_cost.sum())
+        reserve = np.array([min(int(self.skim_share * max(r, 0)), total) for r in remaining.tolist()], dtype=np.int64)
+        full = fill_walk(full_cost, remaining - reserve, np.zeros(len(full_cost), dtype=bool))
+        remaining = remaining - full @ full_cost
+        # 2. skims for the other segments, most relevant first
+        skim = fill_walk(np.where(full, 0, skim_cost), remaining, full)
+        remaining -= skim @ skim_cost
+        # 3. budget left over: upgrade skimmed segments to close reading (nothing left: nothing taken)
+        delta = np.where(skim, full_cost - skim_cost, full_cost)
+        delta[full] = 0
+        upgrade = fill_walk(np.maximum(delta, 0), remaining, full)
+        return full | upgrade, skim & ~upgrade
+
+    @staticmethod
+    def _top_ups(scored: Scored, by_unit: np.ndarray, budgets: np.ndarray, keep: np.ndarray,
+                 skim: np.ndarray) -> list[list[Partial]]:
+        """5. per row, one sentence prefix may top the budget up (topup.py); it replaces its segment's skim.
+
+        ``skim`` loses, in place, the excerpt a prefix replaces.
+        """
+        u = scored.units
+        x = scored.excerpts
+        assert x is not None
+        best_unit = scored.extras["best_unit"]
+        used = (keep @ u.tokens + skim @ x.tokens).tolist()
+        out = []
+        for i, budget in enumerate(budgets.tolist()):
+            # what each skimmed segment's excerpt costs; top_up passes over the units already kept
+            credit = dict(zip(best_unit[skim[i]].tolist(), x.tokens[skim[i]].tolist(), strict=True))
+            partial = top_up(scored, by_unit, keep[i], budget, used=used[i], credit=credit)
+            for d, start, _, _ in partial:  # a prefix of a skimmed segment's best unit replaces its excerpt
+                skim[i] &= ~((x.doc == d) & (u.start[best_unit] == start))
+            out.append(partial)
+        return out
 
     def parameters(self) -> dict[str, Any]:
         rel = self.relevance if isinstance(self.relevance, str) or self.relevance is None else self.relevance.name

@@ -7,8 +7,9 @@
 * per-factor features (one dict per requested factor): what the compressor's selection at
   keep rate ``1 / f`` actually keeps (relevance mass, top units, achieved rate, protected share).
 
-Only ``compressor.select`` is called per factor (cheap); text statistics look at a bounded
-prefix of the context so that the cost stays flat on long inputs.
+Only the compressor's selections are made per factor, all in one pass (cheap, see
+:func:`~pocsdk.compressors.grid.select_many`); text statistics look at a bounded prefix of the
+context so that the cost stays flat on long inputs.
 
 The names are fixed in :data:`CONTEXT_FEATURES` and :data:`FACTOR_FEATURES`; a predictor's card
 records them with :data:`FEATURES_VERSION`, and a predictor refuses features of another version.
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
 from pocsdk.compressors.base import Scored, Selection, TextCompressor
+from pocsdk.compressors.grid import select_many
 from pocsdk.text.relevance import terms
 
 FEATURES_VERSION = 1
@@ -117,10 +119,10 @@ def featurize(
     """Context features and per-factor features of one scored input.
 
     ``factors`` are requested compression factors (>= 1); the selection at each is
-    ``compressor.select(scored, 1 / factor)``.
+    ``compressor.select(scored, 1 / factor)`` (made for all factors at once, see :mod:`pocsdk.compressors.grid`).
     """
     ctx = context_features(scored, task)
-    selections = [compressor.select(scored, 1.0 / max(float(f), 1.0)) for f in factors]
+    selections = select_many(compressor, scored, [1.0 / max(float(f), 1.0) for f in factors])
     return ctx, factor_features(scored, factors, selections)
 
 
@@ -147,7 +149,6 @@ def context_features(scored: Scored, task: str | None = None,
     ctx_words = sample.lower().split()
     q_terms = terms(scored.query) if scored.query else []
     q_types = set(q_terms)
-    haystack = _overlap_text(scored) if q_types else ""
     raw = sample.encode("utf-8")
 
     return {
@@ -157,7 +158,7 @@ def context_features(scored: Scored, task: str | None = None,
         "mean_unit_tokens": float(unit_tokens.mean()) if n else 0.0,
         "has_query": 1.0 if scored.query and scored.query.strip() else 0.0,
         "query_terms": float(len(q_terms)),
-        "query_overlap": sum(t in haystack for t in q_types) / len(q_types) if q_types else 0.0,
+        "query_overlap": _query_overlap(scored, q_types) if q_types else 0.0,
         "rel_entropy": _entropy(rel),
         "rel_top1_share": float(sorted_rel[0]) if n else 1.0,
         "rel_topk_share": float(sorted_rel[:TOP_K].sum()) if n else 1.0,
@@ -176,6 +177,19 @@ def factor_features(
     scored: Scored, factors: Sequence[float], selections: Sequence[Selection]
 ) -> list[dict[str, float]]:
     """Per-factor features from selections already made (one per factor, same order); vectorised."""
+    return factor_rows(factor_columns(scored, factors, selections))
+
+
+def factor_rows(columns: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """One dict per factor out of :func:`factor_columns`."""
+    lists = {k: columns[k].tolist() for k in FACTOR_FEATURES}
+    return [{k: lists[k][i] for k in FACTOR_FEATURES} for i in range(len(lists["factor"]))]
+
+
+def factor_columns(
+    scored: Scored, factors: Sequence[float], selections: Sequence[Selection]
+) -> dict[str, np.ndarray]:
+    """:func:`factor_features` as one array per feature over the factors (the floor search's fast path)."""
     u = scored.units
     n = len(u)
     m = len(factors)
@@ -183,24 +197,15 @@ def factor_features(
     f = np.maximum(np.asarray(factors, dtype=np.float64), 1.0)
     passthrough = np.array([bool(sel.passthrough_reason or scored.passthrough_reason) or n == 0
                             for sel in selections], dtype=bool)
-    keep = np.ones((m, n), dtype=bool)
-    for i, sel in enumerate(selections):
-        if not passthrough[i]:
-            keep[i] = sel.keep
+    everything = np.ones(n, dtype=bool)
+    keep = np.array([everything if p else sel.keep for p, sel in zip(passthrough.tolist(), selections, strict=True)],
+                    dtype=bool).reshape(m, n)
     unit_tokens = u.tokens.astype(np.float64)
-    kept = keep @ unit_tokens if n else np.full(m, float(total))
+    keep_f = keep.astype(np.float64)  # once for the products below (keep @ x would cast it each time)
+    kept = keep_f @ unit_tokens if n else np.full(m, float(total))
     kept += np.array([0.0 if passthrough[i] else float(sum(p[3] for p in sel.partial))  # prefixes (topup.py)
                       for i, sel in enumerate(selections)])
-    x = scored.excerpts
-    skim_tokens = np.zeros(m)
-    skim_mass = np.zeros(m)
-    if x is not None and len(x) and any(sel.skim is not None for sel in selections):
-        skim = np.zeros((m, len(x)), dtype=bool)
-        for i, sel in enumerate(selections):
-            if sel.skim is not None and not passthrough[i]:
-                skim[i] = sel.skim
-        skim_tokens = skim @ x.tokens.astype(np.float64)
-        skim_mass = skim @ _weights(x.relevance)
+    skim_tokens, skim_mass = _skim_kept(scored, selections, passthrough)
     kept = np.where(passthrough, float(total), kept + skim_tokens)
     keep_rate = kept / total if total > 0 else np.ones(m)
     achieved = np.where(keep_rate > 0, 1.0 / np.maximum(keep_rate, 1e-12), float(total or 1))
@@ -208,14 +213,14 @@ def factor_features(
     if n:
         rel = _weights(u.relevance)
         top = np.argsort(-u.relevance, kind="stable")[: min(TOP_K, n)]
-        mass_kept = keep @ rel
-        top1 = keep[:, top[0]].astype(np.float64)
+        mass_kept = keep_f @ rel
+        top1 = keep_f[:, top[0]]
         topk = keep[:, top].mean(axis=1)
-        prot = keep @ (unit_tokens * u.protected)
+        prot = keep_f @ (unit_tokens * u.protected)
     else:
         mass_kept = top1 = topk = np.ones(m)
         prot = np.zeros(m)
-    cols = {
+    return {
         "factor": f,
         "log_factor": np.log(f),
         "achieved_factor": achieved,
@@ -228,8 +233,19 @@ def factor_features(
         "skim_token_share": np.where(kept > 0, skim_tokens / safe_kept, 0.0),
         "protected_share": np.where(kept > 0, prot / safe_kept, 0.0),
     }
-    lists = {k: v.tolist() for k, v in cols.items()}
-    return [{k: lists[k][i] for k in FACTOR_FEATURES} for i in range(m)]
+
+
+def _skim_kept(scored: Scored, selections: Sequence[Selection],
+               passthrough: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and relevance mass of the skim excerpts each selection keeps."""
+    m = len(selections)
+    x = scored.excerpts
+    if x is None or not len(x) or all(sel.skim is None for sel in selections):
+        return np.zeros(m), np.zeros(m)
+    nothing = np.zeros(len(x), dtype=bool)
+    skim = np.array([nothing if sel.skim is None or p else sel.skim
+                     for p, sel in zip(passthrough.tolist(), selections, strict=True)], dtype=bool).reshape(m, len(x))
+    return skim @ x.tokens.astype(np.float64), skim @ _weights(x.relevance)
 
 
 def rows(context: dict[str, float], per_factor: Sequence[dict[str, float]],
@@ -247,7 +263,10 @@ def rows(context: dict[str, float], per_factor: Sequence[dict[str, float]],
 # -- helpers -------------------------------------------------------------------------------
 def _weights(relevance: np.ndarray) -> np.ndarray:
     """Relevance as a distribution (uniform when there is no relevance mass)."""
-    r = np.clip(np.nan_to_num(relevance.astype(np.float64)), 0.0, None)
+    r = relevance.astype(np.float64)
+    if not np.isfinite(r).all():  # (nan_to_num is the identity otherwise, and costly)
+        r = np.nan_to_num(r)
+    r = np.clip(r, 0.0, None)
     s = float(r.sum())
     if r.size == 0:
         return r
@@ -270,6 +289,40 @@ def _gini(sorted_desc: np.ndarray) -> float:
     asc = sorted_desc[::-1]
     idx = np.arange(1, n + 1)
     return float((2.0 * (idx * asc).sum()) / (n * asc.sum()) - (n + 1) / n) if asc.sum() > 0 else 0.0
+
+
+def _query_overlap(scored: Scored, q_types: Collection[str]) -> float:
+    """Share of the query terms that occur (as substrings) in the lower-cased context, bounded."""
+    hay = _overlap_haystack(scored, all(t.isascii() for t in q_types))
+    if isinstance(hay, bytes):
+        return sum(t.encode("ascii") in hay for t in q_types) / len(q_types)
+    return sum(t in hay for t in q_types) / len(q_types)
+
+
+LOWER_NOT_SIMPLE = "\u0130\u212a"
+"""The non-ASCII characters whose lower case is ASCII or more than one character (tests check all of Unicode)."""
+
+
+def _overlap_haystack(scored: Scored, ascii_terms: bool) -> str | bytes:
+    """:func:`_overlap_text`, or when it finds the same ASCII terms, its cheaper byte-wise twin.
+
+    Lower-casing non-ASCII text is slow; lower-casing its UTF-8 bytes is not, and an ASCII term occurs
+    in one exactly when it occurs in the other (ASCII bytes never occur inside a multi-byte character),
+    unless the text has a character of :data:`LOWER_NOT_SIMPLE`.
+    """
+    out: list[str] = []
+    budget = OVERLAP_CHARS
+    for d in scored.documents:
+        if budget <= 0:
+            break
+        out.append(d.text[:budget])
+        budget -= len(out[-1])
+    text = "\n".join(out)
+    if text.isascii():
+        return text.lower()
+    if ascii_terms and not any(c in text for c in LOWER_NOT_SIMPLE):
+        return text.encode("utf-8", "surrogatepass").lower()
+    return _overlap_text(scored)
 
 
 def _overlap_text(scored: Scored) -> str:

@@ -1,8 +1,9 @@
 """The floor search: the most aggressive compression whose predicted performance meets the floor.
 
-For one scored input, :meth:`FloorPolicy.compress` selects at every grid factor (cheap: the
-compressor scored the input once), computes the features once, predicts the whole grid in one
-vectorised call, and takes the most aggressive factor whose prediction, at the keep rate the
+For one scored input, :meth:`FloorPolicy.compress` selects at every grid factor in one pass
+(cheap: the compressor scored the input once, and the rates share their sorting and budget walks,
+:mod:`pocsdk.compressors.grid`), computes the features once as arrays over the grid, predicts the
+whole grid in one vectorised call, and takes the most aggressive factor whose prediction, at the keep rate the
 compressor actually achieved there, minus the calibration margin (when a confidence is set)
 still reaches the floor. When no factor does, the context passes through unchanged and the
 result says so (``passthrough=True``, ``floor.met=False``).
@@ -28,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from pocsdk.compressors.base import Scored, Selection, TextCompressor, passthrough_selection, render
+from pocsdk.compressors.grid import select_many
 from pocsdk.errors import ArtifactError, ConfigError
 from pocsdk.prediction.conformal import NO_PROMISE, Calibration
 from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff
-from pocsdk.prediction.features import context_features, factor_features
+from pocsdk.prediction.features import context_features, factor_columns, factor_rows
 from pocsdk.prediction.predictors import Predictor, load_predictor
 from pocsdk.types import CompressionResult, FloorDecision, check_unit_interval
 
@@ -89,6 +91,8 @@ class FloorPolicy:
         self.task = task
         names = getattr(predictor, "feature_names_", None)
         self._needed: list[str] | None = list(names) if isinstance(names, list) else None
+        # pocsdk's own predictors take the feature arrays as they are (no per-factor dicts)
+        self._columns = isinstance(predictor, Predictor) and type(predictor).predict is Predictor.predict
         if calibration is not None:
             _check_calibration(calibration, predictor, self.compressor, self.factors)
 
@@ -157,12 +161,19 @@ class FloorPolicy:
     def predict(self, compressor: TextCompressor, scored: Scored) -> tuple[np.ndarray, list[Any]]:
         """Predicted performance over :attr:`factors` and the selection at each factor."""
         # factor 1 keeps everything: no need to ask the compressor
+        asked = iter(select_many(compressor, scored, [1.0 / f for f in self.factors if f > 1.0]))
         selections = [Selection(keep=np.ones(len(scored.units), dtype=bool), keep_rate=1.0) if f <= 1.0
-                      else compressor.select(scored, 1.0 / f) for f in self.factors]
+                      else next(asked) for f in self.factors]
         ctx = context_features(scored, self.task, self._needed)
-        ff = factor_features(scored, self.factors, selections)
-        pred = np.asarray(self.predictor.predict(ctx, self.factors, [ff]), dtype=np.float64).reshape(-1)
-        return pred, selections
+        return self._predict_grid(ctx, factor_columns(scored, self.factors, selections)), selections
+
+    def _predict_grid(self, ctx: dict[str, float], columns: dict[str, np.ndarray]) -> np.ndarray:
+        """One prediction per grid factor."""
+        if self._columns:
+            pred = self.predictor.predict_columns(ctx, self.factors, columns)
+        else:  # any object with ``predict``: the documented per-factor dicts
+            pred = self.predictor.predict(ctx, self.factors, [factor_rows(columns)])
+        return np.asarray(pred, dtype=np.float64).reshape(-1)
 
     def compress(self, compressor: TextCompressor, scored: Scored, floor: float,
                  confidence: float | None = None) -> CompressionResult:

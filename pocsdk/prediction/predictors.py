@@ -29,6 +29,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -99,6 +100,19 @@ def design_matrix(context: Sequence[Mapping[str, float]], per_factor: Sequence[S
     return m
 
 
+def column_matrix(context: Mapping[str, float], columns: Mapping[str, np.ndarray], names: Sequence[str],
+                  rows: int) -> np.ndarray:
+    """:func:`design_matrix` of one input whose per-factor features are arrays (``rows`` factors long)."""
+    m = np.empty((rows, len(names)))
+    per_factor = [j for j, name in enumerate(names) if name in columns]
+    shared = [j for j, name in enumerate(names) if name not in columns]
+    if per_factor:
+        m[:, per_factor] = np.stack([columns[names[j]] for j in per_factor], axis=1)
+    if shared:  # the same value on every row (NaN when the context lacks it)
+        m[:, shared] = [np.nan if (v := context.get(names[j])) is None else v for j in shared]
+    return m
+
+
 def training_rows(records: Sequence[LabelRecord], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X, y, example_index)`` with one row per example x factor."""
     if not records:
@@ -145,8 +159,10 @@ def _single_compressor(records: Sequence[LabelRecord], compressor: str | None) -
 
 def monotone_over_grid(pred: np.ndarray, factors: Sequence[float]) -> np.ndarray:
     """Running minimum along the factor axis (in ascending factor order), clipped to [0, 1]."""
-    f = np.asarray(factors, dtype=np.float64)
-    order = np.argsort(f, kind="stable")
+    fl = [float(x) for x in factors]
+    if all(a <= b for a, b in pairwise(fl)):  # ascending already (the floor search's grid)
+        return np.clip(np.minimum.accumulate(pred, axis=-1), 0.0, 1.0)
+    order = np.argsort(np.asarray(fl), kind="stable")
     out = np.minimum.accumulate(pred[..., order], axis=-1)
     res = np.empty_like(out)
     res[..., order] = out
@@ -219,6 +235,22 @@ class Predictor:
         flat = self._predict_rows(ctx, per).reshape(len(ctx), len(factors))
         out = monotone_over_grid(flat, factors)
         return out[0] if single else out
+
+    def predict_columns(self, context: Mapping[str, float], factors: Sequence[float],
+                        columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`predict` for one input whose per-factor features are arrays over ``factors``.
+
+        The floor search's fast path (no per-factor dicts); same predictions, shape ``(n_factors,)``.
+        """
+        cols = dict(columns)
+        if "factor" not in cols or "log_factor" not in cols:  # as predict() fills them in
+            fl = [max(float(f), 1.0) for f in factors]
+            cols = {"factor": np.asarray(fl), "log_factor": np.array([math.log(f) for f in fl]), **columns}
+        return monotone_over_grid(self._predict_columns(context, cols, len(factors)), factors)
+
+    def _predict_columns(self, ctx: Mapping[str, float], columns: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        lists = {k: np.asarray(v).tolist() for k, v in columns.items()}
+        return self._predict_rows([ctx], [[{k: v[i] for k, v in lists.items()} for i in range(rows)]])
 
     def predict_records(self, records: Sequence[LabelRecord]) -> list[np.ndarray]:
         """Predictions for label records, each over its own factor grid."""
@@ -347,12 +379,20 @@ class ContextAgnosticPredictor(Predictor):
         self._require_fitted()
         out: list[np.ndarray] = []
         for c, pf in zip(ctx, per, strict=False):
-            code = int(c.get("task_code", TASKS.index("other")))
-            name = TASKS[code] if 0 <= code < len(TASKS) else "other"
-            kx, ky = self.curves_.get(name, self.curves_["*"])
             lx = np.array([ff.get("log_achieved_factor", ff["log_factor"]) for ff in pf], dtype=np.float64)
-            out.append(np.interp(lx, kx, ky))
+            out.append(np.interp(lx, *self._curve(c)))
         return np.concatenate(out) if out else np.zeros(0)
+
+    def _predict_columns(self, ctx: Mapping[str, float], columns: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        self._require_fitted()
+        lx = columns.get("log_achieved_factor", columns["log_factor"])
+        return np.interp(np.asarray(lx, dtype=np.float64), *self._curve(ctx))
+
+    def _curve(self, ctx: Mapping[str, float]) -> tuple[list[float], list[float]]:
+        """The curve of the context's task type (the pooled one for unknown or rare tasks)."""
+        code = int(ctx.get("task_code", TASKS.index("other")))
+        name = TASKS[code] if 0 <= code < len(TASKS) else "other"
+        return self.curves_.get(name, self.curves_["*"])
 
     def _feature_names(self) -> list[str]:
         return ["log_achieved_factor", "task_code"]
@@ -488,11 +528,22 @@ class LightGBMPredictor(Predictor):
     def _predict_rows(self, ctx: Sequence[Mapping[str, float]], per: list[list[dict[str, float]]]) -> np.ndarray:
         self._require_fitted()
         x = design_matrix(ctx, per, self.feature_names_)
-        if not self.residual:
+        lx = np.array([ff.get("log_achieved_factor", ff.get("log_factor", 0.0)) for pf in per for ff in pf]
+                      ) if self.residual else None
+        return self._predict_matrix(x, lx)
+
+    def _predict_columns(self, ctx: Mapping[str, float], columns: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        self._require_fitted()
+        x = column_matrix(ctx, columns, self.feature_names_, rows)
+        lx = np.asarray(columns.get("log_achieved_factor", columns["log_factor"])) if self.residual else None
+        return self._predict_matrix(x, lx)
+
+    def _predict_matrix(self, x: np.ndarray, log_achieved: np.ndarray | None) -> np.ndarray:
+        """Trees on the design matrix; a ``residual`` model adds the base curve at ``log_achieved``."""
+        if log_achieved is None:
             return np.asarray(self.booster_.predict(x, num_threads=self.num_threads), dtype=np.float64)
-        lx = np.array([ff.get("log_achieved_factor", ff.get("log_factor", 0.0)) for pf in per for ff in pf])
         raw = np.asarray(self.booster_.predict(x, raw_score=True, num_threads=self.num_threads), dtype=np.float64)
-        return np.asarray(1.0 / (1.0 + np.exp(-(raw + self._base_logit(lx)))), dtype=np.float64)
+        return np.asarray(1.0 / (1.0 + np.exp(-(raw + self._base_logit(log_achieved)))), dtype=np.float64)
 
     def _base_logit(self, log_achieved: np.ndarray) -> np.ndarray:
         """Logit of the pooled context-agnostic curve: the trees of a ``residual`` model correct it."""
@@ -593,7 +644,14 @@ class MLPPredictor(Predictor):
 
     def _predict_rows(self, ctx: Sequence[Mapping[str, float]], per: list[list[dict[str, float]]]) -> np.ndarray:
         self._require_fitted()
-        x = design_matrix(ctx, per, FEATURE_NAMES)
+        return self._forward(design_matrix(ctx, per, FEATURE_NAMES))
+
+    def _predict_columns(self, ctx: Mapping[str, float], columns: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        self._require_fitted()
+        return self._forward(column_matrix(ctx, columns, FEATURE_NAMES, rows))
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """The network on a design matrix over :data:`FEATURE_NAMES`."""
         h = np.nan_to_num((self._inputs(x) - self.mean_) / self.scale_)
         for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_, strict=False)):
             h = h @ w + b

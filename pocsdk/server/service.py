@@ -34,6 +34,7 @@ from pocsdk._version import __version__
 from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
 from pocsdk.compressors import TextCompressor, get_compressor
 from pocsdk.compressors.base import Scored, Selection
+from pocsdk.compressors.grid import select_many
 from pocsdk.errors import ConfigError, PocError, UnknownCompressorError
 from pocsdk.server.batching import Batcher, BatcherClosed, BatchTimeout, DirectRunner
 from pocsdk.server.common import (
@@ -198,6 +199,10 @@ class _Prescorable:
 
     def select(self, scored: Scored, keep_rate: float) -> Selection:
         return self.inner.select(scored, keep_rate)
+
+    def select_many(self, scored: Scored, keep_rates: Sequence[float]) -> list[Selection]:
+        """The floor search's grid of selections, shared work as for the inner compressor."""
+        return select_many(self.inner, scored, keep_rates)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

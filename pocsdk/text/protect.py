@@ -14,7 +14,7 @@ A unit (sentence, row, code block) that overlaps a protected span is kept whole.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,22 +33,48 @@ _IMPERATIVE = re.compile(
     re.IGNORECASE,
 )
 # A directive's subject opens the sentence or a clause ("When unsure, you must ask"); "you" deep inside a
-# sentence ("what you should know about ...") is narrative far more often than an instruction.
-_DIRECTIVE = re.compile(
-    r"(?:^" + _LEAD + r"|[,;:]\s+|\bthen\s+)"
+# sentence ("what you should know about ...") is narrative far more often than an instruction. One rule,
+# compiled per place it can start: a search for ``[,;:]`` skips ahead fast, one for a leading ``\b`` does not.
+_SUBJECT_MODAL = (
     r"(?:you|the\s+assistant|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|have\s+to"
     r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|can't|will\s+not"
     r"|never|do\s+not|don't)\b"
-    r"|[,;:]\s+(?:never|do\s+not|don't)\s+(?!\w+ed\b)\w"  # "If asked, never reveal it."
-    r"|^" + _LEAD + r"under\s+no\s+circumstances\b"
-    r"|\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b",
+)
+_DIRECTIVE_AT_START = re.compile(  # matched at the start only
+    _LEAD + r"(?:" + _SUBJECT_MODAL + r"|under\s+no\s+circumstances\b)", re.IGNORECASE
+)
+_DIRECTIVE_IN_CLAUSE = re.compile(
+    r"[,;:]\s+(?:" + _SUBJECT_MODAL + r"|(?:never|do\s+not|don't)\s+(?!\w+ed\b)\w)",  # "If asked, never reveal it."
     re.IGNORECASE,
 )
-
-
-# Every _DIRECTIVE alternative contains one of these (lower-cased); a substring test skips the regex for
-# the vast majority of sentences, which is most of the cost of protection on long contexts.
+_DIRECTIVE_AFTER_THEN = re.compile(r"\bthen\s+" + _SUBJECT_MODAL, re.IGNORECASE)
+_FORBIDDEN = re.compile(r"\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b", re.IGNORECASE)
+# A directive counts only in a sentence with one of these (lower-cased) words: the rule since protection began,
+# and a cheap test that skips the regexes for the vast majority of sentences.
 _DIRECTIVE_HINTS = ("you", "assistant", "model", "never", "not", "n't", "circumstances", "forbidden", "prohibited")
+# Lower-case words the last two rules need (no "i" or "s": under IGNORECASE those also match "ı", "ſ", which
+# lower() keeps), so substring tests skip their slow searches.
+_THEN_HINT = "then"
+_FORBIDDEN_HINTS = ("forb", "proh", "allowed")
+# An _IMPERATIVE match opening with a letter opens with a keyword, "please", "important" or "note", so its
+# lower-cased text starts with one of these, listed by first character. Under IGNORECASE "ı" and "İ" also
+# match "i" and "ſ" matches "s", and lower() keeps "ı" and "ſ" and makes "İ" "i\u0307": so the prefixes
+# stop before an "i" or "s", or come in those variants too.
+_IMPERATIVE_OPENINGS = {
+    "a": ("alway", "ans", "an\u017f", "avo"),
+    "c": ("cit", "ci\u0307", "c\u0131"),
+    "d": ("do",),
+    "e": ("ens", "en\u017f", "excl"),
+    "f": ("form",),
+    "i": ("inc", "ign", "imp", "i\u0307"),
+    "\u0131": ("\u0131",),
+    "m": ("mus", "mu\u017f", "make"),
+    "n": ("neve", "note"),
+    "o": ("only", "outp"),
+    "p": ("plea",),
+    "r": ("res", "re\u017f", "repl", "retu", "refu"),
+    "w": ("wri", "wr\u0131"),
+}
 _CLOSERS = "\"'\u201d\u2019)]"
 
 
@@ -58,49 +84,78 @@ def is_instruction(sentence: str) -> bool:
     Questions are never instructions ("Don't you agree?"). Measured on Wikipedia, news and lecture
     transcripts (tests/test_real_data.py) these rules protect well under 5% of tokens.
     """
-    if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
-        return False
-    if _IMPERATIVE.match(sentence):
-        return True
-    lowered = sentence.lower()
-    if not any(hint in lowered for hint in _DIRECTIVE_HINTS):
-        return False
-    return bool(_DIRECTIVE.search(sentence))
+    low = sentence.lower()
+    return _is_instruction(sentence, low, _has_any(low, _DIRECTIVE_HINTS))
 
 
 def instruction_mask(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """:func:`is_instruction` for every unit ``text[starts[i]:ends[i]]`` of one document, in one pass.
+    """:func:`is_instruction` for every unit ``text[starts[i]:ends[i]]`` of one document."""
+    return instruction_flags([text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
 
-    Hint words are found once in the lower-cased document (``str.find`` runs in C) and mapped to units,
-    so the directive regex runs only on the few units that contain one.
+
+def instruction_flags(sentences: list[str]) -> np.ndarray:
+    """:func:`is_instruction` of each sentence; the hint words are looked for in all of them at once."""
+    lows = [x.lower() for x in sentences]
+    hinted = _containing_any(lows, _DIRECTIVE_HINTS)
+    out = np.zeros(len(sentences), dtype=bool)
+    for i, (x, low, h) in enumerate(zip(sentences, lows, hinted, strict=True)):
+        if (h or _may_be_imperative(x, low)) and _is_instruction(x, low, h):  # most sentences: neither
+            out[i] = True
+    return out
+
+
+def _may_be_imperative(sentence: str, low: str) -> bool:
+    """False when ``_IMPERATIVE`` cannot match: the sentence opens with a letter but with no keyword's."""
+    return not sentence[:1].isalpha() or low.startswith(_IMPERATIVE_OPENINGS.get(low[:1], ()))
+
+
+def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:
+    """:func:`is_instruction` given the lower-cased sentence and whether it holds a directive hint word."""
+    imperative = _may_be_imperative(sentence, low) and _IMPERATIVE.match(sentence)
+    if not (imperative or (hinted and _is_directive(sentence, low))):
+        return False
+    return not sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+
+
+def _is_directive(sentence: str, low: str) -> bool:
+    """A modal directive addressed to the reader (the sentence holds a hint word)."""
+    return bool(
+        _DIRECTIVE_AT_START.match(sentence)
+        or (_has_any(sentence, ",;:") and _DIRECTIVE_IN_CLAUSE.search(sentence))
+        or (_THEN_HINT in low and _DIRECTIVE_AFTER_THEN.search(sentence))
+        or (_has_any(low, _FORBIDDEN_HINTS) and _FORBIDDEN.search(sentence))
+    )
+
+
+def _has_any(text: str, parts: Iterable[str]) -> bool:
+    for part in parts:
+        if part in text:
+            return True
+    return False
+
+
+def _containing_any(texts: list[str], words: Sequence[str]) -> list[bool]:
+    """``_has_any(text, words)`` for each of ``texts`` (``words`` ASCII).
+
+    The ASCII texts are joined by "\\n" (so no word is found across two) and searched once per word:
+    ``str.find`` over one one-byte-per-character buffer beats many ``in`` tests. The others are tested alone.
     """
-    n = len(starts)
-    out = np.zeros(n, dtype=bool)
-    if n == 0:
+    ascii_idx = [i for i, t in enumerate(texts) if t.isascii()]
+    out = [not t.isascii() and _has_any(t, words) for t in texts]
+    if not ascii_idx:
         return out
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a few characters change length when lower-cased: no position mapping
-        spans = zip(starts.tolist(), ends.tolist(), strict=True)
-        return np.array([is_instruction(text[s:e]) for s, e in spans], dtype=bool)
+    ascii_texts = [texts[i] for i in ascii_idx]
+    joined = "\n".join(ascii_texts)
     hits: list[int] = []
-    for hint in _DIRECTIVE_HINTS:
-        pos = lowered.find(hint)
+    for word in words:
+        pos = joined.find(word)
         while pos >= 0:
             hits.append(pos)
-            pos = lowered.find(hint, pos + 1)
-    candidate = np.zeros(n, dtype=bool)
+            pos = joined.find(word, pos + 1)
     if hits:
-        idx = np.searchsorted(starts, np.asarray(hits, dtype=np.int64), side="right") - 1
-        ok = idx >= 0
-        idx = idx[ok]
-        inside = np.asarray(hits, dtype=np.int64)[ok] < ends[idx]
-        candidate[idx[inside]] = True
-    for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        sentence = text[s:e]
-        if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
-            continue
-        if _IMPERATIVE.match(sentence) or (candidate[i] and _DIRECTIVE.search(sentence)):
-            out[i] = True
+        ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)) + 1)
+        for k in np.unique(np.searchsorted(ends, hits, side="right")).tolist():
+            out[ascii_idx[k]] = True
     return out
 
 

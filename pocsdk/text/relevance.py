@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from pocsdk.errors import ConfigError, MissingDependencyError
-from pocsdk.text.tokens import CJK, DIGIT, LETTER, char_classes
+from pocsdk.text.tokens import CJK, DIGIT, LETTER, classes_of, code_points
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TERM = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
@@ -89,18 +89,14 @@ class BM25Relevance:
 
     def _bm25(self, bag: _TermBag, norm: np.ndarray, n: int, weights: list[tuple[int, float]]) -> np.ndarray:
         """BM25 for (term id, weight) pairs, summed in the given order (as the scalar formula)."""
-        scores = np.zeros(n)
-        if not weights:
-            return scores
-        tf = bag.dense_tf([t for t, _ in weights], n)
-        for j, (t, w) in enumerate(weights):
-            d = int(bag.df[t])
-            if not d:
-                continue
-            idf = math.log(1.0 + (n - d + 0.5) / (d + 0.5))
-            col = tf[:, j]
-            scores += w * idf * col * (self.k1 + 1.0) / (col + norm)
-        return scores
+        dfs = bag.df[[t for t, _ in weights]].tolist() if weights else []
+        weighted = [(t, w, d) for (t, w), d in zip(weights, dfs, strict=True) if d]
+        if not weighted:
+            return np.zeros(n)
+        tf = bag.dense_tf([t for t, _, _ in weighted], n)
+        scale = np.array([w * math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for _, w, d in weighted])  # w * idf
+        parts = scale * tf * (self.k1 + 1.0) / (tf + norm[:, None])
+        return np.cumsum(parts, axis=1)[:, -1]  # term by term, left to right: the scalar formula's sum
 
     def _centroid(self, bag: _TermBag, n: int) -> list[tuple[int, float]]:
         """The document's most characteristic terms (tf x idf over terms in 2+ units), weights max 1."""
@@ -145,16 +141,19 @@ class _TermBag:
         term, which was most of the cost on long contexts); ids are dense, in first-occurrence order.
         """
         lows = [u.lower() for u in units]
-        joined = "\n".join(lows)  # whitespace: no term crosses units
-        starts, ends = _term_spans(joined)
-        hashes = _span_hashes(joined, starts, ends)
-        offsets = np.cumsum([0, *(len(x) + 1 for x in lows[:-1])])
-        unit = np.searchsorted(offsets, starts, side="right") - 1
-        real = ~np.isin(hashes, _stop_hashes())
-        uniq, first_idx, inverse = np.unique(hashes[real], return_index=True, return_inverse=True)
-        rank = np.empty(uniq.size, dtype=np.int64)
-        rank[np.argsort(first_idx, kind="stable")] = np.arange(uniq.size)
-        return cls(rank[inverse].astype(np.int64), unit[real], uniq, rank)
+        cps = code_points("\n".join(lows))  # whitespace: no term crosses units
+        starts, ends = _term_spans_of(cps)
+        hashes = _span_hashes_of(cps, starts, ends)
+        uniq, inverse, first = _group(hashes)
+        keep = ~_is_stopword(uniq)
+        first_kept = first[keep]
+        is_first = np.zeros(hashes.size, dtype=bool)
+        is_first[first_kept] = True
+        rank = np.full(uniq.size, -1, dtype=np.int64)  # term id of each distinct hash (-1: stopword)
+        rank[keep] = (np.cumsum(is_first) - 1).take(first_kept)  # ids in order of first occurrence
+        real = np.flatnonzero(keep.take(inverse))
+        unit = _owners(lows, starts)
+        return cls(rank.take(inverse.take(real)), unit.take(real), uniq[keep], rank[keep])
 
     def ids_of(self, weights: list[tuple[str, int]]) -> list[tuple[int, float]]:
         """Weighted terms known to the bag, by id, in the given order."""
@@ -174,26 +173,35 @@ class _TermBag:
 
     def dense_tf(self, ids: list[int], n: int) -> np.ndarray:
         """Term frequency of each of ``ids`` in each unit, shape (n, len(ids))."""
-        out = np.zeros((n, len(ids)))
+        k = len(ids)
         col = np.full(self.n_terms, -1, dtype=np.int64)
-        col[ids] = np.arange(len(ids))
-        hit = col[self.term] >= 0
-        np.add.at(out, (self.unit[hit], col[self.term[hit]]), 1.0)
-        return out
+        col[ids] = np.arange(k)
+        where = col.take(self.term)
+        hit = np.flatnonzero(where >= 0)
+        cell = self.unit.take(hit) * k + where.take(hit)
+        return np.bincount(cell, minlength=n * k).reshape(n, k).astype(np.float64)
 
 
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
 _HASH_INV = pow(_HASH_BASE, -1, 2**64)
+_HASH_MIX = 0xD6E8FEB86659FD93  # odd: multiplying by it is a bijection on uint64
 
 
 def _term_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
     """Start and end of every term of (lower-cased) ``text``: letter/digit runs and single CJK characters."""
-    cls_ = char_classes(text)
-    word = ((cls_ == LETTER) | (cls_ == DIGIT)).view(np.int8)
-    edges = np.diff(word, prepend=np.int8(0), append=np.int8(0))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    cjk = np.flatnonzero(cls_ == CJK)
-    if cjk.size:
+    return _term_spans_of(code_points(text))
+
+
+def _term_spans_of(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_term_spans` of the text with code points ``cps``."""
+    cls_ = classes_of(cps)
+    word = np.zeros(cls_.size + 2, dtype=np.int8)
+    word[1:-1] = (cls_ == LETTER) | (cls_ == DIGIT)
+    edges = np.flatnonzero(word[1:] != word[:-1])  # a run's start, then its end, and so on
+    starts, ends = edges[0::2], edges[1::2]
+    cjk_mask = cls_ == CJK
+    if cjk_mask.any():
+        cjk = np.flatnonzero(cjk_mask)
         starts, ends = np.concatenate([starts, cjk]), np.concatenate([ends, cjk + 1])
         order = np.argsort(starts, kind="stable")
         starts, ends = starts[order], ends[order]
@@ -201,15 +209,31 @@ def _term_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _span_hashes(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """64-bit polynomial hash of each ``text[start:end]`` (wrapping uint64 arithmetic), mixed with its length."""
-    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    """64-bit polynomial hash of each ``text[start:end]`` (wrapping uint64 arithmetic), mixed with its length.
+
+    The last, invertible multiply makes the high bits depend on every character, which :func:`_group`
+    relies on (a short term's polynomial hash differs from another's in the low bits only).
+    """
+    return _span_hashes_of(code_points(text), starts, ends)
+
+
+def _span_hashes_of(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """:func:`_span_hashes` of the text with code points ``cps``."""
     n = cps.size
     powers, inverse = _hash_powers(n + 1)
     with np.errstate(over="ignore"):
-        prefix = np.zeros(n + 1, dtype=np.uint64)
+        prefix = np.empty(n + 1, dtype=np.uint64)
+        prefix[0] = 0
         np.cumsum((cps + np.uint64(1)) * powers[:n], dtype=np.uint64, out=prefix[1:])
-        h = (prefix[ends] - prefix[starts]) * inverse[starts]
-        return h ^ ((ends - starts).astype(np.uint64) << np.uint64(56))
+        h = (prefix.take(ends) - prefix.take(starts)) * inverse.take(starts)
+        return (h ^ ((ends - starts).astype(np.uint64) << np.uint64(56))) * np.uint64(_HASH_MIX)
+
+
+def _owners(texts: list[str], starts: np.ndarray) -> np.ndarray:
+    """Index of the text each position of ``"\\n".join(texts)`` in (sorted) ``starts`` falls in."""
+    offsets = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1) - 1
+    first = np.searchsorted(starts, np.concatenate([[0], offsets[:-1] + 1]))  # the first term of each text
+    return np.repeat(np.arange(len(texts)), np.diff(first, append=starts.size))
 
 
 _POWERS: list[np.ndarray] = []
@@ -226,6 +250,40 @@ def _hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
             table = np.cumprod(table, axis=1, dtype=np.uint64)
         _POWERS[:] = [table[0], table[1]]
     return _POWERS[0], _POWERS[1]
+
+
+def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``values`` (sorted), the index of each value among them, and where each first occurs.
+
+    ``np.unique(values, return_index=True, return_inverse=True)`` reordered, several times faster: that
+    argsorts, and numpy sorts uint64 with SIMD but argsorts them without. Here the position rides in the
+    low bits of a plain sort key; in the rare case that two different values share the high bits (well
+    mixed hashes: under one in a thousand even for millions of characters), np.unique decides.
+    """
+    n = values.size
+    if n < 2:
+        return values, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bits = np.uint64(int(n - 1).bit_length())
+    keys = np.sort((values >> bits << bits) | np.arange(n, dtype=np.uint64))
+    pos = (keys & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
+    high = keys >> bits
+    new = np.empty(n, dtype=bool)  # a new group (high bits) starts here
+    new[0] = True
+    np.not_equal(high[1:], high[:-1], out=new[1:])
+    ordered = values.take(pos)  # by the high bits, then by position
+    if np.count_nonzero(ordered[1:] != ordered[:-1]) != np.count_nonzero(new) - 1:  # two values in one group
+        uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        return uniq, inverse.reshape(-1), first
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[pos] = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    return ordered.take(starts), inverse, pos.take(starts)
+
+
+def _is_stopword(hashes: np.ndarray) -> np.ndarray:
+    stop = _stop_hashes()
+    at = np.minimum(np.searchsorted(stop, hashes), stop.size - 1)
+    return stop[at] == hashes
 
 
 @lru_cache(maxsize=1)

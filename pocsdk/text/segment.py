@@ -11,7 +11,12 @@ lines, key-value dumps) are cut at clause punctuation, then at whitespace.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
 
 # Unit kinds, stored as small ints in arrays.
 SENTENCE, CODE, TABLE_ROW, LIST_ITEM, HEADING, FRAGMENT = range(6)
@@ -35,7 +40,8 @@ _LIST = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)])\s")
 _TABLE = re.compile(r"[ \t]*\|")
 # A line opening with a quote, brace or bracket starts a record (JSON, key-value dumps), not wrapped prose.
 _RECORD_START = re.compile(r"[\"'{}\[\]<]")
-_LINE_END_TERMINAL = re.compile(r"[.!?:;\u3002\uff01\uff1f\uff1a\"'\)\]]\s*$")
+# A line whose last character is one of these ends its sentence (lines are trimmed, so no regex is needed).
+_LINE_END_TERMINAL = frozenset(".!?:;\u3002\uff01\uff1f\uff1a\"')]")
 # A sentence ends after terminal punctuation (plus closing quotes/brackets) followed by
 # whitespace, or right after a CJK full stop. The leading character class lets ``re`` skip ahead fast;
 # the look-behinds pick the Latin or the CJK rule for the run that follows.
@@ -53,6 +59,9 @@ _ABBREV = frozenset(
 _ABBREV_UNLESS_CAPITAL = frozenset(
     "etc no nos inc ltd co corp est al jan feb mar apr jun jul aug sep sept oct nov dec".split()
 )
+_TERMINALS = ".!?\u3002\uff01\uff1f"  # the characters a _SENT_END match starts with
+_LATIN_TERMINALS = ".!?"
+_LONGER_THAN_ABBREVIATIONS = 7  # letters; checked against both lists in the tests
 _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*$")
 _NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*(\w)")
 _CLAUSE_BREAK = re.compile(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*")
@@ -63,18 +72,33 @@ MAX_UNIT_CHARS = 480
 
 def segment(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> list[Unit]:
     """Split ``text`` into units; see the module docstring for the rules."""
-    units: list[Unit] = []
+    return [Unit(*row) for row in _segment_rows(text, max_unit_chars)]
+
+
+def segment_arrays(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> tuple[np.ndarray, ...]:
+    """:func:`segment` as int64 columns ``(start, end, paragraph, kind)``: no per-unit objects."""
+    rows = _segment_rows(text, max_unit_chars)
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=4 * len(rows))
+    start, end, paragraph, kind = flat.reshape(-1, 4).T.copy()  # contiguous columns
+    return start, end, paragraph, kind
+
+
+def _segment_rows(text: str, max_unit_chars: int) -> list[tuple[int, int, int, int]]:
+    """:func:`segment` as ``(start, end, paragraph, kind)`` tuples."""
+    rows: list[tuple[int, int, int, int]] = []
+    marks = _SentenceEnds(text)
     para = 0
     pos = 0
-    for m in _FENCE.finditer(text):
-        para = _segment_prose(text, pos, m.start(), para, units, max_unit_chars)
+    fences = _FENCE.finditer(text) if "```" in text or "~~~" in text else ()  # a fence needs three in a row
+    for m in fences:
+        para = _segment_prose(text, pos, m.start(), para, rows, max_unit_chars, marks)
         s, e = _strip(text, m.start(), m.end())
         if s < e:
-            units.append(Unit(s, e, para, CODE))
+            rows.append((s, e, para, CODE))
             para += 1
         pos = m.end()
-    _segment_prose(text, pos, len(text), para, units, max_unit_chars)
-    return units
+    _segment_prose(text, pos, len(text), para, rows, max_unit_chars, marks)
+    return rows
 
 
 def paragraphs(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
@@ -96,19 +120,81 @@ def paragraphs(text: str, start: int = 0, end: int | None = None) -> list[tuple[
 def sentences(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Sentence spans inside ``text[start:end]``, whitespace trimmed."""
     end = len(text) if end is None else end
+    ends = [(m.start(), m.end()) for m in _SENT_END.finditer(text, start, end)]
+    return _cut_sentences(text, start, end, ends)
+
+
+def _cut_sentences(text: str, start: int, end: int, ends: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sentence spans of ``text[start:end]`` given the ``_SENT_END`` matches inside it."""
     out: list[tuple[int, int]] = []
     pos = start
-    for m in _SENT_END.finditer(text, start, end):
-        cut = m.end()
-        if text[m.start()] == "." and _is_abbreviation(text, pos, m.start()):
+    n = _LONGER_THAN_ABBREVIATIONS
+    for m_start, cut in ends:
+        if (
+            text[m_start] == "."
+            and not (m_start - pos >= n and text[m_start - n:m_start].isalnum())  # a long word: no abbreviation
+            and _is_abbreviation(text, pos, m_start)
+        ):
             continue
-        s, e = _strip(text, pos, cut)
-        if s < e:
-            out.append((s, e))
+        # inline _strip for the usual sentence: one space before it (or none), punctuation at its end
+        s = pos + 1 if text[pos].isspace() else pos
+        if s < cut and not text[s].isspace() and not text[cut - 1].isspace():
+            out.append((s, cut))
+        else:
+            s, e = _strip(text, pos, cut)
+            if s < e:
+                out.append((s, e))
         pos = cut
     s, e = _strip(text, pos, end)
     if s < e:
         out.append((s, e))
+    return out
+
+
+class _SentenceEnds:
+    """All ``_SENT_END`` matches of a text, found once; :meth:`within` hands out those of one line.
+
+    Equal to ``_SENT_END.finditer(text, start, end)`` for a trimmed line: matches hold no whitespace,
+    so none crosses into a line, and the only one a bounded search would miss (ending at ``end``,
+    where its look-ahead needs the next character) cuts where the line ends anyway. Candidates come
+    from ``str.find``: ``re`` scans for a leading character class several times slower.
+    """
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, text: str) -> None:
+        candidates: list[int] = []
+        for ch in _TERMINALS:
+            candidates += _find_all(text, ch)
+        candidates.sort()
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        scan = 0
+        match = _SENT_END.match
+        for p in candidates:
+            if p < scan:
+                continue
+            if text[p] in _LATIN_TERMINALS and text[p + 1:p + 2].isspace():
+                scan = p + 1  # the usual ". ": the match is the one character (no regex needed)
+            elif (m := match(text, p)) is not None:
+                scan = m.end()
+            else:
+                continue
+            self.starts.append(p)
+            self.ends.append(scan)
+
+    def within(self, start: int, end: int) -> Iterable[tuple[int, int]]:
+        i = bisect_left(self.starts, start)
+        j = bisect_right(self.ends, end)
+        return zip(self.starts[i:j], self.ends[i:j], strict=True)
+
+
+def _find_all(text: str, ch: str) -> list[int]:
+    out: list[int] = []
+    p = text.find(ch)
+    while p >= 0:
+        out.append(p)
+        p = text.find(ch, p + 1)
     return out
 
 
@@ -141,21 +227,24 @@ def clauses(text: str, start: int, end: int, min_words: int = 3) -> list[tuple[i
 
 
 def _segment_prose(
-    text: str, start: int, end: int, para: int, units: list[Unit], max_chars: int
+    text: str, start: int, end: int, para: int, rows: list[tuple[int, int, int, int]], max_chars: int,
+    marks: _SentenceEnds,
 ) -> int:
     for ps, pe in paragraphs(text, start, end):
         for ls, le, kind in _logical_lines(text, ps, pe):
-            if kind in (SENTENCE, LIST_ITEM):
-                spans = _item_sentences(text, ls, le) if kind == LIST_ITEM else sentences(text, ls, le)
-                kinds = [kind] + [SENTENCE] * (len(spans) - 1)
+            if kind == SENTENCE:
+                spans = _cut_sentences(text, ls, le, marks.within(ls, le))
+            elif kind == LIST_ITEM:
+                spans = _item_sentences(text, ls, le, marks)
             else:
-                spans, kinds = [(ls, le)], [kind]
-            for (s, e), k in zip(spans, kinds, strict=True):
+                spans = [(ls, le)]
+            for j, (s, e) in enumerate(spans):
+                k = kind if j == 0 else SENTENCE
                 if e - s > max_chars:
-                    for fs, fe in _split_long(text, s, e, max_chars):
-                        units.append(Unit(fs, fe, para, FRAGMENT if k == SENTENCE else k))
+                    piece_kind = FRAGMENT if k == SENTENCE else k
+                    rows.extend((fs, fe, para, piece_kind) for fs, fe in _split_long(text, s, e, max_chars))
                 else:
-                    units.append(Unit(s, e, para, k))
+                    rows.append((s, e, para, k))
         para += 1
     return para
 
@@ -169,12 +258,12 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
         line_end = end if nl < 0 else nl
         s, e = _strip(text, pos, line_end)
         if s < e:
-            kind = _line_kind(text, pos, line_end)
+            kind = SENTENCE if _plain_start(text, s, e) else _line_kind(text, pos, line_end)
             if (
                 out
                 and kind == SENTENCE
                 and out[-1][2] in (SENTENCE, LIST_ITEM)
-                and not _LINE_END_TERMINAL.search(text, out[-1][0], out[-1][1])
+                and text[out[-1][1] - 1] not in _LINE_END_TERMINAL
                 and not _RECORD_START.match(text, s, e)
             ):
                 out[-1][1] = e
@@ -182,6 +271,11 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
                 out.append([s, e, kind])
         pos = line_end + 1
     return [(s, e, k) for s, e, k in out]
+
+
+def _plain_start(text: str, s: int, e: int) -> bool:
+    """The trimmed line ``text[s:e]`` opens with a letter that starts no table row, heading or list marker."""
+    return text[s].isalpha() and text[s + 1:min(s + 2, e)] not in (".", ")")
 
 
 def _line_kind(text: str, start: int, end: int) -> int:
@@ -226,22 +320,31 @@ def _pack(text: str, start: int, end: int, cuts: list[int], max_chars: int) -> l
     return out
 
 
-def _item_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+def _item_sentences(text: str, start: int, end: int, marks: _SentenceEnds) -> list[tuple[int, int]]:
     """Sentences of a list item; its marker ("1.", "a)") is not a sentence end."""
     body = start
     while (m := _LIST.match(text, body, end)) is not None:  # nested markers: "- 1. item"
         body = m.end()
-    spans = sentences(text, body, end)
+    spans = _cut_sentences(text, body, end, marks.within(body, end))
     if not spans:
         return [(start, end)]
     return [(start, spans[0][1]), *spans[1:]]
 
 
 def _is_abbreviation(text: str, seg_start: int, dot: int) -> bool:
-    m = _WORD_BEFORE.search(text, max(seg_start, dot - 12), dot)
-    if not m:
-        return False
-    word = m.group(1).lower()
+    n = _LONGER_THAN_ABBREVIATIONS
+    if dot - seg_start >= n and text[dot - n:dot].isalnum():
+        return False  # a word too long for an abbreviation ends at the dot
+    lo = max(seg_start, dot - 12)
+    ch = text[dot - 1] if dot > lo else ""
+    if ch.isalnum() or ch == "_":
+        word = _word_before(text, lo, dot)  # what _WORD_BEFORE finds here, without its backtracking search
+    else:
+        m = _WORD_BEFORE.search(text, lo, dot)
+        if not m:
+            return False
+        word = m.group(1)
+    word = word.lower()
     if word in _ABBREV:
         return True
     if word in _ABBREV_UNLESS_CAPITAL:
@@ -253,13 +356,36 @@ def _is_abbreviation(text: str, seg_start: int, dot: int) -> bool:
     return False
 
 
+def _word_before(text: str, lo: int, dot: int) -> str:
+    """The run of word characters and dots ending at ``dot`` (``text[dot - 1]`` a word character), from ``lo``.
+
+    Only its first ``_LONGER_THAN_ABBREVIATIONS`` characters back are read: a longer run is no abbreviation.
+    """
+    stop = max(lo, dot - _LONGER_THAN_ABBREVIATIONS)
+    word = text[text.rfind(" ", stop, dot) + 1 or stop:dot]  # usually a space before the word
+    core = word.replace(".", "").replace("_", "")
+    if not core or core.isalnum():
+        return word
+    i = dot - 1  # other characters before it: walk back
+    while i > stop and (text[i - 1].isalnum() or text[i - 1] in "._"):  # \w or "."
+        i -= 1
+    return text[i:dot]
+
+
 def _word_count(text: str, start: int, end: int) -> int:
     return len(text[start:end].split())
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     """``(start, end)`` narrowed past leading and trailing whitespace (``str.isspace``); empty -> (end, end)."""
-    piece = text[start:end]
+    if start >= end:
+        return end, end
+    s = start
+    if text[s].isspace():
+        s += 1  # the usual single space after a sentence end
+    if s < end and not text[s].isspace() and not text[end - 1].isspace():
+        return s, end
+    piece = text[start:end]  # more whitespace: let str.strip find the edges
     core = piece.strip()
     if not core:
         return end, end

@@ -1,0 +1,89 @@
+"""Choosing words: pocsdk's token-weighted threshold over the whole input (with the line breaks joins
+add), and llmlingua 0.2.2's per-window cl100k percentile for ``llmlingua_compatible`` mode."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pocsdk.compressors.llmlingua2.shared import count_words
+from pocsdk.text.tokens import get_token_counter
+
+
+@dataclass
+class Layout:
+    """Where line breaks sit between units, so a selection's cost includes the breaks joins add."""
+
+    doc: np.ndarray
+    nl_start: np.ndarray  # line breaks in the document before the unit starts
+    nl_end: np.ndarray  # ... before it ends
+    own_break: np.ndarray  # the unit's token count already includes the break before it
+    break_tokens: int  # what one inserted line break costs in the target tokenizer
+
+    def extra_tokens(self, keep: np.ndarray) -> int:
+        """Tokens of line breaks that joining the kept units inserts beyond their own counts."""
+        if self.break_tokens <= 0:
+            return 0
+        idx = np.flatnonzero(keep)
+        if len(idx) < 2:
+            return 0
+        a, b = idx[:-1], idx[1:]
+        inserted = (self.doc[a] == self.doc[b]) & (self.nl_start[b] > self.nl_end[a]) & ~self.own_break[b]
+        return int(inserted.sum()) * self.break_tokens
+
+
+def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.ndarray,
+                  layout: Layout | None = None) -> np.ndarray:
+    """Keep the longest prefix of ``order`` (a score threshold) whose cost fits ``budget``.
+
+    ``keep`` (modified in place) holds units kept anyway; their cost counts first. With a
+    layout, the cost includes the line breaks joins insert: a binary search over the prefix
+    length, each step vectorised (the cost never falls as the prefix grows)."""
+    cand = order[~keep[order]]
+    csum = np.cumsum(tokens[cand])
+    used = int(tokens[keep].sum())
+    hi = int(np.searchsorted(csum, budget - used, side="right"))
+    if layout is None or layout.break_tokens <= 0:
+        keep[cand[:hi]] = True
+        return keep
+
+    def cost(k: int) -> int:
+        trial = keep.copy()
+        trial[cand[:k]] = True
+        return used + (int(csum[k - 1]) if k else 0) + layout.extra_tokens(trial)
+
+    lo = 0
+    while lo < hi:  # largest k in [0, hi] with cost(k) <= budget
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep[cand[:lo]] = True
+    return keep
+
+
+def _compatible_keep(x: dict[str, Any], keep_rate: float) -> np.ndarray:
+    """Per window, words above the percentile ``int(100 * (1 - rate) + 1)`` of their probabilities
+    repeated by cl100k token counts; a threshold of exactly 1.0 keeps words at 1.0 (llmlingua 0.2.2)."""
+    prob, chunk, n_oai = x["word_prob"], x["word_chunk"], x["word_oai_tokens"]
+    reduce_rate = max(0, 1 - keep_rate)
+    keep_word = np.ones(len(prob), dtype=bool)
+    if reduce_rate > 0 and len(prob):
+        q = int(100 * reduce_rate + 1)
+        bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
+        for a, b in itertools.pairwise(bounds.tolist()):
+            p = prob[a:b]
+            thr = np.percentile(np.repeat(p, n_oai[a:b]), q)
+            keep_word[a:b] = (p > thr) | ((thr == 1.0) & (p == thr))
+    return keep_word
+
+
+def _oai_counts(words: list[str]) -> np.ndarray:
+    """cl100k token counts of llmlingua's word strings (what its percentile is weighted by)."""
+    if not words:
+        return np.zeros(0, dtype=np.int64)
+    return count_words(get_token_counter("tiktoken:cl100k_base"), words)

@@ -1,0 +1,149 @@
+"""Token probabilities merged into words, vectorised: per-vocabulary lookup tables tell which token
+starts a word (BERT: not ``##``; XLM-R: ``▁``, punctuation, force tokens), then numpy over the
+concatenated token stream of every window."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pocsdk.compressors.llmlingua2.shared import _space_mask
+from pocsdk.compressors.llmlingua2.windows import _TokenStream
+
+
+@dataclass
+class _VocabTable:
+    starts: np.ndarray  # token begins a word (llmlingua's is_begin_of_new_word)
+    forced: np.ndarray  # token's pure form is a force token
+    digit: np.ndarray
+    special: np.ndarray
+    is_end: np.ndarray  # token is a chunk end token
+    raw: list[str]
+    pure: list[str]
+
+
+_TABLES: dict[tuple[Any, ...], _VocabTable] = {}
+
+
+def _vocab_table(tok: Any, family: str, force: Sequence[str], ends: Sequence[str]) -> _VocabTable:
+    """Per-vocabulary lookup tables, so merging words is array indexing (cached per tokenizer)."""
+    key = (id(tok), len(tok), family, tuple(force), tuple(ends))
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
+    vocab = [t if t is not None else "" for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
+    fset, eset = set(force), set(ends)
+    punct = string.punctuation  # llmlingua tests ``token in string.punctuation``: a substring test ("()" too)
+    if family == "bert":
+        pure = [t.lstrip("#") for t in vocab]  # llmlingua's lstrip("##") strips the same characters
+        starts = [p in fset or not t.startswith("##") for t, p in zip(vocab, pure, strict=True)]
+    else:
+        pure = [t.lstrip("▁") for t in vocab]
+        starts = [t in punct or t in fset or t.startswith("▁") for t in vocab]
+    specials = {tok.bos_token, tok.eos_token, tok.unk_token, tok.sep_token, tok.pad_token, tok.cls_token,
+                tok.mask_token} - {None}
+    digit = re.compile(r"\d")
+    table = _VocabTable(
+        starts=np.array(starts, dtype=bool),
+        forced=np.array([p in fset for p in pure], dtype=bool),
+        digit=np.array([bool(digit.search(t)) for t in vocab], dtype=bool),
+        special=np.array([t in specials for t in vocab], dtype=bool),
+        is_end=np.array([t in eset for t in vocab], dtype=bool),
+        raw=vocab,
+        pure=pure,
+    )
+    _TABLES[key] = table
+    return table
+
+
+@dataclass
+class _Words:
+    doc: np.ndarray
+    chunk: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    prob: np.ndarray  # with force tokens (and digits) at 1.0, as llmlingua thresholds
+    prob_raw: np.ndarray  # the model's own word probability
+    forced: np.ndarray
+    text: list[str]  # llmlingua's word strings (compatible mode only)
+
+
+def _words(streams: list[_TokenStream], chunks: list[tuple[int, int, int]], probs: list[np.ndarray],
+           table: _VocabTable, token_to_word: str, force_reserve_digit: bool, compat: bool) -> _Words:
+    """Merge token probabilities into words: pure numpy over the concatenated token stream."""
+    if not chunks:
+        z = np.zeros(0, dtype=np.int64)
+        return _Words(z, z, z, z, z.astype(float), z.astype(float), z.astype(bool), [])
+    ids = np.concatenate([s.ids for s in streams])
+    start = np.concatenate([s.start for s in streams])
+    end = np.concatenate([s.end for s in streams])
+    doc = np.concatenate([np.full(len(s.ids), s.doc, dtype=np.int64) for s in streams])
+    prob = np.concatenate(probs)
+    base = np.cumsum([0] + [len(s.ids) for s in streams])
+    chunk = np.full(len(ids), -1, dtype=np.int64)
+    first = np.zeros(len(ids), dtype=bool)
+    for ci, (si, a, b) in enumerate(chunks):
+        chunk[base[si] + a: base[si] + b] = ci
+    valid = ~np.isnan(prob) & (chunk >= 0)
+    if compat:
+        valid &= ~table.special[ids]
+    # the first valid token of every window starts a word
+    vidx = np.flatnonzero(valid)
+    vchunk = chunk[vidx]
+    first[vidx[np.r_[True, vchunk[1:] != vchunk[:-1]]]] = True
+    ids, start, end, doc, prob, chunk, first = (a[vidx] for a in (ids, start, end, doc, prob, chunk, first))
+    starts = table.starts[ids] | first
+    forced_tok = table.forced[ids] & starts
+    p_forced = np.where(forced_tok, 1.0, prob)
+    if force_reserve_digit:
+        p_forced = np.where(table.digit[ids], 1.0, p_forced)
+    wfirst = np.flatnonzero(starts)
+    wid = np.cumsum(starts) - 1
+    n_tok = np.bincount(wid)
+    w_prob: np.ndarray = p_forced[wfirst]
+    w_raw: np.ndarray = prob[wfirst]
+    if token_to_word == "mean":
+        w_prob = np.bincount(wid, weights=p_forced) / n_tok
+        w_raw = np.bincount(wid, weights=prob) / n_tok
+    w_start = np.minimum.reduceat(start, wfirst) if len(wfirst) else start[:0]
+    w_end = np.maximum.reduceat(end, wfirst) if len(wfirst) else end[:0]
+    w_start, w_end = _trim(streams, doc[wfirst], w_start, w_end)
+    forced_w = forced_tok[wfirst]
+    if force_reserve_digit and len(wfirst):
+        forced_w = forced_w | np.logical_or.reduceat(table.digit[ids], wfirst)
+    text: list[str] = []
+    if compat:
+        raw, pure = table.raw, table.pure
+        pieces = [raw[t] if s else pure[t] for t, s in zip(ids.tolist(), starts.tolist(), strict=True)]
+        bounds = [*wfirst.tolist(), len(ids)]
+        text = ["".join(pieces[a:b]) for a, b in itertools.pairwise(bounds)]
+    return _Words(doc[wfirst], chunk[wfirst], w_start, w_end, w_prob, w_raw, forced_w, text)
+
+
+def _trim(streams: list[_TokenStream], doc: np.ndarray, start: np.ndarray, end: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Word spans without surrounding whitespace; whitespace-only words become empty.
+
+    Only words whose first or last character is whitespace (XLM-R's lone ``▁`` pieces) are
+    walked in Python; the test is vectorised over a per-character whitespace mask."""
+    start, end = start.copy(), end.copy()
+    for s in streams:
+        sel = np.flatnonzero((doc == s.doc) & (end > start))
+        if not len(sel) or not s.text:
+            continue
+        space = _space_mask(s.text)
+        suspect = sel[space[start[sel]] | space[end[sel] - 1]]
+        for i in suspect.tolist():
+            a, b = int(start[i]), int(end[i])
+            while a < b and space[a]:
+                a += 1
+            while b > a and space[b - 1]:
+                b -= 1
+            start[i], end[i] = a, b
+    return start, end
