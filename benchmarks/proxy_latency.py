@@ -9,14 +9,16 @@ added work, and on 2 cores that CPU is taken from the servers being measured). F
 scenario and client count the same load goes to the upstream directly and through the
 proxy in alternating rounds (direct, proxy, proxy, direct, ...), so both see the same
 machine; the report gives p50 / p99 latency of each, the difference (the proxy's *added*
-latency), and the CPU time per request of the proxy, the upstream and this client
-(from ``/proc``, Linux only).
+latency), the CPU time per request of the proxy, the upstream and this client, and the
+proxy's run-queue time per request: how long its threads were ready to run but waited for
+a core, which on a shared machine is where added latency beyond the proxy's CPU goes (all
+from ``/proc``, Linux only).
 
 The proxy runs as ``pocsdk proxy`` does by default (floor 0.9, 64 requests in flight,
 prompt cache of 256); ``--keep-rate`` measures a fixed rate instead. Scenarios:
 
 * ``8k cold``: every request carries a different ~8k-token tool message (nothing cached:
-  each one is compressed, default compressor ``extractive``);
+  each one is compressed, the default compressor);
 * ``8k repeat``: the same ~8k-token request every time (the proxy's prompt cache answers);
 * ``short``: a one-line prompt under the compression threshold (pure proxy overhead).
 
@@ -123,6 +125,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
+def process_runqueue_s(pid: int) -> float:
+    """Seconds the threads of a process were ready to run but waited for a core (Linux
+    ``/proc/<pid>/task/*/schedstat``, nanoseconds; NaN elsewhere)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    total = 0
+    for task in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return total / 1e9
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and all its threads (Linux ``/proc``; NaN elsewhere)."""
     try:
@@ -202,6 +220,7 @@ class Block:
     errors: int = 0
     requests: int = 0
     proxy_cpu_s: float = 0.0
+    proxy_runqueue_s: float = 0.0
     upstream_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
 
@@ -305,7 +324,9 @@ def measure(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int
                 chunk = requests[name][pos:pos + per_round]
                 b = blocks[name]
                 p0, u0, c0 = process_cpu_s(pids["proxy"]), process_cpu_s(pids["upstream"]), time.process_time()
+                q0 = process_runqueue_s(pids["proxy"])
                 await run_block(conns[name], chunk, b)
+                b.proxy_runqueue_s += process_runqueue_s(pids["proxy"]) - q0
                 b.proxy_cpu_s += process_cpu_s(pids["proxy"]) - p0
                 b.upstream_cpu_s += process_cpu_s(pids["upstream"]) - u0
                 b.client_cpu_s += time.process_time() - c0
@@ -379,6 +400,7 @@ def main() -> None:
                 print(f"{scenario:<10} c={clients:<3} direct p50 {pct(d.latencies_ms, 50):7.1f}  proxy p50 "
                       f"{pct(p.latencies_ms, 50):7.1f}  added p50 {row.added(50):7.1f} p99 {row.added(99):7.1f} ms  "
                       f"proxy CPU {Row.per_request_ms(p.proxy_cpu_s, p):5.2f} ms/req  "
+                      f"proxy run-queue {Row.per_request_ms(p.proxy_runqueue_s, p):5.2f} ms/req  "
                       f"client CPU {Row.per_request_ms(p.client_cpu_s, p):5.2f} ms/req  errors {d.errors + p.errors}",
                       flush=True)
     finally:
@@ -409,13 +431,14 @@ def main() -> None:
 
 def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms: float,
             load: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    from pocsdk.compressors import DEFAULT_COMPRESSOR
     mode = f"--floor {args.floor}" if args.floor is not None else f"--keep-rate {args.keep_rate}"
     cores = os.cpu_count() or 1
     lines = [
         SECTION,
         "",
         (f"`{args.proxy_command}`" if args.proxy_command else
-         f"`pocsdk proxy --upstream URL {mode}` (compressor `extractive`, otherwise the CLI's "
+         f"`pocsdk proxy --upstream URL {mode}` (compressor `{DEFAULT_COMPRESSOR}`, otherwise the CLI's "
          "defaults: 64 in flight, prompt cache 256, floor predictor loaded at start-up, no access log)") + " in "
         f"front of a fake upstream answering after {args.upstream_ms:g} ms, each its own process on loopback "
         f"({server_stack()}). The load generator is a third process: *clients* simulated clients, each on its own "
@@ -423,15 +446,18 @@ def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms:
         "streams). Each level sends the same requests to the upstream directly and through the proxy in "
         f"{args.rounds} alternating rounds after a warm-up; *added* = proxy minus direct. CPU columns: CPU time "
         "per proxied request of the proxy process (all threads), of the upstream and of the load generator "
-        "(`/proc`, 10 ms ticks summed over the level). "
+        "(`/proc`, 10 ms ticks summed over the level); *proxy run-queue*: time per proxied request the proxy's "
+        "threads were ready to run but waited for a core (`/proc/<pid>/task/*/schedstat`), the part of the added "
+        "latency that is neither the proxy's work nor its I/O but other processes holding the cores. "
         f"*8k cold*: each request a different tool message of {n_tokens} tokens (heuristic counter) plus a "
         "question, so every one is compressed; *8k repeat*: one such request repeated (the proxy's prompt cache "
         "answers); *short*: a one-line prompt (no compression, pure proxy overhead). "
         f"In-process `Compressor.compress` of one such context: median {inproc_ms:.1f} ms CPU.",
         "",
         "| scenario | clients | requests | direct p50 ms | proxy p50 ms | added p50 ms | direct p99 ms | proxy p99 ms "
-        "| added p99 ms | proxy CPU ms/req | upstream CPU ms/req | client CPU ms/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| added p99 ms | proxy CPU ms/req | proxy run-queue ms/req | upstream CPU ms/req | client CPU ms/req "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         d, p = r.direct, r.proxy
@@ -439,6 +465,7 @@ def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms:
             f"| {r.scenario} | {r.clients} | {p.requests} | {pct(d.latencies_ms, 50):.1f} | "
             f"{pct(p.latencies_ms, 50):.1f} | {r.added(50):.1f} | {pct(d.latencies_ms, 99):.1f} | "
             f"{pct(p.latencies_ms, 99):.1f} | {r.added(99):.1f} | {Row.per_request_ms(p.proxy_cpu_s, p):.2f} | "
+            f"{Row.per_request_ms(p.proxy_runqueue_s, p):.2f} | "
             f"{Row.per_request_ms(p.upstream_cpu_s, p):.2f} | {Row.per_request_ms(p.client_cpu_s, p):.2f} | "
             f"{d.errors + p.errors} |")
     verdicts = []
@@ -451,13 +478,16 @@ def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms:
                             f"{r.clients} × {cpu:.2f} / {cores} cores = {r.clients * cpu / cores:.0f} ms)")
     one = {r.scenario: r for r in rows if r.clients == 1}
     at_one = []
-    if "short" in one:
-        at_one.append(f"{one['short'].added(50):.1f} ms p50 to a short prompt (no compression: parsing, forwarding "
-                      "and one more loopback exchange)")
-    if "8k repeat" in one:
-        at_one.append(f"{one['8k repeat'].added(50):.1f} ms to a repeated 8k context (a cache hit)")
-    if "8k cold" in one:
-        at_one.append(f"{one['8k cold'].added(50):.1f} ms to an 8k cold context, nearly all of it the compression")
+    for scenario, what in (("short", "a short prompt (no compression: parsing, forwarding and one more loopback "
+                                     "exchange)"),
+                           ("8k repeat", "a repeated 8k context (a cache hit)"),
+                           ("8k cold", "an 8k cold context")):
+        if scenario in one:
+            r = one[scenario]
+            at_one.append(f"{r.added(50):.1f} ms p50 to {what}, against "
+                          f"{Row.per_request_ms(r.proxy.proxy_cpu_s, r.proxy):.1f} ms of proxy CPU and "
+                          f"{Row.per_request_ms(r.proxy.proxy_runqueue_s, r.proxy):.1f} ms of its threads waiting "
+                          "for a core")
     upstream_cpu = [Row.per_request_ms(r.proxy.upstream_cpu_s, r.proxy) for r in rows if r.scenario == "short"]
     lines += [
         "",

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pocsdk.compressors import TextCompressor, get_compressor, render
+from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
 from pocsdk.compressors.base import Scored
 from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
 from pocsdk.types import (
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from pocsdk.prediction.floor import FloorPolicy
     from pocsdk.remote import RemoteCompressor
 
-DEFAULT_COMPRESSOR = "extractive"
 
 
 class Compressor:

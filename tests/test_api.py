@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pocsdk.compressor import Compressor
+from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
 from pocsdk.errors import (
     ConfigError,
     EmptyContextError,
@@ -148,7 +148,7 @@ def test_unknown_tokenizer_is_typed() -> None:
 
 def test_result_fields() -> None:
     res = Compressor(keep_rate=0.25).compress(TEXT, "castle")
-    assert res.compressor == "extractive" and res.tokenizer == "heuristic"
+    assert res.compressor == DEFAULT_COMPRESSOR == "skim" and res.tokenizer == "heuristic"
     assert res.requested_keep_rate == 0.25
     assert math.isclose(res.compression_factor, 1 / res.keep_rate)
     assert res.original_tokens == sum(d.original_tokens for d in res.documents)

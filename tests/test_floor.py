@@ -102,7 +102,7 @@ def test_confidence_needs_calibration(scored) -> None:  # type: ignore[no-untype
 
 
 def test_facade_with_stub_predictor() -> None:
-    c = Compressor(floor=0.9, predictor=StubPredictor([1.0, 0.97, 0.93, 0.85, 0.5]))
+    c = Compressor(floor=0.9, compressor="extractive", predictor=StubPredictor([1.0, 0.97, 0.93, 0.85, 0.5]))
     c._policy_for().factors = GRID
     res = c.compress(TEXT, "Which river?")
     assert res.floor is not None and res.floor.chosen_factor == 4.0 and res.floor.predictor == "stub"
@@ -128,7 +128,7 @@ def test_policy_from_directory_with_calibration(trained: Path) -> None:
     assert plain.floor is not None and cal.floor is not None
     assert cal.floor.margin >= 0.0 and cal.floor.confidence == 0.9
     assert cal.floor.chosen_factor <= plain.floor.chosen_factor
-    res = Compressor(floor=0.9, confidence=0.9, predictor=str(trained),
+    res = Compressor(floor=0.9, confidence=0.9, compressor="extractive", predictor=str(trained),
                      calibration=str(trained / "calibration.json")).compress(TEXT, "Which river?")
     assert res.floor is not None and res.floor.predictor == "lightgbm:extractive"
 

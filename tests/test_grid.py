@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pocsdk.compressors import get_compressor
+from pocsdk.compressors import get_compressor, grid
 from pocsdk.compressors.base import Scored, Selection, fill_budget
 from pocsdk.compressors.grid import fill_budgets, select_many
 
@@ -89,3 +89,18 @@ def test_fill_budgets_equals_fill_budget_row_by_row() -> None:
             want = fill_budget(walk, np.broadcast_to(costs, (m, n))[i], int(budgets[i]),
                                np.broadcast_to(chosen, (m, n))[i].copy())
             assert np.array_equal(got[i], want)
+
+
+def test_small_walks_in_python_equal_the_vectorised_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    cases = []
+    for _ in range(2000):
+        m, n = int(rng.integers(2, 8)), int(rng.integers(1, 30))
+        costs = rng.integers(0, int(rng.choice([3, 10, 60])), n if rng.random() < 0.5 else (m, n))
+        skip = rng.random(n if rng.random() < 0.5 else (m, n)) < rng.random() * 0.6
+        remaining = rng.integers(-3, int(costs.sum()) // m + 5, m)
+        cases.append((costs, remaining, skip))
+    small = [grid.fill_walk(*case) for case in cases]
+    monkeypatch.setattr(grid, "SMALL_WALK", 0)
+    for case, got in zip(cases, small, strict=True):
+        assert np.array_equal(got, grid.fill_walk(*case))

@@ -13,11 +13,15 @@ from pocsdk.errors import ConfigError
 from pocsdk.text.protect import (
     _CLOSERS,
     _DIRECTIVE_HINTS,
+    _FOLDS_APART,
     _IMPERATIVE,
     _LEAD,
+    _NEGATION_HINTS,
     _SUBJECT_MODAL,
+    NEGATION,
     Protection,
     _may_be_imperative,
+    has_negation,
     instruction_flags,
     instruction_mask,
     is_instruction,
@@ -199,3 +203,32 @@ def test_instruction_flags_and_mask_agree_with_is_instruction() -> None:
     assert instruction_flags(pieces).tolist() == expected
     assert instruction_mask(text, starts, ends).tolist() == expected
     assert expected == [True, False, True, False, True, True, True, False, False]
+
+
+_NEGATION_PIECES = st.sampled_from([
+    "not", "No", "NEVER", "none", "nor", "neither", "without", "Cannot", "can't", "don't", "doesn't", "WON'T",
+    "isn't", "mustn't", "except", "unless", "know", "now", "note", "another", "n't", "'t", "\u0130sn't",
+    "\u0131sn't", "\u017fhouldn't", "mustn\u2019t", "x", "_", "1", "\u00e9", "\u4e2d", "\u03a3", "\u212a", "'", " ",
+    "\n", ".", ",", "n", "o", "t",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=st.lists(_NEGATION_PIECES, max_size=12), data=st.data())
+def test_has_negation_is_a_negation_search(parts: list[str], data: st.DataObject) -> None:
+    text = "".join(parts)
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, len(text)))
+    assert has_negation(text) == (NEGATION.search(text) is not None)
+    assert has_negation(text, start, end) == (NEGATION.search(text, start, end) is not None)
+
+
+def test_every_negation_word_holds_a_hint_and_lower_keeps_offsets() -> None:
+    """has_negation relies on both: a hint inside every word, and lower() one character for one (but "İ")."""
+    words = NEGATION.pattern.split("(?:")[1].split(")")[0].split("|")
+    assert all(any(h in w for h in _NEGATION_HINTS) for w in words)
+    every_char = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    assert [c for c in set(every_char) if len(c.lower()) != 1] == ["\u0130"]
+    assert "\u0130" in _FOLDS_APART
+    assert has_negation("Do it, or not.") and not has_negation("Another note, now.")
+    assert has_negation("xx don't", 3) and not has_negation("xdon't", 1)  # \b looks before ``start``

@@ -294,3 +294,41 @@ def test_segment_arrays_are_segment_as_columns(text: str, max_chars: int) -> Non
     start, end, paragraph, kind = segment_arrays(text, max_chars)
     rows = [(u.start, u.end, u.paragraph, u.kind) for u in segment(text, max_chars)]
     assert list(zip(start.tolist(), end.tolist(), paragraph.tolist(), kind.tolist(), strict=True)) == rows
+
+
+_CLAUSE_PIECES = st.sampled_from([",", ";", ":", "\uff0c", "\u3001", " ", "  ", "\n", "\u00a0", "a", "bb", "word",
+                                  "x,y", "\u4e2d"])
+
+
+def reference_clauses(text: str, start: int, end: int, min_words: int = 3) -> list[tuple[int, int]]:
+    """The rule as first written: word counts of the merged spans recounted with ``str.split``."""
+    pieces: list[list[int]] = []
+    pos = start
+    for m in re.finditer(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*", text[:end]):
+        if m.start() < start:
+            continue
+        s, e = _strip(text, pos, m.end())
+        if s < e:
+            pieces.append([s, e])
+        pos = m.end()
+    s, e = _strip(text, pos, end)
+    if s < e:
+        pieces.append([s, e])
+    merged: list[list[int]] = []
+    for piece in pieces:
+        if merged and len(text[merged[-1][0]:merged[-1][1]].split()) < min_words:
+            merged[-1][1] = piece[1]
+        else:
+            merged.append(piece)
+    if len(merged) > 1 and len(text[merged[-1][0]:merged[-1][1]].split()) < min_words:
+        last = merged.pop()
+        merged[-1][1] = last[1]
+    return [(s, e) for s, e in merged]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.lists(_CLAUSE_PIECES, max_size=40).map("".join), data=st.data(), min_words=st.integers(0, 5))
+def test_clauses_match_the_rule_with_recounted_words(text: str, data: st.DataObject, min_words: int) -> None:
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, len(text)))
+    assert clauses(text, start, end, min_words) == reference_clauses(text, start, end, min_words)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from pocsdk.calibration.datasets import Example
 from pocsdk.calibration.judges import Judge, get_judge
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
-from pocsdk.compressors import TextCompressor, get_compressor, render
+from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
 from pocsdk.errors import ConfigError, InvalidRateError, PocError
 
 FeaturizeFn = Callable[..., tuple[dict[str, float], list[dict[str, float]]]]
@@ -209,7 +209,7 @@ def run_calibration(
     examples: Iterable[Example],
     output: str | Path,
     *,
-    compressor: str = "extractive",
+    compressor: str = DEFAULT_COMPRESSOR,
     compressor_params: dict[str, Any] | None = None,
     judge: str = "retention",
     judge_options: dict[str, Any] | None = None,

@@ -10,6 +10,8 @@ from typing import Optional
 import typer
 
 from pocsdk.cli.app import app
+from pocsdk.cli.params import PARAM_HELP, parse_params
+from pocsdk.compressor import DEFAULT_COMPRESSOR
 from pocsdk.errors import PocError
 
 
@@ -17,7 +19,8 @@ from pocsdk.errors import PocError
 def calibrate(
     dataset: str = typer.Option(..., "--dataset", "-d",
                                 help="Dataset spec, e.g. nq_mixed:n=500,docs=5-20 or jsonl:/path/file.jsonl"),
-    compressor: str = typer.Option("extractive", "--compressor", "-c", help="Compressor registry name."),
+    compressor: str = typer.Option(DEFAULT_COMPRESSOR, "--compressor", "-c", help="Compressor registry name."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help=PARAM_HELP),
     judge: str = typer.Option("retention", "--judge", "-j", help="retention (offline) or llm."),
     output: Path = typer.Option(..., "--output", "-o", help="Labels JSONL to write (appended with --resume)."),
     factors: str = typer.Option("1,1.5,2,3,4,6,8,12,16,20", "--factors", help="Comma-separated factors >= 1."),
@@ -54,6 +57,7 @@ def calibrate(
                          "cache_path": str(llm_cache) if llm_cache else None}
         judge_options = {k: v for k, v in judge_options.items() if v is not None}
     try:
+        compressor_params = parse_params(param)
         examples = load_dataset(dataset, root=data_root or os.environ.get("POCSDK_DATA"))
         if limit:
             examples = examples[:limit]
@@ -61,7 +65,8 @@ def calibrate(
             err.print("[yellow]warning:[/yellow] pocsdk.prediction.features is not importable; "
                       "labels get empty feature dicts (metadata.features = 'missing')")
         stats = run_calibration(
-            examples, output, compressor=compressor, judge=judge, judge_options=judge_options, factors=grid,
+            examples, output, compressor=compressor, compressor_params=compressor_params, judge=judge,
+            judge_options=judge_options, factors=grid,
             workers=workers, resume=resume, overwrite=overwrite, progress=not quiet,
         )
     except PocError as exc:

@@ -35,6 +35,7 @@ from pocsdk.cli.jsonl import (
     open_input,
     parse_object,
 )
+from pocsdk.cli.params import PARAM_HELP, parse_params
 from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
 from pocsdk.errors import ConfigError, InputTooLargeError, InvalidInputError, InvalidTypeError, PocError
 from pocsdk.text.tokens import get_token_counter
@@ -209,6 +210,11 @@ def skip_done(lines: Iterator[RawLine], point: ResumePoint, fields: RecordFields
     return raw
 
 
+_FACADE_OPTIONS = frozenset({"keep_rate", "target_tokens", "floor", "confidence", "compressor", "predictor",
+                             "calibration", "tokenizer", "endpoint", "api_key"})
+"""Compressor() arguments that have their own option; ``--param`` takes the compressor's own."""
+
+
 @app.command("compress")
 def compress_command(
     source: Annotated[str, typer.Argument(metavar="IN", help="Input JSON Lines file, or '-' for stdin.")],
@@ -226,6 +232,7 @@ def compress_command(
     calibration: Annotated[
         Optional[str], typer.Option(help="With --floor: a calibration file for the predictor.")] = None,
     compressor: Annotated[str, typer.Option(help="Registered compressor name.")] = DEFAULT_COMPRESSOR,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help=PARAM_HELP)] = None,
     endpoint: Annotated[
         Optional[str], typer.Option(help="Compress on a remote 'pocsdk serve' service at this URL.")] = None,
     api_key: Annotated[
@@ -265,7 +272,8 @@ def compress_command(
             get_token_counter(tokenizer)  # fail now, not once per record
         engine = Compressor(keep_rate, target_tokens=target_tokens, floor=floor, confidence=confidence,
                             compressor=compressor, predictor=predictor, calibration=calibration,
-                            tokenizer=tokenizer, endpoint=endpoint, api_key=api_key)
+                            tokenizer=tokenizer, endpoint=endpoint, api_key=api_key,
+                            **parse_params(param, options=_FACADE_OPTIONS))
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
         stream, size = open_input(source)
     except (PocError, OSError) as exc:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from pocsdk.cli.app import app
+from pocsdk.compressors import DEFAULT_COMPRESSOR
 
 
 @app.command("proxy")
@@ -19,7 +20,7 @@ def proxy(
     keep_rate: Optional[float] = typer.Option(None, help="Fixed keep rate in (0, 1] instead of a floor."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
-    compressor: str = typer.Option("extractive", help="Compressor name."),
+    compressor: str = typer.Option(DEFAULT_COMPRESSOR, help="Compressor name."),
     min_tokens: int = typer.Option(512, help="User/tool texts with at least this many tokens are compressed."),
     api_key: Optional[str] = typer.Option(None, help="Key callers must send (default $POCSDK_PROXY_API_KEY; "
                                                      "none: callers' Authorization goes upstream)."),

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pocsdk.cli.app import app
+from pocsdk.cli.params import PARAM_HELP, parse_params
 from pocsdk.errors import PocError
 
 EXIT_USAGE = 2
@@ -24,6 +25,8 @@ def serve(
         "--compressor", "-c", help="Compressor to host (repeat for several; the first is the default).")] = None,
     model: Annotated[str | None, typer.Option(help="Model path or id for model-backed compressors.")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu (for compressors that take one).")] = "auto",
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help=PARAM_HELP + " Given to each hosted compressor that takes it.")] = None,
     predictor: Annotated[str | None, typer.Option(help="Predictor artifact for floor mode.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
@@ -61,6 +64,7 @@ def serve(
             compressors=list(compressor or [DEFAULT_COMPRESSOR]),
             model=model,
             device=device,
+            compressor_params=parse_params(param, options=("model", "device")),
             predictor=predictor,
             api_key=key,
             max_queue=max_queue,

@@ -22,6 +22,7 @@ from pocsdk.compressors.base import (
 from pocsdk.errors import ConfigError, UnknownCompressorError
 
 __all__ = [
+    "DEFAULT_COMPRESSOR",
     "Scored",
     "Selection",
     "TextCompressor",
@@ -32,6 +33,9 @@ __all__ = [
     "register",
     "render",
 ]
+
+DEFAULT_COMPRESSOR = "skim"
+"""Used wherever no compressor is named (facade, CLI, service, proxy, LangChain); see RESULTS.md for why."""
 
 # name -> "module:Class" (imported on first use) or a factory
 _REGISTRY: dict[str, str | Callable[..., TextCompressor]] = {

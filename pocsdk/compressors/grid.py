@@ -9,7 +9,9 @@ selections that ``select`` would give rate by rate.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 
 import numpy as np
 
@@ -95,6 +97,9 @@ def fill_walk(costs: np.ndarray, remaining: np.ndarray, skip: np.ndarray) -> np.
         return fill_budget(items, cost, int(remaining[0]), np.zeros(len(cost), dtype=bool))[None, :]
     if not np.shape(costs)[-1]:
         return np.zeros((len(remaining), 0), dtype=bool)
+    if (len(remaining) * np.shape(costs)[-1] <= SMALL_WALK and np.asarray(costs).dtype.kind in "iub"
+            and np.asarray(remaining).dtype.kind in "iu"):
+        return _walk_small(costs, remaining, skip)
     walk = np.atleast_2d(np.where(skip, 0, costs))
     csum = np.cumsum(walk, axis=1)
     # the longest prefix that fits, as fill_budget's fast path (nothing at all when nothing is left)
@@ -109,6 +114,57 @@ def fill_walk(costs: np.ndarray, remaining: np.ndarray, skip: np.ndarray) -> np.
     if late.any():
         take[_greedy_tails(walk, late, left)] = True
     return take
+
+
+SMALL_WALK = 2048
+"""Up to this many (budget, item) cells :func:`fill_walk` walks in plain Python: numpy's per-call overhead
+would dominate (a floor search over a few thousand tokens)."""
+
+
+def _walk_small(costs: np.ndarray, remaining: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """:func:`fill_walk` for integer costs with Python lists: per budget, the longest prefix of the free items
+    that fits (a running sum, as ``fill_budget``'s), then each later item that still fits until nothing is left.
+
+    Array methods, not ``np.`` functions: on arrays this small the functions' Python wrappers cost more.
+    """
+    m, n = len(remaining), np.shape(costs)[-1]
+    free = ~np.asarray(skip, dtype=bool)
+    cost = np.asarray(costs)
+    if free.ndim == 1 and cost.ndim == 1:  # one walk shared by every budget
+        items = free.nonzero()[0]
+        shared = (items.tolist(), cost.take(items).tolist())
+        row_items = [shared[0]] * m
+        row_costs = [shared[1]] * m
+        running = [list(accumulate(shared[1]))] * m
+    else:
+        if free.ndim == 1:
+            free = free[None, :].repeat(m, axis=0)
+        row_of, pos = free.nonzero()
+        bounds = row_of.searchsorted(np.arange(m + 1)).tolist()
+        pos_l = pos.tolist()
+        cost_l = (cost.take(pos) if cost.ndim == 1 else cost[row_of, pos]).tolist()
+        row_items = [pos_l[bounds[r]:bounds[r + 1]] for r in range(m)]
+        row_costs = [cost_l[bounds[r]:bounds[r + 1]] for r in range(m)]
+        running = [list(accumulate(c)) for c in row_costs]
+    taken = bytearray(m * n)  # row by row; set in Python, read by numpy without converting index lists
+    for r, left in enumerate(np.asarray(remaining).tolist()):
+        if left <= 0:
+            continue
+        items_r, costs_r = row_items[r], row_costs[r]
+        k = bisect_right(running[r], left)  # the prefix that fits
+        base = r * n
+        if k:
+            for j in items_r[:k]:
+                taken[base + j] = 1
+            left -= running[r][k - 1]
+        if left > 0:
+            for j, c in zip(items_r[k:], costs_r[k:], strict=True):
+                if c <= left:
+                    taken[base + j] = 1
+                    left -= c
+                    if left <= 0:
+                        break
+    return np.frombuffer(taken, dtype=bool).reshape(m, n)
 
 
 def _greedy_tails(walk: np.ndarray, late: np.ndarray, left: np.ndarray) -> tuple[list[int], list[int]]:

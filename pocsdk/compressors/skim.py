@@ -27,9 +27,9 @@ from pocsdk.compressors.base import (
     early_selection,
 )
 from pocsdk.compressors.grid import fill_budgets, fill_walk
-from pocsdk.compressors.topup import Partial, top_up
+from pocsdk.compressors.topup import Partial, top_up, worth_topping_up
 from pocsdk.errors import ConfigError
-from pocsdk.text.protect import NEGATION, strip_markers
+from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, has_negation, strip_markers
 from pocsdk.text.relevance import Relevance, get_relevance
 from pocsdk.text.segment import CODE, TABLE_ROW, clauses
 
@@ -84,33 +84,42 @@ class SkimCompressor(UnitCompressor):
         starts = u.start[best_unit].copy()
         ends = u.end[best_unit].copy()
         tokens = u.tokens[best_unit].copy()
+        # only long prose may lose clauses: code, table rows and protected text are shown whole
+        long_prose = (tokens > self.clause_min_tokens) & ~u.protected[best_unit]
+        long_prose &= (u.kind[best_unit] != CODE) & (u.kind[best_unit] != TABLE_ROW)
+        which = np.flatnonzero(long_prose)
+        unit_of = best_unit[which].tolist()
+        doc_of = u.doc[best_unit[which]].tolist()
+        start_of = starts[which].tolist()
+        end_of = ends[which].tolist()
+        marked = [KEEP_OPEN in d.text or KEEP_CLOSE in d.text for d in docs]
         cand_texts: list[str] = []
         cand_owner: list[int] = []
         cand_spans: list[tuple[int, int]] = []
-        for j, i in enumerate(best_unit):
-            if u.tokens[i] <= self.clause_min_tokens or u.kind[i] in (CODE, TABLE_ROW) or u.protected[i]:
+        for j, i, d, a, b in zip(which.tolist(), unit_of, doc_of, start_of, end_of, strict=True):
+            if has_negation(unit_texts[i]):
                 continue
-            text = docs[int(u.doc[i])].text
-            if NEGATION.search(unit_texts[i]):
-                continue
-            parts = clauses(text, int(u.start[i]), int(u.end[i]))
+            text = docs[d].text
+            parts = clauses(text, a, b)
             if len(parts) < 2:
                 continue
-            for s, e in parts:
-                cand_texts.append(strip_markers(text[s:e]))
-                cand_owner.append(j)
-                cand_spans.append((s, e))
+            if marked[d]:
+                cand_texts += [strip_markers(text[s:e]) for s, e in parts]
+            else:
+                cand_texts += [text[s:e] for s, e in parts]
+            cand_owner += [j] * len(parts)
+            cand_spans += parts
         if cand_texts:
-            rel = get_relevance(self.relevance).score(cand_texts, scored.query)
+            rel = np.asarray(get_relevance(self.relevance).score(cand_texts, scored.query)).tolist()
             best: dict[int, int] = {}
             for k, owner in enumerate(cand_owner):
                 if owner not in best or rel[k] > rel[best[owner]]:
                     best[owner] = k
-            picked = list(best.items())
-            counts = scored.tokenizer.count_many([cand_texts[k] for _, k in picked])
-            for (owner, k), n in zip(picked, counts, strict=True):
-                starts[owner], ends[owner] = cand_spans[k]
-                tokens[owner] = n
+            owners = list(best)
+            picked = list(best.values())
+            starts[owners] = [cand_spans[k][0] for k in picked]
+            ends[owners] = [cand_spans[k][1] for k in picked]
+            tokens[owners] = scored.tokenizer.count_many([cand_texts[k] for k in picked])
         return Units(
             doc=u.doc[best_unit], start=starts, end=ends, tokens=tokens,
             relevance=u.relevance[best_unit], protected=np.zeros(len(best_unit), dtype=bool),
@@ -194,8 +203,11 @@ class SkimCompressor(UnitCompressor):
         assert x is not None
         best_unit = scored.extras["best_unit"]
         used = (keep @ u.tokens + skim @ x.tokens).tolist()
-        out = []
+        out: list[list[Partial]] = []
         for i, budget in enumerate(budgets.tolist()):
+            if not worth_topping_up(budget, used[i]):  # the usual case: skip building the credit
+                out.append([])
+                continue
             # what each skimmed segment's excerpt costs; top_up passes over the units already kept
             credit = dict(zip(best_unit[skim[i]].tolist(), x.tokens[skim[i]].tolist(), strict=True))
             partial = top_up(scored, by_unit, keep[i], budget, used=used[i], credit=credit)
@@ -217,17 +229,15 @@ class SkimCompressor(UnitCompressor):
 
 def _segments(group: np.ndarray, tokens: np.ndarray, max_tokens: int) -> np.ndarray:
     """Segment id per unit: paragraphs, cut so that no segment exceeds ``max_tokens``."""
-    seg = np.empty(len(group), dtype=np.int64)
+    seg: list[int] = []
     current = -1
     size = 0
     prev_group = None
-    for i in range(len(group)):
-        g = int(group[i])
-        t = int(tokens[i])
+    for g, t in zip(group.tolist(), tokens.tolist(), strict=True):  # Python ints: no numpy scalars in the loop
         if g != prev_group or size + t > max_tokens:
             current += 1
             size = 0
             prev_group = g
-        seg[i] = current
+        seg.append(current)
         size += t
-    return seg
+    return np.array(seg, dtype=np.int64)

@@ -51,7 +51,7 @@ def top_up(
     u = scored.units
     spent = int(u.tokens[keep].sum()) if used is None else used
     remaining = budget - spent
-    if remaining < max(2.0, MIN_SHORTFALL * budget):
+    if not worth_topping_up(budget, spent):
         return []
     slack = max(1, int(MIN_SHORTFALL * budget))
     tries = 0
@@ -71,6 +71,11 @@ def top_up(
         if tries >= MAX_TRIES:
             break
     return []
+
+
+def worth_topping_up(budget: int, used: int) -> bool:
+    """Whether :func:`top_up` looks for a prefix at all: more than :data:`MIN_SHORTFALL` of the budget is unspent."""
+    return budget - used >= max(2.0, MIN_SHORTFALL * budget)
 
 
 def _prefix(scored: Scored, doc: int, start: int, end: int, limit: int, slack: int) -> tuple[int, int, int] | None:

@@ -50,6 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from pydantic import ConfigDict, Field
 
 from pocsdk.compressor import Compressor
+from pocsdk.compressors import DEFAULT_COMPRESSOR
 from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
 from pocsdk.types import CompressionResult
 
@@ -128,7 +129,7 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
 
     floor: float | None = None
     keep_rate: float | None = None
-    compressor: str = "extractive"
+    compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
     min_tokens: int = 512
     """Messages with at least this many tokens are compressed (message inputs only)."""
@@ -269,7 +270,7 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
 
     floor: float | None = None
     keep_rate: float | None = None
-    compressor: str = "extractive"
+    compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
     min_tokens: int = 512
     drop_empty: bool = False

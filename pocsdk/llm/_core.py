@@ -1,7 +1,7 @@
-"""Sans-I/O core of the OpenAI-compatible client: request building, response and SSE parsing.
+"""Sans-I/O core of the OpenAI-compatible client: request building, retry decisions, response and SSE parsing.
 
 The sync and async clients are thin shells around these functions, so both send the same
-bytes and return the same results; only waiting differs.
+bytes, retry the same way and return the same results; only sending and waiting differ.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import httpx
 
 from pocsdk.errors import InvalidTypeError
-from pocsdk.llm.types import ChatResult, LLMError, Timeout, Usage
+from pocsdk.llm.types import ChatResult, LLMError, RetryPolicy, Timeout, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_KEY_ENVS = ("POCSDK_LLM_API_KEY", "OPENAI_API_KEY")
@@ -139,6 +140,49 @@ def parse_json(body: bytes) -> Any:
         raise LLMError(f"LLM endpoint answered invalid JSON: {body[:200]!r}") from exc
 
 
+def parse_chat_body(body: bytes) -> ChatResult:
+    """A ``chat.completion`` response body as a :class:`ChatResult`."""
+    return parse_chat(parse_json(body))
+
+
+def parse_models_body(body: bytes) -> list[str]:
+    """Model ids from a ``GET /models`` response body."""
+    data = parse_json(body)
+    return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+
+
+# -- retries -------------------------------------------------------------------------------
+@dataclass
+class Retrying:
+    """The retry decisions of one request, without the waiting.
+
+    The shell sends; after a failed attempt it asks this object how long to wait before the
+    next one, and sleeps (``time.sleep`` or ``asyncio.sleep``). When the policy says stop,
+    the same methods raise the :class:`LLMError` to give the caller.
+    """
+
+    policy: RetryPolicy
+    base_url: str
+    attempt: int = 0
+    """Retries made so far (0 during the first attempt)."""
+
+    def after_transport_error(self, exc: Exception) -> float:
+        """Seconds to wait after a connection error; raises when retries are spent."""
+        if self.attempt >= self.policy.max_retries:
+            raise LLMError(f"cannot reach {self.base_url}: {exc!r}") from exc
+        return self._next(self.policy.delay(self.attempt))
+
+    def after_error_status(self, status: int, headers: Mapping[str, str], body: bytes) -> float:
+        """Seconds to wait after an HTTP error answer (status >= 400); raises when it is final."""
+        if self.attempt < self.policy.max_retries and self.policy.should_retry_status(status):
+            return self._next(self.policy.delay(self.attempt, headers))
+        raise error_from_response(status, body)
+
+    def _next(self, delay: float) -> float:
+        self.attempt += 1
+        return delay
+
+
 class SSEDecoder:
     """Incremental Server-Sent Events decoder yielding the ``data`` payload of each event.
 
@@ -198,3 +242,33 @@ def delta_from_event(data: str) -> object:
 
 def is_done(value: object) -> bool:
     return value is _DONE
+
+
+class DeltaStream:
+    """Lines of a streamed chat completion in, text deltas out (sans-I/O).
+
+    ``feed_line`` returns the non-empty delta an event carries (else ``None``) and sets
+    ``done`` at ``[DONE]``, after which the shell stops reading; ``finish`` parses an event
+    left unterminated when the body ended.
+    """
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self.done = False
+
+    def feed_line(self, line: str) -> str | None:
+        data = self._sse.feed_line(line)
+        if data is None:
+            return None
+        delta = delta_from_event(data)
+        if is_done(delta):
+            self.done = True
+            return None
+        return str(delta) if delta else None
+
+    def finish(self) -> str | None:
+        tail = self._sse.flush()
+        if tail is None:
+            return None
+        delta = delta_from_event(tail)
+        return delta if isinstance(delta, str) and delta else None

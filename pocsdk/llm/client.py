@@ -1,7 +1,7 @@
 """OpenAI-compatible chat clients on httpx: ``LLMClient`` and its async twin ``AsyncLLMClient``.
 
-Both share names, arguments and results; request building and parsing live in
-:mod:`pocsdk.llm._core`, so the shells here only send, wait and retry. Each client owns
+Both share names, arguments and results; request building, retry decisions and parsing
+live in :mod:`pocsdk.llm._core`, so the shells here only send, read and sleep. Each client owns
 one pooled httpx client; close it (or use ``with``) when done.
 """
 
@@ -48,6 +48,14 @@ class _ClientBase:
     ) -> dict[str, Any]:
         return _core.chat_payload(messages, model or self.model, params, stream=stream)
 
+    def _http_options(self) -> dict[str, Any]:
+        """Keyword arguments of the pooled ``httpx.Client`` / ``httpx.AsyncClient``."""
+        return {"base_url": self.base_url, "headers": self._headers, "timeout": _core.to_httpx_timeout(self.timeout),
+                "limits": DEFAULT_LIMITS}
+
+    def _retrying(self) -> _core.Retrying:
+        return _core.Retrying(self.retry, self.base_url)
+
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
 
@@ -71,37 +79,28 @@ class LLMClient(_ClientBase):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, api_key, model=model, timeout=timeout, retry=retry, headers=headers)
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=self._headers, timeout=_core.to_httpx_timeout(timeout),
-            limits=DEFAULT_LIMITS, transport=transport,
-        )
+        self._http = httpx.Client(**self._http_options(), transport=transport)
 
     def chat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
         """One chat completion. ``params`` (temperature, max_tokens, ...) are sent as given."""
         payload = self._payload(messages, model, params, stream=False)
         resp = self._send(payload)
-        return _core.parse_chat(_core.parse_json(resp.content))
+        return _core.parse_chat_body(resp.content)
 
     def stream(self, messages: MessagesLike, model: str | None = None, **params: Any) -> Iterator[str]:
         """Yield text deltas as they arrive (retries only happen before the first byte)."""
         payload = self._payload(messages, model, params, stream=True)
         resp = self._send(payload, stream=True)
         try:
-            decoder = _core.SSEDecoder()
+            deltas = _core.DeltaStream()
             for line in resp.iter_lines():
-                data = decoder.feed_line(line)
-                if data is None:
-                    continue
-                delta = _core.delta_from_event(data)
-                if _core.is_done(delta):
+                delta = deltas.feed_line(line)
+                if deltas.done:
                     return
                 if delta:
-                    yield str(delta)
-            tail = decoder.flush()
-            if tail is not None:
-                delta = _core.delta_from_event(tail)
-                if isinstance(delta, str) and delta:
                     yield delta
+            if tail := deltas.finish():
+                yield tail
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
         finally:
@@ -110,31 +109,23 @@ class LLMClient(_ClientBase):
     def models(self) -> list[str]:
         """Model ids the endpoint lists under ``GET /models``."""
         resp = self._send(None, method="GET", path="/models")
-        data = _core.parse_json(resp.content)
-        return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+        return _core.parse_models_body(resp.content)
 
     def _send(self, payload: dict[str, Any] | None, *, stream: bool = False, method: str = "POST",
               path: str = "/chat/completions") -> httpx.Response:
-        attempt = 0
+        retrying = self._retrying()
         while True:
             try:
                 request = self._http.build_request(method, path, json=payload)
                 resp = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if attempt >= self.retry.max_retries:
-                    raise LLMError(f"cannot reach {self.base_url}: {exc!r}") from exc
-                time.sleep(self.retry.delay(attempt))
-                attempt += 1
+                time.sleep(retrying.after_transport_error(exc))
                 continue
             if resp.status_code < 400:
                 return resp
             body = resp.read()
             resp.close()
-            if attempt < self.retry.max_retries and self.retry.should_retry_status(resp.status_code):
-                time.sleep(self.retry.delay(attempt, resp.headers))
-                attempt += 1
-                continue
-            raise _core.error_from_response(resp.status_code, body)
+            time.sleep(retrying.after_error_status(resp.status_code, resp.headers, body))
 
     def close(self) -> None:
         self._http.close()
@@ -162,37 +153,28 @@ class AsyncLLMClient(_ClientBase):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, api_key, model=model, timeout=timeout, retry=retry, headers=headers)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers, timeout=_core.to_httpx_timeout(timeout),
-            limits=DEFAULT_LIMITS, transport=transport,
-        )
+        self._http = httpx.AsyncClient(**self._http_options(), transport=transport)
 
     async def chat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
         """One chat completion. ``params`` (temperature, max_tokens, ...) are sent as given."""
         payload = self._payload(messages, model, params, stream=False)
         resp = await self._send(payload)
-        return _core.parse_chat(_core.parse_json(resp.content))
+        return _core.parse_chat_body(resp.content)
 
     async def stream(self, messages: MessagesLike, model: str | None = None, **params: Any) -> AsyncIterator[str]:
         """Yield text deltas as they arrive (retries only happen before the first byte)."""
         payload = self._payload(messages, model, params, stream=True)
         resp = await self._send(payload, stream=True)
         try:
-            decoder = _core.SSEDecoder()
+            deltas = _core.DeltaStream()
             async for line in resp.aiter_lines():
-                data = decoder.feed_line(line)
-                if data is None:
-                    continue
-                delta = _core.delta_from_event(data)
-                if _core.is_done(delta):
+                delta = deltas.feed_line(line)
+                if deltas.done:
                     return
                 if delta:
-                    yield str(delta)
-            tail = decoder.flush()
-            if tail is not None:
-                delta = _core.delta_from_event(tail)
-                if isinstance(delta, str) and delta:
                     yield delta
+            if tail := deltas.finish():
+                yield tail
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
         finally:
@@ -201,31 +183,23 @@ class AsyncLLMClient(_ClientBase):
     async def models(self) -> list[str]:
         """Model ids the endpoint lists under ``GET /models``."""
         resp = await self._send(None, method="GET", path="/models")
-        data = _core.parse_json(resp.content)
-        return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+        return _core.parse_models_body(resp.content)
 
     async def _send(self, payload: dict[str, Any] | None, *, stream: bool = False, method: str = "POST",
                     path: str = "/chat/completions") -> httpx.Response:
-        attempt = 0
+        retrying = self._retrying()
         while True:
             try:
                 request = self._http.build_request(method, path, json=payload)
                 resp = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if attempt >= self.retry.max_retries:
-                    raise LLMError(f"cannot reach {self.base_url}: {exc!r}") from exc
-                await asyncio.sleep(self.retry.delay(attempt))
-                attempt += 1
+                await asyncio.sleep(retrying.after_transport_error(exc))
                 continue
             if resp.status_code < 400:
                 return resp
             body = await resp.aread()
             await resp.aclose()
-            if attempt < self.retry.max_retries and self.retry.should_retry_status(resp.status_code):
-                await asyncio.sleep(self.retry.delay(attempt, resp.headers))
-                attempt += 1
-                continue
-            raise _core.error_from_response(resp.status_code, body)
+            await asyncio.sleep(retrying.after_error_status(resp.status_code, resp.headers, body))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -40,6 +40,7 @@ from starlette.background import BackgroundTask
 
 from pocsdk._version import __version__
 from pocsdk.compressor import Compressor
+from pocsdk.compressors import DEFAULT_COMPRESSOR
 from pocsdk.errors import ConfigError, PocError
 from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
 from pocsdk.server.common import (
@@ -77,7 +78,7 @@ class ProxySettings(BaseModel):
     upstream: str
     floor: float | None = None
     keep_rate: float | None = None
-    compressor: str = "extractive"
+    compressor: str = DEFAULT_COMPRESSOR
     min_tokens: int = Field(default=512, ge=1)
     """User/tool texts with at least this many tokens are compressed automatically."""
     upstream_api_key: str | None = Field(default=None, repr=False)

@@ -68,6 +68,8 @@ class ServiceConfig:
     """Model for model-backed compressors (their ``model`` parameter)."""
     device: str = "auto"
     """Device for compressors that take one (``auto``, ``cuda``, ``cpu``)."""
+    compressor_params: dict[str, Any] = field(default_factory=dict)
+    """More constructor parameters (``--param``), each given to the hosted compressors that take it."""
     predictor: str | None = None
     """Predictor artifact for floor mode (default: the compressor's shipped predictor)."""
     api_key: str | None = None
@@ -302,9 +304,10 @@ def _accepts(name: str, param: str) -> bool:
     return any(p.name == param or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def build_compressor(name: str, *, model: str | None = None, device: str = "auto") -> TextCompressor:
-    """Build a hosted compressor, giving ``model`` and ``device`` only to compressors that take them."""
-    params: dict[str, Any] = {}
+def build_compressor(name: str, *, model: str | None = None, device: str = "auto",
+                     params: dict[str, Any] | None = None) -> TextCompressor:
+    """Build a hosted compressor, giving ``model``, ``device`` and ``params`` only to compressors that take them."""
+    params = {k: v for k, v in (params or {}).items() if _accepts(name, k)}
     if model is not None and _accepts(name, "model"):
         params["model"] = model
     if _accepts(name, "device"):
@@ -430,8 +433,12 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     cfg = config or ServiceConfig()
     metrics = ServiceMetrics()
     hosted: dict[str, Hosted] = {}
+    unused = [k for k in cfg.compressor_params if not any(_accepts(n, k) for n in cfg.compressors)]
+    if unused:
+        raise ConfigError(f"parameter {', '.join(unused)} applies to none of the hosted compressors "
+                          f"({', '.join(cfg.compressors)})")
     for name in cfg.compressors:
-        inner = build_compressor(name, model=cfg.model, device=cfg.device)
+        inner = build_compressor(name, model=cfg.model, device=cfg.device, params=cfg.compressor_params)
         facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor)
         hosted[name] = Hosted(name, facade, inner, cfg, metrics)
     state = ServiceState(cfg, hosted, metrics)

@@ -164,6 +164,39 @@ NEGATION = re.compile(
     r"|wasn't|weren't|shouldn't|mustn't|except|unless)\b",
     re.IGNORECASE,
 )
+# Lower-cased substrings, one inside every word NEGATION matches ("no" is in "not", "none", "nor" and "cannot";
+# "n't" ends every contraction).
+_NEGATION_HINTS = ("no", "n't", "never", "neither", "without", "except", "unless")
+# Under IGNORECASE "İ" and "ı" match "i" and "ſ" matches "s", but lower() does not make them those letters (and
+# makes "İ" two characters); every other character that IGNORECASE matches to a letter lower-cases to that letter,
+# one character for one (the tests check all of Unicode).
+_FOLDS_APART = ("\u0130", "\u0131", "\u017f")
+
+
+def has_negation(text: str, start: int = 0, end: int | None = None) -> bool:
+    """``NEGATION.search(text, start, end) is not None``, several times faster.
+
+    The regex opens with ``\\b`` under IGNORECASE, so ``re`` tries it at every character. Here ``str.find``
+    looks for the hints in the lower-cased text, and the regex is matched only at the start of the word around
+    each hit: a match starts a word (``\\b``, then a word character) and holds a hint.
+    """
+    start = max(start, 0)  # as ``re`` reads pos and endpos
+    end = len(text) if end is None else min(end, len(text))
+    piece = text[start:end]
+    if not piece.isascii() and any(c in piece for c in _FOLDS_APART):
+        return NEGATION.search(text, start, end) is not None
+    low = piece.lower()  # same length and offsets as ``piece`` without the characters above
+    match = NEGATION.match
+    for hint in _NEGATION_HINTS:
+        p = low.find(hint)
+        while p >= 0:
+            s = start + p
+            while s > start and (text[s - 1].isalnum() or text[s - 1] == "_"):  # back to the word's start (\w)
+                s -= 1
+            if match(text, s, end):
+                return True
+            p = low.find(hint, p + 1)
+    return False
 
 
 @dataclass(frozen=True)

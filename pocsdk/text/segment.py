@@ -14,7 +14,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, pairwise
 
 import numpy as np
 
@@ -61,6 +61,9 @@ _ABBREV_UNLESS_CAPITAL = frozenset(
 )
 _TERMINALS = ".!?\u3002\uff01\uff1f"  # the characters a _SENT_END match starts with
 _LATIN_TERMINALS = ".!?"
+# What _SENT_END's Latin rule consumes; it matches when whitespace follows.
+_LATIN_RUN = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*")
+_LATIN_RUN_CHARS = frozenset(".!?\"'\u201d\u2019)]")
 _LONGER_THAN_ABBREVIATIONS = 7  # letters; checked against both lists in the tests
 _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*$")
 _NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*(\w)")
@@ -86,18 +89,17 @@ def segment_arrays(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> tuple[np.
 def _segment_rows(text: str, max_unit_chars: int) -> list[tuple[int, int, int, int]]:
     """:func:`segment` as ``(start, end, paragraph, kind)`` tuples."""
     rows: list[tuple[int, int, int, int]] = []
-    marks = _SentenceEnds(text)
     para = 0
     pos = 0
     fences = _FENCE.finditer(text) if "```" in text or "~~~" in text else ()  # a fence needs three in a row
     for m in fences:
-        para = _segment_prose(text, pos, m.start(), para, rows, max_unit_chars, marks)
+        para = _segment_prose(text, pos, m.start(), para, rows, max_unit_chars)
         s, e = _strip(text, m.start(), m.end())
         if s < e:
             rows.append((s, e, para, CODE))
             para += 1
         pos = m.end()
-    _segment_prose(text, pos, len(text), para, rows, max_unit_chars, marks)
+    _segment_prose(text, pos, len(text), para, rows, max_unit_chars)
     return rows
 
 
@@ -152,7 +154,7 @@ def _cut_sentences(text: str, start: int, end: int, ends: Iterable[tuple[int, in
 
 
 class _SentenceEnds:
-    """All ``_SENT_END`` matches of a text, found once; :meth:`within` hands out those of one line.
+    """The ``_SENT_END`` matches starting in ``text[start:end]``, found once; :meth:`within` gives one line's.
 
     Equal to ``_SENT_END.finditer(text, start, end)`` for a trimmed line: matches hold no whitespace,
     so none crosses into a line, and the only one a bounded search would miss (ending at ``end``,
@@ -162,24 +164,27 @@ class _SentenceEnds:
 
     __slots__ = ("ends", "starts")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, start: int = 0, end: int | None = None) -> None:
+        end = len(text) if end is None else end
         candidates: list[int] = []
         for ch in _TERMINALS:
-            candidates += _find_all(text, ch)
+            candidates += _find_all(text, ch, start, end)
         candidates.sort()
         self.starts: list[int] = []
         self.ends: list[int] = []
         scan = 0
-        match = _SENT_END.match
         for p in candidates:
             if p < scan:
                 continue
-            if text[p] in _LATIN_TERMINALS and text[p + 1:p + 2].isspace():
-                scan = p + 1  # the usual ". ": the match is the one character (no regex needed)
-            elif (m := match(text, p)) is not None:
-                scan = m.end()
+            after = text[p + 1:p + 2]
+            if text[p] in _LATIN_TERMINALS and after not in _LATIN_RUN_CHARS:
+                if not after.isspace():
+                    continue  # "3.14", "e.g": no match, and none consumed
+                scan = p + 1  # the usual ". ": the match is the one character
             else:
-                continue
+                scan, found = _sentence_end_at(text, p)
+                if not found:
+                    continue
             self.starts.append(p)
             self.ends.append(scan)
 
@@ -189,12 +194,24 @@ class _SentenceEnds:
         return zip(self.starts[i:j], self.ends[i:j], strict=True)
 
 
-def _find_all(text: str, ch: str) -> list[int]:
+def _sentence_end_at(text: str, p: int) -> tuple[int, bool]:
+    """End of the ``_SENT_END`` match at ``p`` (a terminal) and whether there is one; if not, no match
+    starts before that end either. The Latin rule is followed without the regex: it backtracks through
+    a run of terminals at every start in it, quadratic on a long run of dots."""
+    if text[p] not in _LATIN_TERMINALS:
+        m = _SENT_END.match(text, p)  # a CJK stop always ends a sentence
+        return (m.end(), True) if m else (p + 1, False)
+    m = _LATIN_RUN.match(text, p)
+    end = m.end() if m else p + 1
+    return end, text[end:end + 1].isspace()
+
+
+def _find_all(text: str, ch: str, start: int, end: int) -> list[int]:
     out: list[int] = []
-    p = text.find(ch)
+    p = text.find(ch, start, end)
     while p >= 0:
         out.append(p)
-        p = text.find(ch, p + 1)
+        p = text.find(ch, p + 1, end)
     return out
 
 
@@ -204,32 +221,37 @@ def clauses(text: str, start: int, end: int, min_words: int = 3) -> list[tuple[i
     Pieces shorter than ``min_words`` words are merged into their neighbour so that a
     clause can stand on its own.
     """
-    pieces: list[list[int]] = []
-    pos = start
-    for m in _CLAUSE_BREAK.finditer(text, start, end):
-        s, e = _strip(text, pos, m.end())
-        if s < e:
-            pieces.append([s, e])
-        pos = m.end()
-    s, e = _strip(text, pos, end)
-    if s < e:
-        pieces.append([s, e])
-    merged: list[list[int]] = []
-    for piece in pieces:
-        if merged and _word_count(text, merged[-1][0], merged[-1][1]) < min_words:
-            merged[-1][1] = piece[1]
+    breaks = [(m.start(), m.end()) for m in _CLAUSE_BREAK.finditer(text, start, end)]
+    if breaks:
+        # a piece runs from the end of a break (its spaces taken: a non-space follows) to the next break's
+        # punctuation; only the first and the last piece need trimming
+        pieces = [_strip(text, start, breaks[0][1])]
+        pieces += [(a, b + 1) for (_, a), (b, _) in pairwise(breaks)]
+        pieces.append(_strip(text, breaks[-1][1], end))
+    else:
+        pieces = [_strip(text, start, end)]
+    merged: list[list[int]] = []  # [start, end, words], words counted up to min_words
+    for s, e in pieces:
+        if s >= e:
+            continue
+        words = len(text[s:e].split(None, min_words - 1))  # min(word count, min_words)
+        if merged and merged[-1][2] < min_words:
+            # only whitespace lies between the pieces: the counts add up, less one word when none separates them
+            last = merged[-1]
+            last[2] = min(last[2] + words - (last[1] == s), min_words)
+            last[1] = e
         else:
-            merged.append(piece)
-    if len(merged) > 1 and _word_count(text, merged[-1][0], merged[-1][1]) < min_words:
+            merged.append([s, e, words])
+    if len(merged) > 1 and merged[-1][2] < min_words:
         last = merged.pop()
         merged[-1][1] = last[1]
-    return [(s, e) for s, e in merged]
+    return [(s, e) for s, e, _ in merged]
 
 
 def _segment_prose(
-    text: str, start: int, end: int, para: int, rows: list[tuple[int, int, int, int]], max_chars: int,
-    marks: _SentenceEnds,
+    text: str, start: int, end: int, para: int, rows: list[tuple[int, int, int, int]], max_chars: int
 ) -> int:
+    marks = _SentenceEnds(text, start, end)
     for ps, pe in paragraphs(text, start, end):
         for ls, le, kind in _logical_lines(text, ps, pe):
             if kind == SENTENCE:
@@ -370,10 +392,6 @@ def _word_before(text: str, lo: int, dot: int) -> str:
     while i > stop and (text[i - 1].isalnum() or text[i - 1] in "._"):  # \w or "."
         i -= 1
     return text[i:dot]
-
-
-def _word_count(text: str, start: int, end: int) -> int:
-    return len(text[start:end].split())
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:

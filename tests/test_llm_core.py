@@ -1,0 +1,61 @@
+"""The sans-I/O core of the LLM clients: retry decisions and stream parsing without a server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from pocsdk.llm._core import DeltaStream, Retrying, parse_chat_body, parse_models_body
+from pocsdk.llm.types import LLMError, RetryPolicy
+
+NO_JITTER = RetryPolicy(max_retries=2, backoff=0.1, max_backoff=1.0, jitter=False)
+
+
+def test_retrying_backs_off_then_raises_on_transport_errors() -> None:
+    r = Retrying(NO_JITTER, "http://h/v1")
+    exc = httpx.ConnectError("refused")
+    assert [r.after_transport_error(exc), r.after_transport_error(exc)] == [0.1, 0.2]
+    with pytest.raises(LLMError, match="cannot reach http://h/v1") as info:
+        r.after_transport_error(exc)
+    assert info.value.status_code is None and info.value.__cause__ is exc
+
+
+def test_retrying_on_statuses() -> None:
+    r = Retrying(NO_JITTER, "http://h/v1")
+    assert r.after_error_status(429, {"retry-after": "3"}, b"") == 3.0  # the header wins
+    assert r.after_error_status(503, {}, b"") == 0.2
+    with pytest.raises(LLMError) as info:  # retries spent
+        r.after_error_status(503, {}, b'{"error":{"message":"busy"}}')
+    assert info.value.status_code == 503 and "busy" in str(info.value)
+    with pytest.raises(LLMError) as info:  # never retried
+        Retrying(NO_JITTER, "u").after_error_status(400, {}, b'{"detail":"bad request"}')
+    assert info.value.status_code == 400 and "bad request" in str(info.value)
+
+
+def test_delta_stream() -> None:
+    s = DeltaStream()
+    lines = [": comment", "", 'data: {"choices":[{"delta":{"content":"Hel"}}]}', "",
+             'data: {"choices":[{"delta":{"role":"assistant"}}]}', "", 'data: {"choices":[]}', "",
+             'data: {"choices":[{"index":0,', 'data: "delta":{"content":"lo"}}]}', ""]
+    assert [d for line in lines if (d := s.feed_line(line))] == ["Hel", "lo"]
+    assert not s.done
+    assert s.feed_line("data: [DONE]") is None and s.feed_line("") is None and s.done
+
+
+def test_delta_stream_unterminated_tail_and_errors() -> None:
+    s = DeltaStream()
+    assert s.feed_line('data: {"choices":[{"delta":{"content":"end"}}]}') is None
+    assert s.finish() == "end"
+    assert DeltaStream().finish() is None
+    s = DeltaStream()
+    s.feed_line('data: {"error":{"message":"boom"}}')
+    with pytest.raises(LLMError, match="LLM stream error: boom"):
+        s.feed_line("")
+
+
+def test_parse_bodies() -> None:
+    body = b'{"model":"m","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}'
+    assert parse_chat_body(body).content == "hi"
+    assert parse_models_body(b'{"data":[{"id":"a"},{"id":"b"},3]}') == ["a", "b"]
+    with pytest.raises(LLMError, match="invalid JSON"):
+        parse_chat_body(b"<html>")
