@@ -33,6 +33,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pocsdk.testing.results import write_section
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -195,17 +197,6 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) the MemoSight section of RESULTS.md, leaving the others untouched."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -250,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2), encoding="utf-8")
     if args.write_results:
-        write_section(Path(__file__).with_name("RESULTS.md"), text)
+        write_section(Path(__file__).with_name("RESULTS.md"), SECTION, text)
     return rows
 
 

@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from pocsdk.compressor import DEFAULT_COMPRESSOR  # noqa: E402
 from pocsdk.compressors import CPU_COMPRESSORS, Selection, TextCompressor, get_compressor  # noqa: E402
 from pocsdk.testing.peers import shared_data_dir  # noqa: E402
+from pocsdk.testing.results import write_section  # noqa: E402
 from pocsdk.text.tokens import TokenCounter, get_token_counter  # noqa: E402
 
 SECTION = "## Overhead (issue 2)"
@@ -304,17 +305,6 @@ def render_section(
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's ``##`` section, keeping the others."""
-    header = "# Benchmark results\n\nOne `##` section per benchmark; each says how it was produced.\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else header
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section.rstrip("\n") + "\n\n" + (text[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def load_avg() -> str:
@@ -409,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after=load_avg(),
     )
     section = render_section(res, all_sizes, methods, meta)
-    write_section(args.out, section)
+    write_section(args.out, SECTION, section)
     print(f"\nwrote {SECTION!r} to {args.out}")
     return 0
 

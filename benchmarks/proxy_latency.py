@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import random
-import re
 import shlex
 import socket
 import statistics
@@ -47,6 +46,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pocsdk.testing.results import process_cpu_s, write_section
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Proxy latency (issue 4)"
@@ -141,13 +142,6 @@ def process_runqueue_s(pid: int) -> float:
     return total / 1e9
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and all its threads (Linux ``/proc``; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 # -- a minimal HTTP/1.1 client -------------------------------------------------------------
@@ -425,7 +419,7 @@ def main() -> None:
     text = section(args, rows, n_tokens, statistics.median(inproc), load_before, load_after)
     print("\n" + text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
         print(f"wrote {SECTION!r} to {args.out}")
 
 
@@ -518,13 +512,6 @@ def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms:
     return "\n".join(lines)
 
 
-def write_section(path: Path, block: str) -> None:
-    """Replace (or append) this benchmark's ``##`` section, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    block = block.rstrip("\n") + "\n\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor  # noqa: E402
+from pocsdk.testing.results import process_cpu_s, write_section  # noqa: E402
 
 SECTION = "## Service throughput (issue 5)"
 WORDS = ("the council approved a budget for river repairs while the museum opened a new wing and farmers "
@@ -117,13 +118,6 @@ def start_server(args: argparse.Namespace, window_ms: float) -> tuple[subprocess
     raise SystemExit("server did not start in time")
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux ``/proc``; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def batch_stats(url: str, compressor: str) -> tuple[float, float]:
@@ -232,17 +226,6 @@ def section(args: argparse.Namespace, levels: list[Level], local_ms: float, toke
     ])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's ``##`` section, keeping the others."""
-    header = "# Benchmark results\n\nOne `##` section per benchmark; each says how it was produced.\n"
-    old = path.read_text(encoding="utf-8") if path.exists() else header
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(args, levels, local_ms, tokens, load)
     print("\n" + text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
         print(f"wrote {SECTION!r} to {args.out}")
     return 0
 

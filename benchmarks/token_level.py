@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pocsdk.testing.results import write_section
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -383,17 +385,6 @@ def ablation_notes(ab: list[tuple[str, float, float, int]] | None, noise: float 
     return [out]
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's ``##`` section, keeping the others."""
-    header = "# Benchmark results\n\nOne `##` section per benchmark; each says how it was produced.\n"
-    old = path.read_text(encoding="utf-8") if path.exists() else header
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text.rstrip("\n") + "\n\n" + (old[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def cpu_name() -> str:
@@ -717,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "meta": meta, "linear_share": share}, indent=1, default=str))
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
     return 0
 
 
