@@ -107,6 +107,25 @@ def test_cli_cross_dataset_calibration(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "cross_dataset" in res.output
 
 
+def test_cli_lightgbm_balances_labels_files(tmp_path: Path) -> None:
+    # one labels file holds a benchmark's 4 sub-datasets: training weighs each file as one dataset, like the
+    # cross-dataset calibration does, not each sub-dataset
+    paths = []
+    for i, shift in enumerate((0.0, 0.3, 0.6)):
+        p = tmp_path / f"bench{i}.jsonl"
+        subsets = 4 if i == 0 else 1
+        p.write_text("".join(r.model_dump_json() + "\n" for k in range(subsets)
+                             for r in synthetic_records(60 // subsets, seed=10 * i + k, dataset=f"bench{i}_{k}",
+                                                        shift=shift)))
+        paths.append(str(p))
+    pdir = tmp_path / "pred"
+    res = CliRunner().invoke(app, ["train-predictor", "--labels", *paths, "--kind", "lightgbm", "-o", str(pdir)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((pdir / "card.json").read_text())
+    assert card["training"]["groups"] == {"bench0": 60, "bench1": 60, "bench2": 60}
+    assert len(card["training"]["datasets"]) == 6
+
+
 def test_nested_lodo_xcal_rows(tmp_path: Path) -> None:
     recs = []
     for i, shift in enumerate((0.0, 0.3, 0.6, 0.9)):

@@ -8,18 +8,23 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pocsdk.calibration.labels import DEFAULT_FACTORS
 from pocsdk.compressors import get_compressor
 from pocsdk.prediction import features
 from pocsdk.prediction.features import (
     CONTEXT_FEATURES,
+    COVERAGE_FEATURES,
     FACTOR_FEATURES,
     FEATURE_NAMES,
     FEATURES_VERSION,
     LOWER_NOT_SIMPLE,
+    PER_FACTOR_FEATURES,
     TASKS,
     featurize,
+    query_presence,
     task_code,
 )
 from pocsdk.text.relevance import terms
@@ -41,8 +46,9 @@ def test_featurize_shapes_and_values(name: str) -> None:
     ctx, per = featurize(comp, scored, DEFAULT_FACTORS, task="multi_doc_qa")
     assert list(ctx) == list(CONTEXT_FEATURES)
     assert len(per) == len(DEFAULT_FACTORS)
-    assert all(list(ff) == list(FACTOR_FEATURES) for ff in per)
-    assert FEATURE_NAMES == CONTEXT_FEATURES + FACTOR_FEATURES and FEATURES_VERSION >= 1
+    assert all(list(ff) == list(PER_FACTOR_FEATURES) for ff in per)
+    assert PER_FACTOR_FEATURES == FACTOR_FEATURES + COVERAGE_FEATURES
+    assert FEATURE_NAMES == CONTEXT_FEATURES + PER_FACTOR_FEATURES and FEATURES_VERSION >= 1
     assert all(math.isfinite(v) for v in ctx.values())
     assert all(math.isfinite(v) for ff in per for v in ff.values())
     assert ctx["n_documents"] == 3.0
@@ -128,3 +134,59 @@ def test_query_overlap_fast_path_is_exact(text: str, query: str, monkeypatch: py
     want = sum(t in hay for t in q_types) / len(q_types)
     assert features._query_overlap(scored, q_types) == want
     assert features.context_features(scored, names=["query_overlap"])["query_overlap"] == want
+
+
+def _coverage_by_hand(scored, keep: np.ndarray) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The documented formula, unit by unit."""
+    u = scored.units
+    spans = zip(u.doc, u.start, u.end, strict=True)
+    texts = [scored.documents[int(d)].text[int(a):int(b)].lower() for d, a, b in spans]
+    q = sorted(set(terms(scored.query or "")))
+    df = {t: sum(t in x for x in texts) for t in q}
+    idf = {t: math.log1p(len(texts) / df[t]) for t in q if df[t]}
+    total = sum(idf.values())
+    if not total:
+        return dict.fromkeys(COVERAGE_FEATURES, 0.0)
+    cov = [sum(w for t, w in idf.items() if t in x) / total for x in texts]
+    kept = [x for x, k in zip(texts, keep, strict=True) if k]
+    best_kept = max((c for c, k in zip(cov, keep, strict=True) if k), default=0.0)
+    best_dropped = max((c for c, k in zip(cov, keep, strict=True) if not k), default=0.0)
+    return {"qcov_kept": sum(w for t, w in idf.items() if any(t in x for x in kept)) / total,
+            "best_kept_unit_qcov": best_kept, "best_dropped_unit_qcov": best_dropped,
+            "qcov_gap": best_kept - best_dropped}
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+def test_coverage_features_follow_the_formula(name: str) -> None:
+    comp = get_compressor(name, min_tokens=1)
+    query = "When was the Eiffel Tower completed, and how tall is it?"
+    scored = comp.score(DOCS, query)
+    factors = [1.0, 2.0, 4.0, 8.0]
+    _, per = featurize(comp, scored, factors)
+    for f, ff in zip(factors, per, strict=True):
+        keep = comp.select(scored, 1.0 / f).keep if f > 1 else np.ones(len(scored.units), dtype=bool)
+        want = _coverage_by_hand(scored, keep)
+        for k in COVERAGE_FEATURES:
+            assert ff[k] == pytest.approx(want[k], abs=1e-12), (f, k)
+    assert per[0]["qcov_kept"] == pytest.approx(1.0) and per[0]["best_dropped_unit_qcov"] == 0.0
+    assert per[-1]["qcov_kept"] < 1.0  # at 8x the units about Paris' tower lose some query terms
+    _, no_query = featurize(comp, comp.score(DOCS, None), factors)
+    assert all(ff[k] == 0.0 for ff in no_query for k in COVERAGE_FEATURES)
+
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.sampled_from(["tower", "Tower", "towers", "eiffel", "paris", "1889", "İstanbul", "the",
+                                       "Straße", "built", "TALL", "x"]), min_size=1, max_size=60),
+       query=st.lists(st.sampled_from(["tower", "eiffel", "istanbul", "i̇stanbul", "straße", "1889", "tall", "zz"]),
+                      min_size=1, max_size=4))
+def test_query_presence_matches_a_substring_scan(words: list[str], query: list[str]) -> None:
+    text = ". ".join(" ".join(words[i:i + 5]) for i in range(0, len(words), 5)) + "."
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score([text, text.upper()], " ".join(query))
+    u = scored.units
+    q = sorted(set(terms(scored.query or "")))
+    want = np.array([[t in scored.documents[int(d)].text[int(a):int(b)].lower() for t in q]
+                     for d, a, b in zip(u.doc, u.start, u.end, strict=True)], dtype=bool).reshape(len(u), len(q))
+    assert np.array_equal(query_presence(scored), want)

@@ -15,6 +15,7 @@ from pocsdk.prediction.predictors import (
     LightGBMPredictor,
     MLPPredictor,
     Predictor,
+    group_weights,
     load_predictor,
     make_predictor,
 )
@@ -184,3 +185,32 @@ def test_predict_columns_equals_predict(kind: str, fitted, records) -> None:  # 
         assert np.array_equal(p.predict_columns(rec.context_features, grid, columns), want)
         assert np.array_equal(p.predict_columns(rec.context_features, grid, {"mass_kept": columns["mass_kept"]}),
                               p.predict(rec.context_features, grid, [[{"mass_kept": r["mass_kept"]} for r in rows]]))
+
+
+def test_group_weights_balance_groups_not_records() -> None:
+    w = group_weights(["a"] * 30 + ["b"] * 10)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:30].sum() == pytest.approx(w[30:].sum())
+    with pytest.raises(LabelsError):
+        group_weights([])
+
+
+def test_lightgbm_balances_the_groups_it_is_given(tmp_path: Path) -> None:
+    # family "many" is 10 small sub-datasets (easy), family "one" a single harder dataset of the same size:
+    # balancing datasets gives "many" 10/11 of the weight, balancing the families gives each half.
+    many = [r for i in range(10) for r in synthetic_records(40, seed=10 + i, dataset=f"many_{i}")]
+    one = synthetic_records(400, seed=3, dataset="one", shift=2.5)
+    recs = many + one
+    groups = ["many"] * len(many) + ["one"] * len(one)
+    by_dataset = LightGBMPredictor(n_estimators=60).fit(recs)
+    by_group = LightGBMPredictor(n_estimators=60).fit(recs, groups=groups)
+    assert by_dataset.training_.groups == {}
+    assert by_group.training_.groups == {"many": 400, "one": 400}
+    actual = np.array([r.performance for r in one])
+    err_dataset = np.abs(np.stack(by_dataset.predict_records(one)) - actual).mean()
+    err_group = np.abs(np.stack(by_group.predict_records(one)) - actual).mean()
+    assert err_group < err_dataset  # the under-weighted family is fitted better once it gets its share
+    by_group.save(tmp_path / "p")
+    assert load_predictor(tmp_path / "p").training_.groups == {"many": 400, "one": 400}
+    with pytest.raises(LabelsError, match="one group per record"):
+        LightGBMPredictor(n_estimators=5).fit(recs, groups=groups[:-1])

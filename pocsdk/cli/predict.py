@@ -54,7 +54,7 @@ def train_predictor(
     from pocsdk.prediction.conformal import Calibration, cross_dataset_calibration, fit_calibration
     from pocsdk.prediction.evaluate import load_records_with_sources, split_fit_cal
     from pocsdk.prediction.floor import CALIBRATION_FILE
-    from pocsdk.prediction.predictors import make_predictor
+    from pocsdk.prediction.predictors import Predictor, make_predictor
 
     try:
         if calibration not in ("cross_dataset", "holdout"):
@@ -72,11 +72,16 @@ def train_predictor(
             method = "holdout"
         calib: Calibration | None = None
         cal: list = []
+        origin = {id(r): s for r, s in zip(records, sources, strict=True)}
+
+        def make(recs: list) -> Predictor:  # balances labels files, as the calibration's datasets
+            return make_predictor(kind, **params).fit(recs, groups=[origin[id(r)] for r in recs])
+
         if method == "cross_dataset":
-            predictor = make_predictor(kind, **params).fit(records)
+            predictor = make(records)
             predictor.save(output)  # sets the checksum the calibration vouches for
-            calib = cross_dataset_calibration(records, lambda recs: make_predictor(kind, **params).fit(recs),
-                                              sources=sources, predictor=predictor, per_dataset=per_dataset)
+            calib = cross_dataset_calibration(records, make, sources=sources, predictor=predictor,
+                                              per_dataset=per_dataset)
             pred_t, act_t = calib.groups["*"].arrays()
             predictor.metrics_ = {"out_of_dataset_mae": float(np.abs(pred_t - act_t).mean()),
                                   "out_of_dataset_examples": float(len(pred_t))}
@@ -86,7 +91,7 @@ def train_predictor(
                 fit, cal = split_fit_cal(records, random.Random(seed), calibration_share)
             else:
                 fit, cal = records, []
-            predictor = make_predictor(kind, **params).fit(fit)
+            predictor = make(fit)
             if cal:
                 preds = predictor.predict_records(cal)
                 actual = [np.asarray(r.performance) for r in cal]

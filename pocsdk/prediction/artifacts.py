@@ -39,6 +39,9 @@ class TrainingSummary(BaseModel):
     judges: list[str] = Field(default_factory=list)
     factors: list[float] = Field(default_factory=list)
     mean_performance: float | None = None
+    groups: dict[str, int] = Field(default_factory=dict)
+    """Examples per group when training balanced groups given by the caller (labels files); empty when it
+    balanced ``datasets`` or nothing."""
 
 
 class PredictorCard(BaseModel):

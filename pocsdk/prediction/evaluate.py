@@ -192,15 +192,17 @@ def task_margins(cal: Calibration, records: Sequence[LabelRecord], floor: float,
 
 
 def fit_all(fit: Sequence[LabelRecord], seed: int = 0, kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
-            ) -> dict[str, Predictor]:
+            source: Callable[[LabelRecord], str] | None = None) -> dict[str, Predictor]:
+    """Fit each kind on ``fit``; ``source`` names each record's labels file, the unit training balances."""
+    groups = [source(r) for r in fit] if source is not None else None
     made: dict[str, Predictor] = {}
     for kind in kinds:
         if kind == "agnostic":
-            made[kind] = ContextAgnosticPredictor().fit(fit)
+            made[kind] = ContextAgnosticPredictor().fit(fit, groups=groups)
         elif kind == "lightgbm":
-            made[kind] = LightGBMPredictor(seed=seed).fit(fit)
+            made[kind] = LightGBMPredictor(seed=seed).fit(fit, groups=groups)
         elif kind == "mlp":
-            made[kind] = MLPPredictor(seed=seed).fit(fit)
+            made[kind] = MLPPredictor(seed=seed).fit(fit, groups=groups)
     return made
 
 
@@ -208,11 +210,12 @@ def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Seq
                   factors: Sequence[float], floors: Sequence[float], confidence: float, seed: int,
                   kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"),
                   extra_cal: dict[str, Calibration] | None = None,
+                  source: Callable[[LabelRecord], str] | None = None,
                   ) -> tuple[list[EvalRow], dict[str, np.ndarray], dict[str, Predictor], dict[str, Calibration]]:
     """Fit on ``train`` (75/25 fit/calibration), evaluate every method on ``test``."""
     rng = random.Random(seed)
     fit, cal = split_fit_cal(train, rng)
-    preds = fit_all(fit, seed, kinds)
+    preds = fit_all(fit, seed, kinds, source)
     cals: dict[str, Calibration] = {k: fit_calibration(preds[k], cal) for k in ("agnostic", "lightgbm") if k in preds}
     cals.update(extra_cal or {})
     actual, achieved = arrays(test)
@@ -244,13 +247,14 @@ def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Seq
     return rows, test_pred, preds, cals
 
 
-def _fit_one(records: list[LabelRecord], kind: str, seed: int) -> Predictor:
-    return fit_all(records, seed, [kind])[kind]
+def _fit_one(records: list[LabelRecord], kind: str, seed: int,
+             source: Callable[[LabelRecord], str] | None = None) -> Predictor:
+    return fit_all(records, seed, [kind], source)[kind]
 
 
 def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources: Sequence[str],
               test: Sequence[LabelRecord], factors: Sequence[float], floors: Sequence[float], confidence: float,
-              seed: int, kinds: Sequence[str] = XCAL_KINDS,
+              seed: int, kinds: Sequence[str] = XCAL_KINDS, source: Callable[[LabelRecord], str] | None = None,
               ) -> tuple[list[EvalRow], dict[str, Predictor], dict[str, Calibration]]:
     """Cross-dataset calibration on ``train`` (inner leave-one-dataset-out), final fit on all of ``train``.
 
@@ -261,8 +265,8 @@ def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources
     cals: dict[str, Calibration] = {}
     rows: list[EvalRow] = []
     for kind in kinds:
-        preds[kind] = fit_all(train, seed, [kind])[kind]
-        cals[kind] = cross_dataset_calibration(train, functools.partial(_fit_one, kind=kind, seed=seed),
+        preds[kind] = fit_all(train, seed, [kind], source)[kind]
+        cals[kind] = cross_dataset_calibration(train, functools.partial(_fit_one, kind=kind, seed=seed, source=source),
                                                sources=train_sources, predictor=preds[kind])
     for kind in kinds:
         pm = np.stack(preds[kind].predict_records(test))
@@ -311,7 +315,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
 
     ``source`` names the dataset a record belongs to for leave-one-dataset-out (default: its
     ``dataset`` field; :func:`evaluate_files` uses the labels file, so that the sub-tasks of one
-    benchmark such as LEval are held out together).
+    benchmark such as LEval are held out together). Training balances the same units.
     """
     src = source or (lambda r: r.dataset)
     lodo_k = list(kinds if lodo_kinds is None else [k for k in lodo_kinds if k in kinds])
@@ -331,7 +335,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
     test = [recs[i] for i in idx[:k]]
     train = [recs[i] for i in idx[k:]]
     rows, test_pred, preds, cals = evaluate_fold("random", "all", train, test, factors, floors, confidence, seed,
-                                                 kinds)
+                                                 kinds, source=src)
     report.rows.extend(rows)
     actual, achieved = arrays(test)
     report.curves = _curves(test_pred, cals, actual, achieved, factors, confidence, arrays(train)[0])
@@ -343,7 +347,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
             held = [r for r in recs if src(r) == ds]
             rest = [r for r in recs if src(r) != ds]
             rows_ds, _, preds_ds, cals_ds = evaluate_fold("lodo", ds, rest, held, factors, floors, confidence,
-                                                          seed, lodo_k)
+                                                          seed, lodo_k, source=src)
             lodo.extend(rows_ds)
             rest_src = [src(r) for r in rest]
             xk = [k for k in XCAL_KINDS if k in lodo_k]
@@ -351,7 +355,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
             xcals: dict[str, Calibration] = {}
             if len(set(rest_src)) >= 3 and xk:
                 xrows, xpreds, xcals = xcal_fold("lodo", ds, rest, rest_src, held, factors, floors, confidence, seed,
-                                                 xk)
+                                                 xk, source=src)
                 lodo.extend(xrows)
             if few_shot and len(held) > few_shot + 10 and "lightgbm" in preds_ds:
                 r2 = random.Random(seed + 1)

@@ -5,20 +5,24 @@
 * context features (one dict, independent of the factor): sizes, the query and its overlap
   with the context, the shape of the relevance distribution, redundancy and the task type;
 * per-factor features (one dict per requested factor): what the compressor's selection at
-  keep rate ``1 / f`` actually keeps (relevance mass, top units, achieved rate, protected share).
+  keep rate ``1 / f`` actually keeps (relevance mass, top units, achieved rate, protected share,
+  and how much of the query's vocabulary the kept units still cover).
 
 Only the compressor's selections are made per factor, all in one pass (cheap, see
 :func:`~pocsdk.compressors.grid.select_many`); text statistics look at a bounded prefix of the
 context so that the cost stays flat on long inputs.
 
-The names are fixed in :data:`CONTEXT_FEATURES` and :data:`FACTOR_FEATURES`; a predictor's card
-records them with :data:`FEATURES_VERSION`, and a predictor refuses features of another version.
+The names are fixed in :data:`CONTEXT_FEATURES` and :data:`PER_FACTOR_FEATURES`; a predictor's card
+records the ones it uses with :data:`FEATURES_VERSION`, and a predictor refuses features of another
+version. The version changes when a feature's definition changes, not when one is added: a card lists
+its features, so older predictors ignore new ones.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from bisect import bisect_right
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -84,7 +88,26 @@ FACTOR_FEATURES: tuple[str, ...] = (
     "protected_share",
 )
 
-FEATURE_NAMES: tuple[str, ...] = CONTEXT_FEATURES + FACTOR_FEATURES
+COVERAGE_FEATURES: tuple[str, ...] = (
+    "qcov_kept",
+    "best_kept_unit_qcov",
+    "best_dropped_unit_qcov",
+    "qcov_gap",
+)
+"""Per-factor query-term coverage: does what is kept still mention what the query asks about?
+
+Each query term weighs its IDF over the units (``log(1 + units / units containing it)``). ``qcov_kept``:
+share of that weight covered by the kept units together; ``best_kept_unit_qcov`` /
+``best_dropped_unit_qcov``: the best single kept / dropped unit's share; ``qcov_gap``: their
+difference. Units that ``select`` reduced to excerpts count as dropped. A term is present in a unit
+when it occurs in its lower-cased text. All zero without a query.
+"""
+
+PER_FACTOR_FEATURES: tuple[str, ...] = FACTOR_FEATURES + COVERAGE_FEATURES
+"""Everything computed at each factor (coverage added after the first shipped predictors; their cards
+list the features they use, so they load and predict unchanged)."""
+
+FEATURE_NAMES: tuple[str, ...] = CONTEXT_FEATURES + PER_FACTOR_FEATURES
 """Every feature a predictor may use: context features first, then per-factor features."""
 
 MONOTONE: dict[str, int] = {
@@ -96,6 +119,9 @@ MONOTONE: dict[str, int] = {
     "mass_kept": 1,
     "top1_kept": 1,
     "topk_kept": 1,
+    "qcov_kept": 1,
+    "best_kept_unit_qcov": 1,
+    "best_dropped_unit_qcov": -1,
 }
 """Direction in which predicted performance may move with each feature (others: free).
 
@@ -182,8 +208,8 @@ def factor_features(
 
 def factor_rows(columns: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
     """One dict per factor out of :func:`factor_columns`."""
-    lists = {k: columns[k].tolist() for k in FACTOR_FEATURES}
-    return [{k: lists[k][i] for k in FACTOR_FEATURES} for i in range(len(lists["factor"]))]
+    lists = {k: columns[k].tolist() for k in PER_FACTOR_FEATURES}
+    return [{k: lists[k][i] for k in PER_FACTOR_FEATURES} for i in range(len(lists["factor"]))]
 
 
 def factor_columns(
@@ -220,6 +246,7 @@ def factor_columns(
     else:
         mass_kept = top1 = topk = np.ones(m)
         prot = np.zeros(m)
+    coverage = _coverage_columns(query_presence(scored), keep)
     return {
         "factor": f,
         "log_factor": np.log(f),
@@ -232,6 +259,89 @@ def factor_columns(
         "skim_mass": skim_mass,
         "skim_token_share": np.where(kept > 0, skim_tokens / safe_kept, 0.0),
         "protected_share": np.where(kept > 0, prot / safe_kept, 0.0),
+        **coverage,
+    }
+
+
+def query_presence(scored: Scored) -> np.ndarray:
+    """``(units, distinct query terms)`` bool: the term occurs in the unit's lower-cased text.
+
+    ``find`` over the lower-cased documents (joined), skipping to the end of a unit once the term is found
+    in it, so the cost follows the units that contain a term rather than units x terms or every occurrence.
+    """
+    u = scored.units
+    q = sorted(set(terms(scored.query))) if scored.query else []
+    out = np.zeros((len(u), len(q)), dtype=bool)
+    if not q or not len(u):
+        return out
+    texts = [d.text for d in scored.documents]
+    base = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])  # documents joined by NUL, which no term holds
+    gstart = base[u.doc] + u.start
+    rows = np.argsort(gstart, kind="stable")
+    starts = gstart[rows]
+    ends = base[u.doc[rows]] + u.end[rows]
+    found = _lowered_spans("\0".join(texts), starts, ends, all(t.isascii() for t in q))
+    if found is None:  # lower-casing moves offsets here: go unit by unit
+        for r, d, a, b in zip(rows.tolist(), u.doc[rows].tolist(), u.start[rows].tolist(), u.end[rows].tolist(),
+                              strict=True):
+            piece = texts[d][a:b].lower()
+            out[r] = [t in piece for t in q]
+        return out
+    hay, lo, hi = found
+    needles = [t.encode("ascii") for t in q] if isinstance(hay, bytes) else q
+    row_list = rows.tolist()
+    top = max(hi)
+    for j, t in enumerate(needles):
+        n = len(t)
+        i = hay.find(t, lo[0], top)  # type: ignore[arg-type]
+        while i >= 0:
+            k = bisect_right(lo, i) - 1
+            if i + n <= hi[k]:  # inside unit k: mark it, and nothing before its end can count again
+                out[row_list[k], j] = True
+                i = hay.find(t, hi[k], top)  # type: ignore[arg-type]
+            else:  # across a unit boundary or in the gap between units
+                i = hay.find(t, i + 1, top)  # type: ignore[arg-type]
+    return out
+
+
+def _lowered_spans(text: str, starts: np.ndarray, ends: np.ndarray,
+                   ascii_terms: bool) -> tuple[str | bytes, list[int], list[int]] | None:
+    """The lower-cased text to search and the unit spans in its offsets; None when offsets can't be kept.
+
+    Lower-casing non-ASCII text is slow; for ASCII terms its UTF-8 bytes lower-cased byte-wise find the same
+    occurrences (see :func:`_overlap_haystack`), with character offsets turned into byte offsets.
+    """
+    if text.isascii():
+        return text.lower(), starts.tolist(), ends.tolist()
+    if ascii_terms and not any(c in text for c in LOWER_NOT_SIMPLE):
+        raw = text.encode("utf-8", "surrogatepass")
+        lead = np.flatnonzero((np.frombuffer(raw, dtype=np.uint8) & 0xC0) != 0x80)  # first byte of each character
+        offset = np.append(lead, len(raw))
+        return raw.lower(), offset[starts].tolist(), offset[ends].tolist()
+    low = text.lower()
+    if len(low) != len(text):
+        return None
+    return low, starts.tolist(), ends.tolist()
+
+
+def _coverage_columns(presence: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`COVERAGE_FEATURES` over the factors from term presence and the ``(factors, units)`` keep masks."""
+    m = keep.shape[0]
+    df = presence.sum(axis=0)
+    if not presence.size or not df.any():
+        zero = np.zeros(m)
+        return {name: zero for name in COVERAGE_FEATURES}
+    idf = np.log1p(presence.shape[0] / np.maximum(df, 1)) * (df > 0)
+    total = float(idf.sum())
+    unit_cov = presence.astype(np.float64) @ idf / total
+    covered = (keep.astype(np.float64) @ presence.astype(np.float64)) > 0
+    best_kept = np.where(keep, unit_cov, 0.0).max(axis=1)
+    best_dropped = np.where(keep, 0.0, unit_cov).max(axis=1)
+    return {
+        "qcov_kept": covered.astype(np.float64) @ idf / total,
+        "best_kept_unit_qcov": best_kept,
+        "best_dropped_unit_qcov": best_dropped,
+        "qcov_gap": best_kept - best_dropped,
     }
 
 

@@ -37,9 +37,11 @@ from pocsdk.prediction.predictors.base import (
     monotone_over_grid,
 )
 from pocsdk.prediction.predictors.design import (
+    check_groups,
     column_matrix,
     dataset_weights,
     design_matrix,
+    group_weights,
     record_context,
     record_factor_features,
     summarize,
@@ -59,9 +61,11 @@ __all__ = [
     "LightGBMPredictor",
     "MLPPredictor",
     "Predictor",
+    "check_groups",
     "column_matrix",
     "dataset_weights",
     "design_matrix",
+    "group_weights",
     "load_predictor",
     "make_predictor",
     "monotone_over_grid",

@@ -37,7 +37,7 @@ class ContextAgnosticPredictor(Predictor):
         self.curves_: dict[str, tuple[list[float], list[float]]] = {}
 
     def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
-            sample_weight: np.ndarray | None = None) -> ContextAgnosticPredictor:
+            sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> ContextAgnosticPredictor:
         self.compressor_ = single_compressor(records, compressor)
         x, y, idx = training_rows(records, ["log_achieved_factor"])
         w = np.ones(len(records)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)

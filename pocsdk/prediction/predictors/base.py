@@ -100,7 +100,10 @@ class Predictor:
         """The factor grid seen in training (the default grid if none)."""
         return self.training_.factors or list(DEFAULT_FACTORS)
 
-    def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None) -> Predictor:
+    def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
+            sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> Predictor:
+        """Learn from labels. ``groups`` names each record's exchangeable unit (its labels file); predictors
+        that balance datasets give each group the same weight instead of each ``record.dataset``."""
         raise NotImplementedError
 
     def _predict_rows(self, ctx: Sequence[Mapping[str, float]], per: list[list[dict[str, float]]]) -> np.ndarray:

@@ -83,8 +83,8 @@ def training_rows(records: Sequence[LabelRecord], names: Sequence[str]) -> tuple
     return x, y, idx
 
 
-def summarize(records: Sequence[LabelRecord]) -> TrainingSummary:
-    """What a predictor was trained on, for its card."""
+def summarize(records: Sequence[LabelRecord], groups: Sequence[str] | None = None) -> TrainingSummary:
+    """What a predictor was trained on, for its card (``groups``: the units its weights balanced)."""
     factors = sorted({float(f) for r in records for f in r.factors})
     perf = [p for r in records for p in r.performance]
     return TrainingSummary(
@@ -95,14 +95,36 @@ def summarize(records: Sequence[LabelRecord]) -> TrainingSummary:
         judges=sorted({r.judge for r in records}),
         factors=factors,
         mean_performance=float(np.mean(perf)) if perf else None,
+        groups=dict(Counter(groups)) if groups is not None else {},
     )
 
 
 def dataset_weights(records: Sequence[LabelRecord]) -> np.ndarray:
     """Per-example weights giving every dataset the same total weight (mean weight 1)."""
-    counts = Counter(r.dataset for r in records)
-    w = np.array([1.0 / counts[r.dataset] for r in records])
-    return w * len(records) / w.sum()
+    return group_weights([r.dataset for r in records])
+
+
+def group_weights(groups: Sequence[str]) -> np.ndarray:
+    """Per-example weights giving every group the same total weight (mean weight 1).
+
+    Balance over the units a new task is drawn like: a labels file (``nq_mixed``, ``leval``) rather
+    than each of its sub-datasets, or LEval's 15 sub-tasks would carry 15 times the weight of NQ.
+    """
+    if not len(groups):
+        raise LabelsError("no label records to weight")
+    counts = Counter(groups)
+    w = np.array([1.0 / counts[g] for g in groups])
+    return w * len(groups) / w.sum()
+
+
+def check_groups(records: Sequence[LabelRecord], groups: Sequence[str] | None) -> list[str] | None:
+    """``groups`` as a list, checked to name one group per record."""
+    if groups is None:
+        return None
+    out = [str(g) for g in groups]
+    if len(out) != len(records):
+        raise LabelsError(f"groups must name one group per record: {len(out)} groups for {len(records)} records")
+    return out
 
 
 def single_compressor(records: Sequence[LabelRecord], compressor: str | None) -> str:

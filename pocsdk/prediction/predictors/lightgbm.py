@@ -10,13 +10,15 @@ import numpy as np
 from pocsdk.calibration.labels import LabelRecord
 from pocsdk.errors import ArtifactError, ConfigError
 from pocsdk.prediction.artifacts import PredictorCard, versions
-from pocsdk.prediction.features import FACTOR_FEATURES, FEATURE_NAMES, MONOTONE
+from pocsdk.prediction.features import COVERAGE_FEATURES, FACTOR_FEATURES, FEATURE_NAMES, MONOTONE
 from pocsdk.prediction.predictors.agnostic import isotonic_curve
 from pocsdk.prediction.predictors.base import Predictor
 from pocsdk.prediction.predictors.design import (
+    check_groups,
     column_matrix,
     dataset_weights,
     design_matrix,
+    group_weights,
     single_compressor,
     summarize,
     training_rows,
@@ -24,6 +26,7 @@ from pocsdk.prediction.predictors.design import (
 
 LIGHTGBM_FEATURES: tuple[str, ...] = (
     *FACTOR_FEATURES,
+    *COVERAGE_FEATURES,
     "rel_entropy", "rel_top1_share", "rel_topk_share", "rel_top10pct_share", "rel_gini",
     "query_overlap", "has_query",
 )
@@ -98,14 +101,19 @@ class LightGBMPredictor(Predictor):
         }
 
     def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
-            sample_weight: np.ndarray | None = None) -> LightGBMPredictor:
+            sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> LightGBMPredictor:
         import lightgbm as lgb
 
         self.compressor_ = single_compressor(records, compressor)
+        groups = check_groups(records, groups)
         names = self.feature_names_
         x, y, idx = training_rows(records, names)
-        w = sample_weight if sample_weight is not None else (
-            dataset_weights(records) if self.balance_datasets else np.ones(len(records)))
+        if sample_weight is not None:
+            w = sample_weight
+        elif not self.balance_datasets:
+            w = np.ones(len(records))
+        else:
+            w = group_weights(groups) if groups is not None else dataset_weights(records)
         init = None
         if self.residual:
             lx, _, _ = training_rows(records, ["log_achieved_factor"])
@@ -115,7 +123,7 @@ class LightGBMPredictor(Predictor):
         ds = lgb.Dataset(x, label=y, weight=np.asarray(w)[idx], feature_name=names, init_score=init,
                          categorical_feature=["task_code"] if "task_code" in names else [], free_raw_data=True)
         self.booster_ = lgb.train(self._lgb_params(), ds, num_boost_round=self.n_estimators)
-        self.training_ = summarize(records)
+        self.training_ = summarize(records, groups if self.balance_datasets and sample_weight is None else None)
         return self
 
     def _predict_rows(self, ctx: Sequence[Mapping[str, float]], per: list[list[dict[str, float]]]) -> np.ndarray:

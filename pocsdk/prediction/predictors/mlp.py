@@ -11,7 +11,7 @@ import numpy as np
 from pocsdk.calibration.labels import LabelRecord
 from pocsdk.errors import ArtifactError
 from pocsdk.prediction.artifacts import PredictorCard, versions
-from pocsdk.prediction.features import FEATURE_NAMES, TASKS
+from pocsdk.prediction.features import CONTEXT_FEATURES, FACTOR_FEATURES, FEATURE_NAMES, TASKS
 from pocsdk.prediction.predictors.base import Predictor, json_model
 from pocsdk.prediction.predictors.design import (
     column_matrix,
@@ -21,7 +21,8 @@ from pocsdk.prediction.predictors.design import (
     training_rows,
 )
 
-_MLP_NUMERIC = [n for n in FEATURE_NAMES if n != "task_code"]
+_MLP_NUMERIC = [n for n in (*CONTEXT_FEATURES, *FACTOR_FEATURES) if n != "task_code"]
+"""The inputs it was designed with (the coverage features came later; a new input would orphan saved MLPs)."""
 
 
 class MLPPredictor(Predictor):
@@ -55,7 +56,7 @@ class MLPPredictor(Predictor):
         return np.hstack([num, onehot])
 
     def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
-            sample_weight: np.ndarray | None = None) -> MLPPredictor:
+            sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> MLPPredictor:
         from sklearn.neural_network import MLPRegressor
 
         self.compressor_ = single_compressor(records, compressor)
