@@ -214,3 +214,14 @@ def test_lightgbm_balances_the_groups_it_is_given(tmp_path: Path) -> None:
     assert load_predictor(tmp_path / "p").training_.groups == {"many": 400, "one": 400}
     with pytest.raises(LabelsError, match="one group per record"):
         LightGBMPredictor(n_estimators=5).fit(recs, groups=groups[:-1])
+
+
+def test_mlp_honours_sample_weight(records) -> None:  # type: ignore[no-untyped-def]
+    # weight only the "other" dataset: the fit then follows it instead of the 3x larger "synth" one
+    w = np.array([0.0 if r.dataset == "synth" else 1.0 for r in records])
+    plain = MLPPredictor(hidden=(16,), max_iter=80).fit(records)
+    weighted = MLPPredictor(hidden=(16,), max_iter=80).fit(records, sample_weight=w)
+    other = [r for r in records if r.dataset == "other"]
+    actual = np.array([r.performance for r in other])
+    assert (np.abs(np.stack(weighted.predict_records(other)) - actual).mean()
+            < np.abs(np.stack(plain.predict_records(other)) - actual).mean())

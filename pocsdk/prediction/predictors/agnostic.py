@@ -38,6 +38,7 @@ class ContextAgnosticPredictor(Predictor):
 
     def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
             sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> ContextAgnosticPredictor:
+        """Isotonic curves, weighted by ``sample_weight`` (default: every record alike; ``groups`` is not used)."""
         self.compressor_ = single_compressor(records, compressor)
         x, y, idx = training_rows(records, ["log_achieved_factor"])
         w = np.ones(len(records)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -9,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pocsdk.calibration.labels import LabelRecord
-from pocsdk.errors import ArtifactError
+from pocsdk.errors import ArtifactError, ConfigError
 from pocsdk.prediction.artifacts import PredictorCard, versions
 from pocsdk.prediction.features import CONTEXT_FEATURES, FACTOR_FEATURES, FEATURE_NAMES, TASKS
 from pocsdk.prediction.predictors.base import Predictor, json_model
@@ -57,10 +58,16 @@ class MLPPredictor(Predictor):
 
     def fit(self, records: Sequence[LabelRecord], *, compressor: str | None = None,
             sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> MLPPredictor:
+        """Unweighted unless ``sample_weight`` (one per record) is given; ``groups`` is not used."""
         from sklearn.neural_network import MLPRegressor
 
         self.compressor_ = single_compressor(records, compressor)
-        x, y, _ = training_rows(records, FEATURE_NAMES)
+        x, y, idx = training_rows(records, FEATURE_NAMES)
+        fit_kwargs: dict[str, Any] = {}
+        if sample_weight is not None:
+            if "sample_weight" not in inspect.signature(MLPRegressor.fit).parameters:
+                raise ConfigError("sample_weight for the MLP needs scikit-learn >= 1.7")
+            fit_kwargs["sample_weight"] = np.asarray(sample_weight, dtype=np.float64)[idx]
         z = self._inputs(x)
         self.mean_ = np.nanmean(z, axis=0)
         self.mean_ = np.nan_to_num(self.mean_)
@@ -69,7 +76,7 @@ class MLPPredictor(Predictor):
         zs = np.nan_to_num((z - self.mean_) / self.scale_)
         mlp = MLPRegressor(hidden_layer_sizes=self.hidden, alpha=self.alpha, max_iter=self.max_iter,
                            early_stopping=True, random_state=self.seed)
-        mlp.fit(zs, y)
+        mlp.fit(zs, y, **fit_kwargs)
         self.coefs_ = [np.asarray(c) for c in mlp.coefs_]
         self.intercepts_ = [np.asarray(b) for b in mlp.intercepts_]
         self.training_ = summarize(records)
