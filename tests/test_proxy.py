@@ -66,6 +66,7 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
                                 status_code=500)
         if model == "slow":
             await asyncio.sleep(slow_s)
+        extra = {"set-cookie": "session=upstream-secret; Path=/"} if model == "set-cookie" else {}
         if body.get("stream"):
             return StreamingResponse(_stream(model), media_type="text/event-stream", headers={"x-upstream": "yes"})
         return JSONResponse({
@@ -73,7 +74,7 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             "received": body, "raw_body": raw.decode(), "headers": dict(request.headers),
-        }, headers={"x-upstream": "yes"})
+        }, headers={"x-upstream": "yes", **extra})
 
     return app
 
@@ -177,6 +178,32 @@ def test_short_request_is_forwarded_byte_for_byte(proxy: str) -> None:
     assert r.status_code == 200
     assert r.json()["raw_body"] == raw.decode()
     assert r.headers["x-pocsdk-original-tokens"] == r.headers["x-pocsdk-compressed-tokens"]
+
+
+def test_forwarded_headers_keep_the_http_client_defaults(proxy: str) -> None:
+    raw = b'{"model":"m","messages":[{"role":"user","content":"Hi"}]}'
+    with httpx.Client() as client:
+        for name in ("user-agent", "accept", "accept-encoding", "connection"):
+            del client.headers[name]
+        r = client.post(proxy + "/v1/chat/completions", content=raw,
+                        headers={"content-type": "application/json", "x-custom": "1", "cookie": "c=1",
+                                 "X-Pocsdk-Keep-Rate": "0.5"})
+    assert r.status_code == 200, r.text
+    sent = r.json()["headers"]
+    assert sent["user-agent"].startswith("python-httpx/") and sent["accept"] == "*/*"
+    assert sent["accept-encoding"] == "identity" and sent["connection"] == "keep-alive"
+    assert sent["x-custom"] == "1" and sent["content-length"] == str(len(raw))
+    assert "cookie" not in sent and "x-pocsdk-keep-rate" not in sent
+    mine = httpx.post(proxy + "/v1/chat/completions", content=raw, headers={"user-agent": "my-agent/1"})
+    assert mine.json()["headers"]["user-agent"] == "my-agent/1"
+
+
+def test_upstream_cookies_are_neither_returned_nor_replayed(proxy: str) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    first = httpx.post(proxy + "/v1/chat/completions", json={"model": "set-cookie", **body})
+    assert first.status_code == 200 and "set-cookie" not in first.headers
+    second = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", **body})
+    assert "cookie" not in second.json()["headers"]
 
 
 def test_per_request_rate_by_header_and_body_field(proxy: str) -> None:
@@ -305,6 +332,8 @@ def test_settings_refuse_to_expose_an_upstream_key() -> None:
     ProxySettings(upstream="http://127.0.0.1:1/v1", upstream_api_key="k").vet("127.0.0.1")
     with pytest.raises(ConfigError):
         ProxySettings(upstream="ftp://x", keep_rate=0.5).vet("127.0.0.1")
+    with pytest.raises(ConfigError, match="not a valid URL"):
+        create_proxy_app(ProxySettings(upstream="http://[::1/v1", keep_rate=0.5))
 
 
 # -- load ----------------------------------------------------------------------------------

@@ -196,6 +196,13 @@ class MessageCompressor:
         """New texts for ``(role, text)`` slots (unchanged ones verbatim) and the stats."""
         t0 = time.perf_counter()
         key = self._key(slots, keep_rate, floor) if self.cache_size else b""
+        return self._compress_keyed(slots, keep_rate, floor, key, t0)
+
+    def _compress_keyed(self, slots: Sequence[tuple[str, str]], keep_rate: float | None, floor: float | None,
+                        key: bytes, t0: float | None = None) -> tuple[list[str], MessagesStats]:
+        """:meth:`compress_slots` with the cache key already computed (``b""`` when the cache is off)."""
+        if t0 is None:
+            t0 = time.perf_counter()
         hit = self._get(key)
         if hit is not None:
             texts, cached = hit
@@ -238,8 +245,7 @@ class MessageCompressor:
         """Is this exact prompt (and mode) in the cache? A hash, no compression."""
         if not self.cache_size:
             return False
-        with self._lock:
-            return self._key(slots, keep_rate, floor) in self._cache
+        return self._has(self._key(slots, keep_rate, floor))
 
     # -- OpenAI-style message dicts --------------------------------------------------------
     def compress_messages(self, messages: Sequence[Mapping[str, Any]], *, keep_rate: float | None = None,
@@ -258,12 +264,14 @@ class MessageCompressor:
         so the event loop does those itself.
         """
         slots, where = openai_slots(messages)
-        if self.is_cheap(slots) or self.cached(slots, keep_rate=keep_rate, floor=floor):
-            texts, stats = self.compress_slots(slots, keep_rate=keep_rate, floor=floor)
-        else:
+        t0 = time.perf_counter()
+        key = self._key(slots, keep_rate, floor) if self.cache_size else b""  # hashed once per request
+        if self.is_cheap(slots) or self._has(key):
+            texts, stats = self._compress_keyed(slots, keep_rate, floor, key, t0)
+        else:  # the worker checks the cache again: an identical prompt may have finished meanwhile
             loop = asyncio.get_running_loop()
             texts, stats = await loop.run_in_executor(
-                executor, lambda: self.compress_slots(slots, keep_rate=keep_rate, floor=floor))
+                executor, lambda: self._compress_keyed(slots, keep_rate, floor, key))
         return rebuild_openai(messages, where, [t for _, t in slots], texts), stats
 
     # -- internals -----------------------------------------------------------------------
@@ -297,6 +305,12 @@ class MessageCompressor:
                 h.update(len(b).to_bytes(8, "little"))
                 h.update(b)
         return h.digest()
+
+    def _has(self, key: bytes) -> bool:
+        if not self.cache_size:
+            return False
+        with self._lock:
+            return key in self._cache
 
     def _get(self, key: bytes) -> tuple[list[str], MessagesStats] | None:
         if not self.cache_size:
