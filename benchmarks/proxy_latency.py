@@ -126,6 +126,28 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``pocsdk proxy --workers N`` serves from child processes; Linux ``/proc``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo.extend(int(x) for x in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its descendants (see :func:`process_tree`)."""
+    return sum(process_cpu_s(p) for p in process_tree(pid))
+
+
+def tree_runqueue_s(pid: int) -> float:
+    return sum(process_runqueue_s(p) for p in process_tree(pid))
+
+
 def process_runqueue_s(pid: int) -> float:
     """Seconds the threads of a process were ready to run but waited for a core (Linux
     ``/proc/<pid>/task/*/schedstat``, nanoseconds; NaN elsewhere)."""
@@ -317,11 +339,11 @@ def measure(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int
             for name in order:
                 chunk = requests[name][pos:pos + per_round]
                 b = blocks[name]
-                p0, u0, c0 = process_cpu_s(pids["proxy"]), process_cpu_s(pids["upstream"]), time.process_time()
-                q0 = process_runqueue_s(pids["proxy"])
+                p0, u0, c0 = tree_cpu_s(pids["proxy"]), process_cpu_s(pids["upstream"]), time.process_time()
+                q0 = tree_runqueue_s(pids["proxy"])
                 await run_block(conns[name], chunk, b)
-                b.proxy_runqueue_s += process_runqueue_s(pids["proxy"]) - q0
-                b.proxy_cpu_s += process_cpu_s(pids["proxy"]) - p0
+                b.proxy_runqueue_s += tree_runqueue_s(pids["proxy"]) - q0
+                b.proxy_cpu_s += tree_cpu_s(pids["proxy"]) - p0
                 b.upstream_cpu_s += process_cpu_s(pids["upstream"]) - u0
                 b.client_cpu_s += time.process_time() - c0
             pos += per_round
@@ -354,6 +376,7 @@ def main() -> None:
                     help="timed requests per level and target (8k cold: each context is generated and compressed)")
     ap.add_argument("--rounds", type=int, default=4, help="alternating direct/proxy rounds per level")
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
+    ap.add_argument("--workers", type=int, default=1, help="`pocsdk proxy --workers N` (worker processes)")
     ap.add_argument("--proxy-command", default=None,
                     help="serve some other proxy instead of `pocsdk proxy` (a command with {upstream} and {port}; "
                          "it must answer GET /healthz); the report says so")
@@ -379,7 +402,7 @@ def main() -> None:
         proxy_cmd = shlex.split(args.proxy_command.format(upstream=upstream_url, port=ports["proxy"]))
     else:  # the proxy exactly as users run it: the CLI with its defaults
         proxy_cmd = [sys.executable, "-c", "from pocsdk.cli import main; main()", "proxy", "--upstream", upstream_url,
-                     "--port", str(ports["proxy"]), *mode, "--log-level", "warning"]
+                     "--port", str(ports["proxy"]), *mode, "--log-level", "warning", "--workers", str(args.workers)]
     try:
         procs.append(start(proxy_cmd, ports["proxy"], "/healthz"))
         pids = {"upstream": procs[0].pid, "proxy": procs[1].pid}
@@ -432,14 +455,17 @@ def section(args: argparse.Namespace, rows: list[Row], n_tokens: int, inproc_ms:
         SECTION,
         "",
         (f"`{args.proxy_command}`" if args.proxy_command else
-         f"`pocsdk proxy --upstream URL {mode}` (compressor `{DEFAULT_COMPRESSOR}`, otherwise the CLI's "
+         f"`pocsdk proxy --upstream URL {mode}"
+         + (f" --workers {args.workers}" if args.workers > 1 else "")
+         + f"` (compressor `{DEFAULT_COMPRESSOR}`, otherwise the CLI's "
          "defaults: 64 in flight, prompt cache 256, floor predictor loaded at start-up, no access log)") + " in "
         f"front of a fake upstream answering after {args.upstream_ms:g} ms, each its own process on loopback "
         f"({server_stack()}). The load generator is a third process: *clients* simulated clients, each on its own "
         "keep-alive connection sending pre-serialised requests back to back (a minimal HTTP/1.1 client on asyncio "
         "streams). Each level sends the same requests to the upstream directly and through the proxy in "
         f"{args.rounds} alternating rounds after a warm-up; *added* = proxy minus direct. CPU columns: CPU time "
-        "per proxied request of the proxy process (all threads), of the upstream and of the load generator "
+        "per proxied request of the proxy process (all threads, and its worker processes), of the upstream and "
+        "of the load generator "
         "(`/proc`, 10 ms ticks summed over the level); *proxy run-queue*: time per proxied request the proxy's "
         "threads were ready to run but waited for a core (`/proc/<pid>/task/*/schedstat`), the part of the added "
         "latency that is neither the proxy's work nor its I/O but other processes holding the cores. "

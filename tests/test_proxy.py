@@ -381,6 +381,81 @@ def test_cli_registers_proxy_command() -> None:
     assert bad.exit_code != 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _workers(pid: int) -> list[int]:
+    """Child processes started by multiprocessing's spawn (uvicorn's workers; not its resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(x) for x in path.read_text().split()] if path.exists() else []
+    out = []
+    for kid in kids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                out.append(kid)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc (Linux)")
+def test_cli_workers_serve_from_several_processes(upstream: str) -> None:
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "POCSDK_UPSTREAM_API_KEY": "sk-upstream-secret"}
+    cmd = [sys.executable, "-m", "pocsdk", "proxy", "--upstream", upstream + "/v1", "--keep-rate", "0.3",
+           "--min-tokens", "200", "--port", str(port), "--workers", "2", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200 and len(_workers(proc.pid)) >= 2:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "proxy workers did not start"
+            time.sleep(0.2)
+
+        def ask(i: int) -> dict[str, Any]:
+            r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"model": "m", "messages": _rag_messages(f"Question {i}: capital of Atlantis?")})
+            assert r.status_code == 200, r.text
+            assert float(r.headers["x-pocsdk-compression-factor"]) > 1.5
+            return r.json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(16)))
+        for i, a in enumerate(answers):  # every worker got the settings: compression, key, the question verbatim
+            assert a["headers"]["authorization"] == "Bearer sk-upstream-secret"
+            assert a["received"]["messages"][-1]["content"].endswith(f"Question {i}: capital of Atlantis?")
+        assert len(_workers(proc.pid)) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_worker_factory_needs_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pocsdk.server.proxy import SETTINGS_ENV, proxy_app_from_env
+
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    with pytest.raises(ConfigError, match="--workers"):
+        proxy_app_from_env()
+    monkeypatch.setenv(SETTINGS_ENV, ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5).model_dump_json())
+    assert proxy_app_from_env().state.proxy.settings.keep_rate == 0.5
+
+
 # -- a real model upstream -----------------------------------------------------------------
 MODEL_CACHE = Path(os.environ.get("POCSDK_MODEL_CACHE", Path.home() / ".cache" / "pocsdk" / "models"))
 

@@ -32,6 +32,8 @@ def proxy(
     timeout: float = typer.Option(300.0, help="Seconds of upstream silence before 504."),
     cache_size: int = typer.Option(256, help="Compressed prompts remembered for exact repeats (0: off)."),
     log_level: str = typer.Option("info", help="uvicorn log level (prompts are never logged)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes sharing the port: compression holds the GIL, so "
+                                "one process compresses on one core; limits and the prompt cache are per worker."),
 ) -> None:
     """Compress long chat contexts on their way to an OpenAI-compatible upstream."""
     from pocsdk.errors import ConfigError
@@ -39,7 +41,13 @@ def proxy(
     try:
         import uvicorn
 
-        from pocsdk.server.proxy import PROXY_KEY_ENV, UPSTREAM_KEY_ENV, ProxySettings, create_proxy_app
+        from pocsdk.server.proxy import (
+            PROXY_KEY_ENV,
+            SETTINGS_ENV,
+            UPSTREAM_KEY_ENV,
+            ProxySettings,
+            create_proxy_app,
+        )
     except ImportError as exc:
         typer.echo(f"error: the proxy needs the server extra: pip install 'pocsdk[server]' ({exc})", err=True)
         raise typer.Exit(2) from exc
@@ -52,10 +60,17 @@ def proxy(
             read_timeout_s=timeout, cache_size=cache_size,
         )
         settings.vet(host)
-        application = create_proxy_app(settings)
+        application = create_proxy_app(settings)  # checks the settings once here, before any worker starts
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     # No access log and no X-Forwarded-* rewriting (the proxy never uses the client's address):
     # both cost CPU on every request. uvicorn picks uvloop and httptools when installed.
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
+        return
+    # Worker processes build their own app from the settings (keys included) in their environment, which
+    # only this process and its children see.
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run("pocsdk.server.proxy:proxy_app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level, access_log=False, proxy_headers=False)

@@ -59,6 +59,8 @@ log = logging.getLogger("pocsdk.proxy")
 
 UPSTREAM_KEY_ENV = "POCSDK_UPSTREAM_API_KEY"
 PROXY_KEY_ENV = "POCSDK_PROXY_API_KEY"
+SETTINGS_ENV = "POCSDK_PROXY_SETTINGS"
+"""How ``pocsdk proxy --workers N`` hands its settings (JSON) to the worker processes it starts."""
 
 # Never forwarded upstream: hop-by-hop headers, ones httpx sets itself, our own controls.
 _DROP_REQUEST = frozenset({
@@ -292,6 +294,19 @@ def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> 
     if stats is not None:
         out.update(stats.headers())
     return out
+
+
+def proxy_app_from_env() -> FastAPI:
+    """The app of one worker process of ``pocsdk proxy --workers N`` (a uvicorn factory).
+
+    Compression is Python code holding the GIL, so one process compresses on one core at a time;
+    worker processes (uvicorn's supervisor, one listening socket) spread it over the cores. Each
+    worker keeps its own prompt cache and limits (``max_concurrent`` and ``max_queue`` are per worker).
+    """
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise ConfigError(f"${SETTINGS_ENV} is not set: start workers with `pocsdk proxy --workers N`")
+    return create_proxy_app(ProxySettings.model_validate_json(raw))
 
 
 def create_proxy_app(settings: ProxySettings) -> FastAPI:
