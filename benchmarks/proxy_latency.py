@@ -34,6 +34,7 @@ import asyncio
 import datetime as dt
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -43,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,12 +142,17 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its descendants (see :func:`process_tree`)."""
-    return sum(process_cpu_s(p) for p in process_tree(pid))
+    """CPU seconds of a process and its descendants (see :func:`process_tree`); one that ended meanwhile counts 0."""
+    return _finite_sum(process_cpu_s(p) for p in process_tree(pid))
 
 
 def tree_runqueue_s(pid: int) -> float:
-    return sum(process_runqueue_s(p) for p in process_tree(pid))
+    return _finite_sum(process_runqueue_s(p) for p in process_tree(pid))
+
+
+def _finite_sum(values: Iterable[float]) -> float:
+    got = [v for v in values if math.isfinite(v)]
+    return sum(got) if got else float("nan")
 
 
 def process_runqueue_s(pid: int) -> float:

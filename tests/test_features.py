@@ -175,7 +175,6 @@ def test_coverage_features_follow_the_formula(name: str) -> None:
 
 
 
-
 @settings(max_examples=60, deadline=None)
 @given(words=st.lists(st.sampled_from(["tower", "Tower", "towers", "eiffel", "paris", "1889", "İstanbul", "the",
                                        "Straße", "built", "TALL", "x"]), min_size=1, max_size=60),
@@ -190,3 +189,33 @@ def test_query_presence_matches_a_substring_scan(words: list[str], query: list[s
     want = np.array([[t in scored.documents[int(d)].text[int(a):int(b)].lower() for t in q]
                      for d, a, b in zip(u.doc, u.start, u.end, strict=True)], dtype=bool).reshape(len(u), len(q))
     assert np.array_equal(query_presence(scored), want)
+
+
+def _presence_by_hand(scored) -> np.ndarray:  # type: ignore[no-untyped-def]
+    u = scored.units
+    q = sorted(set(terms(scored.query or "")))
+    spans = zip(u.doc, u.start, u.end, strict=True)
+    return np.array([[t in scored.documents[int(d)].text[int(a):int(b)].lower() for t in q] for d, a, b in spans],
+                    dtype=bool).reshape(len(u), len(q))
+
+
+@pytest.mark.parametrize(("text", "spans", "query"), [
+    ("tower x tower", [(0, 13), (6, 13)], "tower"),  # overlapping units (fixed token windows can share a character)
+    ("tower x tower", [(0, 13), (0, 5)], "tower"),  # same start
+    ("tower x", [(0, 7), (0, 0)], "tower"),  # an empty unit
+    ("é tower", [(0, 7), (2, 7)], "tower"),  # overlapping, on the UTF-8 byte path
+    ("ΑΣΒ tower", [(0, 2), (2, 9)], "ας"),  # capital sigma: lower-cased alone, a unit may differ from the whole text
+])
+def test_query_presence_on_unusual_units(text: str, spans: list[tuple[int, int]], query: str) -> None:
+    import dataclasses
+
+    comp = get_compressor("extractive", min_tokens=1)
+    scored = comp.score(text, query)
+    n = len(spans)
+    units = dataclasses.replace(
+        scored.units, doc=np.zeros(n, dtype=np.int32), start=np.array([a for a, _ in spans], dtype=np.int64),
+        end=np.array([b for _, b in spans], dtype=np.int64), tokens=np.ones(n, dtype=np.int64),
+        relevance=np.ones(n), protected=np.zeros(n, dtype=bool), group=np.zeros(n, dtype=np.int32),
+        kind=np.zeros(n, dtype=np.int8))
+    scored = dataclasses.replace(scored, units=units)
+    assert np.array_equal(query_presence(scored), _presence_by_hand(scored))

@@ -216,6 +216,13 @@ def test_lightgbm_balances_the_groups_it_is_given(tmp_path: Path) -> None:
         LightGBMPredictor(n_estimators=5).fit(recs, groups=groups[:-1])
 
 
+def _sklearn_version() -> tuple[int, ...]:
+    import sklearn
+
+    return tuple(int(x) for x in sklearn.__version__.split(".")[:2] if x.isdigit())
+
+
+@pytest.mark.skipif(_sklearn_version() < (1, 7), reason="scikit-learn's MLP takes sample_weight from 1.7")
 def test_mlp_honours_sample_weight(records) -> None:  # type: ignore[no-untyped-def]
     # weight only the "other" dataset: the fit then follows it instead of the 3x larger "synth" one
     w = np.array([0.0 if r.dataset == "synth" else 1.0 for r in records])
@@ -225,3 +232,13 @@ def test_mlp_honours_sample_weight(records) -> None:  # type: ignore[no-untyped-
     actual = np.array([r.performance for r in other])
     assert (np.abs(np.stack(weighted.predict_records(other)) - actual).mean()
             < np.abs(np.stack(plain.predict_records(other)) - actual).mean())
+
+
+def test_lightgbm_refuses_labels_without_its_features(records) -> None:  # type: ignore[no-untyped-def]
+    # labels made before the coverage features: the default feature set needs them, an explicit set without them works
+    old = [r.model_copy(update={"factor_features": [{k: v for k, v in ff.items() if not k.startswith(("qcov", "best_"))}
+                                                    for ff in r.factor_features]}) for r in records[:100]]
+    with pytest.raises(LabelsError, match="qcov_kept"):
+        LightGBMPredictor(n_estimators=5).fit(old)
+    without = [n for n in LightGBMPredictor().feature_names_ if not n.startswith(("qcov", "best_"))]
+    assert LightGBMPredictor(n_estimators=5, features=without).fit(old).feature_names_ == without

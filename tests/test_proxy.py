@@ -403,8 +403,9 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc (Linux)")
-def test_cli_workers_serve_from_several_processes(upstream: str) -> None:
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="reads worker processes from /proc/<pid>/task/<pid>/children (Linux)")
+def test_cli_workers_serve_from_several_processes(upstream: str, tmp_path: Path) -> None:
     import subprocess
     import sys
     import time
@@ -415,11 +416,13 @@ def test_cli_workers_serve_from_several_processes(upstream: str) -> None:
     env = {**os.environ, "POCSDK_UPSTREAM_API_KEY": "sk-upstream-secret"}
     cmd = [sys.executable, "-m", "pocsdk", "proxy", "--upstream", upstream + "/v1", "--keep-rate", "0.3",
            "--min-tokens", "200", "--port", str(port), "--workers", "2", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             try:
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200 and len(_workers(proc.pid)) >= 2:
                     break
@@ -437,23 +440,47 @@ def test_cli_workers_serve_from_several_processes(upstream: str) -> None:
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, range(16)))
-        for i, a in enumerate(answers):  # every worker got the settings: compression, key, the question verbatim
+        for i, a in enumerate(answers):  # whichever worker answered had the settings: mode, key, the question
             assert a["headers"]["authorization"] == "Bearer sk-upstream-secret"
             assert a["received"]["messages"][-1]["content"].endswith(f"Question {i}: capital of Atlantis?")
         assert len(_workers(proc.pid)) == 2
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
-def test_worker_factory_needs_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pocsdk.server.proxy import SETTINGS_ENV, proxy_app_from_env
+def test_worker_factory_needs_and_checks_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pocsdk.server.proxy import HOST_ENV, SETTINGS_ENV, proxy_app_from_env
 
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    monkeypatch.delenv(HOST_ENV, raising=False)
     with pytest.raises(ConfigError, match="--workers"):
         proxy_app_from_env()
-    monkeypatch.setenv(SETTINGS_ENV, ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5).model_dump_json())
-    assert proxy_app_from_env().state.proxy.settings.keep_rate == 0.5
+    # an infinite timeout survives the JSON trip to the workers
+    settings = ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5, read_timeout_s=float("inf"))
+    monkeypatch.setenv(SETTINGS_ENV, settings.model_dump_json())
+    app = proxy_app_from_env()
+    assert app.state.proxy.settings == settings
+    app.state.proxy.pool.shutdown()
+    # workers vet their settings as the CLI does: an upstream key on a public address needs a proxy key
+    keyed = ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5, upstream_api_key="sk-up")
+    monkeypatch.setenv(SETTINGS_ENV, keyed.model_dump_json())
+    with pytest.raises(ConfigError, match="anyone"):
+        proxy_app_from_env()
+    monkeypatch.setenv(HOST_ENV, "127.0.0.1")
+    proxy_app_from_env().state.proxy.pool.shutdown()
+
+
+def test_model_ids_cannot_steer_the_upstream_path(proxy: str) -> None:
+    bad = httpx.get(proxy + "/v1/models/..%2Fchat%2Fcompletions")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model"
+    assert httpx.get(proxy + "/v1/models/org/%2E%2E").status_code == 400  # (clients resolve a bare "..")
+    # a slash-separated id is forwarded as path segments (the fake upstream has no such model: its 404 comes back)
+    assert httpx.get(proxy + "/v1/models/org/model-1").status_code == 404
 
 
 # -- a real model upstream -----------------------------------------------------------------

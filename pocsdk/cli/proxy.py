@@ -42,6 +42,7 @@ def proxy(
         import uvicorn
 
         from pocsdk.server.proxy import (
+            HOST_ENV,
             PROXY_KEY_ENV,
             SETTINGS_ENV,
             UPSTREAM_KEY_ENV,
@@ -72,5 +73,6 @@ def proxy(
     # Worker processes build their own app from the settings (keys included) in their environment, which
     # only this process and its children see.
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    os.environ[HOST_ENV] = host
     uvicorn.run("pocsdk.server.proxy:proxy_app_from_env", factory=True, workers=workers, host=host, port=port,
                 log_level=log_level, access_log=False, proxy_headers=False)

@@ -47,7 +47,9 @@ def synthetic_records(n: int, *, seed: int = 0, compressor: str = "extractive", 
             ff.append({"factor": float(fa), "log_factor": math.log(fa), "achieved_factor": float(a),
                        "log_achieved_factor": math.log(a), "keep_rate": 1.0 / float(a), "mass_kept": mass,
                        "top1_kept": 1.0 if mass > 0.5 else 0.0, "topk_kept": mass, "skim_mass": 0.0,
-                       "skim_token_share": 0.0, "protected_share": 0.0})
+                       "skim_token_share": 0.0, "protected_share": 0.0,
+                       "qcov_kept": mass, "best_kept_unit_qcov": 0.5 * mass,
+                       "best_dropped_unit_qcov": 0.5 * (1.0 - mass), "qcov_gap": mass - 0.5})
         out.append(LabelRecord(
             id=f"{dataset}-{i}", dataset=dataset, task=task, compressor=compressor, judge="synthetic",
             factors=list(factors), achieved_factors=[float(a) for a in achieved], performance=[float(x) for x in perf],

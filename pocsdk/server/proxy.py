@@ -32,11 +32,12 @@ from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from pocsdk._version import __version__
@@ -61,6 +62,8 @@ UPSTREAM_KEY_ENV = "POCSDK_UPSTREAM_API_KEY"
 PROXY_KEY_ENV = "POCSDK_PROXY_API_KEY"
 SETTINGS_ENV = "POCSDK_PROXY_SETTINGS"
 """How ``pocsdk proxy --workers N`` hands its settings (JSON) to the worker processes it starts."""
+HOST_ENV = "POCSDK_PROXY_HOST"
+"""The address the workers listen on, for :meth:`ProxySettings.vet` (unset: checked as a public address)."""
 
 # Never forwarded upstream: hop-by-hop headers, ones httpx sets itself, our own controls.
 _DROP_REQUEST = frozenset({
@@ -78,6 +81,8 @@ _DROP_RESPONSE = frozenset({
 
 class ProxySettings(BaseModel):
     """Everything ``pocsdk proxy`` decides. ``upstream`` is a base URL with its ``/v1``."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # an infinite timeout survives the trip to workers
 
     upstream: str
     floor: float | None = None
@@ -134,7 +139,7 @@ class _Proxy:
         s = settings
         self._timeout = httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=s.read_timeout_s,
                                       pool=s.read_timeout_s)
-        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._timeouts = self._timeout.as_dict()
         try:  # parsed once, not per request
             self.chat_url = httpx.URL(self.base + "/chat/completions")
             self.models_url = httpx.URL(self.base + "/models")
@@ -213,7 +218,7 @@ class _Proxy:
         headers = httpx.Headers(self._default_headers)  # as AsyncClient.build_request merges them
         headers.update(self.upstream_headers(request))
         url = path if isinstance(path, httpx.URL) else httpx.URL(self.base + path)
-        req = httpx.Request(method, url, content=content, headers=headers, extensions=self._extensions)
+        req = httpx.Request(method, url, content=content, headers=headers, extensions={"timeout": self._timeouts})
         try:
             resp = await transport.handle_async_request(req)
             resp.request = req
@@ -296,6 +301,15 @@ def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> 
     return out
 
 
+def _model_path(model_id: str) -> str:
+    """``model_id`` as path segments under ``/models/``, each percent-encoded: ids like ``org/model`` pass, but
+    ``..``, ``?`` or ``#`` can't steer the request (with the upstream key) to another path of the upstream."""
+    parts = model_id.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ApiError(400, f"invalid model id {model_id!r}", code="invalid_model")
+    return "/".join(quote(p, safe="") for p in parts)
+
+
 def proxy_app_from_env() -> FastAPI:
     """The app of one worker process of ``pocsdk proxy --workers N`` (a uvicorn factory).
 
@@ -306,7 +320,9 @@ def proxy_app_from_env() -> FastAPI:
     raw = os.environ.get(SETTINGS_ENV)
     if not raw:
         raise ConfigError(f"${SETTINGS_ENV} is not set: start workers with `pocsdk proxy --workers N`")
-    return create_proxy_app(ProxySettings.model_validate_json(raw))
+    settings = ProxySettings.model_validate_json(raw)
+    settings.vet(os.environ.get(HOST_ENV, "0.0.0.0"))
+    return create_proxy_app(settings)
 
 
 def create_proxy_app(settings: ProxySettings) -> FastAPI:
@@ -344,7 +360,7 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         """Forwarded to the upstream unchanged."""
         await proxy.auth(request)
         async with proxy.limiter.slot():
-            resp = await proxy.send("GET", f"/models/{model_id}", request, None)
+            resp = await proxy.send("GET", "/models/" + _model_path(model_id), request, None)
             return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, None))
 
     @app.post("/v1/chat/completions")

@@ -37,6 +37,7 @@ from pocsdk.prediction.predictors.base import (
     monotone_over_grid,
 )
 from pocsdk.prediction.predictors.design import (
+    check_features,
     check_groups,
     column_matrix,
     dataset_weights,
@@ -61,6 +62,7 @@ __all__ = [
     "LightGBMPredictor",
     "MLPPredictor",
     "Predictor",
+    "check_features",
     "check_groups",
     "column_matrix",
     "dataset_weights",

@@ -18,7 +18,7 @@ from pocsdk.errors import ArtifactError
 from pocsdk.prediction.artifacts import PredictorCard
 from pocsdk.prediction.features import TASKS, task_code
 from pocsdk.prediction.predictors.base import Predictor, json_model
-from pocsdk.prediction.predictors.design import single_compressor, summarize, training_rows
+from pocsdk.prediction.predictors.design import check_groups, single_compressor, summarize, training_rows
 
 
 class ContextAgnosticPredictor(Predictor):
@@ -40,6 +40,7 @@ class ContextAgnosticPredictor(Predictor):
             sample_weight: np.ndarray | None = None, groups: Sequence[str] | None = None) -> ContextAgnosticPredictor:
         """Isotonic curves, weighted by ``sample_weight`` (default: every record alike; ``groups`` is not used)."""
         self.compressor_ = single_compressor(records, compressor)
+        check_groups(records, groups)
         x, y, idx = training_rows(records, ["log_achieved_factor"])
         w = np.ones(len(records)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         w_rows = w[idx]

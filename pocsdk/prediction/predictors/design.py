@@ -117,6 +117,24 @@ def group_weights(groups: Sequence[str]) -> np.ndarray:
     return w * len(groups) / w.sum()
 
 
+ALWAYS_FILLED = frozenset({"factor", "log_factor", "achieved_factor", "log_achieved_factor", "keep_rate", "task_code"})
+"""Features :func:`record_context` / :func:`record_factor_features` fill in for every record."""
+
+
+def check_features(records: Sequence[LabelRecord], names: Sequence[str]) -> None:
+    """Refuse to learn from records that lack a feature the model uses (labels made by an older pocsdk):
+    the trees would learn a "missing" branch that never occurs when the floor search computes it."""
+    needed = set(names) - ALWAYS_FILLED
+    counts: Counter[str] = Counter()
+    for r in records:
+        have = set(r.context_features) | (set(r.factor_features[0]) if r.factor_features else set())
+        counts.update(needed - have)
+    if counts:
+        missing = ", ".join(f"{n} ({c} records)" for n, c in sorted(counts.items()))
+        raise LabelsError(f"labels lack features the model uses: {missing}; regenerate them with `pocsdk calibrate` "
+                          "or pass features=[...] without them")
+
+
 def check_groups(records: Sequence[LabelRecord], groups: Sequence[str] | None) -> list[str] | None:
     """``groups`` as a list, checked to name one group per record."""
     if groups is None:

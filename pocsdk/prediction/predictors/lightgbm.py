@@ -14,6 +14,7 @@ from pocsdk.prediction.features import COVERAGE_FEATURES, FACTOR_FEATURES, FEATU
 from pocsdk.prediction.predictors.agnostic import isotonic_curve
 from pocsdk.prediction.predictors.base import Predictor
 from pocsdk.prediction.predictors.design import (
+    check_features,
     check_groups,
     column_matrix,
     dataset_weights,
@@ -107,6 +108,7 @@ class LightGBMPredictor(Predictor):
         self.compressor_ = single_compressor(records, compressor)
         groups = check_groups(records, groups)
         names = self.feature_names_
+        check_features(records, names)
         x, y, idx = training_rows(records, names)
         if sample_weight is not None:
             w = sample_weight

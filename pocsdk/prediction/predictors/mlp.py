@@ -15,6 +15,7 @@ from pocsdk.prediction.artifacts import PredictorCard, versions
 from pocsdk.prediction.features import CONTEXT_FEATURES, FACTOR_FEATURES, FEATURE_NAMES, TASKS
 from pocsdk.prediction.predictors.base import Predictor, json_model
 from pocsdk.prediction.predictors.design import (
+    check_groups,
     column_matrix,
     design_matrix,
     single_compressor,
@@ -62,6 +63,7 @@ class MLPPredictor(Predictor):
         from sklearn.neural_network import MLPRegressor
 
         self.compressor_ = single_compressor(records, compressor)
+        check_groups(records, groups)
         x, y, idx = training_rows(records, FEATURE_NAMES)
         fit_kwargs: dict[str, Any] = {}
         if sample_weight is not None:
