@@ -460,6 +460,9 @@ def test_worker_factory_needs_and_checks_its_settings(monkeypatch: pytest.Monkey
     monkeypatch.delenv(HOST_ENV, raising=False)
     with pytest.raises(ConfigError, match="--workers"):
         proxy_app_from_env()
+    monkeypatch.setenv(SETTINGS_ENV, '{"upstream": 5')  # malformed: a clear error, not a pydantic traceback
+    with pytest.raises(ConfigError, match="does not hold proxy settings"):
+        proxy_app_from_env()
     # an infinite timeout survives the JSON trip to the workers
     settings = ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5, read_timeout_s=float("inf"))
     monkeypatch.setenv(SETTINGS_ENV, settings.model_dump_json())

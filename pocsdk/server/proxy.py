@@ -37,7 +37,7 @@ from urllib.parse import quote
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
 from pocsdk._version import __version__
@@ -146,13 +146,6 @@ class _Proxy:
         except httpx.InvalidURL as exc:
             raise ConfigError(f"upstream is not a valid URL: {exc}") from exc
         self._default_headers = httpx.Headers()
-
-    @property
-    def http(self) -> httpx.AsyncClient:
-        """The shared pooled client, made in (and bound to) the serving event loop."""
-        self.transport()
-        assert self._http is not None
-        return self._http
 
     def transport(self) -> httpx.AsyncHTTPTransport:
         """The shared connection pool (the client's), made in (and bound to) the serving event loop.
@@ -320,7 +313,10 @@ def proxy_app_from_env() -> FastAPI:
     raw = os.environ.get(SETTINGS_ENV)
     if not raw:
         raise ConfigError(f"${SETTINGS_ENV} is not set: start workers with `pocsdk proxy --workers N`")
-    settings = ProxySettings.model_validate_json(raw)
+    try:
+        settings = ProxySettings.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"${SETTINGS_ENV} does not hold proxy settings: {exc}") from exc
     settings.vet(os.environ.get(HOST_ENV, "0.0.0.0"))
     return create_proxy_app(settings)
 
