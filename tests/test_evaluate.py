@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pocsdk.cli import app
-from pocsdk.prediction.evaluate import evaluate_files
+from pocsdk.prediction.evaluate import _row, evaluate_files, oracle_index, oracle_summary
 from pocsdk.prediction.synthetic import synthetic_records
 
 
@@ -23,6 +24,21 @@ def label_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                              for r in synthetic_records(120, seed=i, dataset=name, shift=shift)))
         paths.append(p)
     return paths
+
+
+def test_kept_and_saving_columns_weigh_tokens_not_factors() -> None:
+    factors = [1.0, 2.0, 4.0]
+    actual = np.array([[1.0, 1.0, 1.0],    # the oracle compresses it 4x
+                       [1.0, 1.0, 0.0]])   # ... and this one 2x
+    achieved = np.array([factors, factors])
+    oracle = oracle_summary(actual, achieved, oracle_index(actual, factors, 0.9))
+    assert oracle.factor == pytest.approx(3.0) and oracle.kept == pytest.approx((0.25 + 0.5) / 2)
+    # a method that passes the first input through and compresses the second 4x (and fails it)
+    row = _row("random", "all", "m", 0.9, 0.9, np.array([-1, 2]), actual, achieved, oracle)
+    assert row.meet == 0.5 and row.factor == pytest.approx(2.5) and row.of_oracle == pytest.approx(2.5 / 3.0)
+    assert row.kept == pytest.approx((1.0 + 0.25) / 2)
+    # saving 0.375 of the tokens against the oracle's 0.625
+    assert row.of_oracle_saving == pytest.approx(0.375 / 0.625)
 
 
 def test_evaluate_writes_json_md_png(label_files: list[Path], tmp_path: Path) -> None:
@@ -41,6 +57,9 @@ def test_evaluate_writes_json_md_png(label_files: list[Path], tmp_path: Path) ->
     cal = report.row("random", "lightgbm+cal", 0.9)
     assert oracle is not None and fixed is not None and cal is not None
     assert oracle.meet == 1.0 and oracle.of_oracle == pytest.approx(1.0)
+    assert oracle.of_oracle_saving == pytest.approx(1.0) and oracle.kept is not None and oracle.kept < 1.0
+    pooled_oracle = report.row("lodo", "oracle", 0.9)
+    assert pooled_oracle is not None and pooled_oracle.of_oracle_saving == pytest.approx(1.0)
     assert cal.mae is not None and cal.margin is not None
     assert report.row("lodo", "lightgbm", 0.9) is not None
     md = (out / "report.md").read_text()

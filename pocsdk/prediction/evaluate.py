@@ -8,7 +8,12 @@ simulates each method's decision and reports:
 * ``meet``: share of inputs whose actual performance at the chosen factor reaches the floor
   (a pass-through always does);
 * ``factor``: mean achieved compression factor (1.0 on pass-through);
-* ``of_oracle``: ``factor`` divided by the oracle's mean factor.
+* ``of_oracle``: ``factor`` divided by the oracle's mean factor;
+* ``kept``: mean share of the tokens kept (1 / achieved factor; 1.0 on pass-through), what the
+  LLM still reads and the user still pays for;
+* ``of_oracle_saving``: tokens saved (``1 - kept``) as a share of the oracle's saving. The mean factor
+  rewards pushing easy inputs from 12x to 20x, which saves few tokens; this column weighs the
+  saving itself.
 
 Methods: ``fixed`` (one factor for all inputs: the largest at which at least ``confidence`` of the
 training inputs meet the floor), ``agnostic``, ``lightgbm``, ``mlp`` (point predictions, no margin),
@@ -39,7 +44,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -76,6 +81,8 @@ class EvalRow(BaseModel):
     meet: float
     factor: float
     of_oracle: float
+    kept: float | None = None
+    of_oracle_saving: float | None = None
     passthrough: float = 0.0
     margin: float | None = None
 
@@ -173,15 +180,33 @@ def oracle_index(actual: np.ndarray, factors: Sequence[float], floor: float) -> 
     return choose(actual, factors, floor, 0.0)
 
 
+class Oracle(NamedTuple):
+    """The oracle's mean factor and mean kept share: the denominators of the ``of_oracle*`` columns."""
+
+    factor: float
+    kept: float
+
+
+def oracle_summary(actual: np.ndarray, achieved: np.ndarray, idx: np.ndarray) -> Oracle:
+    _, fac = outcome(actual, achieved, idx)
+    return Oracle(float(fac.mean()), float((1.0 / fac).mean()))
+
+
+def _saving_share(kept: float, oracle_kept: float) -> float:
+    return (1.0 - kept) / (1.0 - oracle_kept) if oracle_kept < 1.0 - 1e-12 else 0.0
+
+
 def _row(split: str, fold: str, method: str, floor: float, confidence: float, idx: np.ndarray,
-         actual: np.ndarray, achieved: np.ndarray, oracle_factor: float, mae: float | None = None,
+         actual: np.ndarray, achieved: np.ndarray, oracle: Oracle, mae: float | None = None,
          margin: float | None = None) -> EvalRow:
     perf, fac = outcome(actual, achieved, idx)
     mean_factor = float(fac.mean())
+    kept = float((1.0 / fac).mean())
     return EvalRow(
         split=split, fold=fold, method=method, floor=floor, confidence=confidence, n=int(actual.shape[0]),
         mae=mae, meet=float((perf >= floor - 1e-9).mean()), factor=mean_factor,
-        of_oracle=mean_factor / oracle_factor if oracle_factor > 0 else 0.0,
+        of_oracle=mean_factor / oracle.factor if oracle.factor > 0 else 0.0,
+        kept=kept, of_oracle_saving=_saving_share(kept, oracle.kept),
         passthrough=float((idx == PASSTHROUGH).mean()), margin=margin,
     )
 
@@ -224,26 +249,25 @@ def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Seq
     rows: list[EvalRow] = []
     for floor in floors:
         o_idx = oracle_index(actual, factors, floor)
-        _, o_fac = outcome(actual, achieved, o_idx)
-        o_mean = float(o_fac.mean())
+        oracle = oracle_summary(actual, achieved, o_idx)
         fi = fixed_factor_index(train_actual, factors, floor, confidence)
-        rows.append(_row(split, fold, "fixed", floor, confidence, np.full(len(test), fi), actual, achieved, o_mean))
+        rows.append(_row(split, fold, "fixed", floor, confidence, np.full(len(test), fi), actual, achieved, oracle))
         for k, pm in test_pred.items():
             mae = float(np.abs(pm - actual).mean())
             rows.append(_row(split, fold, k, floor, confidence, choose(pm, factors, floor, 0.0), actual, achieved,
-                             o_mean, mae=mae, margin=0.0))
+                             oracle, mae=mae, margin=0.0))
         for k, c in cals.items():
             base = k.split("+")[0]
             margin = task_margins(c, test, floor, confidence)
             name = k if "+" in k else f"{k}+cal"
             rows.append(_row(split, fold, name, floor, confidence, choose(test_pred[base], factors, floor, margin),
-                             actual, achieved, o_mean, mae=float(np.abs(test_pred[base] - actual).mean()),
+                             actual, achieved, oracle, mae=float(np.abs(test_pred[base] - actual).mean()),
                              margin=float(margin.mean())))
             weights = np.array([c.weight(floor, confidence, task=r.task) for r in test])
             rows.append(_row(split, fold, f"{base}+tradeoff", floor, confidence,
-                             choose_tradeoff(test_pred[base], factors, weights), actual, achieved, o_mean,
+                             choose_tradeoff(test_pred[base], factors, weights), actual, achieved, oracle,
                              mae=float(np.abs(test_pred[base] - actual).mean())))
-        rows.append(_row(split, fold, "oracle", floor, confidence, o_idx, actual, achieved, o_mean))
+        rows.append(_row(split, fold, "oracle", floor, confidence, o_idx, actual, achieved, oracle))
     return rows, test_pred, preds, cals
 
 
@@ -274,14 +298,14 @@ def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources
         # same out-of-dataset tables, pooled over datasets instead of required on each (per_dataset=False)
         pooled = cals[kind].model_copy(update={"per_dataset": False})
         for floor in floors:
-            o_mean = float(outcome(actual, achieved, oracle_index(actual, factors, floor))[1].mean())
+            oracle = oracle_summary(actual, achieved, oracle_index(actual, factors, floor))
             for suffix, cal in (("xcal", cals[kind]), ("xcal-pooled", pooled)):
                 m = task_margins(cal, test, floor, confidence)
                 rows.append(_row(split, fold, f"{kind}+{suffix}", floor, confidence, choose(pm, factors, floor, m),
-                                 actual, achieved, o_mean, mae=mae, margin=float(m.mean())))
+                                 actual, achieved, oracle, mae=mae, margin=float(m.mean())))
                 w = np.array([cal.weight(floor, confidence, task=r.task) for r in test])
                 rows.append(_row(split, fold, f"{kind}+{suffix}-tradeoff", floor, confidence,
-                                 choose_tradeoff(pm, factors, w), actual, achieved, o_mean, mae=mae))
+                                 choose_tradeoff(pm, factors, w), actual, achieved, oracle, mae=mae))
     return rows, preds, cals
 
 
@@ -295,14 +319,26 @@ def pooled_rows(rows: Sequence[EvalRow], split: str) -> list[EvalRow]:
         oracle = [r for r in rows if r.split == split and r.method == "oracle" and r.floor == floor]
         o_factor = sum(r.factor * r.n for r in oracle) / max(sum(r.n for r in oracle), 1)
         factor = sum(r.factor * r.n for r in rs) / n
+        kept = _pooled(rs, "kept")
+        o_kept = _pooled(oracle, "kept")
         maes = [r for r in rs if r.mae is not None]
         out.append(EvalRow(
             split=split, fold="all", method=method, floor=floor, confidence=rs[0].confidence, n=n,
             mae=sum(r.mae * r.n for r in maes if r.mae is not None) / sum(r.n for r in maes) if maes else None,
             meet=sum(r.meet * r.n for r in rs) / n, factor=factor, of_oracle=factor / o_factor if o_factor else 0.0,
+            kept=kept,
+            of_oracle_saving=None if kept is None or o_kept is None else _saving_share(kept, o_kept),
             passthrough=sum(r.passthrough * r.n for r in rs) / n,
         ))
     return out
+
+
+def _pooled(rows: Sequence[EvalRow], field: str) -> float | None:
+    """n-weighted mean of an optional column (None when a row lacks it, e.g. an old report)."""
+    vals = [(getattr(r, field), r.n) for r in rows]
+    if not vals or any(v is None for v, _ in vals):
+        return None
+    return sum(v * n for v, n in vals) / sum(n for _, n in vals)
 
 
 def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] = DEFAULT_FLOORS,
@@ -374,16 +410,16 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
                 cases.append(("lightgbm+fewshot", fs_cal, pm))
                 for floor in floors:
                     o_idx = oracle_index(a2, factors, floor)
-                    o_mean = float(outcome(a2, ach2, o_idx)[1].mean())
+                    oracle = oracle_summary(a2, ach2, o_idx)
                     for name, cal, p in cases:
                         m = task_margins(cal, rest_ds, floor, confidence)
                         lodo.append(_row("fewshot", ds, name, floor, confidence, choose(p, factors, floor, m),
-                                         a2, ach2, o_mean, margin=float(m.mean())))
+                                         a2, ach2, oracle, margin=float(m.mean())))
                         w = np.array([cal.weight(floor, confidence, task=r.task) for r in rest_ds])
                         tname = "lightgbm+tradeoff" if name == "lightgbm+cal" else f"{name}-tradeoff"
                         lodo.append(_row("fewshot", ds, tname, floor, confidence, choose_tradeoff(p, factors, w),
-                                         a2, ach2, o_mean))
-                    lodo.append(_row("fewshot", ds, "oracle", floor, confidence, o_idx, a2, ach2, o_mean))
+                                         a2, ach2, oracle))
+                    lodo.append(_row("fewshot", ds, "oracle", floor, confidence, o_idx, a2, ach2, oracle))
         report.rows.extend(lodo)
         report.rows.extend(pooled_rows(lodo, "lodo"))
         if any(r.split == "fewshot" for r in lodo):
@@ -426,12 +462,12 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 
 def table(rows: Sequence[EvalRow]) -> str:
-    lines = ["| method | n | MAE | meet floor | mean factor | of oracle | pass-through | margin |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | n | MAE | meet floor | mean factor | of oracle | kept | of oracle saving | pass-through | "
+             "margin |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: order.get(r.method, 99)):
         lines.append(f"| {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | {r.of_oracle:.2f} | "
-                     f"{r.passthrough:.2f} | {_fmt(r.margin)} |")
+                     f"{_fmt(r.kept)} | {_fmt(r.of_oracle_saving, 2)} | {r.passthrough:.2f} | {_fmt(r.margin)} |")
     return "\n".join(lines)
 
 
@@ -453,10 +489,11 @@ def to_markdown(report: EvalReport) -> str:
                "lightgbm+xcal", "lightgbm+xcal-tradeoff") and abs(r.floor - 0.9) < 1e-9]
     if per_ds:
         out += ["**Per held-out dataset, floor 0.9**", "",
-                "| held-out | method | n | MAE | meet | factor | of oracle |", "|---|---|---:|---:|---:|---:|---:|"]
+                "| held-out | method | n | MAE | meet | factor | of oracle | kept | of oracle saving |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(per_ds, key=lambda r: (r.fold, r.method)):
             out.append(f"| {r.fold} | {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | "
-                       f"{r.of_oracle:.2f} |")
+                       f"{r.of_oracle:.2f} | {_fmt(r.kept)} | {_fmt(r.of_oracle_saving, 2)} |")
         out.append("")
     return "\n".join(out)
 
@@ -573,17 +610,17 @@ def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir:
                         confidence=confidence, few_shot=0, command=command)
     for floor in floors:
         o_idx = oracle_index(actual, factors, floor)
-        o_mean = float(outcome(actual, achieved, o_idx)[1].mean())
+        oracle = oracle_summary(actual, achieved, o_idx)
         fi = fixed_factor_index(actual, factors, floor, confidence)
         report.rows.append(_row("given", "all", "fixed", floor, confidence, np.full(len(recs), fi), actual, achieved,
-                                o_mean))
+                                oracle))
         report.rows.append(_row("given", "all", pred.kind, floor, confidence, choose(pm, factors, floor, 0.0),
-                                actual, achieved, o_mean, mae=mae, margin=0.0))
+                                actual, achieved, oracle, mae=mae, margin=0.0))
         if cal is not None:
             m = cal.margin(floor, confidence)
             report.rows.append(_row("given", "all", f"{pred.kind}+cal", floor, confidence,
-                                    choose(pm, factors, floor, m), actual, achieved, o_mean, mae=mae, margin=m))
-        report.rows.append(_row("given", "all", "oracle", floor, confidence, o_idx, actual, achieved, o_mean))
+                                    choose(pm, factors, floor, m), actual, achieved, oracle, mae=mae, margin=m))
+        report.rows.append(_row("given", "all", "oracle", floor, confidence, o_idx, actual, achieved, oracle))
     report.curves = _curves({pred.kind: pm}, {pred.kind: cal} if cal is not None else {}, actual, achieved, factors,
                             confidence, actual)
     lines = [f"### Predictor `{predictor_dir}` on {len(recs)} labelled inputs ({report.compressor})", ""]
