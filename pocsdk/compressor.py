@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,7 @@ class Compressor:
         self._predictor_spec = predictor
         self._calibration_spec = calibration
         self._policy: FloorPolicy | None = None
+        self._policy_lock = threading.Lock()
 
     # -- public API ----------------------------------------------------------------------
     def compress(
@@ -106,16 +109,23 @@ class Compressor:
         if query is not None and not isinstance(query, str):
             raise InvalidTypeError(f"query must be a string or None, got {type(query).__name__}")
         mode, value = self._mode(keep_rate, target_tokens, floor)
+        conf = self.confidence if confidence is None else check_unit_interval(
+            "confidence", confidence, closed_right=False)  # checked in every mode, used under a floor
         scored = self.compressor.score(context, query)
         if mode == "floor":
-            conf = self.confidence if confidence is None else check_unit_interval(
-                "confidence", confidence, closed_right=False)
             result = self._policy_for().compress(self.compressor, scored, value, conf)
         else:
             rate = value if mode == "keep_rate" else _rate_for_target(scored, int(value))
             result = self._at_rate(scored, rate)
         result.timings.total_ms = (time.perf_counter() - t0) * 1000.0
         return result
+
+    def prepare(self) -> Compressor:
+        """Load now what the floor mode needs (the predictor and calibration), so that a bad artifact
+        fails here rather than on the first input, and the first input does not pay for loading."""
+        if self._remote is None and self.floor is not None:
+            self._policy_for()
+        return self
 
     async def acompress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:
         """Async twin of :meth:`compress` (runs in a worker thread)."""
@@ -188,11 +198,13 @@ class Compressor:
 
     def _policy_for(self) -> FloorPolicy:
         if self._policy is None:
-            from pocsdk.prediction.floor import FloorPolicy
+            with self._policy_lock:  # threads sharing a new Compressor load the predictor once
+                if self._policy is None:
+                    from pocsdk.prediction.floor import FloorPolicy
 
-            self._policy = FloorPolicy.for_compressor(
-                self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec
-            )
+                    self._policy = FloorPolicy.for_compressor(
+                        self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec
+                    )
         return self._policy
 
 
@@ -202,8 +214,10 @@ def _rate_for_target(scored: Scored, target: int) -> float:
 
 
 def _check_target(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):  # numpy numbers too
         raise InvalidTypeError(f"target_tokens must be a positive integer, got {type(value).__name__}")
+    if not isinstance(value, numbers.Integral):
+        value = float(value)
     if isinstance(value, float) and (math.isnan(value) or not value.is_integer()):
         raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
     if value < 1:

@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pocsdk.errors import ConfigError, EmptyContextError, EncodingError, InvalidRateError, InvalidTypeError
 
@@ -98,7 +98,13 @@ class CompressionResult(BaseModel):
     keep_rate: float
     """Achieved compressed / original tokens."""
     compression_factor: float
-    """Achieved original / compressed tokens (``inf`` when nothing is kept)."""
+    """Achieved original / compressed tokens (``inf`` when nothing is kept; ``null`` in JSON)."""
+
+    @field_validator("compression_factor", mode="before")
+    @classmethod
+    def _null_factor_is_inf(cls, value: Any) -> Any:
+        """JSON has no infinity: results dumped with nothing kept carry ``null``, read back as ``inf``."""
+        return math.inf if value is None else value
     requested_keep_rate: float | None = None
     compressor: str
     parameters: dict[str, Any] = Field(default_factory=dict)

@@ -197,3 +197,53 @@ def test_compress_many_item_errors_are_typed() -> None:
         Compressor(keep_rate=0.5).compress_many([{"query": "no context"}])
     with pytest.raises(InvalidTypeError):
         Compressor(keep_rate=0.5).compress_many([42])  # type: ignore[list-item]
+
+
+def test_numpy_integers_are_token_targets() -> None:
+    import numpy as np
+
+    assert Compressor(target_tokens=np.int64(300)).target_tokens == 300
+    with pytest.raises(InvalidRateError):
+        Compressor(target_tokens=np.float64(3.5))
+
+
+def test_confidence_is_checked_in_every_mode() -> None:
+    with pytest.raises(InvalidRateError, match="confidence"):
+        Compressor(keep_rate=0.5).compress("A sentence about rivers. " * 80, "rivers?", confidence=5.0)
+
+
+def test_result_with_nothing_kept_survives_json() -> None:
+    from pocsdk.types import CompressionResult
+
+    res = Compressor(keep_rate=0.5).compress("A sentence about rivers. " * 80, "rivers?")
+    empty = res.model_copy(update={"compression_factor": float("inf")})
+    back = CompressionResult.model_validate_json(empty.model_dump_json())  # JSON writes inf as null
+    assert back.compression_factor == float("inf")
+
+
+def test_threads_sharing_a_new_compressor_load_the_predictor_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from pocsdk.prediction.floor import FloorPolicy
+
+    real = FloorPolicy.for_compressor.__func__  # type: ignore[attr-defined]
+    calls: list[int] = []
+
+    def counting(cls: type, *args: object, **kwargs: object) -> FloorPolicy:
+        calls.append(1)
+        return real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(FloorPolicy, "for_compressor", classmethod(counting))
+    comp = Compressor(floor=0.9)
+    start = threading.Barrier(4)
+
+    def work() -> None:
+        start.wait()
+        comp.compress("A sentence about rivers and their banks. " * 60, "rivers?")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1

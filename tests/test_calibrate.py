@@ -13,7 +13,7 @@ from pocsdk.calibration.datasets import Example, load_dataset
 from pocsdk.calibration.labels import read_labels
 from pocsdk.calibration.runner import check_factors, done_ids, run_calibration
 from pocsdk.cli import app
-from pocsdk.errors import ConfigError, InvalidRateError
+from pocsdk.errors import ConfigError, InvalidRateError, PocError
 
 FACTORS = [1.0, 2.0, 4.0, 8.0]
 
@@ -63,14 +63,35 @@ def test_run_writes_valid_records_and_resumes(tmp_path: Path) -> None:
     assert json.loads(lines[-1])["error"]["type"] == "unscorable"
 
     # resume: nothing new to do, nothing duplicated; then two more examples are appended
-    again = run_calibration(examples(), out, factors=FACTORS, workers=1, resume=True, progress=False)
+    again = run_calibration(examples(), out, compressor="extractive", factors=FACTORS, workers=1, resume=True,
+                            progress=False)
     assert again.skipped == 8 and again.written == 0
     more = [*examples(), *(Example(id=f"x{i}", dataset="toy", task="qa", context=" ".join(SENTENCES * 2),
                                    query="Which rivers join?", answers=["Madeira"]) for i in range(2))]
-    third = run_calibration(more, out, factors=FACTORS, workers=1, resume=True, progress=False)
+    third = run_calibration(more, out, compressor="extractive", factors=FACTORS, workers=1, resume=True,
+                            progress=False)
     assert third.skipped == 8 and third.written == 2
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 10
+    # resuming with another compressor or grid would mix two kinds of labels in one file: refused
+    before = out.read_bytes()
+    with pytest.raises(ConfigError, match="compressor 'extractive'"):
+        run_calibration(more, out, compressor="skim", factors=FACTORS, workers=1, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="factors"):
+        run_calibration(more, out, compressor="extractive", factors=[1.0, 2.0], workers=1, resume=True,
+                        progress=False)
+    assert out.read_bytes() == before
+
+
+def test_bad_options_fail_before_the_output_is_touched(tmp_path: Path) -> None:
+    out = tmp_path / "l.jsonl"
+    run_calibration(examples(1), out, compressor="extractive", factors=FACTORS, workers=1, progress=False)
+    before = out.read_bytes()
+    for kwargs in ({"compressor": "nope"}, {"compressor_params": {"skim_shar": 0.2}}, {"judge": "bogus"}):
+        with pytest.raises(PocError):
+            run_calibration(examples(2), out, factors=FACTORS, workers=2, overwrite=True, progress=False,
+                            **kwargs)  # type: ignore[arg-type]
+        assert out.read_bytes() == before  # --overwrite did not wipe the old labels
 
 
 def test_run_refuses_to_overwrite_and_checks_args(tmp_path: Path) -> None:

@@ -203,6 +203,9 @@ def test_floor_mode_yields_one_record_per_input(tmp_path: Path) -> None:
         (["--keep-rate", "0.5", "--tokenizer", "nope"], "unknown tokenizer"),
         (["--keep-rate", "0.5", "--resume", "--overwrite"], "contradict"),
         (["--keep-rate", "0.5", "--predictor", "default"], "apply to --floor"),
+        (["--keep-rate", "0.5", "--confidence", "0.9"], "apply to --floor"),
+        (["--floor", "0.9", "--predictor", "/nonexistent/predictor"], "no predictor card"),
+        (["--floor", "0.9", "--calibration", "/nonexistent/calibration.json"], "calibration"),
     ],
 )
 def test_bad_options_exit_2_before_writing(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -215,6 +218,15 @@ def test_bad_options_exit_2_before_writing(tmp_path: Path, extra: list[str], mes
     assert result.exit_code == 2
     assert message in result.stderr
     assert not out.exists()
+
+
+def test_unwritable_output_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"text": prose(1)}))
+    result = invoke("compress", str(src), "-o", str(tmp_path / "no" / "such" / "dir" / "out.jsonl"),
+                    "--keep-rate", "0.5")
+    assert result.exit_code == 2 and "No such file or directory" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_refuses_to_clobber_output_or_input(tmp_path: Path) -> None:

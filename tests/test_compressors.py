@@ -77,6 +77,23 @@ def test_rate_tracks_request_within_ten_percent(name: str, n_sentences: int) -> 
 
 
 @pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_long_code_block_is_compressed_to_the_rate_not_dropped(name: str) -> None:
+    # One fenced block used to be one unit that could only be kept or dropped whole (an empty result
+    # at keep_rate 0.8), and code lines starting "return ..." must not count as protected instructions.
+    code = "Notes about the helpers.\n\n```python\n" + "\n".join(
+        f"def f{i}(x):\n    return x * {i}  # helper {i}" for i in range(120)) + "\n```\n"
+    comp = get_compressor(name)
+    scored = comp.score(code, "What does f17 return?")
+    assert not scored.units.protected.any()
+    for rate in (0.1, 0.3, 0.5, 0.8):
+        res = render(scored, comp.select(scored, rate))
+        assert abs(res.keep_rate / rate - 1) <= 0.10, (name, rate, res.keep_rate)
+        assert res.text.strip()
+    if name == "extractive":
+        assert "return x * 17 " in render(scored, comp.select(scored, 0.1)).text
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
 def test_rate_tracks_with_tiktoken_counts(name: str) -> None:
     comp = get_compressor(name, tokenizer="tiktoken:cl100k_base")
     scored = comp.score(make_text(30, seed=3), "museum")

@@ -53,13 +53,14 @@ def test_parse_options() -> None:
 def test_jsonl_loader(tmp_path: Path) -> None:
     p = tmp_path / "mine.jsonl"
     rows = [
-        {"id": "a", "context": "Paris is the capital.", "query": "Capital?", "answers": "Paris"},
-        {"context": [{"id": "d1", "text": "one"}, "two"], "reference": "one two", "task": "summarization"},
+        {"id": "a", "context": "Paris is the capital.", "query": "Capital?", "answers": "Paris", "reference": " "},
+        {"context": [{"id": "d1", "text": "one"}, "two"], "reference": "one two", "task": "summarization", "id": None},
     ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     ex = load_dataset(f"jsonl:{p}")
     assert [e.id for e in ex] == ["a", "mine-2"]
     assert ex[0].answers == ["Paris"] and ex[0].task == "qa" and ex[0].dataset == "mine"
+    assert ex[0].reference is None  # a blank reference is no reference: the answers judge it
     assert isinstance(ex[1].context, list) and [d.id for d in ex[1].context] == ["d1", "1"]
     assert ex[1].context_text == "one\n\ntwo"
     assert load_dataset(f"jsonl:{p},task=long_qa,n=1")[0].task == "long_qa"

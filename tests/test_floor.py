@@ -13,6 +13,7 @@ from pocsdk import Compressor
 from pocsdk.compressors import get_compressor
 from pocsdk.errors import ArtifactError, ConfigError, InvalidRateError
 from pocsdk.prediction.conformal import fit_calibration
+from pocsdk.prediction.decision import PASSTHROUGH, choose_tradeoff
 from pocsdk.prediction.features import context_features, factor_features
 from pocsdk.prediction.floor import FloorPolicy, predictors_root
 from pocsdk.prediction.predictors import LightGBMPredictor
@@ -151,6 +152,32 @@ def test_calibration_for_another_model(trained: Path, tmp_path: Path) -> None:
         FloorPolicy.for_compressor("extractive", predictor=str(trained), calibration=cal)
 
 
+def test_calibration_of_an_unsaved_predictor_is_bound_to_it(trained: Path) -> None:
+    # Fitted in memory, never saved: the calibration still records the model's checksum (what its
+    # card will say), so it can't be used with another model, e.g. the shipped one.
+    recs = synthetic_records(120, seed=8)
+    fresh = LightGBMPredictor(n_estimators=6).fit(recs)
+    cal = fit_calibration(fresh, recs)
+    assert cal.predictor_sha256 and cal.predictor_sha256 == fit_calibration(fresh, recs[:60]).predictor_sha256
+    with pytest.raises(ArtifactError, match="another predictor"):
+        FloorPolicy.for_compressor("extractive", predictor=str(trained), calibration=cal)
+    FloorPolicy(fresh, cal, compressor="extractive")  # its own model: accepted
+
+
+def test_calibration_for_a_predictor_without_checksum_needs_its_name(trained: Path) -> None:
+    cal = FloorPolicy.for_compressor("extractive", predictor=str(trained)).calibration
+    assert cal is not None
+    stub = StubPredictor([1.0, 0.95, 0.9, 0.8, 0.5])  # no checksum, another name
+    with pytest.raises(ArtifactError, match="fitted for predictor 'lightgbm:extractive', not 'stub'"):
+        FloorPolicy(stub, cal.model_copy(update={"factors": GRID}), compressor="extractive")  # type: ignore[arg-type]
+
+
+def test_tradeoff_never_chooses_a_factor_without_a_finite_prediction() -> None:
+    pred = np.array([[1.0, 0.999, np.nan, np.inf], [np.nan, np.nan, np.nan, np.nan]])
+    idx = choose_tradeoff(pred, [1.0, 2.0, 4.0, 8.0], 146.0)
+    assert idx.tolist() == [1, PASSTHROUGH]
+
+
 def test_missing_shipped_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POCSDK_PREDICTORS", str(tmp_path))
     with pytest.raises(ArtifactError, match="no shipped predictor"):
@@ -173,6 +200,12 @@ def test_rules(trained: Path) -> None:
         pol = FloorPolicy.for_compressor("extractive", predictor=str(trained), rule=rule)
         res = pol.compress(comp, s, 0.9, 0.9)
         assert res.floor is not None and res.floor.confidence == 0.9 and res.floor.reason
+        assert res.floor.rule == rule  # the decision says which rule made it, and the weight it used
+        assert (res.floor.weight is not None) == (rule == "tradeoff")
+        if rule == "tradeoff":
+            assert res.floor.weight == pol.weight(0.9, 0.9)
+    plain = FloorPolicy.for_compressor("extractive", predictor=str(trained)).compress(comp, s, 0.9)
+    assert plain.floor is not None and plain.floor.rule is None and plain.floor.weight is None
     with pytest.raises(ConfigError):
         FloorPolicy.for_compressor("extractive", predictor=str(trained), rule="greedy")
 

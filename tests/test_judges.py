@@ -10,8 +10,10 @@ import pytest
 
 from pocsdk.calibration.datasets import Example
 from pocsdk.calibration.judges import (
+    METRICS,
     RetentionJudge,
     answer_match,
+    choice_match,
     content_tokens,
     exact_match,
     f1_score,
@@ -247,3 +249,24 @@ def test_metric_per_task_and_prompt() -> None:
     msgs = build_messages(ex(answers=["a"], query="Who?"), "CTX")
     assert "CTX" in msgs[-1]["content"] and "Who?" in msgs[-1]["content"]
     assert "sk-" not in repr(make_judge(FakeLLM()))
+
+
+@pytest.mark.parametrize(("reply", "gold", "score"), [
+    ("A", "A", 1.0),            # "a" is an English article to normalize_answer: letters must not go through it
+    ("(A) because the text says so", "A", 1.0),
+    ("A, C", "AC", 1.0),
+    ("A and C", "A, C", 1.0),
+    ("BD", "B, D", 1.0),
+    ("The answer is B.", "B", 1.0),
+    ("A", "A, C", 0.0),         # a subset of the options is not the answer
+    ("B", "A", 0.0),
+    ("Apples grow on trees", "A", 0.0),
+])
+def test_multiple_choice_compares_option_letters(reply: str, gold: str, score: float) -> None:
+    assert choice_match(reply, [gold]) == score
+
+
+def test_llm_judge_scores_multiple_choice_by_letters() -> None:
+    from pocsdk.calibration.llm_judge import TASK_METRICS
+
+    assert METRICS[TASK_METRICS["multiple_choice"]] is choice_match

@@ -154,6 +154,24 @@ def test_document_compressor_one_output_per_input() -> None:
     assert [d.page_content for d in async_out] == [d.page_content for d in out]
 
 
+def test_document_compressor_accepts_repeated_and_missing_ids() -> None:
+    # one chunk retrieved twice, and an id-less document next to one whose id is "1"
+    docs = [Document(text(40, 20, FACT), id="chunk-7"), Document(text(40, 20, FACT), id="chunk-7"),
+            Document(text(40, 21)), Document(text(40, 22), id="1")]
+    out = PocsdkDocumentCompressor(keep_rate=0.3).compress_documents(docs, QUESTION)
+    assert [d.id for d in out] == ["chunk-7", "chunk-7", None, "1"]
+    res = PocsdkCompressorRunnable(keep_rate=0.3).invoke({"context": docs, "question": QUESTION})
+    assert FACT in res["context"]
+
+
+def test_document_compressor_min_tokens_passes_short_inputs_through() -> None:
+    docs = [Document(text(40, 23, FACT)), Document(text(40, 24))]
+    total = PocsdkDocumentCompressor(keep_rate=0.3).compress_documents(docs, QUESTION)[0].metadata["pocsdk"]["total"]
+    assert total["compressed_tokens"] < total["original_tokens"]
+    high = PocsdkDocumentCompressor(keep_rate=0.3, min_tokens=total["original_tokens"] + 1)
+    assert [d.page_content for d in high.compress_documents(docs, QUESTION)] == [d.page_content for d in docs]
+
+
 def test_document_compressor_empty_and_dropped_documents() -> None:
     assert PocsdkDocumentCompressor(keep_rate=0.5).compress_documents([], "q") == []
     docs = [Document(text(200, 13, FACT)), Document("Cats purr. " * 3)]

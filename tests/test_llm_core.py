@@ -42,6 +42,15 @@ def test_delta_stream() -> None:
     assert s.feed_line("data: [DONE]") is None and s.feed_line("") is None and s.done
 
 
+def test_delta_stream_keeps_the_first_choice_when_n_is_above_one() -> None:
+    s = DeltaStream()
+    lines = ['data: {"choices":[{"index":0,"delta":{"content":"Paris"}}]}', "",
+             'data: {"choices":[{"index":1,"delta":{"content":"Lyon"}}]}', "",
+             'data: {"choices":[{"index":1,"delta":{"content":" is"}}]}', "",
+             'data: {"choices":[{"index":0,"delta":{"content":" is"}}]}', ""]
+    assert "".join(d for line in lines if (d := s.feed_line(line))) == "Paris is"
+
+
 def test_delta_stream_unterminated_tail_and_errors() -> None:
     s = DeltaStream()
     assert s.feed_line('data: {"choices":[{"delta":{"content":"end"}}]}') is None

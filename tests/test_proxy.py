@@ -8,6 +8,7 @@ forwarded (compressed content, other fields untouched, auth header). The officia
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pocsdk.errors import ConfigError
+from pocsdk.llm.types import RetryPolicy
 from pocsdk.server.openai_compat import ServerThread
 from pocsdk.server.proxy import ProxySettings, create_proxy_app
 
@@ -67,16 +69,35 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
         if model == "slow":
             await asyncio.sleep(slow_s)
         extra = {"set-cookie": "session=upstream-secret; Path=/"} if model == "set-cookie" else {}
+        if body.get("stream") and model == "dies-mid-stream":
+            return StreamingResponse(_dying_stream(), media_type="text/event-stream")
+        if body.get("stream") and model == "gzip":  # ignores the proxy's Accept-Encoding: identity
+            data = b"".join([chunk async for chunk in _stream(model)])
+            return Response(gzip.compress(data), media_type="text/event-stream", headers={"content-encoding": "gzip"})
         if body.get("stream"):
             return StreamingResponse(_stream(model), media_type="text/event-stream", headers={"x-upstream": "yes"})
-        return JSONResponse({
+        echo = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             "received": body, "raw_body": raw.decode(), "headers": dict(request.headers),
-        }, headers={"x-upstream": "yes", **extra})
+        }  # ASCII-escaped JSON: a lone surrogate in what it received must not break the echo
+        return Response(json.dumps(echo), media_type="application/json", headers={"x-upstream": "yes", **extra})
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "DELETE"])
+    async def other(path: str, request: Request) -> JSONResponse:
+        """Any other endpoint: echo method, path, query, body and headers."""
+        return JSONResponse({"method": request.method, "path": path, "query": request.url.query,
+                             "body": (await request.body()).decode(), "headers": dict(request.headers)},
+                            status_code=201, headers={"x-upstream": "other"})
 
     return app
+
+
+async def _dying_stream():  # type: ignore[no-untyped-def]
+    yield b'data: {"choices":[{"index":0,"delta":{"content":"Hello"}}]}\n\n'
+    await asyncio.sleep(0.05)
+    raise RuntimeError("upstream crashed mid-stream")  # uvicorn drops the connection: no final chunk
 
 
 STREAM_WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
@@ -482,8 +503,65 @@ def test_model_ids_cannot_steer_the_upstream_path(proxy: str) -> None:
     bad = httpx.get(proxy + "/v1/models/..%2Fchat%2Fcompletions")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model"
     assert httpx.get(proxy + "/v1/models/org/%2E%2E").status_code == 400  # (clients resolve a bare "..")
-    # a slash-separated id is forwarded as path segments (the fake upstream has no such model: its 404 comes back)
-    assert httpx.get(proxy + "/v1/models/org/model-1").status_code == 404
+    # a slash-separated id is forwarded as path segments (the fake upstream's catch-all echoes the path)
+    assert httpx.get(proxy + "/v1/models/org/model-1").json()["path"] == "models/org/model-1"
+
+
+def test_a_stream_the_upstream_breaks_off_reaches_the_client_broken_off(proxy: str) -> None:
+    from pocsdk.llm import LLMClient, LLMError
+
+    body = {"model": "dies-mid-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.RemoteProtocolError):  # not a clean end that looks like a whole answer
+        with httpx.stream("POST", proxy + "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            b"".join(r.iter_raw())
+    client = LLMClient(proxy + "/v1", api_key="k", model="dies-mid-stream", retry=RetryPolicy(max_retries=0))
+    with pytest.raises(LLMError, match="interrupted"):
+        "".join(client.stream("hi"))
+    assert httpx.get(proxy + "/healthz").json()["in_flight"] == 0  # its slot was given back
+
+
+def test_a_gzip_stream_from_the_upstream_arrives_decoded(proxy: str) -> None:
+    body = {"model": "gzip", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", proxy + "/v1/chat/completions", json=body) as r:
+        raw = b"".join(r.iter_raw())
+        assert "content-encoding" not in r.headers
+    assert raw.startswith(b"data: ") and raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_other_endpoints_pass_through_unchanged(proxy: str) -> None:
+    r = httpx.post(proxy + "/v1/embeddings?api-version=2", content=b'{"input": "hi", "model": "e"}',
+                   headers={"authorization": "Bearer sk-caller", "content-type": "application/json"})
+    assert r.status_code == 201 and r.headers["x-upstream"] == "other"
+    echo = r.json()
+    assert echo["method"] == "POST" and echo["path"] == "embeddings" and echo["query"] == "api-version=2"
+    assert echo["body"] == '{"input": "hi", "model": "e"}'
+    assert echo["headers"]["authorization"] == "Bearer sk-caller"
+    deleted = httpx.delete(proxy + "/v1/files/file-abc").json()
+    assert deleted["method"] == "DELETE" and deleted["path"] == "files/file-abc"
+    # the same path rules as model ids: no way out of the upstream's /v1
+    bad = httpx.get(proxy + "/v1/files/%2E%2E/%2E%2E/admin")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_path"
+
+
+def test_rewritten_requests_stay_valid_json(proxy: str) -> None:
+    long = long_text(80, 3)
+    # a lone surrogate is valid JSON but not UTF-8: forwarded with the escape the caller wrote
+    raw = ('{"model": "m", "messages": [{"role": "user", "content": "' + long + ' \\ud83d"}]}').encode()
+    r = httpx.post(proxy + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and "\\ud83d" in r.json()["raw_body"]
+    # numbers JSON cannot carry are refused up front, not forwarded as Infinity
+    for bad in (b'{"model": "m", "temperature": 1e999, "messages": [{"role": "user", "content": "x"}]}',
+                b'{"model": "m", "temperature": NaN, "messages": [{"role": "user", "content": "x"}]}'):
+        r = httpx.post(proxy + "/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_headers_named_in_connection_are_not_forwarded(proxy: str) -> None:
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                   headers={"connection": "keep-alive, x-hop", "x-hop": "secret", "x-end": "kept"})
+    sent = r.json()["headers"]
+    assert "x-hop" not in sent and sent["x-end"] == "kept"
 
 
 # -- a real model upstream -----------------------------------------------------------------

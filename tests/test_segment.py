@@ -94,6 +94,27 @@ def test_unclosed_fence_runs_to_end() -> None:
     assert [KIND_NAMES[u.kind] for u in units] == ["sentence", "code"]
 
 
+def test_long_fence_is_cut_at_line_ends_into_one_paragraph() -> None:
+    code = "```python\n" + "\n".join(f"def f{i}(x):\n    return x * {i}" for i in range(80)) + "\n```"
+    text = "Intro.\n\n" + code + "\n\nAfter."
+    units = segment(text, max_unit_chars=200)
+    check_invariant(text, units)
+    code_units = [u for u in units if u.kind == CODE]
+    assert len(code_units) > 5 and max(u.end - u.start for u in code_units) <= 200
+    assert len({u.paragraph for u in code_units}) == 1
+    # cut at line ends, never inside a line; together the pieces are the block
+    assert all(text[u.end] == "\n" for u in code_units[:-1])
+    assert text[code_units[0].start:code_units[-1].end] == code
+
+
+def test_unclosed_long_fence_is_cut_too() -> None:
+    text = "Here is the answer:\n\n```\n" + "The refund rule number one applies. " * 60
+    units = segment(text, max_unit_chars=300)
+    check_invariant(text, units)
+    assert [KIND_NAMES[u.kind] for u in units][:2] == ["sentence", "code"]
+    assert max(u.end - u.start for u in units) <= 300  # one long line: cut at the limit
+
+
 def test_inner_shorter_fence_does_not_close_longer_one() -> None:
     text = "````\nouter ``` inner\n```\nstill\n````\nDone."
     assert texts(text) == ["````\nouter ``` inner\n```\nstill\n````", "Done."]
@@ -197,12 +218,15 @@ def test_odd_characters_never_crash_and_keep_the_invariant(text: str) -> None:
     texts(text, 16)
 
 
-def test_over_long_list_items_and_table_rows_are_cut_but_code_is_not() -> None:
+def test_over_long_list_items_table_rows_and_code_are_cut() -> None:
     long_item = "- " + "word " * 200
     long_code = "```\n" + "code " * 200 + "\n```"
-    units = segment(long_item + "\n\n" + long_code, 100)
-    assert {u.kind for u in units if u.end - u.start > 100} == {CODE}
+    text = long_item + "\n\n" + long_code
+    units = segment(text, 100)
+    check_invariant(text, units)
+    assert max(u.end - u.start for u in units) <= 100
     assert {u.kind for u in units} == {LIST_ITEM, CODE}
+    assert all(not text[u.start:u.end].startswith("ode") for u in units)  # a long code line is cut at spaces
 
 
 def test_sentences_and_clauses_helpers() -> None:

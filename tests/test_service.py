@@ -335,6 +335,35 @@ def test_score_batch_hook_batches_and_matches_local() -> None:
         assert comparable(r.json()) == {**comparable(local), "compressor": "batch-stub"}
 
 
+@pytest.mark.parametrize("runner", ["direct", "batcher"])
+def test_timed_out_work_that_has_not_started_is_not_run(runner: str) -> None:
+    from pocsdk.server.batching import Batcher, BatchTimeout, DirectRunner
+
+    calls: list[Any] = []
+
+    def slow(items: Any) -> list[Any]:
+        calls.extend(items)
+        time.sleep(0.2)
+        return list(items)
+
+    async def run() -> list[str]:
+        r: Any = DirectRunner(slow, workers=1) if runner == "direct" else Batcher(slow, window_s=0.0, max_batch=1)
+
+        async def one(i: int) -> str:
+            try:
+                await r.submit(i, timeout=0.1)
+                return "ok"
+            except BatchTimeout:
+                return "timeout"
+
+        out = list(await asyncio.gather(*(one(i) for i in range(8))))
+        await r.close()
+        return out
+
+    assert asyncio.run(run()) == ["timeout"] * 8
+    assert len(calls) <= 2  # only what had started when its callers gave up; the queue behind it was dropped
+
+
 def test_batcher_drains_on_close() -> None:
     from pocsdk.server.batching import Batcher, BatcherClosed
 

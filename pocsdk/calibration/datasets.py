@@ -255,6 +255,8 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
     reference = obj.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise InvalidInputError(f"{where}: 'reference' must be a string")
+    if reference is not None and not reference.strip():
+        reference = None  # blank: judged by the answers, as if the field were absent
     if not [a for a in answers if a.strip()] and not (reference and reference.strip()):
         raise InvalidInputError(f"{where}: needs 'answers' or 'reference'")
     context = obj["context"]
@@ -271,7 +273,9 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
         context = docs
     elif not isinstance(context, str):
         raise InvalidInputError(f"{where}: 'context' must be a string or a list of documents")
-    raw_id = obj.get("id", f"{name}-{lineno}")
+    raw_id = obj.get("id")
+    if raw_id is None:  # absent or null: the file and line name it
+        raw_id = f"{name}-{lineno}"
     try:
         return Example(
             id=str(raw_id), dataset=str(obj.get("dataset", name)), task=str(obj.get("task", default_task)),

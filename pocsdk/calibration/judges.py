@@ -128,7 +128,38 @@ def rouge_l(prediction: str, golds: Sequence[str]) -> float:
     return best
 
 
-METRICS = {"em": exact_match, "match": answer_match, "f1": f1_score, "rouge_l": rouge_l}
+_CHOICES = re.compile(r"\(?([A-H])\)?(?=[\s,;.&/)]|$)")
+_ANSWER_IS = re.compile(r"(?<=answer is )\(?[A-H]\)?(?:\s*(?:,|and|&)\s*\(?[A-H]\)?)*(?=[\s,;.)]|$)", re.I)
+_CHOICE_LIST = re.compile(r"\s*(?:\(?[A-H]\)?(?:\s*(?:,|;|&|/|and)?\s*)?)+(?:[.:)]|\s|$)")
+
+
+def choice_letters(text: str) -> frozenset[str]:
+    """The option letters an answer like ``A``, ``(B)``, ``A, C`` or ``BD`` names; empty if it names none."""
+    t = text.strip()
+    if re.fullmatch(r"[A-H]{1,8}", t):
+        return frozenset(t)
+    head = _CHOICE_LIST.match(t) or _ANSWER_IS.search(t)
+    return frozenset(_CHOICES.findall(head.group(0))) if head else frozenset()
+
+
+def choice_match(prediction: str, golds: Sequence[str]) -> float:
+    """Multiple choice: 1.0 when the answer names exactly a gold's option letters.
+
+    Letters are compared as sets, never through :func:`normalize_answer`, which drops "a" as an
+    English article (every gold "A" would be unmatchable). A gold that is option text, not letters,
+    falls back to :func:`answer_match`.
+    """
+    pred = choice_letters(prediction)
+    for gold in golds:
+        letters = choice_letters(gold)
+        if letters and letters == pred:
+            return 1.0
+        if not letters and answer_match(prediction, [gold]):
+            return 1.0
+    return 0.0
+
+
+METRICS = {"em": exact_match, "match": answer_match, "f1": f1_score, "rouge_l": rouge_l, "choice": choice_match}
 
 
 # -- judges -----------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each answer is scored against the gold with a metric chosen per task (:data:`TASK_METRICS`):
 ROUGE-L for summaries, token F1 for free-form QA, answer match (normalised gold contained in
-the answer) for short-answer QA, retrieval, multiple choice and few-shot maths. Relative
+the answer) for short-answer QA, retrieval and few-shot maths, and the set of option letters
+named for multiple choice. Relative
 performance = score(compressed) / score(full), clipped to [0, 1]; an example whose full-context
 answer scores 0 is unscorable.
 
@@ -19,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +39,7 @@ TASK_METRICS: dict[str, str] = {
     "multi_doc_qa": "match",
     "qa": "match",
     "retrieval": "match",
-    "multiple_choice": "match",
+    "multiple_choice": "choice",
     "few_shot": "match",
 }
 
@@ -75,11 +75,7 @@ def extract_answer(example: Example, text: str) -> str:
     """Post-process a raw reply: the number after '####' for few-shot maths, else the reply."""
     if example.task == "few_shot" and "####" in text:
         return text.rsplit("####", 1)[1].strip()
-    if example.task == "multiple_choice":
-        m = re.match(r"\s*\(?([A-H]{1,4})\b", text)
-        if m:
-            return m.group(1)
-    return text.strip()
+    return text.strip()  # multiple choice: the "choice" metric reads the option letters itself
 
 
 class AnswerCache:

@@ -205,6 +205,26 @@ def done_ids(path: Path) -> set[str]:
     return ids
 
 
+def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[float]) -> None:
+    """Refuse to append labels made another way (compressor, judge, factor grid) to ``path``."""
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict) or "compressor" not in obj:
+                continue  # error lines carry no configuration
+            theirs = (obj.get("compressor"), obj.get("judge"), [float(f) for f in obj.get("factors") or []])
+            ours = (compressor, judge, [float(f) for f in factors])
+            if theirs != ours:
+                raise ConfigError(
+                    f"{path} holds labels made with compressor {theirs[0]!r}, judge {theirs[1]!r}, factors "
+                    f"{theirs[2]}; this run uses {ours[0]!r}, {ours[1]!r}, {ours[2]}: write to a new file, "
+                    "or pass --overwrite instead of --resume")
+            return
+
+
 def run_calibration(
     examples: Iterable[Example],
     output: str | Path,
@@ -226,6 +246,12 @@ def run_calibration(
     out = Path(output)
     if out.exists() and not (resume or overwrite):
         raise ConfigError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+    # Built here once before the output is touched: a bad option fails now with its own error, not
+    # later in the worker processes, after --overwrite has already removed the old labels.
+    get_compressor(compressor, **(compressor_params or {}))
+    get_judge(judge, **(judge_options or {}))
+    if resume and out.exists():
+        check_resumable(out, compressor, judge, grid)
     if overwrite and not resume and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -266,14 +266,16 @@ def compress_command(
                  if v is not None]
         if len(modes) != 1:
             raise ConfigError("give exactly one of --keep-rate, --target-tokens or --floor")
-        if floor is None and (predictor is not None or calibration is not None):
-            raise ConfigError("--predictor and --calibration apply to --floor")
+        if floor is None and (predictor is not None or calibration is not None or confidence is not None):
+            raise ConfigError("--confidence, --predictor and --calibration apply to --floor")
         if tokenizer is not None:
             get_token_counter(tokenizer)  # fail now, not once per record
         engine = Compressor(keep_rate, target_tokens=target_tokens, floor=floor, confidence=confidence,
                             compressor=compressor, predictor=predictor, calibration=calibration,
                             tokenizer=tokenizer, endpoint=endpoint, api_key=api_key,
                             **parse_params(param, options=_FACADE_OPTIONS))
+        if floor is not None:
+            engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
         stream, size = open_input(source)
     except (PocError, OSError) as exc:
@@ -299,9 +301,13 @@ def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, po
         done = skip_done(lines, point, fields)
     except PocError as exc:
         _fail(err, exc)
+    try:
+        opened = JsonlWriter.open(output, keep_bytes=point.keep_bytes)
+    except OSError as exc:
+        _fail(err, exc)
     progress = _progress(err, enabled=show_progress)
     try:
-        with progress, JsonlWriter.open(output, keep_bytes=point.keep_bytes) as writer:
+        with progress, opened as writer:
             task = progress.add_task("compressing", total=size, completed=done.end if done else 0,
                                      records=stats.resumed, failed=0)
 
@@ -314,6 +320,10 @@ def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, po
     except KeyboardInterrupt:
         err.print(f"interrupted after {stats.resumed + stats.processed} records; rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OSError as exc:  # the output broke (disk full, gone): what was written stays, resumable
+        err.print(f"[red]error:[/red] cannot write {escape(output)}: {escape(str(exc))}; "
+                  f"{stats.resumed + stats.processed} records done, rerun with --resume once fixed", highlight=False)
+        raise typer.Exit(EXIT_RECORD_ERRORS) from None
     stats.seconds = time.perf_counter() - started
     return stats
 

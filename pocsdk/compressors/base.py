@@ -23,7 +23,7 @@ import numpy as np
 from pocsdk.compressors.topup import top_up
 from pocsdk.errors import ConfigError, InputTooLargeError
 from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_flags, strip_markers
-from pocsdk.text.segment import MAX_UNIT_CHARS, segment_arrays
+from pocsdk.text.segment import CODE, MAX_UNIT_CHARS, segment_arrays
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
     CompressionResult,
@@ -214,8 +214,8 @@ class UnitCompressor:
             marked = KEEP_OPEN in text or KEEP_CLOSE in text
             texts.extend([strip_markers(x) for x in pieces] if marked else pieces)
             protected = _overlaps(starts, ends, self.protect.spans(text))
-            if self.protect.instructions:
-                protected |= instruction_flags(pieces)
+            if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)
+                protected |= instruction_flags(pieces) & (kinds != CODE)
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
             else:

@@ -203,7 +203,9 @@ def _classify(input: Any) -> tuple[str, Any]:
 def _context(context: Any) -> Any:
     """LangChain Documents become pocsdk document dicts; strings and lists pass through."""
     if isinstance(context, (list, tuple)):
-        return [{"id": d.id or str(i), "text": d.page_content, "metadata": dict(d.metadata)}
+        # Positional ids: retrievers may repeat ids (two stores merged, one chunk found twice), and outputs
+        # are matched to inputs by position and keep their own ``id``.
+        return [{"id": f"lc-{i}", "text": d.page_content, "metadata": dict(d.metadata)}
                 if isinstance(d, LCDocument) else d for i, d in enumerate(context)]
     if isinstance(context, LCDocument):
         return context.page_content
@@ -272,8 +274,14 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     keep_rate: float | None = None
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    min_tokens: int = 512
+    min_tokens: int = 64
+    """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
+    one in ``compressor_params`` wins)."""
     drop_empty: bool = False
+
+    def _messages(self) -> MessageCompressor:
+        params = {"min_tokens": self.min_tokens, **self.compressor_params}
+        return _shared(self.compressor, json.dumps(params, sort_keys=True), MessagePolicy().min_tokens)
 
     def compress_documents(self, documents: Sequence[LCDocument], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[LCDocument]:

@@ -232,9 +232,11 @@ def delta_from_event(data: str) -> object:
         raise LLMError(f"LLM stream error: {msg}", body=chunk)
     try:
         choices = chunk.get("choices") or []
-        if not choices:
+        # the first choice only: with n > 1 the chunks of every choice interleave
+        first = next((c for c in choices if c.get("index", 0) == 0), None)
+        if first is None:
             return ""
-        delta = choices[0].get("delta") or {}
+        delta = first.get("delta") or {}
         return delta.get("content") or ""
     except (AttributeError, TypeError) as exc:
         raise LLMError(f"malformed stream chunk: {data[:200]!r}") from exc

@@ -62,7 +62,10 @@ class Timeout(BaseModel):
 
 
 class RetryPolicy(BaseModel):
-    """Exponential backoff with full jitter on 429, 5xx and connection errors.
+    """Exponential backoff with full jitter on 429, 5xx, connection errors and timeouts.
+
+    Like the official ``openai`` client, a request that timed out is sent again, so the upstream
+    may process (and bill) it twice; ``max_retries=0`` where that matters.
 
     The delay before retry ``n`` (0-based) is uniform in ``[0, min(max_backoff,
     backoff * 2**n)]``; a ``Retry-After`` header wins when present (capped by

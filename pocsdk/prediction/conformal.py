@@ -50,6 +50,7 @@ calibration set; with few examples, high confidences are unreachable and the mar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -63,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from pocsdk._version import __version__
 from pocsdk.calibration.labels import LabelRecord
-from pocsdk.errors import ArtifactError, LabelsError
+from pocsdk.errors import ArtifactError, LabelsError, PocError
 from pocsdk.prediction.decision import choose, choose_tradeoff, outcome
 from pocsdk.types import check_unit_interval
 
@@ -310,10 +311,9 @@ def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence
         if count >= min_group and (task_filter is None or task_filter(task)):
             keep = [i for i, r in enumerate(records) if r.task == task]
             groups[task] = _table([records[i] for i in keep], [preds[i] for i in keep], [src[i] for i in keep])
-    sha = ""
-    card_sha = getattr(predictor, "sha256_", None)
-    if isinstance(card_sha, str):
-        sha = card_sha
+    sha = getattr(predictor, "sha256_", None)
+    if not isinstance(sha, str) or not sha:
+        sha = model_sha256(predictor)
     compressors = sorted({r.compressor for r in records})
     return Calibration(
         compressor=compressors[0] if len(compressors) == 1 else ",".join(compressors),
@@ -328,6 +328,15 @@ def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
     )
+
+
+def model_sha256(predictor: Any) -> str:
+    """The checksum its model file will have (what a loaded predictor's card records); ``""`` if unknown."""
+    try:
+        data = predictor._model_bytes()
+    except (AttributeError, NotImplementedError, PocError):
+        return ""
+    return hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else ""
 
 
 def _check_grid(records: Sequence[LabelRecord]) -> tuple[float, ...]:

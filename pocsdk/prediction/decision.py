@@ -54,5 +54,6 @@ def choose_tradeoff(pred: np.ndarray, factors: Sequence[float], weight: float | 
     w = np.asarray(weight, dtype=np.float64)[..., None]
     finite = np.isfinite(w)
     score = np.log(f) + np.where(finite, w, 0.0) * pred
+    score = np.where(np.isfinite(pred), score, -np.inf)  # a factor without a (finite) prediction is never chosen
     j = np.argmax(score, axis=-1)
     return np.where((f[j] <= 1.0 + EPS) | ~finite[..., 0], PASSTHROUGH, j)

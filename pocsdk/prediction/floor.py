@@ -31,7 +31,7 @@ import numpy as np
 from pocsdk.compressors.base import Scored, Selection, TextCompressor, passthrough_selection, render
 from pocsdk.compressors.grid import select_many
 from pocsdk.errors import ArtifactError, ConfigError
-from pocsdk.prediction.conformal import NO_PROMISE, Calibration
+from pocsdk.prediction.conformal import NO_PROMISE, Calibration, model_sha256
 from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff
 from pocsdk.prediction.features import context_features, factor_columns, factor_rows
 from pocsdk.prediction.predictors import Predictor, load_predictor
@@ -186,12 +186,13 @@ class FloorPolicy:
         weight = self.weight(floor, confidence) if tradeoff and confidence is not None else None
         margin = 0.0 if tradeoff else self.margin(floor, confidence)
         name = getattr(self.predictor, "name", type(self.predictor).__name__)
+        rule = None if confidence is None else ("tradeoff" if tradeoff else "margin")
         if scored.passthrough_reason:
             result = render(scored, passthrough_selection(scored, 1.0, scored.passthrough_reason))
             result.floor = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=1.0, chosen_factor=1.0, met=True,
                 reason=f"input passed through before the search ({scored.passthrough_reason})",
-                predictor=name, margin=margin, grid=self.factors, predictions=[],
+                predictor=name, margin=margin, rule=rule, weight=weight, grid=self.factors, predictions=[],
             )
             return result
         pred, selections = self.predict(compressor, scored)
@@ -213,7 +214,7 @@ class FloorPolicy:
             result = render(scored, passthrough_selection(scored, 1.0, FLOOR_NOT_MET), requested_keep_rate=1.0)
             decision = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=float(pred[0]) if len(pred) else 1.0,
-                chosen_factor=1.0, met=False, reason=why, predictor=name, margin=margin,
+                chosen_factor=1.0, met=False, reason=why, predictor=name, margin=margin, rule=rule, weight=weight,
                 grid=self.factors, predictions=[float(p) for p in pred],
             )
         else:
@@ -230,7 +231,8 @@ class FloorPolicy:
             decision = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=float(pred[i] - margin),
                 chosen_factor=f, met=True, reason=why,
-                predictor=name, margin=margin, grid=self.factors, predictions=[float(p) for p in pred],
+                predictor=name, margin=margin, rule=rule, weight=weight, grid=self.factors,
+                predictions=[float(p) for p in pred],
             )
         result.floor = decision
         result.timings.predict_ms = predict_ms
@@ -241,10 +243,17 @@ class FloorPolicy:
 def _check_calibration(cal: Calibration, predictor: Any, compressor: str | None, factors: Sequence[float]) -> None:
     if compressor is not None and cal.compressor != compressor:
         raise ArtifactError(f"calibration is for compressor {cal.compressor!r}, not {compressor!r}")
-    sha = getattr(predictor, "sha256_", "")
-    if cal.predictor_sha256 and sha and cal.predictor_sha256 != sha:
+    sha = getattr(predictor, "sha256_", "") or model_sha256(predictor)
+    name = getattr(predictor, "name", None)
+    if cal.predictor_sha256 and sha:
+        if cal.predictor_sha256 != sha:
+            raise ArtifactError(
+                "calibration was fitted for another predictor model (checksum differs); "
+                "re-run `pocsdk fit-calibration` with this predictor"
+            )
+    elif isinstance(name, str) and cal.predictor != name:  # no checksum to compare: the names must agree
         raise ArtifactError(
-            "calibration was fitted for another predictor model (checksum differs); "
+            f"calibration was fitted for predictor {cal.predictor!r}, not {name!r}; "
             "re-run `pocsdk fit-calibration` with this predictor"
         )
     if [float(f) for f in cal.factors] != list(factors):

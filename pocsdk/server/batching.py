@@ -208,7 +208,9 @@ class DirectRunner(Generic[T, R]):
         try:
             fut = loop.run_in_executor(self._executor, self.fn, [item])
             try:
-                results = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                # Not shielded: on timeout the job is cancelled if it has not started, so work nobody
+                # waits for does not pile up in the pool ahead of new requests (a started one finishes).
+                results = await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
                 raise BatchTimeout(f"no result within {timeout:g} s") from None
         finally:

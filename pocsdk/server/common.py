@@ -212,6 +212,8 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, _BodyTooLarge):  # a streamed body over the limit: the same answer as a declared one
+            return _resp(413, str(exc.detail), "InputTooLargeError", "request_too_large")
         headers = getattr(exc, "headers", None)
         return _resp(exc.status_code, str(exc.detail), "HTTPError", f"http_{exc.status_code}", None, headers)
 

@@ -5,7 +5,9 @@ the long context parts of ``POST /v1/chat/completions`` messages (rules in
 :mod:`pocsdk.llm.messages`: long user/tool texts, or exactly the ``<compress>...</compress>``
 regions when marked; system prompts and the final question stay verbatim) and forwards the
 request to the one configured upstream. Responses, streamed SSE and upstream errors come
-back unchanged, with the compression stats in ``X-Pocsdk-*`` headers.
+back unchanged, with the compression stats in ``X-Pocsdk-*`` headers; a stream the upstream
+breaks off reaches the client broken off too. Every other ``/v1/...`` endpoint (embeddings,
+completions, responses, files) is forwarded unchanged and uncompressed.
 
 Per request: ``X-Pocsdk-Floor`` / ``X-Pocsdk-Keep-Rate`` headers, or a body field
 ``"pocsdk": {"floor": 0.8}`` / ``{"keep_rate": 0.3}`` / ``{"compress": false}``, removed
@@ -188,6 +190,10 @@ class _Proxy:
         # The raw ASGI pairs (what ``request.headers.items()`` decodes); a repeated name keeps its last value.
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]
                if k.lower() not in _DROP_REQUEST_RAW}
+        # Hop-by-hop headers the caller named in Connection (RFC 9110 7.6.1) end here too.
+        if named := request.headers.get("connection"):
+            for name in named.split(","):
+                out.pop(name.strip().lower(), None)
         out["accept-encoding"] = "identity"
         if self.settings.upstream_api_key:
             out["authorization"] = f"Bearer {self.settings.upstream_api_key}"
@@ -232,7 +238,7 @@ class _Proxy:
 def parse_chat_request(raw: bytes) -> dict[str, Any]:
     """The JSON body, checked just enough to compress it; the upstream validates the rest."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
@@ -251,6 +257,27 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_request")
     return body
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _dump(body: dict[str, Any]) -> bytes:
+    """The rewritten request as UTF-8 JSON; text with a lone surrogate (valid JSON, not valid UTF-8)
+    is sent with ASCII escapes instead, as the caller wrote it."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(body).encode()
 
 
 def request_mode(body: dict[str, Any], headers: Mapping[str, str]) -> dict[str, float] | None:
@@ -295,11 +322,16 @@ def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> 
 
 
 def _model_path(model_id: str) -> str:
-    """``model_id`` as path segments under ``/models/``, each percent-encoded: ids like ``org/model`` pass, but
-    ``..``, ``?`` or ``#`` can't steer the request (with the upstream key) to another path of the upstream."""
-    parts = model_id.split("/")
+    """``model_id`` as path segments under ``/models/`` (see :func:`_safe_path`)."""
+    return _safe_path(model_id, "model id", code="invalid_model")
+
+
+def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
+    """``path`` as percent-encoded segments: ids like ``org/model`` pass, but ``..``, ``?`` or ``#`` can't
+    steer the request (with the upstream key) outside the upstream's base URL or to another path."""
+    parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ApiError(400, f"invalid model id {model_id!r}", code="invalid_model")
+        raise ApiError(400, f"invalid {what} {path!r}", code=code)
     return "/".join(quote(p, safe="") for p in parts)
 
 
@@ -363,10 +395,30 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """Compress the context parts, forward, answer with the upstream's response (streamed or not)."""
         await proxy.auth(request)
+        # Read the body before taking a slot: a slow upload must not hold one.
+        raw = await request.body()
         await proxy.limiter.acquire()
         slot = _Slot(proxy.limiter)
         try:
-            return await _chat(proxy, request, slot)
+            return await _chat(proxy, request, raw, slot)
+        finally:
+            if not slot.handed_off:
+                slot.release()
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def passthrough(path: str, request: Request) -> Response:
+        """Every other endpoint (embeddings, completions, responses, files, ...) goes to the upstream
+        unchanged and uncompressed, and its answer (streamed or not) comes back as it arrives."""
+        await proxy.auth(request)
+        url = proxy.base + "/" + _safe_path(path, "path")
+        if query := request.scope.get("query_string"):
+            url += "?" + query.decode("latin-1")
+        content = await request.body()
+        await proxy.limiter.acquire()
+        slot = _Slot(proxy.limiter)
+        try:
+            resp = await proxy.send(request.method, httpx.URL(url), request, content or None, stream=True)
+            return _relay(resp, slot, None)
         finally:
             if not slot.handed_off:
                 slot.release()
@@ -388,8 +440,7 @@ class _Slot:
             self.limiter.release()
 
 
-async def _chat(proxy: _Proxy, request: Request, slot: _Slot) -> Response:
-    raw = await request.body()
+async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Response:
     body = parse_chat_request(raw)
     had_options = "pocsdk" in body
     mode = request_mode(body, request.headers)
@@ -400,7 +451,7 @@ async def _chat(proxy: _Proxy, request: Request, slot: _Slot) -> Response:
         changed = new_messages != body["messages"]
         body["messages"] = new_messages
     # Unchanged requests go upstream byte for byte.
-    content = json.dumps(body, ensure_ascii=False).encode() if changed or had_options else raw
+    content = _dump(body) if changed or had_options else raw
     if log.isEnabledFor(logging.INFO):  # (the message is built only when it is logged)
         log.info("chat request: %d messages, %s", len(body["messages"]),
                  "no compression" if stats is None else
@@ -413,13 +464,22 @@ async def _chat(proxy: _Proxy, request: Request, slot: _Slot) -> Response:
         data = await resp.aread()
         await resp.aclose()
         return Response(data, status_code=resp.status_code, headers=_response_headers(resp, stats))
+    return _relay(resp, slot, stats)
 
-    async def relay() -> AsyncIterator[bytes]:
+
+def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> StreamingResponse:
+    """Stream an upstream response back as it arrives; the slot is freed when it ends or the client leaves."""
+
+    async def chunks() -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_bytes():  # decoded: the Content-Encoding header is not copied
                 yield chunk
-        except httpx.HTTPError as exc:  # the status line is already sent: end the stream
-            log.warning("upstream stream ended early: %s", type(exc).__name__)
+        except httpx.HTTPError as exc:
+            # The status line is already sent. Raising makes the server drop the connection without
+            # the final chunk, so the client sees a broken stream, as it would from the upstream
+            # itself, instead of a clean end that looks like a complete answer.
+            log.warning("upstream stream broke off: %s", type(exc).__name__)
+            raise
         finally:
             await resp.aclose()
             slot.release()
@@ -429,5 +489,5 @@ async def _chat(proxy: _Proxy, request: Request, slot: _Slot) -> Response:
         slot.release()
 
     slot.handed_off = True
-    return StreamingResponse(relay(), status_code=resp.status_code, headers=_response_headers(resp, stats),
+    return StreamingResponse(chunks(), status_code=resp.status_code, headers=_response_headers(resp, stats),
                              background=BackgroundTask(cleanup))

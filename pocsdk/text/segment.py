@@ -2,10 +2,11 @@
 
 Every non-whitespace character of the input lies in exactly one unit, and units are in
 order, so selecting units and joining them never rewrites text. Structure that a
-sentence splitter would tear apart is kept whole: fenced code blocks, table rows,
-list items and headings are units of their own. Sentences end at ``.!?`` followed by
-space, or at CJK full stops (no space needed). Over-long units (no punctuation, JSON
-lines, key-value dumps) are cut at clause punctuation, then at whitespace.
+sentence splitter would tear apart is kept whole: fenced code blocks (cut at line ends
+when longer than a unit may be), table rows, list items and headings are units of their
+own. Sentences end at ``.!?`` followed by space, or at CJK full stops (no space needed).
+Over-long units (no punctuation, JSON lines, key-value dumps) are cut at clause punctuation,
+then at whitespace.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _segment_rows(text: str, max_unit_chars: int) -> list[tuple[int, int, int, i
         para = _segment_prose(text, pos, m.start(), para, rows, max_unit_chars)
         s, e = _strip(text, m.start(), m.end())
         if s < e:
-            rows.append((s, e, para, CODE))
+            rows.extend((cs, ce, para, CODE) for cs, ce in _code_chunks(text, s, e, max_unit_chars))
             para += 1
         pos = m.end()
     _segment_prose(text, pos, len(text), para, rows, max_unit_chars)
@@ -392,6 +393,28 @@ def _word_before(text: str, lo: int, dot: int) -> str:
     while i > stop and (text[i - 1].isalnum() or text[i - 1] in "._"):  # \w or "."
         i -= 1
     return text[i:dot]
+
+
+def _code_chunks(text: str, start: int, end: int, max_chars: int) -> Iterable[tuple[int, int]]:
+    """A fenced block as one unit, or cut at line ends into units of at most ``max_chars``.
+
+    Kept whole, a long block (or an unclosed fence running to the end of a truncated answer)
+    could only be kept or dropped entirely, so a budget smaller than it dropped all of it.
+    A single line longer than ``max_chars`` is cut at its last space that fits, else at ``max_chars``.
+    """
+    pos = start
+    while end - pos > max_chars:
+        cut = text.rfind("\n", pos, pos + max_chars)
+        if cut <= pos:  # one long line: at a space, else at the limit
+            cut = text.rfind(" ", pos, pos + max_chars)
+        cut = cut + 1 if cut > pos else pos + max_chars
+        s, e = _strip(text, pos, cut)
+        if s < e:
+            yield s, e
+        pos = cut
+    s, e = _strip(text, pos, end)
+    if s < e:
+        yield s, e
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
