@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -136,6 +136,7 @@ class RemoteCompressor:
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
+        self._aclient_closer: AsyncGenerator[None, None] | None = None
 
     @classmethod
     def for_facade(cls, endpoint: str, api_key: str | None, compressor: Any, *, keep_rate: float | None,
@@ -208,6 +209,7 @@ class RemoteCompressor:
         if self._aclient is not None:
             await self._aclient.aclose()
             self._aclient = None
+            self._aclient_closer = None
 
     def __enter__(self) -> RemoteCompressor:
         return self
@@ -320,6 +322,10 @@ class RemoteCompressor:
         if self._aclient is None or self._aclient_loop is not loop:  # a client is bound to its event loop
             self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport)
             self._aclient_loop = loop
+            # Closed when its loop ends (asyncio.run, a Celery task, a test): the loop closes the async
+            # generators it has seen, which gives the client's sockets back instead of leaking one per loop.
+            self._aclient_closer = _close_with_loop(self._aclient)
+            await anext(self._aclient_closer)
         client = self._aclient
         try:
             step = next(gen)
@@ -362,6 +368,14 @@ def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, s
     if conf is not None:
         out["confidence"] = check_unit_interval("confidence", conf, closed_right=False)
     return out
+
+
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """Suspended for the life of the event loop; the loop's ``shutdown_asyncgens`` closes it, and the client."""
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 def _result(data: Any) -> CompressionResult:

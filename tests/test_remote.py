@@ -163,3 +163,22 @@ def test_floor_mode_passes_through(server: Server) -> None:
         pytest.skip(f"floor mode is not available in this checkout: {exc}")
     got = Compressor(endpoint=server.url, api_key=KEY, floor=0.8, confidence=0.7).compress(long_text(), "harvest")
     assert got.floor is not None and same(got, expected)
+
+
+def test_async_client_is_closed_when_its_event_loop_ends(server: Server) -> None:
+    # asyncio.run per call (scripts, Celery tasks, tests): each loop's client must not outlive it with open sockets
+    remote = RemoteCompressor(server.url, api_key=KEY, keep_rate=0.5)
+    clients = []
+    for _ in range(3):
+        asyncio.run(remote.acompress(long_text(), "harvest"))
+        assert remote._aclient is not None
+        clients.append(remote._aclient)
+    assert len({id(c) for c in clients}) == 3 and all(c.is_closed for c in clients)
+
+    async def in_one_loop() -> bool:  # within a loop the client stays open and is reused
+        await remote.acompress(long_text(), "harvest")
+        first = remote._aclient
+        await remote.acompress(long_text(), "harvest")
+        return first is remote._aclient and first is not None and not first.is_closed
+
+    assert asyncio.run(in_one_loop())
