@@ -72,7 +72,8 @@ class FloorDecision(BaseModel):
     predicted_performance: float
     """Predicted relative performance at the chosen factor (after any calibration margin)."""
     chosen_factor: float
-    """Grid factor the search chose (1.0 means no compression)."""
+    """Grid factor the search chose (1.0 means no compression); the result's ``compression_factor`` is what it
+    achieved, which can be less when protected text or whole units hold it back (the reason then says so)."""
     met: bool
     """False when no compression meets the floor and the context is passed through."""
     reason: str

@@ -229,3 +229,12 @@ def test_search_equals_its_rate_by_rate_definition(name: str, kind: str, monkeyp
         ctx = context_features(scored, policy.task, policy._needed)
         ff = factor_features(scored, policy.factors, rate_by_rate)
         assert np.array_equal(pred, policy.predictor.predict(ctx, policy.factors, [ff]))
+
+
+def test_reason_says_when_protected_text_holds_the_factor_back() -> None:
+    txt = " ".join(f"You must always check the order number {i} before replying." for i in range(120))
+    res = Compressor(floor=0.9, compressor="extractive").compress(txt + " The warehouse is in Leeds.", "Where?")
+    assert res.floor is not None and res.floor.chosen_factor > 2.0 and res.compression_factor < 1.1
+    assert f"achieved {res.compression_factor:.2f}x" in res.floor.reason
+    plain = Compressor(floor=0.9, compressor="extractive").compress(TEXT, "Which river?")
+    assert plain.floor is not None and "achieved" not in plain.floor.reason

@@ -228,6 +228,9 @@ class FloorPolicy:
             else:
                 why = (f"most aggressive factor with predicted performance{' - margin' if margin else ''} "
                        f">= {floor:g}: {f:g}x at {pred[i]:.3f}{f' - {margin:.3f}' if margin else ''}{nxt}")
+            if result.compression_factor < 0.9 * f:  # the grid factor is a request; say what it gave
+                why += (f"; achieved {result.compression_factor:.2f}x (protected text or whole units "
+                        "kept it from going further)")
             decision = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=float(pred[i] - margin),
                 chosen_factor=f, met=True, reason=why,
