@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pocsdk.errors import ConfigError, EmptyContextError, EncodingError, InvalidRateError, InvalidTypeError
 
@@ -83,9 +83,16 @@ class FloorDecision(BaseModel):
     rule: str | None = None
     """Decision rule: ``margin`` or ``tradeoff``."""
     weight: float | None = None
-    """Calibrated trade-off weight w (trade-off rule: maximise log(factor) + w * prediction)."""
+    """Calibrated trade-off weight w (trade-off rule: maximise log(factor) + w * prediction); ``inf`` when
+    nothing can be promised (``null`` in JSON, read back as ``inf`` under the trade-off rule)."""
     grid: list[float] = Field(default_factory=list)
     predictions: list[float] = Field(default_factory=list)
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _null_weight_is_inf(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON has no infinity: an infinite trade-off weight is written as ``null``."""
+        return math.inf if value is None and info.data.get("rule") == "tradeoff" else value
 
 
 class CompressionResult(BaseModel):

@@ -83,6 +83,18 @@ def test_run_writes_valid_records_and_resumes(tmp_path: Path) -> None:
     assert out.read_bytes() == before
 
 
+def test_resume_under_a_registered_alias(tmp_path: Path) -> None:
+    from pocsdk.compressors import register
+    from pocsdk.compressors.extractive import ExtractiveCompressor
+
+    register("extractive-alias", lambda **kw: ExtractiveCompressor(**kw))  # records say "extractive"
+    out = tmp_path / "l.jsonl"
+    run_calibration(examples(2), out, compressor="extractive-alias", factors=FACTORS, workers=1, progress=False)
+    again = run_calibration(examples(3), out, compressor="extractive-alias", factors=FACTORS, workers=1,
+                            resume=True, progress=False)
+    assert again.skipped == 4 and again.written == 1  # examples(n) adds two more to its n
+
+
 def test_bad_options_fail_before_the_output_is_touched(tmp_path: Path) -> None:
     out = tmp_path / "l.jsonl"
     run_calibration(examples(1), out, compressor="extractive", factors=FACTORS, workers=1, progress=False)

@@ -84,11 +84,15 @@ def test_long_code_block_is_compressed_to_the_rate_not_dropped(name: str) -> Non
         f"def f{i}(x):\n    return x * {i}  # helper {i}" for i in range(120)) + "\n```\n"
     comp = get_compressor(name)
     scored = comp.score(code, "What does f17 return?")
-    assert not scored.units.protected.any()
+    texts = [code[s:e] for s, e in zip(scored.units.start.tolist(), scored.units.end.tolist(), strict=True)]
+    # only the two fence lines are protected, so what is kept stays a fenced block
+    assert [t for t, p in zip(texts, scored.units.protected.tolist(), strict=True) if p] == ["```python", "```"]
     for rate in (0.1, 0.3, 0.5, 0.8):
         res = render(scored, comp.select(scored, rate))
         assert abs(res.keep_rate / rate - 1) <= 0.10, (name, rate, res.keep_rate)
-        assert res.text.strip()
+        assert res.text.strip() and res.text.count("```") == 2
+        assert all(line.startswith(("def ", "    return", "```", "Notes")) for line in res.text.splitlines()
+                   if line.strip()), res.text[:300]  # indentation survives the cuts
     if name == "extractive":
         assert "return x * 17 " in render(scored, comp.select(scored, 0.1)).text
 

@@ -216,3 +216,16 @@ def test_cross_dataset_task_groups_need_two_datasets() -> None:
             + synthetic_records(60, seed=3, dataset="c", task="summarization"))
     cal = cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r))
     assert set(cal.groups) == {"*", "qa"}  # summarization comes from one dataset only: pooled
+
+
+def test_cross_dataset_calibration_without_the_final_predictor_binds_by_name() -> None:
+    from pocsdk.errors import ArtifactError
+    from pocsdk.prediction.floor import FloorPolicy
+    from pocsdk.prediction.predictors import make_predictor
+
+    recs = [r for i in range(3) for r in synthetic_records(80, seed=i, dataset=f"d{i}")]
+    cal = cross_dataset_calibration(recs, lambda rs: make_predictor("lightgbm").fit(rs))
+    assert cal.predictor_sha256 == ""  # not the checksum of a fold model nobody keeps
+    FloorPolicy(make_predictor("lightgbm").fit(recs), cal, compressor="extractive")  # the final fit: accepted
+    with pytest.raises(ArtifactError, match="fitted for predictor"):
+        FloorPolicy(make_predictor("agnostic").fit(recs), cal, compressor="extractive")

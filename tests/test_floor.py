@@ -176,6 +176,18 @@ def test_tradeoff_never_chooses_a_factor_without_a_finite_prediction() -> None:
     pred = np.array([[1.0, 0.999, np.nan, np.inf], [np.nan, np.nan, np.nan, np.nan]])
     idx = choose_tradeoff(pred, [1.0, 2.0, 4.0, 8.0], 146.0)
     assert idx.tolist() == [1, PASSTHROUGH]
+    no_one = choose_tradeoff(np.full((1, 4), np.nan), [2.0, 4.0, 8.0, 16.0], 146.0)  # a grid without 1x
+    assert no_one.tolist() == [PASSTHROUGH]
+
+
+def test_an_infinite_tradeoff_weight_survives_json() -> None:
+    from pocsdk.types import FloorDecision
+
+    d = FloorDecision(floor=0.9, confidence=0.999, predicted_performance=1.0, chosen_factor=1.0, met=False,
+                      reason="nothing can be promised", predictor="p", rule="tradeoff", weight=float("inf"))
+    assert FloorDecision.model_validate_json(d.model_dump_json()).weight == float("inf")
+    margin = d.model_copy(update={"rule": "margin", "weight": None})
+    assert FloorDecision.model_validate_json(margin.model_dump_json()).weight is None
 
 
 def test_missing_shipped_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

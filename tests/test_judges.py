@@ -261,6 +261,19 @@ def test_metric_per_task_and_prompt() -> None:
     ("A", "A, C", 0.0),         # a subset of the options is not the answer
     ("B", "A", 0.0),
     ("Apples grow on trees", "A", 0.0),
+    ("A new law was passed", "A", 0.0),  # a leading "A" followed by words is an article
+    ("The answer is a lot of things", "A", 0.0),
+    ("Answer: B", "B", 1.0),
+    ("**B**", "B", 1.0),
+    ("B: Paris", "B", 1.0),
+    ("The answer is: B", "B", 1.0),
+    ("Final answer: D", "D", 1.0),
+    ("Option B", "B", 1.0),
+    ("[B]", "B", 1.0),
+    ("b", "B", 1.0),
+    ("The answer is b", "B", 1.0),
+    ("C\n\nExplanation: the text says so.", "C", 1.0),
+    ("I think it's B", "B", 1.0),
 ])
 def test_multiple_choice_compares_option_letters(reply: str, gold: str, score: float) -> None:
     assert choice_match(reply, [gold]) == score

@@ -172,6 +172,15 @@ def test_document_compressor_min_tokens_passes_short_inputs_through() -> None:
     assert [d.page_content for d in high.compress_documents(docs, QUESTION)] == [d.page_content for d in docs]
 
 
+def test_document_compressor_with_a_registered_compressor_without_min_tokens() -> None:
+    from pocsdk.compressors import get_compressor, register
+
+    register("lc-no-min-tokens", lambda: get_compressor("extractive"))  # a factory that takes no parameters
+    docs = [Document(text(40, 25, FACT)), Document(text(40, 26))]
+    out = PocsdkDocumentCompressor(keep_rate=0.3, compressor="lc-no-min-tokens").compress_documents(docs, QUESTION)
+    assert len(out) == 2 and FACT in out[0].page_content
+
+
 def test_document_compressor_empty_and_dropped_documents() -> None:
     assert PocsdkDocumentCompressor(keep_rate=0.5).compress_documents([], "q") == []
     docs = [Document(text(200, 13, FACT)), Document("Cats purr. " * 3)]

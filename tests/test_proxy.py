@@ -84,7 +84,7 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
         }  # ASCII-escaped JSON: a lone surrogate in what it received must not break the echo
         return Response(json.dumps(echo), media_type="application/json", headers={"x-upstream": "yes", **extra})
 
-    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "DELETE"])
+    @app.api_route("/v1/{path:path}", methods=["GET", "HEAD", "POST", "DELETE"])
     async def other(path: str, request: Request) -> JSONResponse:
         """Any other endpoint: echo method, path, query, body and headers."""
         return JSONResponse({"method": request.method, "path": path, "query": request.url.query,
@@ -507,7 +507,8 @@ def test_model_ids_cannot_steer_the_upstream_path(proxy: str) -> None:
     assert httpx.get(proxy + "/v1/models/org/model-1").json()["path"] == "models/org/model-1"
 
 
-def test_a_stream_the_upstream_breaks_off_reaches_the_client_broken_off(proxy: str) -> None:
+def test_a_stream_the_upstream_breaks_off_reaches_the_client_broken_off(proxy: str,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     from pocsdk.llm import LLMClient, LLMError
 
     body = {"model": "dies-mid-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -519,6 +520,8 @@ def test_a_stream_the_upstream_breaks_off_reaches_the_client_broken_off(proxy: s
     with pytest.raises(LLMError, match="interrupted"):
         "".join(client.stream("hi"))
     assert httpx.get(proxy + "/healthz").json()["in_flight"] == 0  # its slot was given back
+    # the proxy logs the upstream's failure as a line, not a traceback (the fake upstream's own crash is RuntimeError)
+    assert not [r for r in caplog.records if r.exc_info and not isinstance(r.exc_info[1], RuntimeError)]
 
 
 def test_a_gzip_stream_from_the_upstream_arrives_decoded(proxy: str) -> None:
@@ -542,6 +545,33 @@ def test_other_endpoints_pass_through_unchanged(proxy: str) -> None:
     # the same path rules as model ids: no way out of the upstream's /v1
     bad = httpx.get(proxy + "/v1/files/%2E%2E/%2E%2E/admin")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_path"
+
+
+def test_trailing_slash_and_head(proxy: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": long_text(80, 5) + "\n\nWhich topic?"}]}
+    r = httpx.post(proxy + "/v1/chat/completions/", json=body)  # still compressed, not passed through
+    assert r.status_code == 200 and "x-pocsdk-compressed-tokens" in r.headers
+    assert httpx.head(proxy + "/v1/files/file-1").status_code == 201  # HEAD reaches the upstream too
+
+
+def test_callers_refused_anyway_are_refused_before_their_body_is_read() -> None:
+    from pocsdk.server.common import ConcurrencyLimiter, Overloaded
+
+    async def run() -> None:
+        lim = ConcurrencyLimiter(1, max_queue=1)
+        lim.check()
+        await lim.acquire()
+        lim.check()  # one may wait in line
+        waiter = asyncio.ensure_future(lim.acquire())
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            lim.check()  # the slot is taken and the line is full
+        lim.release()
+        await waiter
+        lim.release()
+        lim.check()
+
+    asyncio.run(run())
 
 
 def test_rewritten_requests_stay_valid_json(proxy: str) -> None:

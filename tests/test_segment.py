@@ -27,6 +27,7 @@ from pocsdk.text.segment import (
     _SentenceEnds,
     _strip,
     clauses,
+    is_fence_line,
     paragraphs,
     segment,
     segment_arrays,
@@ -41,7 +42,9 @@ def check_invariant(text: str, units: list[Unit]) -> None:
     for u in units:
         assert 0 <= u.start < u.end <= len(text)
         assert u.start >= prev_end, "units overlap or are out of order"
-        assert not text[u.start].isspace() and not text[u.end - 1].isspace()
+        # trimmed, except that a piece of a long code block keeps its first line's indentation
+        indented_code = u.kind == CODE and text[u.start] in " \t" and (u.start == 0 or text[u.start - 1] == "\n")
+        assert (not text[u.start].isspace() or indented_code) and not text[u.end - 1].isspace()
         prev_end = u.end
         for i in range(u.start, u.end):
             covered[i] += 1
@@ -105,6 +108,10 @@ def test_long_fence_is_cut_at_line_ends_into_one_paragraph() -> None:
     # cut at line ends, never inside a line; together the pieces are the block
     assert all(text[u.end] == "\n" for u in code_units[:-1])
     assert text[code_units[0].start:code_units[-1].end] == code
+    pieces = [text[u.start:u.end] for u in code_units]
+    assert pieces[0] == "```python" and pieces[-1] == "```"  # the fences are units of their own
+    assert all(is_fence_line(p) == (p.startswith("```")) for p in pieces)
+    assert any(p.startswith("    return") for p in pieces)  # a piece keeps its first line's indentation
 
 
 def test_unclosed_long_fence_is_cut_too() -> None:

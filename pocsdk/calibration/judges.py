@@ -128,18 +128,63 @@ def rouge_l(prediction: str, golds: Sequence[str]) -> float:
     return best
 
 
-_CHOICES = re.compile(r"\(?([A-H])\)?(?=[\s,;.&/)]|$)")
-_ANSWER_IS = re.compile(r"(?<=answer is )\(?[A-H]\)?(?:\s*(?:,|and|&)\s*\(?[A-H]\)?)*(?=[\s,;.)]|$)", re.I)
-_CHOICE_LIST = re.compile(r"\s*(?:\(?[A-H]\)?(?:\s*(?:,|;|&|/|and)?\s*)?)+(?:[.:)]|\s|$)")
+_MARKUP = re.compile(r"[*_`#]")
+_CHOICE_PREFIX = re.compile(r"\b(?:final\s+answer|answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.I)
+_CHOICE_LAST = re.compile(r"\b(?:is|it's|be)\s+[(\[]?([A-H])[)\]]?\.?$")
+_CHOICE_SPLIT = re.compile(r"[\s,;&/]+")
+_OPTION_LETTERS = frozenset("ABCDEFGH")
+
+
+def _leading_letters(tokens: Sequence[str]) -> tuple[list[str], int]:
+    """Option letters at the start of ``tokens`` and how many tokens they took.
+
+    A token is a letter (either case) in optional brackets with an optional ``.``/``:`` after it,
+    or an upper-case run like ``BD``; ``and`` may join two; anything else ends the list.
+    """
+    letters: list[str] = []
+    used = 0
+    for tok in tokens:
+        if tok.lower() == "and" and letters:
+            used += 1
+            continue
+        core = tok.strip("()[]").rstrip(".:)]").lstrip("([")
+        if len(core) == 1 and core.upper() in _OPTION_LETTERS:
+            letters.append(core.upper())
+        elif 2 <= len(core) <= 8 and set(core) <= _OPTION_LETTERS:
+            letters.extend(core)
+        else:
+            break
+        used += 1
+    return letters, used
 
 
 def choice_letters(text: str) -> frozenset[str]:
-    """The option letters an answer like ``A``, ``(B)``, ``A, C`` or ``BD`` names; empty if it names none."""
-    t = text.strip()
-    if re.fullmatch(r"[A-H]{1,8}", t):
-        return frozenset(t)
-    head = _CHOICE_LIST.match(t) or _ANSWER_IS.search(t)
-    return frozenset(_CHOICES.findall(head.group(0))) if head else frozenset()
+    """The option letters a reply names; empty if it names none.
+
+    Read as a choice: the whole reply (``A``, ``**B**``, ``[c]``, ``A, C``, ``A and C``, ``BD``); a
+    leading letter marked as one (``B: Paris``, ``(B) Paris``, ``B. Paris``); or the letters after
+    ``answer``, ``final answer``, ``option`` or ``choice`` (``Answer: B``, ``The answer is b``); the first
+    line when it is only letters; a closing ``... is B``.
+    Not a choice: ``A new law was passed`` (a lone leading letter followed by words).
+    """
+    t = _MARKUP.sub("", text).strip()
+    for part in (t, t.split("\n", 1)[0]):  # the whole reply, or its first line ("C\n\nExplanation: ...")
+        tokens = [x for x in _CHOICE_SPLIT.split(part) if x]
+        letters, used = _leading_letters(tokens)
+        if letters and used == len(tokens):
+            return frozenset(letters)
+    if letters and used == 1 and (tokens[0][0] in "([" or tokens[0][-1] in ".:)]"):
+        return frozenset(letters)
+    m = _CHOICE_PREFIX.search(t)
+    if m:
+        rest = [x for x in _CHOICE_SPLIT.split(t[m.end():]) if x]
+        letters, used = _leading_letters(rest)
+        # "The answer is a lot ...": a bare lower-case letter followed by words is a word, not a choice
+        bare_word = used < len(rest) and rest[0].islower() and len(rest[0]) == 1
+        if letters and not bare_word:
+            return frozenset(letters)
+    last = _CHOICE_LAST.search(t)  # "I think it's B."
+    return frozenset(last.group(1)) if last else frozenset()
 
 
 def choice_match(prediction: str, golds: Sequence[str]) -> float:

@@ -248,10 +248,10 @@ def run_calibration(
         raise ConfigError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     # Built here once before the output is touched: a bad option fails now with its own error, not
     # later in the worker processes, after --overwrite has already removed the old labels.
-    get_compressor(compressor, **(compressor_params or {}))
-    get_judge(judge, **(judge_options or {}))
-    if resume and out.exists():
-        check_resumable(out, compressor, judge, grid)
+    built = get_compressor(compressor, **(compressor_params or {}))
+    judged = get_judge(judge, **(judge_options or {}))
+    if resume and out.exists():  # the names records carry (a registered alias builds a compressor of its own name)
+        check_resumable(out, built.name, judged.name, grid)
     if overwrite and not resume and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import numpy as np
 from pocsdk.compressors.topup import top_up
 from pocsdk.errors import ConfigError, InputTooLargeError
 from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_flags, strip_markers
-from pocsdk.text.segment import CODE, MAX_UNIT_CHARS, segment_arrays
+from pocsdk.text.segment import CODE, MAX_UNIT_CHARS, is_fence_line, segment_arrays
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
     CompressionResult,
@@ -216,6 +216,10 @@ class UnitCompressor:
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)
                 protected |= instruction_flags(pieces) & (kinds != CODE)
+            if "```" in text or "~~~" in text:  # the fences of a long code block cut into pieces stay
+                protected |= np.fromiter((k == CODE and is_fence_line(x) for k, x in zip(kinds.tolist(), pieces,
+                                                                                          strict=True)),
+                                         dtype=bool, count=len(pieces))
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
             else:

@@ -55,6 +55,8 @@ from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
 from pocsdk.types import CompressionResult
 
 EVENT = "pocsdk_compression"
+DEFAULT_DOCUMENT_MIN_TOKENS = 64
+"""The built-in compressors' own ``min_tokens``: retrieved documents under it pass through."""
 
 RunnableInput = Union[Mapping[str, Any], PromptValue, Sequence[Any], str]
 
@@ -274,13 +276,16 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     keep_rate: float | None = None
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    min_tokens: int = 64
+    min_tokens: int = DEFAULT_DOCUMENT_MIN_TOKENS
     """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
     one in ``compressor_params`` wins)."""
     drop_empty: bool = False
 
     def _messages(self) -> MessageCompressor:
-        params = {"min_tokens": self.min_tokens, **self.compressor_params}
+        # Passed on only when set, so a registered compressor without a ``min_tokens`` parameter still works.
+        params = dict(self.compressor_params)
+        if self.min_tokens != DEFAULT_DOCUMENT_MIN_TOKENS:
+            params.setdefault("min_tokens", self.min_tokens)
         return _shared(self.compressor, json.dumps(params, sort_keys=True), MessagePolicy().min_tokens)
 
     def compress_documents(self, documents: Sequence[LCDocument], query: str,

@@ -291,18 +291,25 @@ def cross_dataset_calibration(records: Sequence[LabelRecord], make: Callable[[li
         counts = Counter(s for r, s in zip(records, src, strict=True) if r.task == task)
         return sum(counts.values()) >= min_group and sum(c >= min_dataset for c in counts.values()) >= 2
 
+    # Without the final predictor, the last fold's model names the kind, but its checksum is no one's:
+    # none is recorded, and the predictor it is used with is checked by name.
     return calibration_from_predictions(
         records, preds, predictor if predictor is not None else model, min_group=min_group,
         notes=notes or f"cross-dataset calibration over {len(names)} datasets: {', '.join(names)}",
-        method="cross_dataset", sources=src, per_dataset=per_dataset, min_dataset=min_dataset, task_filter=task_ok)
+        method="cross_dataset", sources=src, per_dataset=per_dataset, min_dataset=min_dataset, task_filter=task_ok,
+        sha256=None if predictor is not None else "")
 
 
 def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence[np.ndarray], predictor: Any, *,
                                  min_group: int = 50, notes: str = "", method: CalibrationMethod = "holdout",
                                  sources: Sequence[str] | None = None, per_dataset: bool = False,
                                  min_dataset: int = 30,
-                                 task_filter: Callable[[str], bool] | None = None) -> Calibration:
-    """A :class:`Calibration` from records and the predictions the calibrated predictor made on them."""
+                                 task_filter: Callable[[str], bool] | None = None,
+                                 sha256: str | None = None) -> Calibration:
+    """A :class:`Calibration` from records and the predictions the calibrated predictor made on them.
+
+    ``sha256`` overrides the checksum of ``predictor``'s model (``""``: record none).
+    """
     grid = _check_grid(records)
     src = list(sources) if sources is not None else [r.dataset for r in records]
     groups: dict[str, ResidualTable] = {"*": _table(records, preds, src)}
@@ -311,9 +318,11 @@ def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence
         if count >= min_group and (task_filter is None or task_filter(task)):
             keep = [i for i, r in enumerate(records) if r.task == task]
             groups[task] = _table([records[i] for i in keep], [preds[i] for i in keep], [src[i] for i in keep])
-    sha = getattr(predictor, "sha256_", None)
-    if not isinstance(sha, str) or not sha:
-        sha = model_sha256(predictor)
+    if sha256 is not None:
+        sha = sha256
+    else:
+        card_sha = getattr(predictor, "sha256_", None)
+        sha = card_sha if isinstance(card_sha, str) and card_sha else model_sha256(predictor)
     compressors = sorted({r.compressor for r in records})
     return Calibration(
         compressor=compressors[0] if len(compressors) == 1 else ",".join(compressors),

@@ -54,6 +54,7 @@ def choose_tradeoff(pred: np.ndarray, factors: Sequence[float], weight: float | 
     w = np.asarray(weight, dtype=np.float64)[..., None]
     finite = np.isfinite(w)
     score = np.log(f) + np.where(finite, w, 0.0) * pred
-    score = np.where(np.isfinite(pred), score, -np.inf)  # a factor without a (finite) prediction is never chosen
+    valid = np.isfinite(pred)  # a factor without a (finite) prediction is never chosen
+    score = np.where(valid, score, -np.inf)
     j = np.argmax(score, axis=-1)
-    return np.where((f[j] <= 1.0 + EPS) | ~finite[..., 0], PASSTHROUGH, j)
+    return np.where((f[j] <= 1.0 + EPS) | ~finite[..., 0] | ~valid.any(axis=-1), PASSTHROUGH, j)

@@ -362,6 +362,13 @@ class ConcurrencyLimiter:
         """Record how long a slot was held (``slot`` does this itself)."""
         self._hold_s = 0.8 * self._hold_s + 0.2 * max(0.0, seconds)
 
+    def check(self, weight: int = 1) -> None:
+        """Raise :class:`Overloaded` now if :meth:`acquire` would: a caller refused anyway is refused
+        before its body is read (a server that reads first buffers every rejected upload)."""
+        full = bool(self._waiters) or self._active + weight > self.max_concurrent
+        if full and self._waiting + weight > self.max_queue:
+            raise Overloaded(self.retry_after())
+
     async def acquire(self, weight: int = 1) -> None:
         """Take ``weight`` slots, waiting in line if the queue has room; else raise :class:`Overloaded`."""
         if weight > self.max_concurrent:

@@ -41,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
+from starlette.types import Send
 
 from pocsdk._version import __version__
 from pocsdk.compressor import Compressor
@@ -330,9 +331,14 @@ def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
     """``path`` as percent-encoded segments: ids like ``org/model`` pass, but ``..``, ``?`` or ``#`` can't
     steer the request (with the upstream key) outside the upstream's base URL or to another path."""
     parts = path.split("/")
+    if parts[-1] == "" and len(parts) > 1:  # a trailing slash is kept as it came
+        parts = parts[:-1]
+        tail = "/"
+    else:
+        tail = ""
     if any(p in ("", ".", "..") for p in parts):
         raise ApiError(400, f"invalid {what} {path!r}", code=code)
-    return "/".join(quote(p, safe="") for p in parts)
+    return "/".join(quote(p, safe="") for p in parts) + tail
 
 
 def proxy_app_from_env() -> FastAPI:
@@ -395,7 +401,9 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """Compress the context parts, forward, answer with the upstream's response (streamed or not)."""
         await proxy.auth(request)
-        # Read the body before taking a slot: a slow upload must not hold one.
+        # Read the body before taking a slot (a slow upload must not hold one), but only when there
+        # is room: a caller that will be refused is refused before its body is buffered.
+        proxy.limiter.check()
         raw = await request.body()
         await proxy.limiter.acquire()
         slot = _Slot(proxy.limiter)
@@ -405,14 +413,17 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
             if not slot.handed_off:
                 slot.release()
 
-    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @app.api_route("/v1/{path:path}", methods=["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"])
     async def passthrough(path: str, request: Request) -> Response:
         """Every other endpoint (embeddings, completions, responses, files, ...) goes to the upstream
         unchanged and uncompressed, and its answer (streamed or not) comes back as it arrives."""
+        if request.method == "POST" and path == "chat/completions/":  # not a way around compression
+            return await chat_completions(request)
         await proxy.auth(request)
         url = proxy.base + "/" + _safe_path(path, "path")
         if query := request.scope.get("query_string"):
             url += "?" + query.decode("latin-1")
+        proxy.limiter.check()
         content = await request.body()
         await proxy.limiter.acquire()
         slot = _Slot(proxy.limiter)
@@ -467,6 +478,24 @@ async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Res
     return _relay(resp, slot, stats)
 
 
+class _RelayResponse(StreamingResponse):
+    """A streamed upstream body that, when the upstream breaks off, ends without its final chunk.
+
+    The server then drops the connection, so the client sees a broken stream (as it would from the
+    upstream itself) instead of a clean end that looks like a whole answer, and nothing is raised
+    through the app, so no traceback is logged for an upstream's failure.
+    """
+
+    broken = False
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not self.broken:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> StreamingResponse:
     """Stream an upstream response back as it arrives; the slot is freed when it ends or the client leaves."""
 
@@ -474,12 +503,9 @@ def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> St
         try:
             async for chunk in resp.aiter_bytes():  # decoded: the Content-Encoding header is not copied
                 yield chunk
-        except httpx.HTTPError as exc:
-            # The status line is already sent. Raising makes the server drop the connection without
-            # the final chunk, so the client sees a broken stream, as it would from the upstream
-            # itself, instead of a clean end that looks like a complete answer.
+        except httpx.HTTPError as exc:  # the status line is already sent
             log.warning("upstream stream broke off: %s", type(exc).__name__)
-            raise
+            relay.broken = True
         finally:
             await resp.aclose()
             slot.release()
@@ -489,5 +515,6 @@ def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> St
         slot.release()
 
     slot.handed_off = True
-    return StreamingResponse(chunks(), status_code=resp.status_code, headers=_response_headers(resp, stats),
-                             background=BackgroundTask(cleanup))
+    relay = _RelayResponse(chunks(), status_code=resp.status_code, headers=_response_headers(resp, stats),
+                           background=BackgroundTask(cleanup))
+    return relay

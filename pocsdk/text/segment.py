@@ -35,6 +35,7 @@ class Unit:
 # A fence opens with 3+ backticks or tildes and closes with a line of at least the same run (CommonMark);
 # an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text).
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|\Z)", re.M | re.S)
+_FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _HEADING = re.compile(r"[ \t]*#{1,6}\s")
 _LIST = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)])\s")
@@ -396,25 +397,51 @@ def _word_before(text: str, lo: int, dot: int) -> str:
 
 
 def _code_chunks(text: str, start: int, end: int, max_chars: int) -> Iterable[tuple[int, int]]:
-    """A fenced block as one unit, or cut at line ends into units of at most ``max_chars``.
+    """A fenced block as one unit, or cut into units of at most ``max_chars``.
 
     Kept whole, a long block (or an unclosed fence running to the end of a truncated answer)
-    could only be kept or dropped entirely, so a budget smaller than it dropped all of it.
-    A single line longer than ``max_chars`` is cut at its last space that fits, else at ``max_chars``.
+    could only be kept or dropped entirely, so a budget smaller than it dropped all of it. Cut,
+    its opening and closing fence lines are units of their own (:func:`is_fence_line`; the
+    compressors always keep them, so kept code stays fenced) and the lines between are cut at
+    line ends, each piece starting with its first line's indentation; a single line longer than
+    ``max_chars`` is cut at its last space that fits, else at ``max_chars``.
     """
+    if end - start <= max_chars:
+        yield start, end
+        return
+    first = text.find("\n", start, end)
+    if first < 0:  # one line: no fences to keep apart
+        first = start
+    else:
+        yield _strip(text, start, first)
+        last = text.rfind("\n", first, end)
+        if last > first and _FENCE_LINE.fullmatch(text, last + 1, end):
+            yield from _code_lines(text, first + 1, last, max_chars)
+            yield _strip(text, last + 1, end)
+            return
+        first += 1
+    yield from _code_lines(text, first, end, max_chars)
+
+
+def _code_lines(text: str, start: int, end: int, max_chars: int) -> Iterable[tuple[int, int]]:
     pos = start
-    while end - pos > max_chars:
-        cut = text.rfind("\n", pos, pos + max_chars)
-        if cut <= pos:  # one long line: at a space, else at the limit
-            cut = text.rfind(" ", pos, pos + max_chars)
-        cut = cut + 1 if cut > pos else pos + max_chars
+    while pos < end:
+        cut = end
+        if end - pos > max_chars:
+            cut = text.rfind("\n", pos, pos + max_chars)
+            if cut <= pos:  # one long line: at a space, else at the limit
+                cut = text.rfind(" ", pos, pos + max_chars)
+            cut = cut + 1 if cut > pos else pos + max_chars
         s, e = _strip(text, pos, cut)
         if s < e:
-            yield s, e
+            line = text.rfind("\n", pos, s) + 1
+            yield max(line, pos), e  # keep the indentation of the piece's first line
         pos = cut
-    s, e = _strip(text, pos, end)
-    if s < e:
-        yield s, e
+
+
+def is_fence_line(piece: str) -> bool:
+    """Is this unit text a lone fence line (````` ```python `````, ``~~~``) cut off a long code block?"""
+    return "\n" not in piece and _FENCE_LINE.fullmatch(piece) is not None
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
