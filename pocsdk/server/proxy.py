@@ -239,7 +239,7 @@ class _Proxy:
 def parse_chat_request(raw: bytes) -> dict[str, Any]:
     """The JSON body, checked just enough to compress it; the upstream validates the rest."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        body = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
@@ -269,6 +269,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+"""Refuses NaN, Infinity and numbers out of float range (valid for Python's json, not for JSON)."""
 
 
 def _dump(body: dict[str, Any]) -> bytes:
