@@ -12,12 +12,13 @@ import math
 import numbers
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
 from pocsdk.compressors.base import Scored
-from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
+from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError, PocError, PredictorMismatchWarning
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
@@ -205,7 +206,35 @@ class Compressor:
                     self._policy = FloorPolicy.for_compressor(
                         self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec
                     )
+                    self._warn_if_unlike_training()
         return self._policy
+
+    def _warn_if_unlike_training(self) -> None:
+        """Shipped predictors were trained on each compressor with its default parameters."""
+        from pocsdk.prediction.floor import PREDICTOR_NAMES
+
+        spec = self._predictor_spec
+        if spec is not None and not (isinstance(spec, str) and spec in PREDICTOR_NAMES):
+            return  # the user's own predictor: they know what it was trained on
+        try:
+            default = get_compressor(self.compressor.name)
+        except PocError:
+            return
+        ours_of, defaults_of = getattr(self.compressor, "parameters", None), getattr(default, "parameters", None)
+        if not callable(ours_of) or not callable(defaults_of):
+            return
+        ours, defaults = ours_of(), defaults_of()
+        changed = sorted(k for k in ours if k not in _PARAMS_THE_PROMISE_IGNORES and ours[k] != defaults.get(k))
+        if changed:
+            warnings.warn(
+                f"the shipped {self.compressor.name!r} predictor was trained with its default parameters, and its "
+                f"predictions and promise do not cover {', '.join(f'{k}={ours[k]!r}' for k in changed)}; "
+                "calibrate this configuration (pocsdk calibrate --param ..., pocsdk train-predictor) and pass "
+                "predictor=<directory>", PredictorMismatchWarning, stacklevel=4)
+
+
+_PARAMS_THE_PROMISE_IGNORES = frozenset({"tokenizer", "min_tokens"})
+"""Counting tokens another way, or passing tiny inputs through, leaves what is kept unchanged."""
 
 
 def _rate_for_target(scored: Scored, target: int) -> float:

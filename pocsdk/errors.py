@@ -103,3 +103,11 @@ class RemoteError(PocError):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class PredictorMismatchWarning(UserWarning):
+    """A shipped predictor steers a compressor configured unlike the one it was trained on.
+
+    Its predictions, and the calibrated promise, describe the compressor with its default
+    parameters; calibrate the configured one (``pocsdk calibrate`` + ``pocsdk train-predictor``).
+    """

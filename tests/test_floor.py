@@ -250,3 +250,19 @@ def test_reason_says_when_protected_text_holds_the_factor_back() -> None:
     assert f"achieved {res.compression_factor:.2f}x" in res.floor.reason
     plain = Compressor(floor=0.9, compressor="extractive").compress(TEXT, "Which river?")
     assert plain.floor is not None and "achieved" not in plain.floor.reason
+
+
+def test_shipped_predictor_warns_when_the_compressor_is_configured_unlike_its_training() -> None:
+    import warnings
+
+    from pocsdk.errors import PredictorMismatchWarning
+
+    if not (predictors_root() / "skim" / "card.json").is_file():
+        pytest.skip("no shipped predictor for skim")
+    with pytest.warns(PredictorMismatchWarning, match="skim_share=0.5"):
+        Compressor(floor=0.9, compressor="skim", skim_share=0.5).compress(TEXT, "Which river?")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PredictorMismatchWarning)
+        Compressor(floor=0.9, compressor="skim").compress(TEXT, "Which river?")  # defaults: no warning
+        Compressor(floor=0.9, compressor="skim", tokenizer="heuristic").compress(TEXT, "Which river?")
+        Compressor(keep_rate=0.5, compressor="skim", skim_share=0.5).compress(TEXT, "Which river?")  # no predictor
