@@ -384,6 +384,15 @@ def test_iter_lines_numbers_skips_blanks_and_bounds_long_lines() -> None:
     assert lines[-1].end == len(data)
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_record_of_exactly_the_limit_fits_whatever_its_line_ending(ending: bytes) -> None:
+    record = b'{"t":"' + b"x" * 42 + b'"}'  # 50 bytes
+    data = record + ending + record + b"x" + ending + record  # the last one without a line end
+    lines = list(iter_lines(io.BytesIO(data), max_bytes=50))
+    assert [(r.data, r.too_large) for r in lines] == [(record, False), (b"", True), (record, False)]
+    assert lines[-1].end == len(data)
+
+
 def test_parse_object_raises_typed_errors() -> None:
     assert parse_object('\ufeff{"t": "ok \U0001f600"}'.encode()) == {"t": "ok \U0001f600"}
     assert parse_object(b'{"t": "\\ud83d\\ude00"}') == {"t": "\U0001f600"}  # a valid surrogate pair

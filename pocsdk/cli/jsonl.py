@@ -44,16 +44,18 @@ def iter_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
     number = -1
     consumed = 0
     while True:
-        chunk = stream.readline(max_bytes + 1)
+        chunk = stream.readline(max_bytes + 2)  # a record of max_bytes plus "\r\n" fits
         if not chunk:
             return
         number += 1
         consumed += len(chunk)
-        if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
-            consumed += _drain_line(stream)
+        ended = chunk.endswith(b"\n")
+        data = (chunk[:-1] if ended else chunk).rstrip(b"\r")
+        if len(data) > max_bytes:
+            if not ended:
+                consumed += _drain_line(stream)
             yield RawLine(number, b"", consumed, too_large=True)
             continue
-        data = chunk.rstrip(b"\n").rstrip(b"\r")
         if data.strip():
             yield RawLine(number, data, consumed)
 
