@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +14,7 @@ from pocsdk.calibration.datasets import Example, load_dataset
 from pocsdk.calibration.labels import read_labels
 from pocsdk.calibration.runner import check_factors, done_ids, run_calibration
 from pocsdk.cli import app
-from pocsdk.errors import ConfigError, InvalidRateError, PocError
+from pocsdk.errors import ConfigError, InvalidRateError, PocError, RemoteError
 
 FACTORS = [1.0, 2.0, 4.0, 8.0]
 
@@ -150,6 +151,34 @@ def test_failures_become_error_lines(tmp_path: Path, monkeypatch: pytest.MonkeyP
                             factors=FACTORS, workers=1, progress=False)
     assert stats.failed == 1 and stats.errors == {"InputTooLargeError": 1}
     assert read_labels(out3) == []
+
+
+def test_retry_failed_runs_failed_examples_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runner.label_example
+    calls: list[str] = []
+
+    def flaky(example: Example, *args: Any, **kwargs: Any) -> Any:  # the endpoint is down for e1 the first time
+        calls.append(example.id)
+        if example.id == "e1" and calls.count("e1") == 1:
+            raise RemoteError("503 from the LLM endpoint")
+        return real(example, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "label_example", flaky)
+    out = tmp_path / "l.jsonl"
+    first = run_calibration(examples(2), out, compressor="extractive", factors=FACTORS, workers=1, progress=False)
+    assert first.failed == 1 and first.unscorable == 1
+    with pytest.raises(ConfigError, match="--resume"):
+        run_calibration(examples(2), out, compressor="extractive", factors=FACTORS, workers=1, progress=False,
+                        retry_failed=True, overwrite=True)
+    plain = run_calibration(examples(2), out, compressor="extractive", factors=FACTORS, workers=1, progress=False,
+                            resume=True)
+    assert plain.written == 0  # a plain resume keeps the failure
+    again = run_calibration(examples(2), out, compressor="extractive", factors=FACTORS, workers=1, progress=False,
+                            resume=True, retry_failed=True)
+    assert (again.retried, again.written, again.failed) == (1, 1, 0)
+    assert sorted(r.id for r in read_labels(out)) == ["e0", "e1", "sum"]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and sum("error" in x for x in lines) == 1  # only the unscorable one
 
 
 def test_two_workers_keep_input_order(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ with the full one. Features come from :func:`pocsdk.prediction.features.featuriz
 is importable (else empty, flagged in ``metadata.features``).
 
 Runs are resumable: ids already in the output file (labels and error lines alike) are
-skipped and new lines are appended. With several workers, examples run in a process pool
-and lines are still written in input order. A failed or unscorable example is written as
+skipped and new lines are appended; ``retry_failed`` first removes the error lines of failed
+examples (a 503 from the LLM endpoint, say; unscorable ones stay) so that they run again.
+With several workers, examples run in a process pool and lines are still written in input
+order. A failed or unscorable example is written as
 ``{"id": ..., "error": {...}}``, which :func:`pocsdk.calibration.labels.read_labels` skips.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,6 +65,8 @@ class RunStats(BaseModel):
     total: int = 0
     skipped: int = 0
     """Already in the output (resume)."""
+    retried: int = 0
+    """Failed examples whose error lines ``retry_failed`` removed so that they run again."""
     written: int = 0
     unscorable: int = 0
     failed: int = 0
@@ -177,6 +182,33 @@ def _small_json(v: Any) -> bool:
 # -- the run ----------------------------------------------------------------------------------
 
 
+def drop_failed(path: Path) -> int:
+    """Remove the error lines of failed (not unscorable) examples from ``path``; return how many.
+
+    The file is rewritten through a temporary file and an atomic rename, so a crash leaves either version.
+    """
+    if not path.exists():
+        return 0
+    keep: list[bytes] = []
+    dropped = 0
+    for raw in path.read_bytes().splitlines(keepends=True):
+        try:
+            obj = json.loads(raw)
+        except ValueError:  # a torn last line: done_ids deals with it
+            keep.append(raw)
+            continue
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict) and err.get("type") != "unscorable":
+            dropped += 1
+            continue
+        keep.append(raw)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(keep))
+        os.replace(tmp, path)
+    return dropped
+
+
 def done_ids(path: Path) -> set[str]:
     """Ids already in an output file; a torn last line (a killed run) is cut off so appends stay valid."""
     if not path.exists():
@@ -238,6 +270,7 @@ def run_calibration(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> RunStats:
     """Label ``examples`` into ``output`` (JSONL); see the module docstring."""
     grid = check_factors(factors)
@@ -252,9 +285,12 @@ def run_calibration(
     judged = get_judge(judge, **(judge_options or {}))
     if resume and out.exists():  # the names records carry (a registered alias builds a compressor of its own name)
         check_resumable(out, built.name, judged.name, grid)
+    if retry_failed and not resume:
+        raise ConfigError("--retry-failed continues an output: give --resume too")
     if overwrite and not resume and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
+    retried = drop_failed(out) if retry_failed else 0
     skip = done_ids(out) if resume else set()
     todo: list[Example] = []
     seen: set[str] = set()
@@ -267,7 +303,7 @@ def run_calibration(
         if ex.id not in skip:
             todo.append(ex)
     featurize = load_featurize()
-    stats = RunStats(output=str(out), total=total, skipped=total - len(todo),
+    stats = RunStats(output=str(out), total=total, skipped=total - len(todo), retried=retried,
                      features="featurize" if featurize is not None else "missing")
     init_args = (compressor, dict(compressor_params or {}), judge, dict(judge_options or {}), grid)
     t0 = time.perf_counter()

@@ -28,6 +28,8 @@ def calibrate(
     workers: int = typer.Option(2, "--workers", "-w", min=1, help="Worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Skip ids already in the output and append."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="With --resume: run failed examples again (unscorable ones stay)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default $POCSDK_DATA)."),
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url",
                                                help="OpenAI-compatible base URL (or $POCSDK_LLM_BASE_URL)."),
@@ -67,7 +69,7 @@ def calibrate(
         stats = run_calibration(
             examples, output, compressor=compressor, compressor_params=compressor_params, judge=judge,
             judge_options=judge_options, factors=grid,
-            workers=workers, resume=resume, overwrite=overwrite, progress=not quiet,
+            workers=workers, resume=resume, overwrite=overwrite, progress=not quiet, retry_failed=retry_failed,
         )
     except PocError as exc:
         err.print(f"[red]error:[/red] {exc}")
