@@ -123,8 +123,12 @@ class Compressor:
 
     def prepare(self) -> Compressor:
         """Load now what the floor mode needs (the predictor and calibration), so that a bad artifact
-        fails here rather than on the first input, and the first input does not pay for loading."""
-        if self._remote is None and self.floor is not None:
+        fails here rather than on the first input, and the first input does not pay for loading.
+
+        Acts when a floor is the default mode or a predictor or calibration was given.
+        """
+        wanted = self.floor is not None or self._predictor_spec is not None or self._calibration_spec is not None
+        if self._remote is None and wanted:
             self._policy_for()
         return self
 

@@ -164,8 +164,16 @@ class RemoteCompressor:
     def compress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
         """Compress many inputs in as few requests as the server allows (results in input order)."""
         out: list[CompressionResult] = []
-        for chunk in self._chunks(items, overrides):
-            out.extend(self._drive(self._exchange("POST", "/v1/compress", chunk, batch=True)))
+        pending = list(reversed(self._chunks(items, overrides)))
+        while pending:
+            chunk = pending.pop()
+            try:
+                out.extend(self._drive(self._exchange("POST", "/v1/compress", chunk, batch=True)))
+            except _errors.InputTooLargeError:
+                halves = _halves(chunk)
+                if halves is None:
+                    raise
+                pending.extend(reversed(halves))
         return out
 
     async def acompress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
@@ -173,10 +181,17 @@ class RemoteCompressor:
         gate = asyncio.Semaphore(MAX_CONCURRENT_CHUNKS)
 
         async def one(chunk: dict[str, Any]) -> list[CompressionResult]:
-            async with gate:
-                part: list[CompressionResult] = await self._adrive(
-                    self._exchange("POST", "/v1/compress", chunk, batch=True))
+            try:
+                async with gate:
+                    part: list[CompressionResult] = await self._adrive(
+                        self._exchange("POST", "/v1/compress", chunk, batch=True))
                 return part
+            except _errors.InputTooLargeError:
+                halves = _halves(chunk)
+                if halves is None:
+                    raise
+                first, second = await asyncio.gather(one(halves[0]), one(halves[1]))
+                return first + second
 
         parts = await asyncio.gather(*(one(chunk) for chunk in self._chunks(items, overrides)))
         return [r for part in parts for r in part]
@@ -359,9 +374,9 @@ def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, s
         elif k == "floor":
             out[k] = check_unit_interval("floor", v)
         else:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise _errors.InvalidRateError(f"target_tokens must be a positive integer, got {v!r}")
-            out[k] = int(v)
+            from pocsdk.compressor import _check_target  # the facade's rule: numpy integers and 300.0 pass
+
+            out[k] = _check_target(v)
     conf = overrides.get("confidence")
     if conf is None:
         conf = defaults.get("confidence")
@@ -382,6 +397,16 @@ def _result(data: Any) -> CompressionResult:
     if isinstance(data, dict) and data.get("compression_factor") is None:
         data = {**data, "compression_factor": math.inf}  # JSON carries inf as null
     return CompressionResult.model_validate(data)
+
+
+def _halves(chunk: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A batch the server found too large (more inputs than its capacity, or a body over its limit) in two
+    halves, tried again one after the other; ``None`` for a single input, which no split makes smaller."""
+    inputs = chunk["inputs"]
+    if len(inputs) < 2:
+        return None
+    mid = len(inputs) // 2
+    return [{**chunk, "inputs": inputs[:mid]}, {**chunk, "inputs": inputs[mid:]}]
 
 
 def _decode(response: httpx.Response, path: str, batch: bool) -> Any:

@@ -88,6 +88,17 @@ class FloorDecision(BaseModel):
     grid: list[float] = Field(default_factory=list)
     predictions: list[float] = Field(default_factory=list)
 
+    @field_validator("predicted_performance", mode="before")
+    @classmethod
+    def _null_prediction_is_nan(cls, value: Any) -> Any:
+        """JSON has no NaN: a custom predictor's NaN is written as ``null`` and read back as NaN."""
+        return math.nan if value is None else value
+
+    @field_validator("predictions", mode="before")
+    @classmethod
+    def _null_predictions_are_nan(cls, value: Any) -> Any:
+        return [math.nan if v is None else v for v in value] if isinstance(value, list) else value
+
     @field_validator("weight", mode="before")
     @classmethod
     def _null_weight_is_inf(cls, value: Any, info: ValidationInfo) -> Any:

@@ -188,6 +188,10 @@ def test_an_infinite_tradeoff_weight_survives_json() -> None:
     assert FloorDecision.model_validate_json(d.model_dump_json()).weight == float("inf")
     margin = d.model_copy(update={"rule": "margin", "weight": None})
     assert FloorDecision.model_validate_json(margin.model_dump_json()).weight is None
+    # a custom predictor's NaN is written as null and read back (a remote client must not choke on it)
+    nan = d.model_copy(update={"predicted_performance": float("nan"), "predictions": [1.0, float("nan")]})
+    back = FloorDecision.model_validate_json(nan.model_dump_json())
+    assert np.isnan(back.predicted_performance) and back.predictions[0] == 1.0 and np.isnan(back.predictions[1])
 
 
 def test_missing_shipped_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

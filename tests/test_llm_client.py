@@ -291,6 +291,14 @@ def test_clients_against_real_openai_compatible_server(stub_server: str) -> None
     assert asyncio.run(run()) == ("You said:", "You said: hi")
 
 
+def test_openai_compat_server_answers_400_to_a_bad_max_tokens(stub_server: str) -> None:
+    for bad in ("abc", 1e999, [1], True):
+        body = {"model": "stub", "messages": [{"role": "user", "content": "yo"}], "max_tokens": bad}
+        r = httpx.post(stub_server + "/chat/completions", content=json.dumps(body).encode(),
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", bad
+
+
 def test_official_openai_client_against_openai_compat_server(stub_server: str) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=stub_server, api_key="k", max_retries=0)

@@ -258,6 +258,17 @@ def test_compress_tags_mark_exactly_what_is_compressed(proxy: str) -> None:
     assert sent[1] == messages[1]  # unmarked: left alone once anything is marked
 
 
+def test_compress_tags_are_removed_when_compression_is_off(proxy: str) -> None:
+    doc = long_text(80, 7)
+    messages = [{"role": "system", "content": f"Rules.\n<compress>{doc}</compress>"},
+                {"role": "user", "content": [{"type": "text", "text": "<compress>Q?</compress>"}]}]
+    r = httpx.post(proxy + "/v1/chat/completions",
+                   json={"model": "m", "messages": messages, "pocsdk": {"compress": False}})
+    sent = r.json()["received"]["messages"]
+    assert sent[0]["content"] == f"Rules.\n{doc}" and sent[1]["content"][0]["text"] == "Q?"
+    assert "x-pocsdk-compressed-tokens" not in r.headers
+
+
 def test_content_parts_text_compressed_images_untouched(proxy: str) -> None:
     parts = [{"type": "text", "text": long_text(120, 7, topic="Poseidonia")},
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]

@@ -182,3 +182,20 @@ def test_async_client_is_closed_when_its_event_loop_ends(server: Server) -> None
         return first is remote._aclient and first is not None and not first.is_closed
 
     assert asyncio.run(in_one_loop())
+
+
+def test_compress_many_splits_batches_the_server_finds_too_large() -> None:
+    import numpy as np
+    from test_service import start_server, stop_server
+
+    small = start_server("-c", "extractive", "--max-queue", "8")  # capacity 8 inputs, the client sends 64
+    try:
+        remote = Compressor(endpoint=small.url, api_key=KEY, keep_rate=0.5)
+        items = [long_text(12, i) for i in range(20)]
+        local = Compressor(compressor="extractive", keep_rate=0.5).compress_many(items)
+        assert all(same(a, b) for a, b in zip(remote.compress_many(items), local, strict=True))
+        assert all(same(a, b) for a, b in zip(asyncio.run(remote.acompress_many(items)), local, strict=True))
+        # the facade's rule for target_tokens holds remotely too
+        assert remote.compress(items[0], target_tokens=np.int64(40)).compressed_tokens <= 40
+    finally:
+        stop_server(small)

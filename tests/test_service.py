@@ -226,6 +226,45 @@ def test_typed_errors(server: Server) -> None:
     big = {"context": "word " * 300_000, "keep_rate": 0.5}  # 1.5 MB, over --max-body-mb 1
     r = post(big)
     assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+    # refused as the local facade refuses them, not read as 1.0 / 1 token / 0.3
+    for bad in ({"keep_rate": True}, {"target_tokens": True}, {"keep_rate": "0.3"}, {"target_tokens": "50"}):
+        assert post({"context": long_text(), **bad}).status_code == 422, bad
+    assert post({"context": [{"id": True, "text": long_text()}], "keep_rate": 0.5}).status_code == 422
+    assert post({"context": long_text(), "target_tokens": 50.0}).status_code == 200  # a whole number, as locally
+
+
+def test_batch_defaults_include_confidence_when_an_input_names_its_floor(server: Server) -> None:
+    body = {"confidence": 0.95, "inputs": [{"context": long_text(), "query": "football", "floor": 0.9}]}
+    r = httpx.post(server.url + "/v1/compress", headers=AUTH, json=body)
+    assert r.status_code == 200 and r.json()["results"][0]["floor"]["confidence"] == 0.95
+
+
+def test_config_refuses_values_that_would_break_every_request() -> None:
+    from pocsdk.errors import ConfigError
+    from pocsdk.server.service import ServiceConfig
+
+    for bad in ({"request_timeout_s": float("nan")}, {"max_body_bytes": 0}, {"api_key": ""},
+                {"batch_window_ms": float("inf")}, {"unbatched_workers": 0}):
+        with pytest.raises(ConfigError):
+            ServiceConfig(**bad)  # type: ignore[arg-type]
+    ServiceConfig(request_timeout_s=float("inf"))  # no timeout is allowed
+
+
+def test_predictor_applies_to_the_compressor_it_was_trained_for() -> None:
+    from pocsdk.errors import ArtifactError, ConfigError
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    root = Path(__file__).resolve().parents[1] / "predictors"
+    if not (root / "extractive" / "card.json").is_file():
+        pytest.skip("no shipped predictor for extractive")
+    with pytest.raises(ConfigError, match="not hosted"):
+        create_app(ServiceConfig(compressors=["skim"], predictor=str(root / "extractive")))
+    with pytest.raises(ArtifactError):  # at start-up, not on every floor request
+        create_app(ServiceConfig(compressors=["extractive"], predictor="/nonexistent/predictor"))
+    app = create_app(ServiceConfig(compressors=["extractive", "skim"], predictor=str(root / "extractive")))
+    hosted = app.state.pocsdk.hosted
+    assert hosted["extractive"].facade._policy is not None  # loaded up front
+    assert hosted["skim"].facade._predictor_spec is None  # skim keeps its own shipped predictor
 
 
 def test_compressors_and_metrics(server: Server) -> None:
@@ -240,6 +279,21 @@ def test_compressors_and_metrics(server: Server) -> None:
                  "pocsdk_tokens_out_total", "pocsdk_queue_depth", "pocsdk_batch_size_bucket"):
         assert name in text
     assert 'pocsdk_requests_total{route="/v1/compress",status="200"}' in text
+
+
+def test_tokens_are_counted_only_for_requests_that_succeed(server: Server) -> None:
+    def tokens_in() -> float:
+        text = httpx.get(server.url + "/metrics", headers=AUTH).text
+        line = [x for x in text.splitlines() if x.startswith('pocsdk_tokens_in_total{compressor="random"}')]
+        return float(line[0].split()[-1]) if line else 0.0
+
+    before = tokens_in()
+    bad = {"compressor": "random", "keep_rate": 0.5, "inputs": [{"context": long_text()}, {"context": " "}]}
+    assert httpx.post(server.url + "/v1/compress", headers=AUTH, json=bad).status_code == 400
+    assert tokens_in() == before  # the good input's tokens were never returned to anyone
+    good = {"compressor": "random", "keep_rate": 0.5, "context": long_text()}
+    assert httpx.post(server.url + "/v1/compress", headers=AUTH, json=good).status_code == 200
+    assert tokens_in() > before
 
 
 # -- load --------------------------------------------------------------------------------

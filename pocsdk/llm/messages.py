@@ -361,6 +361,17 @@ def openai_slots(messages: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[str,
     return slots, where
 
 
+def strip_compress_tags(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """``messages`` with every ``<compress>`` / ``</compress>`` tag removed and nothing compressed.
+
+    For requests that skip compression: the tags are instructions to pocsdk, never text for the model.
+    """
+    slots, where = openai_slots(messages)
+    old = [t for _, t in slots]
+    new = [t.replace(COMPRESS_OPEN, "").replace(COMPRESS_CLOSE, "") for t in old]
+    return rebuild_openai(messages, where, old, new) if new != old else list(messages)
+
+
 def rebuild_openai(messages: Sequence[Mapping[str, Any]], where: list[tuple[int, int | None]],
                    old: list[str], new: list[str]) -> list[dict[str, Any]]:
     """Copy ``messages`` replacing changed texts; unchanged messages keep every field as is."""

@@ -206,7 +206,13 @@ class DirectRunner(Generic[T, R]):
         self._depth += 1
         self._idle.clear()
         try:
-            fut = loop.run_in_executor(self._executor, self.fn, [item])
+            started: list[float] = []
+
+            def run(items: list[T]) -> Sequence[R | BaseException]:
+                started.append(time.perf_counter())  # when a worker took it: the queue wait ends here
+                return self.fn(items)
+
+            fut = loop.run_in_executor(self._executor, run, [item])
             try:
                 # Not shielded: on timeout the job is cancelled if it has not started, so work nobody
                 # waits for does not pile up in the pool ahead of new requests (a started one finishes).
@@ -218,7 +224,7 @@ class DirectRunner(Generic[T, R]):
             if self._depth == 0:
                 self._idle.set()
         if self.on_batch is not None:
-            self.on_batch(1, time.perf_counter() - t0, [0.0])
+            self.on_batch(1, time.perf_counter() - t0, [started[0] - t0 if started else 0.0])
         res = results[0]
         if isinstance(res, BaseException):
             raise res

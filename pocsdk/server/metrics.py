@@ -71,8 +71,8 @@ class ServiceMetrics:
         """Report a compressor's queue depth from a callable, read at scrape time."""
         self.queue_depth.labels(compressor).set_function(depth)
 
-    def observe_result(self, compressor: str, seconds: float, tokens_in: int, tokens_out: int) -> None:
-        self.compress_seconds.labels(compressor).observe(seconds)
+    def observe_tokens(self, compressor: str, tokens_in: int, tokens_out: int) -> None:
+        """Tokens of a result returned to a client (not of inputs whose request failed as a whole)."""
         self.tokens_in.labels(compressor).inc(tokens_in)
         self.tokens_out.labels(compressor).inc(tokens_out)
 

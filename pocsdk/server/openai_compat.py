@@ -3,7 +3,8 @@
 Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (plain and ``stream: true`` SSE)
 so pocsdk's proxy, clients and examples can run against a real model offline; the tests
 use it with SmolLM2-135M as the proxy's upstream. Not a production inference server:
-generation runs one request at a time in a worker thread.
+generation runs one request at a time in a worker thread, decodes greedily (``temperature``,
+``top_p``, ``seed`` and ``stop`` are ignored; ``max_tokens`` is honoured up to a cap).
 
     python -m pocsdk.server.openai_compat --model PATH[.gguf] --port 8001
 """
@@ -24,8 +25,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pocsdk.llm.types import ChatResult
 from pocsdk.server.common import ApiError, BodySizeLimit, install_error_handlers
-
-_GEN_PARAMS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed")
 
 
 class LocalChatModel(Protocol):
@@ -64,9 +63,12 @@ def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key
             raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from exc
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_request")
-        params = {k: body[k] for k in _GEN_PARAMS if body.get(k) is not None}
-        limit = int(params.get("max_completion_tokens") or params.get("max_tokens") or 64)
-        params = {"max_tokens": max(1, min(limit, max_tokens_cap))}
+        # Only the length is honoured: local models decode greedily (temperature, top_p, seed do not apply).
+        raw_limit = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+        if isinstance(raw_limit, bool) or not isinstance(raw_limit, int):
+            raise ApiError(400, f"max_tokens must be an integer, got {raw_limit!r}", param="max_tokens",
+                           code="invalid_request")
+        params = {"max_tokens": max(1, min(raw_limit, max_tokens_cap))}
         messages = body["messages"]
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())

@@ -47,7 +47,7 @@ from pocsdk._version import __version__
 from pocsdk.compressor import Compressor
 from pocsdk.compressors import DEFAULT_COMPRESSOR
 from pocsdk.errors import ConfigError, PocError
-from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
+from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats, strip_compress_tags
 from pocsdk.server.common import (
     DEFAULT_MAX_BODY_BYTES,
     ApiError,
@@ -463,6 +463,10 @@ async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Res
     changed = False
     if mode is not None:
         new_messages, stats = await proxy.compress(body, mode)
+        changed = new_messages != body["messages"]
+        body["messages"] = new_messages
+    else:  # compression off: the tags still never reach the model
+        new_messages = strip_compress_tags(body["messages"])
         changed = new_messages != body["messages"]
         body["messages"] = new_messages
     # Unchanged requests go upstream byte for byte.

@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import Body, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag
 
 from pocsdk import compressors as _compressors
 from pocsdk._version import __version__
@@ -36,6 +37,8 @@ from pocsdk.compressors import TextCompressor, get_compressor
 from pocsdk.compressors.base import Scored, Selection
 from pocsdk.compressors.grid import select_many
 from pocsdk.errors import ConfigError, PocError, UnknownCompressorError
+from pocsdk.prediction.artifacts import read_card
+from pocsdk.prediction.floor import PREDICTOR_NAMES
 from pocsdk.server.batching import Batcher, BatcherClosed, BatchTimeout, DirectRunner
 from pocsdk.server.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -88,8 +91,14 @@ class ServiceConfig:
             raise ConfigError("host at least one compressor")
         if len(set(self.compressors)) != len(self.compressors):
             raise ConfigError("each compressor can be hosted once")
-        if self.max_queue < 1 or self.max_batch < 1 or self.batch_window_ms < 0 or self.request_timeout_s <= 0:
-            raise ConfigError("max_queue and max_batch must be >= 1, batch_window_ms >= 0, timeout > 0")
+        if self.max_queue < 1 or self.max_batch < 1 or self.unbatched_workers < 1 or self.max_body_bytes < 1:
+            raise ConfigError("max_queue, max_batch, unbatched_workers and max_body_bytes must be >= 1")
+        if not (math.isfinite(self.batch_window_ms) and self.batch_window_ms >= 0):
+            raise ConfigError(f"batch_window_ms must be a finite number >= 0, not {self.batch_window_ms!r}")
+        if not (self.request_timeout_s > 0 and not math.isnan(self.request_timeout_s)):
+            raise ConfigError(f"the request timeout must be > 0 (inf for none), not {self.request_timeout_s!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("api_key is empty: give a key, or None to turn authentication off")
         if self.device not in ("auto", "cuda", "cpu") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cuda, cuda:N or cpu, not {self.device!r}")
 
@@ -100,21 +109,32 @@ class DocumentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = None
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 Context = Union[str, list[Union[str, DocumentIn]]]
-Rate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-Confidence = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+# Strict numbers: true or "0.3" are refused, as the local facade refuses them (not read as 1.0 or 0.3).
+Rate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)]
+Confidence = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False, strict=True)]
+
+
+def _no_bool_or_text(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a number")
+    return value
+
+
+TokenCount = Annotated[int, BeforeValidator(_no_bool_or_text), Field(ge=1)]
+"""A whole number of tokens; 300.0 is accepted (as locally), true and "300" are not."""
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Modes(BaseModel):
     keep_rate: Rate | None = None
     """Fraction of tokens to keep, in (0, 1]."""
-    target_tokens: Annotated[int, Field(ge=1)] | None = None
+    target_tokens: TokenCount | None = None
     floor: Rate | None = None
     """Performance floor: the least relative task performance to keep, in (0, 1]."""
     confidence: Confidence | None = None
@@ -261,16 +281,15 @@ class Hosted:
                 scored = list(self.score_batch([(j.context, j.query) for j in jobs]))
                 if len(scored) != len(jobs):
                     scored = None
-            except PocError:  # one bad input: score one by one so only that one fails
-                scored = None
+            except Exception:  # one bad input (or a batch-only failure): score one by one,
+                scored = None  # so only that input fails, not every client's request in the batch
         out: list[CompressionResult | BaseException] = []
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
             token = _PRESCORED.set(scored[i] if scored is not None else None)
             try:
                 res = self.facade.compress(job.context, job.query, **job.mode)
-                self.metrics.observe_result(self.name, time.perf_counter() - t0, res.original_tokens,
-                                            res.compressed_tokens)
+                self.metrics.compress_seconds.labels(self.name).observe(time.perf_counter() - t0)
                 out.append(res)
             except Exception as exc:
                 out.append(exc)
@@ -390,6 +409,8 @@ class ServiceState:
                 continue
             where = f"inputs[{i}]" if len(jobs) > 1 else None
             raise _api_error(out, where)
+        for (h, _), res in zip(jobs, results, strict=True):  # counted once the request succeeds as a whole
+            self.metrics.observe_tokens(h.name, res.original_tokens, res.compressed_tokens)
         return results
 
 
@@ -418,6 +439,8 @@ def _job(item: CompressRequest, defaults: _Modes | None = None) -> _Job:
         if "confidence" in mode:
             base["confidence"] = mode["confidence"]
         mode = base
+    elif defaults is not None and "confidence" not in mode and defaults.confidence is not None:
+        mode["confidence"] = defaults.confidence  # a default too, when the input names its own floor
     ctx = item.context
     context: Any = ctx if isinstance(ctx, str) else [
         d if isinstance(d, str) else d.model_dump(exclude_none=True) for d in ctx]
@@ -426,6 +449,18 @@ def _job(item: CompressRequest, defaults: _Modes | None = None) -> _Job:
 
 def _json(result: CompressionResult) -> str:
     return result.model_dump_json()
+
+
+def _steered_by_predictor(cfg: ServiceConfig) -> set[str]:
+    """The hosted compressors ``--predictor`` applies to: a shipped name applies to each, an artifact to the
+    compressor it was trained for (the others keep their shipped predictors)."""
+    if cfg.predictor is None or cfg.predictor in PREDICTOR_NAMES:
+        return set(cfg.compressors)
+    trained_for = read_card(cfg.predictor).compressor
+    if trained_for not in cfg.compressors:
+        raise ConfigError(f"predictor {cfg.predictor} was trained for compressor {trained_for!r}, which is not "
+                          f"hosted ({', '.join(cfg.compressors)})")
+    return {trained_for}
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
@@ -437,9 +472,12 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     if unused:
         raise ConfigError(f"parameter {', '.join(unused)} applies to none of the hosted compressors "
                           f"({', '.join(cfg.compressors)})")
+    steered = _steered_by_predictor(cfg)
     for name in cfg.compressors:
         inner = build_compressor(name, model=cfg.model, device=cfg.device, params=cfg.compressor_params)
-        facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor)
+        facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor if name in steered else None)
+        if name in steered and cfg.predictor not in PREDICTOR_NAMES:
+            facade.prepare()  # a bad artifact fails here, before the port opens, not on every floor request
         hosted[name] = Hosted(name, facade, inner, cfg, metrics)
     state = ServiceState(cfg, hosted, metrics)
     auth = BearerAuth(cfg.api_key)
