@@ -245,3 +245,42 @@ def test_quantize_checked() -> None:
         get_compressor("llmlingua2", model="/nonexistent", quantize="int8", device="cpu",
                        dtype="bfloat16").score(prose())
     assert get_compressor("llmlingua2").parameters()["quantize"] == "none"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_long_word_does_not_stop_the_threshold(classifiers: dict[str, Path], family: str) -> None:
+    # a 1,280-character hash in prose used to be one unit that blocked every word after it
+    text = prose(3) + " " + "0123456789abcdef" * 80 + " " + prose(3)
+    c = compressor(classifiers, family)
+    scored = c.score(text)
+    assert (scored.units.end - scored.units.start).max() <= 32
+    for rate in (0.1, 0.3, 0.5):
+        res = render(scored, c.select(scored, rate))
+        assert abs(res.keep_rate / rate - 1) <= 0.10, (family, rate, res.keep_rate)
+
+
+def test_model_problems_are_config_errors(classifiers: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    with pytest.raises(ConfigError, match="window"):
+        compressor(classifiers, "bert", max_seq_len=4096).score(prose())
+    with pytest.raises(ConfigError, match="not supported"):
+        compressor(classifiers, "bert", device="mps").score(prose())
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            compressor(classifiers, "bert", device="cuda").score(prose())
+    # a checkpoint without a trained 2-label head (here: a 3-label classifier) is refused, not run at random
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    three = tmp_path / "three-labels"
+    AutoModelForTokenClassification.from_pretrained(classifiers["bert"], num_labels=3,
+                                                    ignore_mismatched_sizes=True).save_pretrained(three)
+    AutoTokenizer.from_pretrained(classifiers["bert"]).save_pretrained(three)
+    with pytest.raises(ConfigError, match="not an LLMLingua-2 token classifier"):
+        get_compressor("llmlingua2", model=str(three), device="cpu").score(prose())
+
+
+def test_compatible_mode_survives_text_the_model_cannot_read(classifiers: dict[str, Path]) -> None:
+    c = compressor(classifiers, "bert", llmlingua_compatible=True)
+    scored = c.score("\U0001f389 " * 300)  # every token [UNK]
+    render(scored, c.select(scored, 0.3))

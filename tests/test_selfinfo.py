@@ -67,6 +67,27 @@ def test_unit_means_by_token_start() -> None:
     assert _unit_means(u_start, u_end, t_start, score).tolist() == [2.0, 5.0, 7.0]
 
 
+def test_a_word_is_scored_with_its_first_token() -> None:
+    from pocsdk.compressors.selfinfo import _past_leading_space
+
+    text = "Ships sail. Traders trade."
+    # tokens as a byte-level BPE gives them: " Trad" carries the space in front of "Traders"
+    t_start, t_end = np.array([0, 5, 10, 11, 16, 19, 25]), np.array([5, 10, 11, 16, 19, 25, 26])
+    starts = _past_leading_space(text, t_start, t_end)
+    assert starts.tolist() == [0, 6, 10, 12, 16, 20, 25]
+    u_start, u_end = np.array([0, 6, 12, 20]), np.array([5, 11, 19, 26])  # Ships / sail. / Traders / trade.
+    score = np.array([1.0, 2.0, 3.0, 10.0, 4.0, 5.0, 6.0])
+    assert _unit_means(u_start, u_end, starts, score).tolist() == [1.0, 2.5, 7.0, 5.5]
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path: Path) -> None:
+    from pocsdk.testing.peers import make_random_token_classifier
+
+    bert = make_random_token_classifier(family="bert", size="tiny")  # a token classifier, not a causal LM
+    with pytest.raises(ConfigError, match="not a causal language model"):
+        get_compressor("selfinfo", model=str(bert), device="cpu").score(TEXT)
+
+
 @pytest.mark.parametrize("granularity", ["sentence", "phrase", "token"])
 def test_rate_tracks_request(tiny_lm: Path, granularity: str) -> None:
     c = get_compressor("selfinfo", model=str(tiny_lm), granularity=granularity, window=64, overlap=16)

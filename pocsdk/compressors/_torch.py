@@ -48,7 +48,20 @@ def resolve_device(device: str | None, feature: str) -> str:
     torch = import_torch(feature)
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(str(device)).type
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return str(device)
+
+
+def check_device_available(device: str, feature: str) -> None:
+    """A CUDA device asked for on a machine without one: a clear error instead of torch's assertion."""
+    torch = import_torch(feature)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but this torch has no CUDA device: use 'cpu' or 'auto'")
 
 
 def resolve_dtype(dtype: str | None, device: str, feature: str) -> Any:

@@ -16,6 +16,7 @@ Context's token level). Query-agnostic: the LM never sees the query.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +25,7 @@ import numpy as np
 from pocsdk.compressors._torch import (
     Quantize,
     cached_model,
+    check_device_available,
     check_quantizable,
     check_quantize,
     dtype_kwarg,
@@ -174,6 +176,7 @@ class SelfInfoCompressor(UnitCompressor):
         device = resolve_device(self.device, FEATURE)
         dtype = resolve_dtype(self.dtype, device, FEATURE)
         check_quantizable(self.quantize, device, dtype, FEATURE)
+        check_device_available(device, FEATURE)
         path, gguf = split_gguf(self.model or default_model(), self.gguf_file)
         key = ("causal-lm", path, gguf, device, str(dtype), self.trust_remote_code, self.quantize)
 
@@ -183,7 +186,12 @@ class SelfInfoCompressor(UnitCompressor):
                 extra["gguf_file"] = gguf
             tok = transformers.AutoTokenizer.from_pretrained(path, **extra)
             require_fast_tokenizer(tok, path)
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, **extra, **dtype_kwarg(transformers, dtype))
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                path, **extra, output_loading_info=True, **dtype_kwarg(transformers, dtype))
+            untrained = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]
+            if untrained:  # e.g. a BERT classifier: a random LM head would score noise without a word
+                raise ConfigError(f"{path!r} is not a causal language model: {len(untrained)} weights would be "
+                                  f"random ({', '.join(sorted(untrained)[:3])}, ...)")
             model = model.to(device).eval()
             return quantize_model(model, self.quantize, FEATURE, keep=_float_layers(model)), tok
 
@@ -193,13 +201,15 @@ class SelfInfoCompressor(UnitCompressor):
         """Token starts and self-information, remembered for the last few texts, so re-scoring a text
         (another granularity, another query) costs no forward pass."""
         key = (id(model), self.window, self.overlap, text)
-        hit = _INFO_CACHE.get(key)
+        with _INFO_LOCK:
+            hit = _INFO_CACHE.get(key)
         if hit is None:
-            start, _, si = self._token_info(model, tok, text)
-            hit = (start, si)
-            _INFO_CACHE[key] = hit
-            while len(_INFO_CACHE) > _INFO_CACHE_SIZE:
-                _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
+            start, end, si = self._token_info(model, tok, text)
+            hit = (_past_leading_space(text, start, end), si)
+            with _INFO_LOCK:  # threads share the cache: evict under the lock
+                _INFO_CACHE[key] = hit
+                while len(_INFO_CACHE) > _INFO_CACHE_SIZE:
+                    _INFO_CACHE.pop(next(iter(_INFO_CACHE)), None)
         return hit
 
     def _token_info(self, model: Any, tok: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -262,6 +272,19 @@ def _float_layers(model: Any) -> list[str]:
 
 _INFO_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
 _INFO_CACHE_SIZE = 8
+_INFO_LOCK = threading.Lock()
+
+
+def _past_leading_space(text: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Token starts moved past the whitespace a token carries in front (``" Trad"`` of " Traders" starts
+    at "T"), so a word's first token counts for that word, not for the gap before it."""
+    out = start.copy()
+    for i in np.flatnonzero(start < end).tolist():
+        a, b = int(out[i]), int(end[i])
+        while a < b - 1 and text[a].isspace():
+            a += 1
+        out[i] = a
+    return out
 
 
 def _unit_means(u_start: np.ndarray, u_end: np.ndarray, t_start: np.ndarray, t_score: np.ndarray) -> np.ndarray:

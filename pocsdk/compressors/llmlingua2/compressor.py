@@ -38,7 +38,7 @@ from pocsdk.compressors.llmlingua2.windows import (
     _TokenStream,
     cut_windows,
 )
-from pocsdk.compressors.llmlingua2.words import _vocab_table, _Words, _words
+from pocsdk.compressors.llmlingua2.words import _vocab_table, _Words, _words, split_long_words
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import Protection, is_instruction, strip_markers
 from pocsdk.text.segment import segment
@@ -138,6 +138,7 @@ class LLMLingua2Compressor:
         compat = self.llmlingua_compatible
         model, tok = self._load_compatible() if compat else self._load()
         family = detect_family(self.family, self.model, model, tok)
+        _check_window(model, family, self.max_seq_len)
         token_map = _token_map(tok, self.force_tokens) if compat else {}
         ends = [*self.chunk_end_tokens, *(token_map[c] for c in self.chunk_end_tokens if c in token_map)]
         table = _vocab_table(tok, family, (*self.force_tokens, *token_map.values()), ends)
@@ -155,6 +156,8 @@ class LLMLingua2Compressor:
         forward_windows(model, tok, streams, chunks, probs, self.max_seq_len, self.max_batch_size)
 
         words = _words(streams, chunks, probs, table, self.token_to_word, self.force_reserve_digit, compat)
+        if not compat:  # llmlingua keeps a long word whole; pocsdk cuts it so the keep rate is still met
+            words = split_long_words(words)
         units, unit_of_word, forced_units, layout = self._units(docs, words, counter)
         scored = Scored(
             compressor=self.name, parameters=self.parameters(), documents=docs, query=query, units=units,
@@ -300,3 +303,14 @@ class LLMLingua2Compressor:
     def _single_token_forces(self) -> set[str]:
         _, tok = self._load()
         return {t for t in self.force_tokens if len(tok.tokenize(t)) == 1}
+
+
+def _check_window(model: Any, family: str, max_seq_len: int) -> None:
+    """``max_seq_len`` within the model's positions (XLM-R reserves two for padding), or a clear error now
+    instead of an index error deep in the forward pass."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return
+    window = positions - (2 if family == "xlm-roberta" else 0)
+    if max_seq_len > window:
+        raise ConfigError(f"max_seq_len={max_seq_len} is longer than this model's window of {window} tokens")

@@ -9,6 +9,7 @@ import numpy as np
 
 from pocsdk.compressors._torch import (
     cached_model,
+    check_device_available,
     check_quantizable,
     dtype_kwarg,
     import_torch,
@@ -36,15 +37,22 @@ def load_classifier(model: str, device: str, dtype: str, quantize: str, trust_re
     dev = resolve_device(device, FEATURE)
     dt = resolve_dtype(dtype, dev, FEATURE)
     check_quantizable(quantize, dev, dt, FEATURE)
+    check_device_available(dev, FEATURE)
     kind = "token-classification+llmlingua-new-tokens" if new_tokens else "token-classification"
     key = (kind, model, dev, str(dt), trust_remote_code, quantize)
 
     def load() -> tuple[Any, Any]:
         tok = transformers.AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         require_fast_tokenizer(tok, model)
-        m = transformers.AutoModelForTokenClassification.from_pretrained(
-            model, trust_remote_code=trust_remote_code, **dtype_kwarg(transformers, dt)
-        ).to(dev)
+        m, info = transformers.AutoModelForTokenClassification.from_pretrained(
+            model, trust_remote_code=trust_remote_code, output_loading_info=True, **dtype_kwarg(transformers, dt)
+        )
+        untrained = [k for k in info.get("missing_keys", ()) if k.startswith(HEAD)]
+        if untrained or getattr(m.config, "num_labels", 2) != 2:  # a fresh random head would "work" silently
+            raise ConfigError(f"{model!r} is not an LLMLingua-2 token classifier (a trained 2-label "
+                              f"'{HEAD}' layer): {'its head is missing' if untrained else 'it has '}"
+                              f"{'' if untrained else str(m.config.num_labels) + ' labels'}")
+        m = m.to(dev)
         if new_tokens:
             tok.add_special_tokens({"additional_special_tokens": list(NEW_TOKENS)})
             with torch.random.fork_rng(devices=[]):

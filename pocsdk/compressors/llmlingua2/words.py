@@ -74,6 +74,26 @@ class _Words:
     text: list[str]  # llmlingua's word strings (compatible mode only)
 
 
+LONG_WORD_CHARS = 32
+"""Words longer than this (a hash, a URL, a run of CJK that XLM-R reads as one word) are cut into pieces
+of this many characters, each with the word's probability: one long unit that does not fit the budget
+would otherwise stop the threshold, keeping far less than asked (or nothing)."""
+
+
+def split_long_words(w: _Words, max_chars: int = LONG_WORD_CHARS) -> _Words:
+    """``w`` with every word longer than ``max_chars`` characters cut into consecutive pieces."""
+    length = w.end - w.start
+    pieces = np.maximum(1, -(-length // max_chars))  # ceil, at least one piece (empty words stay one)
+    if not (pieces > 1).any():
+        return w
+    rep = np.repeat(np.arange(len(length)), pieces)
+    k = np.arange(len(rep)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece index within its word
+    start = w.start[rep] + k * max_chars
+    end = np.minimum(start + max_chars, w.end[rep])
+    text = [w.text[i] for i in rep.tolist()] if w.text else []
+    return _Words(w.doc[rep], w.chunk[rep], start, end, w.prob[rep], w.prob_raw[rep], w.forced[rep], text)
+
+
 def _words(streams: list[_TokenStream], chunks: list[tuple[int, int, int]], probs: list[np.ndarray],
            table: _VocabTable, token_to_word: str, force_reserve_digit: bool, compat: bool) -> _Words:
     """Merge token probabilities into words: pure numpy over the concatenated token stream."""
@@ -96,7 +116,8 @@ def _words(streams: list[_TokenStream], chunks: list[tuple[int, int, int]], prob
     # the first valid token of every window starts a word
     vidx = np.flatnonzero(valid)
     vchunk = chunk[vidx]
-    first[vidx[np.r_[True, vchunk[1:] != vchunk[:-1]]]] = True
+    if len(vidx):  # (none when every token is unknown, e.g. emoji-only text in compatible mode)
+        first[vidx[np.r_[True, vchunk[1:] != vchunk[:-1]]]] = True
     ids, start, end, doc, prob, chunk, first = (a[vidx] for a in (ids, start, end, doc, prob, chunk, first))
     starts = table.starts[ids] | first
     forced_tok = table.forced[ids] & starts
