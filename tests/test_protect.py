@@ -12,6 +12,7 @@ from pocsdk.compressors import CPU_COMPRESSORS, get_compressor, render
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import (
     _CLOSERS,
+    _CODE_MARKS,
     _DIRECTIVE_HINTS,
     _FOLDS_APART,
     _IMPERATIVE,
@@ -153,7 +154,7 @@ FRAGMENTS = st.sampled_from(
      "will not", "under no circumstances", "ınder", "is", "İs", "strictly", "forbidden", "forbıdden", "prohibited",
      "not allowed", "then", "THEN", "walked", "reveal", "it", "the", "In", "For", "Con", "ınclude", "İgnore", "cıte",
      "wrıte", "muſt", "enſure", ",", ";", ":", " ", "  ", "\n", "?", "？", ".", '"', "'", "(", "- ", "1. ", "\u2022 ",
-     "\u201c", "٣", "K", "\u212a"]
+     "\u201c", "٣", "K", "\u212a", "x.value", "f(x)", "[0]", "=", "# note", "not"]
 )
 
 
@@ -161,10 +162,13 @@ def reference_is_instruction(sentence: str) -> bool:
     """The rule as first written: one directive regex behind a hint-word test."""
     if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
         return False
-    if _IMPERATIVE.match(sentence):
-        return True
     lowered = sentence.lower()
-    return any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
+    directive = any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
+    if _IMPERATIVE.match(sentence):
+        # ... except code that opens like an order ("return x.value"), added later
+        code = sentence[:1].islower() and bool(_CODE_MARKS.search(sentence)) and not NEGATION.search(sentence)
+        return directive or not code
+    return directive
 
 
 @settings(max_examples=500, deadline=None)
@@ -232,3 +236,11 @@ def test_every_negation_word_holds_a_hint_and_lower_keeps_offsets() -> None:
     assert "\u0130" in _FOLDS_APART
     assert has_negation("Do it, or not.") and not has_negation("Another note, now.")
     assert has_negation("xx don't", 3) and not has_negation("xdon't", 1)  # \b looks before ``start``
+
+
+def test_code_that_opens_like_an_order_is_not_an_instruction() -> None:
+    assert not is_instruction("return x.value + self.items[0]  # note 0")
+    assert not is_instruction("include <stdio.h>;")
+    assert is_instruction("Return the form by Friday.")  # prose: capitalised
+    assert is_instruction("return the answer in JSON.")  # no code marks
+    assert is_instruction("do not print(x) here")  # negated: still protected

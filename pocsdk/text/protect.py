@@ -112,9 +112,17 @@ def _may_be_imperative(sentence: str, low: str) -> bool:
 def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:
     """:func:`is_instruction` given the lower-cased sentence and whether it holds a directive hint word."""
     imperative = _may_be_imperative(sentence, low) and _IMPERATIVE.match(sentence)
-    if not (imperative or (hinted and _is_directive(sentence, low))):
+    directive = hinted and _is_directive(sentence, low)
+    if not (imperative or directive):
         return False
+    if not directive and sentence[:1].islower() and _CODE_MARKS.search(sentence) and not NEGATION.search(sentence):
+        return False  # "return x.value + items[0]" opens like an order but is code ("do not print(x)" stays)
     return not sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+
+
+# In a sentence that opens in lower case, marks of code rather than prose: brackets, braces, "=", ";", "#",
+# a call ("f(") or a member access with no spaces ("x.value").
+_CODE_MARKS = re.compile(r"[\[\]{}=;#]|\w\(|\w\.[A-Za-z_]")
 
 
 def _is_directive(sentence: str, low: str) -> bool:
