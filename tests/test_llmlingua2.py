@@ -284,3 +284,16 @@ def test_compatible_mode_survives_text_the_model_cannot_read(classifiers: dict[s
     c = compressor(classifiers, "bert", llmlingua_compatible=True)
     scored = c.score("\U0001f389 " * 300)  # every token [UNK]
     render(scored, c.select(scored, 0.3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rate_tracks_when_the_joined_text_counts_differently(classifiers: dict[str, Path], family: str) -> None:
+    # word by word, "Doc 3." costs a leading space that the first kept word of a document does not have
+    many = [f"Doc {i}. The river city grew quickly." for i in range(60)]
+    bullets = "\n".join(f"- item {i}: the river city grew quickly" for i in range(80))
+    c = compressor(classifiers, family, tokenizer="tiktoken:cl100k_base")
+    for context in (many, bullets):
+        scored = c.score(context)
+        for rate in (0.1, 0.3, 0.5):
+            res = render(scored, c.select(scored, rate))
+            assert abs(res.keep_rate / rate - 1) <= 0.10, (family, rate, res.keep_rate)

@@ -20,6 +20,7 @@ from pocsdk.compressors.base import (
     budget_for,
     checked_documents,
     early_selection,
+    render,
 )
 from pocsdk.compressors.llmlingua2.model import detect_family, forward_windows, load_classifier
 from pocsdk.compressors.llmlingua2.selection import Layout, _compatible_keep, _oai_counts, fit_threshold
@@ -42,7 +43,7 @@ from pocsdk.compressors.llmlingua2.words import _vocab_table, _Words, _words, sp
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import Protection, is_instruction, strip_markers
 from pocsdk.text.segment import segment
-from pocsdk.text.tokens import TokenCounter, get_token_counter
+from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import ContextLike, check_count, check_keep_rate
 
 DEFAULT_MODEL = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
@@ -195,8 +196,20 @@ class LLMLingua2Compressor:
         u = scored.units
         if "word_prob" in scored.extras:
             return Selection(keep=self._select_compatible(scored, keep_rate) | u.protected, keep_rate=keep_rate)
-        keep = u.protected | scored.extras["forced"]
-        fit_threshold(scored.extras["order"], u.tokens, budget_for(scored, keep_rate), keep, scored.extras["layout"])
+        base = u.protected | scored.extras["forced"]
+        budget = budget_for(scored, keep_rate)
+        keep = fit_threshold(scored.extras["order"], u.tokens, budget, base.copy(), scored.extras["layout"])
+        # Words are costed one by one; the joined text can count differently (a document's first kept word
+        # loses its space, a subword tokenizer merges across words): measure it and rescale the budget.
+        if isinstance(scored.tokenizer, HeuristicTokenCounter):
+            return Selection(keep=keep, keep_rate=keep_rate)  # additive over words: the sum is the count
+        trial = budget
+        for _ in range(3):
+            got = render(scored, Selection(keep=keep, keep_rate=keep_rate)).compressed_tokens
+            if got <= 0 or budget <= 0 or abs(got / budget - 1) <= 0.05:
+                break
+            trial = max(1, round(trial * budget / got))
+            keep = fit_threshold(scored.extras["order"], u.tokens, trial, base.copy(), scored.extras["layout"])
         return Selection(keep=keep, keep_rate=keep_rate)
 
     def word_labels(self, scored: Scored, keep_rate: float) -> tuple[list[str], np.ndarray]:
@@ -314,3 +327,4 @@ def _check_window(model: Any, family: str, max_seq_len: int) -> None:
     window = positions - (2 if family == "xlm-roberta" else 0)
     if max_seq_len > window:
         raise ConfigError(f"max_seq_len={max_seq_len} is longer than this model's window of {window} tokens")
+
