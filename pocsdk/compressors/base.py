@@ -313,6 +313,15 @@ def passthrough_selection(scored: Scored, keep_rate: float, reason: str) -> Sele
                      passthrough_reason=reason)
 
 
+def rendered_tokens(scored: Scored, selection: Selection) -> int:
+    """The ``compressed_tokens`` :func:`render` would report, without building the result (no span objects)."""
+    if selection.passthrough_reason or scored.passthrough_reason:
+        return int(sum(scored.doc_tokens))
+    spans_by_doc = _selected_spans(scored, selection)
+    texts = [_join(doc.text, spans_by_doc[i]) for i, doc in enumerate(scored.documents)]
+    return int(sum(scored.tokenizer.count_many(texts)))
+
+
 def render(
     scored: Scored,
     selection: Selection,

@@ -20,7 +20,7 @@ from pocsdk.compressors.base import (
     budget_for,
     checked_documents,
     early_selection,
-    render,
+    rendered_tokens,
 )
 from pocsdk.compressors.llmlingua2.model import detect_family, forward_windows, load_classifier
 from pocsdk.compressors.llmlingua2.selection import Layout, _compatible_keep, _oai_counts, fit_threshold
@@ -205,7 +205,7 @@ class LLMLingua2Compressor:
             return Selection(keep=keep, keep_rate=keep_rate)  # additive over words: the sum is the count
         trial = budget
         for _ in range(3):
-            got = render(scored, Selection(keep=keep, keep_rate=keep_rate)).compressed_tokens
+            got = rendered_tokens(scored, Selection(keep=keep, keep_rate=keep_rate))
             if got <= 0 or budget <= 0 or abs(got / budget - 1) <= 0.05:
                 break
             trial = max(1, round(trial * budget / got))
