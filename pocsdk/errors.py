@@ -99,6 +99,8 @@ class RemoteError(PocError):
     """A remote service (LLM endpoint, compression service) failed or answered an error."""
 
     code = "remote_error"
+    server_code = ""
+    """The ``code`` of the server's error body, when it sent one (e.g. ``batch_too_large``)."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)

@@ -169,8 +169,8 @@ class RemoteCompressor:
             chunk = pending.pop()
             try:
                 out.extend(self._drive(self._exchange("POST", "/v1/compress", chunk, batch=True)))
-            except _errors.InputTooLargeError:
-                halves = _halves(chunk)
+            except _errors.InputTooLargeError as exc:
+                halves = _halves(chunk, exc)
                 if halves is None:
                     raise
                 pending.extend(reversed(halves))
@@ -186,8 +186,8 @@ class RemoteCompressor:
                     part: list[CompressionResult] = await self._adrive(
                         self._exchange("POST", "/v1/compress", chunk, batch=True))
                 return part
-            except _errors.InputTooLargeError:
-                halves = _halves(chunk)
+            except _errors.InputTooLargeError as exc:
+                halves = _halves(chunk, exc)
                 if halves is None:
                     raise
                 first, second = await asyncio.gather(one(halves[0]), one(halves[1]))
@@ -399,9 +399,15 @@ def _result(data: Any) -> CompressionResult:
     return CompressionResult.model_validate(data)
 
 
-def _halves(chunk: dict[str, Any]) -> list[dict[str, Any]] | None:
+_SPLITTABLE = frozenset({"batch_too_large", "request_too_large"})
+
+
+def _halves(chunk: dict[str, Any], exc: Exception) -> list[dict[str, Any]] | None:
     """A batch the server found too large (more inputs than its capacity, or a body over its limit) in two
-    halves, tried again one after the other; ``None`` for a single input, which no split makes smaller."""
+    halves, tried again one after the other; ``None`` when splitting cannot help: a single input, or one
+    input too large by itself (the server's error names it)."""
+    if getattr(exc, "server_code", "") not in _SPLITTABLE:
+        return None
     inputs = chunk["inputs"]
     if len(inputs) < 2:
         return None
@@ -448,5 +454,7 @@ def _error(status: int, data: Any, reason: str) -> RemoteError:
             remote_cls = type(cls.__name__, (cls, RemoteError), {"__module__": __name__,
                                                                   "__doc__": f"{cls.__name__} from the server."})
             _REMOTE_CLASSES[cls] = remote_cls
-        return remote_cls(message, status)
+        exc = remote_cls(message, status)
+        exc.server_code = str(err.get("code") or "")
+        return exc
     return RemoteError(f"server answered {status}: {message}", status)

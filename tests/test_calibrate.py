@@ -178,7 +178,11 @@ def test_retry_failed_runs_failed_examples_again(tmp_path: Path, monkeypatch: py
     assert (again.retried, again.written, again.failed) == (1, 1, 0)
     assert sorted(r.id for r in read_labels(out)) == ["e0", "e1", "sum"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(lines) == 4 and sum("error" in x for x in lines) == 1  # only the unscorable one
+    # only appended to: the old failure line stays (readers skip it), the retried record follows it
+    assert [x["id"] for x in lines] == ["e0", "e1", "sum", "nogold", "e1"] and "error" not in lines[-1]
+    done = run_calibration(examples(2), out, compressor="extractive", factors=FACTORS, workers=1, progress=False,
+                           resume=True, retry_failed=True)
+    assert (done.retried, done.written) == (0, 0)  # e1 has succeeded since
 
 
 def test_two_workers_keep_input_order(tmp_path: Path) -> None:

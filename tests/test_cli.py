@@ -393,6 +393,13 @@ def test_a_record_of_exactly_the_limit_fits_whatever_its_line_ending(ending: byt
     assert lines[-1].end == len(data)
 
 
+def test_carriage_returns_inside_an_over_long_line_do_not_make_it_fit() -> None:
+    data = b'{"a":"xxx"}\r\r{"b":1}\n{"c":"xxx"}\r\r\n{"d":1}\n'
+    lines = list(iter_lines(io.BytesIO(data), max_bytes=11))
+    assert [(r.number, r.data, r.too_large) for r in lines] == [
+        (0, b"", True), (1, b"", True), (2, b'{"d":1}', False)]  # no phantom record, no shifted line numbers
+
+
 def test_parse_object_raises_typed_errors() -> None:
     assert parse_object('\ufeff{"t": "ok \U0001f600"}'.encode()) == {"t": "ok \U0001f600"}
     assert parse_object(b'{"t": "\\ud83d\\ude00"}') == {"t": "\U0001f600"}  # a valid surrogate pair

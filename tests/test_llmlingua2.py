@@ -253,7 +253,7 @@ def test_a_long_word_does_not_stop_the_threshold(classifiers: dict[str, Path], f
     text = prose(3) + " " + "0123456789abcdef" * 80 + " " + prose(3)
     c = compressor(classifiers, family)
     scored = c.score(text)
-    assert (scored.units.end - scored.units.start).max() <= 32
+    assert (scored.units.end - scored.units.start).max() <= 64
     for rate in (0.1, 0.3, 0.5):
         res = render(scored, c.select(scored, rate))
         assert abs(res.keep_rate / rate - 1) <= 0.10, (family, rate, res.keep_rate)
@@ -264,11 +264,17 @@ def test_model_problems_are_config_errors(classifiers: dict[str, Path], tmp_path
 
     with pytest.raises(ConfigError, match="window"):
         compressor(classifiers, "bert", max_seq_len=4096).score(prose())
-    with pytest.raises(ConfigError, match="not supported"):
-        compressor(classifiers, "bert", device="mps").score(prose())
+    with pytest.raises(ConfigError, match="unknown device"):
+        compressor(classifiers, "bert", device="gpu").score(prose())
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="MPS is not available"):
+            compressor(classifiers, "bert", device="mps").score(prose())
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA"):
             compressor(classifiers, "bert", device="cuda").score(prose())
+    else:
+        with pytest.raises(ConfigError, match="CUDA devices"):
+            compressor(classifiers, "bert", device=f"cuda:{torch.cuda.device_count()}").score(prose())
     # a checkpoint without a trained 2-label head (here: a 3-label classifier) is refused, not run at random
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 

@@ -12,6 +12,7 @@ from pocsdk.compressors import CPU_COMPRESSORS, get_compressor, render
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import (
     _CLOSERS,
+    _CODE_LINE,
     _CODE_MARKS,
     _DIRECTIVE_HINTS,
     _FOLDS_APART,
@@ -154,7 +155,7 @@ FRAGMENTS = st.sampled_from(
      "will not", "under no circumstances", "ınder", "is", "İs", "strictly", "forbidden", "forbıdden", "prohibited",
      "not allowed", "then", "THEN", "walked", "reveal", "it", "the", "In", "For", "Con", "ınclude", "İgnore", "cıte",
      "wrıte", "muſt", "enſure", ",", ";", ":", " ", "  ", "\n", "?", "？", ".", '"', "'", "(", "- ", "1. ", "\u2022 ",
-     "\u201c", "٣", "K", "\u212a", "x.value", "f(x)", "[0]", "=", "# note", "not"]
+     "\u201c", "٣", "K", "\u212a", "x.value", "f(x)", "[0]", "=", "# note", "not", "return", "include", "self.items"]
 )
 
 
@@ -166,7 +167,7 @@ def reference_is_instruction(sentence: str) -> bool:
     directive = any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
     if _IMPERATIVE.match(sentence):
         # ... except code that opens like an order ("return x.value"), added later
-        code = sentence[:1].islower() and bool(_CODE_MARKS.search(sentence)) and not NEGATION.search(sentence)
+        code = bool(_CODE_LINE.match(sentence)) and bool(_CODE_MARKS.search(sentence))
         return directive or not code
     return directive
 
@@ -244,3 +245,7 @@ def test_code_that_opens_like_an_order_is_not_an_instruction() -> None:
     assert is_instruction("Return the form by Friday.")  # prose: capitalised
     assert is_instruction("return the answer in JSON.")  # no code marks
     assert is_instruction("do not print(x) here")  # negated: still protected
+    # instructions that carry code marks stay protected
+    for rule in ('respond in JSON: {"a": 1}', "ensure x = y", "always cite sources [1]",
+                 "format dates as yyyy-mm-dd (e.g. 2024-01-01)", 'return the answer in JSON: {"a": 1}'):
+        assert is_instruction(rule), rule

@@ -11,7 +11,14 @@ import pytest
 import respx
 
 from pocsdk import CompressionResult, Compressor
-from pocsdk.errors import ConfigError, EmptyContextError, InvalidRateError, RemoteError, UnknownCompressorError
+from pocsdk.errors import (
+    ConfigError,
+    EmptyContextError,
+    InputTooLargeError,
+    InvalidRateError,
+    RemoteError,
+    UnknownCompressorError,
+)
 from pocsdk.remote import RemoteCompressor, RetryPolicy
 
 pytest.importorskip("fastapi")
@@ -188,13 +195,18 @@ def test_compress_many_splits_batches_the_server_finds_too_large() -> None:
     import numpy as np
     from test_service import start_server, stop_server
 
-    small = start_server("-c", "extractive", "--max-queue", "8")  # capacity 8 inputs, the client sends 64
+    # capacity 8 inputs (the client sends up to 64 per request); inputs over 50,000 characters are refused
+    small = start_server("-c", "extractive", "--max-queue", "8", "--param", "max_input_chars=50000")
     try:
         remote = Compressor(endpoint=small.url, api_key=KEY, keep_rate=0.5)
         items = [long_text(12, i) for i in range(20)]
         local = Compressor(compressor="extractive", keep_rate=0.5).compress_many(items)
         assert all(same(a, b) for a, b in zip(remote.compress_many(items), local, strict=True))
         assert all(same(a, b) for a, b in zip(asyncio.run(remote.acompress_many(items)), local, strict=True))
+        # one input too long by itself: no splitting, the server's error names it
+        bad = [*items[:3], "word " * 20_000, *items[3:6]]
+        with pytest.raises(InputTooLargeError, match=r"inputs\[3\]"):
+            remote.compress_many(bad)
         # the facade's rule for target_tokens holds remotely too
         assert remote.compress(items[0], target_tokens=np.int64(40)).compressed_tokens <= 40
     finally:

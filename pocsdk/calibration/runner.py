@@ -6,8 +6,9 @@ with the full one. Features come from :func:`pocsdk.prediction.features.featuriz
 is importable (else empty, flagged in ``metadata.features``).
 
 Runs are resumable: ids already in the output file (labels and error lines alike) are
-skipped and new lines are appended; ``retry_failed`` first removes the error lines of failed
-examples (a 503 from the LLM endpoint, say; unscorable ones stay) so that they run again.
+skipped and new lines are appended; with ``retry_failed``, failed examples (a 503 from the LLM
+endpoint, say; not unscorable ones) run again and their new lines are appended after the old
+error lines, which readers skip. The file is only ever appended to.
 With several workers, examples run in a process pool and lines are still written in input
 order. A failed or unscorable example is written as
 ``{"id": ..., "error": {...}}``, which :func:`pocsdk.calibration.labels.read_labels` skips.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -66,7 +66,7 @@ class RunStats(BaseModel):
     skipped: int = 0
     """Already in the output (resume)."""
     retried: int = 0
-    """Failed examples whose error lines ``retry_failed`` removed so that they run again."""
+    """Failed examples (error lines other than unscorable) that ``retry_failed`` ran again."""
     written: int = 0
     unscorable: int = 0
     failed: int = 0
@@ -182,37 +182,16 @@ def _small_json(v: Any) -> bool:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def drop_failed(path: Path) -> int:
-    """Remove the error lines of failed (not unscorable) examples from ``path``; return how many.
+def done_ids(path: Path, failed: set[str] | None = None) -> set[str]:
+    """Ids already in an output file; a torn last line (a killed run) is cut off so appends stay valid.
 
-    The file is rewritten through a temporary file and an atomic rename, so a crash leaves either version.
+    With ``failed`` (a set to fill), ids whose only lines are failures (not unscorable) are left out of the
+    result and collected there instead, so a retry labels them again; their old error lines stay in the
+    file (readers skip error lines) and a later success line counts as done.
     """
     if not path.exists():
-        return 0
-    keep: list[bytes] = []
-    dropped = 0
-    for raw in path.read_bytes().splitlines(keepends=True):
-        try:
-            obj = json.loads(raw)
-        except ValueError:  # a torn last line: done_ids deals with it
-            keep.append(raw)
-            continue
-        err = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(err, dict) and err.get("type") != "unscorable":
-            dropped += 1
-            continue
-        keep.append(raw)
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"".join(keep))
-        os.replace(tmp, path)
-    return dropped
-
-
-def done_ids(path: Path) -> set[str]:
-    """Ids already in an output file; a torn last line (a killed run) is cut off so appends stay valid."""
-    if not path.exists():
         return set()
+    errored: set[str] = set()
     data = path.read_bytes()
     ids: set[str] = set()
     lines = data.split(b"\n")
@@ -226,7 +205,11 @@ def done_ids(path: Path) -> set[str]:
                     break
                 raise ConfigError(f"{path}:{i + 1}: not valid JSON; fix or remove the line before resuming") from None
             if isinstance(obj, dict) and "id" in obj:
-                ids.add(str(obj["id"]))
+                err = obj.get("error")
+                if failed is not None and isinstance(err, dict) and err.get("type") != "unscorable":
+                    errored.add(str(obj["id"]))
+                else:
+                    ids.add(str(obj["id"]))
         good_len += len(raw) + 1
     if good_len < len(data):
         with path.open("r+b") as fh:
@@ -234,6 +217,8 @@ def done_ids(path: Path) -> set[str]:
     elif data and not data.endswith(b"\n"):
         with path.open("ab") as fh:
             fh.write(b"\n")
+    if failed is not None:
+        failed |= errored - ids
     return ids
 
 
@@ -290,8 +275,9 @@ def run_calibration(
     if overwrite and not resume and out.exists():
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    retried = drop_failed(out) if retry_failed else 0
-    skip = done_ids(out) if resume else set()
+    failed: set[str] | None = set() if retry_failed else None
+    skip = done_ids(out, failed) if resume else set()
+    retried = len(failed or ())
     todo: list[Example] = []
     seen: set[str] = set()
     total = 0

@@ -50,10 +50,12 @@ def iter_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
         number += 1
         consumed += len(chunk)
         ended = chunk.endswith(b"\n")
-        data = (chunk[:-1] if ended else chunk).rstrip(b"\r")
+        if not ended and len(chunk) > max_bytes + 1:  # the line goes on past the limit
+            consumed += _drain_line(stream)
+            yield RawLine(number, b"", consumed, too_large=True)
+            continue
+        data = (chunk[:-1] if ended else chunk).rstrip(b"\r")  # (not ended: the file's last line)
         if len(data) > max_bytes:
-            if not ended:
-                consumed += _drain_line(stream)
             yield RawLine(number, b"", consumed, too_large=True)
             continue
         if data.strip():

@@ -44,7 +44,8 @@ def import_transformers(feature: str) -> Any:
 
 
 def resolve_device(device: str | None, feature: str) -> str:
-    """'auto' (or None) means CUDA when available, else CPU; anything else is passed to torch."""
+    """'auto' (or None) means CUDA when available, else CPU; otherwise a cpu, cuda[:N] or mps device
+    (availability is checked by :func:`check_device_available`)."""
     torch = import_torch(feature)
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,8 +53,8 @@ def resolve_device(device: str | None, feature: str) -> str:
         kind = torch.device(str(device)).type
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
-    if kind not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return str(device)
 
 
@@ -62,6 +63,11 @@ def check_device_available(device: str, feature: str) -> None:
     torch = import_torch(feature)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but this torch has no CUDA device: use 'cpu' or 'auto'")
+    index = torch.device(device).index
+    if device.startswith("cuda") and index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for, but MPS is not available here: use 'cpu' or 'auto'")
 
 
 def resolve_dtype(dtype: str | None, device: str, feature: str) -> Any:

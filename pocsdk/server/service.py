@@ -451,16 +451,18 @@ def _json(result: CompressionResult) -> str:
     return result.model_dump_json()
 
 
-def _steered_by_predictor(cfg: ServiceConfig) -> set[str]:
+def _steered_by_predictor(cfg: ServiceConfig, inners: dict[str, TextCompressor]) -> set[str]:
     """The hosted compressors ``--predictor`` applies to: a shipped name applies to each, an artifact to the
-    compressor it was trained for (the others keep their shipped predictors)."""
+    ones of the compressor it was trained for, under whatever name they are hosted (the others keep their
+    shipped predictors)."""
     if cfg.predictor is None or cfg.predictor in PREDICTOR_NAMES:
-        return set(cfg.compressors)
+        return set(inners)
     trained_for = read_card(cfg.predictor).compressor
-    if trained_for not in cfg.compressors:
+    steered = {name for name, inner in inners.items() if getattr(inner, "name", name) == trained_for}
+    if not steered:
         raise ConfigError(f"predictor {cfg.predictor} was trained for compressor {trained_for!r}, which is not "
-                          f"hosted ({', '.join(cfg.compressors)})")
-    return {trained_for}
+                          f"hosted ({', '.join(inners)})")
+    return steered
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
@@ -472,9 +474,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     if unused:
         raise ConfigError(f"parameter {', '.join(unused)} applies to none of the hosted compressors "
                           f"({', '.join(cfg.compressors)})")
-    steered = _steered_by_predictor(cfg)
-    for name in cfg.compressors:
-        inner = build_compressor(name, model=cfg.model, device=cfg.device, params=cfg.compressor_params)
+    inners = {name: build_compressor(name, model=cfg.model, device=cfg.device, params=cfg.compressor_params)
+              for name in cfg.compressors}
+    steered = _steered_by_predictor(cfg, inners)
+    for name, inner in inners.items():
         facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor if name in steered else None)
         if name in steered and cfg.predictor not in PREDICTOR_NAMES:
             facade.prepare()  # a bad artifact fails here, before the port opens, not on every floor request

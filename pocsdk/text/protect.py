@@ -115,14 +115,18 @@ def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:
     directive = hinted and _is_directive(sentence, low)
     if not (imperative or directive):
         return False
-    if not directive and sentence[:1].islower() and _CODE_MARKS.search(sentence) and not NEGATION.search(sentence):
-        return False  # "return x.value + items[0]" opens like an order but is code ("do not print(x)" stays)
+    if not directive and _CODE_LINE.match(sentence) and _CODE_MARKS.search(sentence):
+        return False  # "return x.value + items[0]" opens like an order but is code
     return not sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f"))
 
 
-# In a sentence that opens in lower case, marks of code rather than prose: brackets, braces, "=", ";", "#",
-# a call ("f(") or a member access with no spaces ("x.value").
-_CODE_MARKS = re.compile(r"[\[\]{}=;#]|\w\(|\w\.[A-Za-z_]")
+# A code line that opens like an order: lower-case "return" or "include" followed by a word that is not
+# prose ("return the answer ..." is an instruction; "return x.value", "return self.items[0]" are code) ...
+_CODE_LINE = re.compile(
+    r"(?:return|include)\s+(?!(?:the|a|an|your|our|their|its|this|that|these|those|only|all|each|every|"
+    r"exactly|just|no|nothing|one|two|three|it|them|in|as|with|to|when|if|at|on|for|from|any|some)\b)")
+# ... and carrying marks of code: brackets, braces, "=", ";", "#", a call ("f(") or a member access ("x.value").
+_CODE_MARKS = re.compile(r"[\[\]{}=;#]|\w\(|(?<![^\W\d_])[A-Za-z_]\w+\.[A-Za-z_]")
 
 
 def _is_directive(sentence: str, low: str) -> bool:

@@ -203,14 +203,32 @@ class LLMLingua2Compressor:
         # loses its space, a subword tokenizer merges across words): measure it and rescale the budget.
         if isinstance(scored.tokenizer, HeuristicTokenCounter):
             return Selection(keep=keep, keep_rate=keep_rate)  # additive over words: the sum is the count
-        trial = budget
-        for _ in range(3):
+        trial, under, over = budget, 0, 0  # word budgets known to land under / over (0: none yet)
+        tried: list[tuple[int, np.ndarray]] = []
+        for _ in range(6):
             got = rendered_tokens(scored, Selection(keep=keep, keep_rate=keep_rate))
+            tried.append((got, keep))
             if got <= 0 or budget <= 0 or abs(got / budget - 1) <= 0.05:
                 break
-            trial = max(1, round(trial * budget / got))
+            if got > budget:
+                over = trial if not over else min(over, trial)
+            else:
+                under = max(under, trial)
+            # rescale by what the joined text counts; once both sides are known, bisect between them
+            nxt_trial = (under + over) // 2 if under and over else max(1, round(trial * budget / got))
+            if nxt_trial in (trial, under, over):
+                break
+            trial = nxt_trial
             keep = fit_threshold(scored.extras["order"], u.tokens, trial, base.copy(), scored.extras["layout"])
-        return Selection(keep=keep, keep_rate=keep_rate)
+        # the largest measured selection within the budget if it reaches 90% of it, else the largest within 5%
+        # over it, else the smallest one measured
+        within = [t for t in tried if t[0] <= budget]
+        near = [t for t in tried if t[0] <= budget * 1.05]
+        if within and max(t[0] for t in within) >= 0.9 * budget:
+            best = max(within, key=lambda t: t[0])
+        else:
+            best = max(near, key=lambda t: t[0]) if near else min(tried, key=lambda t: t[0])
+        return Selection(keep=best[1], keep_rate=keep_rate)
 
     def word_labels(self, scored: Scored, keep_rate: float) -> tuple[list[str], np.ndarray]:
         """llmlingua's ``fn_labeled_original_prompt`` as (words, 0/1 labels), compatible mode only.

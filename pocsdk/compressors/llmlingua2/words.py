@@ -74,8 +74,9 @@ class _Words:
     text: list[str]  # llmlingua's word strings (compatible mode only)
 
 
-LONG_WORD_CHARS = 32
-"""Words longer than this (a hash, a URL, a run of CJK that XLM-R reads as one word) are cut into pieces
+LONG_WORD_CHARS = 64
+"""Words longer than this (a long URL or base64 run, a run of CJK that XLM-R reads as one word; a 40-character
+SHA-1 stays whole) are cut into pieces
 of this many characters, each with the word's probability: one long unit that does not fit the budget
 would otherwise stop the threshold, keeping far less than asked (or nothing)."""
 
