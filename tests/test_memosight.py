@@ -247,6 +247,8 @@ def test_cli_train_memosight(tmp_path: Path) -> None:
     session = ReasoningSession.from_pretrained(str(out), device="cpu", attn_implementation="eager")
     ans = session.generate("w1 w2", compression_ratio=2, max_new_tokens=8, force_split_every=4)
     assert ans.stats.generated_tokens <= 8
+    # the trained settings become the session's defaults: the smallest trained ratio and the window
+    assert session.compression_ratio == 2.0 and session.window == 0
 
 
 def test_session_stats_and_floor() -> None:
@@ -270,6 +272,22 @@ def test_session_stats_and_floor() -> None:
 
     with pytest.raises(ConfigError):
         session.generate("w1", floor=0.9, compression_ratio=4)
+    off = session.generate("w1 w2 w3", compression_ratio=None, max_new_tokens=12, force_split_every=4)
+    assert off.stats.compression_ratio is None and off.stats.steps_compressed == 0  # None turns it off
+
+
+def test_bfloat16_training_keeps_float32_master_weights() -> None:
+    from pocsdk.reasoning.memosight.training import TrainConfig, encode_traces, train
+
+    model, tok, ids = make_model("llama", seed=10)
+    model = model.to(torch.bfloat16)
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(ratios=(2,), steps=20, lr=1e-4, batch_size=2, gradient_checkpointing=False, max_length=128)
+    train(model, encode_traces(tok, ids, toy_traces(), cfg), cfg)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # back to the model's dtype
+    changed = sum(int((p.detach().float() != before[n]).sum()) for n, p in model.named_parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert changed / total > 0.9, changed / total  # steps below bf16 spacing accumulate in float32
 
 
 @pytest.mark.gpu

@@ -123,3 +123,47 @@ def test_cli_train_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert meta["config"]["segment_tokens"] == 8 and meta["source"]["backbone"] == "tiny"
     loaded = ck.load_ram(out, decoder=make_decoder("llama", len(tok.get_vocab())), tokenizer=tok)
     assert loaded.ram_config.encoder_layers == 2
+
+
+def test_training_settings_that_cannot_work_are_refused() -> None:
+    from pocsdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_ratio=1"):
+        TrainConfig(keep_ratio=1.0, train_encoder="none")  # nothing skimmed: the alignment layer learns nothing
+    TrainConfig(keep_ratio=1.0, train_encoder="full")  # the encoder still learns from the answers
+
+
+def test_training_from_an_official_file_keeps_its_decoder_and_options(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from pocsdk.cli.app import app
+    from pocsdk.compressors.ram import checkpoint as ck
+
+    tok = make_tokenizer()
+    vocab = len(tok.get_vocab())
+    src = make_decoder("llama", vocab, layers=4, seed=0)
+    state = {f"llm_encoder.model.{n}": p.clone() + 0.5 for n, p in src.model.state_dict().items()
+             if not (n.startswith("layers.") and int(n.split(".")[1]) >= 2)}
+    state.update({f"llm.{n}": p.clone() + 0.3 for n, p in src.state_dict().items()})  # a decoder of its own
+    hidden = src.config.hidden_size
+    state["semantic_alignment_layer.weight"] = torch.randn(hidden, hidden)
+    state["semantic_alignment_layer.bias"] = torch.randn(hidden)
+    official = tmp_path / "official.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(official))
+    monkeypatch.setattr(ck, "load_backbone", lambda *a, **k: (make_decoder("llama", vocab, layers=4, seed=0), tok))
+    data = tmp_path / "nq.jsonl"
+    data.write_text("\n".join(json.dumps({"question": e.question, "answers": e.answers,
+                                          "ctxs": [{"title": "", "text": e.documents[0], "isgold": True}]})
+                              for e in _toy()) + "\n", encoding="utf-8")
+    out = tmp_path / "ck"
+    res = CliRunner().invoke(app, ["train", "ram", "--backbone", "tiny", "--data", str(data), "--out", str(out),
+                                   "--init", str(official), "--steps", "2", "--lr", "1e-3", "--device", "cpu",
+                                   "--no-gradient-checkpointing", "--temperature", "0.5", "--segment-tokens", "8"])
+    assert res.exit_code == 0, res.output
+    cfg = ck.read_meta(out)["config"]
+    assert cfg["temperature"] == 0.5 and cfg["segment_tokens"] == 8  # options given with --init are applied
+    want = ck.load_ram(official, "tiny").decoder.model.layers[0].self_attn.q_proj.weight
+    got = ck.load_ram(out).decoder.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(want, got)  # the official decoder, not the backbone's

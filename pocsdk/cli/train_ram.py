@@ -20,15 +20,20 @@ def train_ram_command(
     out: Path = typer.Option(Path("ram-checkpoint"), help="Checkpoint folder to write."),
     gguf_file: Optional[str] = typer.Option(None, help="GGUF file name inside --backbone."),
     init: Optional[str] = typer.Option(None, help="Start from a pocsdk RAM checkpoint or an official .safetensors."),
-    encoder_layers: int = typer.Option(8, help="Backbone layers used as the encoder (official: 8)."),
-    segment_tokens: int = typer.Option(32, help="Segment width w in tokens."),
+    encoder_layers: Optional[int] = typer.Option(None, help="Backbone layers used as the encoder (default 8, as "
+                                                           "the official release; with --init: the checkpoint's)."),
+    segment_tokens: Optional[int] = typer.Option(None, help="Segment width w in tokens (default 32; with --init: "
+                                                           "the checkpoint's)."),
     query_template: str = typer.Option("Question:{query}\nAnswer:", help="Decoder prompt after the memory."),
     context_prefix: str = typer.Option("", help="Decoder text before the memory (e.g. a chat template's user turn)."),
-    temperature: float = typer.Option(0.1, help="InfoNCE temperature."),
-    contrastive_weight: float = typer.Option(1.0, help="Weight of the InfoNCE term."),
+    temperature: Optional[float] = typer.Option(None, help="InfoNCE temperature (default 0.1; with --init: the "
+                                                           "checkpoint's)."),
+    contrastive_weight: Optional[float] = typer.Option(None, help="Weight of the InfoNCE term (default 1.0; with "
+                                                                "--init: the checkpoint's)."),
     train_encoder: str = typer.Option("none", help="none (alignment only) | lora | full (separate encoder copy)."),
-    lora_r: int = typer.Option(16, help="LoRA rank when --train-encoder lora."),
-    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank when --train-encoder lora (default 16; with "
+                                                   "--init: the checkpoint's, which cannot change)."),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 32; with --init: the checkpoint's)."),
     steps: int = typer.Option(1000, help="Optimiser steps."),
     lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
     grad_accum: int = typer.Option(1, help="Examples per optimiser step."),
@@ -61,12 +66,26 @@ def train_ram_command(
         examples = read_examples(data, limit=max_examples)
         separate = train_encoder != "none"
         if init:
-            model = load_ram(init, backbone, gguf_file=gguf_file, device=dev, dtype=dt,
+            model = load_ram(init, backbone, gguf_file=gguf_file, encoder_layers=encoder_layers,
+                             segment_tokens=segment_tokens, device=dev, dtype=dt,
                              trust_remote_code=trust_remote_code, query_template=query_template,
                              context_prefix=context_prefix)
             if separate and not model.ram_config.separate_encoder:
                 raise typer.BadParameter("--train-encoder needs a checkpoint with a separate encoder")
+            rc = model.ram_config
+            if (lora_r is not None and lora_r != rc.lora_r) or (lora_alpha is not None and lora_alpha != rc.lora_alpha):
+                raise typer.BadParameter(f"--init's checkpoint has lora_r={rc.lora_r}, lora_alpha={rc.lora_alpha}; "
+                                         "LoRA settings cannot change when continuing it")
+            model.ram_config = replace(
+                rc, temperature=rc.temperature if temperature is None else temperature,
+                contrastive_weight=rc.contrastive_weight if contrastive_weight is None else contrastive_weight)
         else:
+            encoder_layers = 8 if encoder_layers is None else encoder_layers
+            segment_tokens = 32 if segment_tokens is None else segment_tokens
+            temperature = 0.1 if temperature is None else temperature
+            contrastive_weight = 1.0 if contrastive_weight is None else contrastive_weight
+            lora_r = 16 if lora_r is None else lora_r
+            lora_alpha = 32 if lora_alpha is None else lora_alpha
             base = load_ram(None, backbone, gguf_file=gguf_file, encoder_layers=encoder_layers,
                             segment_tokens=segment_tokens, device=dev, dtype=dt,
                             trust_remote_code=trust_remote_code)

@@ -63,6 +63,9 @@ def trained_parameter_names(model: RAMModel) -> list[str]:
         names = [n if n.startswith("align.") else f"encoder.{n}" for n in names]
     elif cfg.separate_encoder:
         names += [f"encoder.{n}" for n, _ in model.encoder.named_parameters()]
+    if model.source.get("official_checkpoint") or model.source.get("decoder_weights"):
+        # the decoder is not the backbone's: an official release ships its own, so the checkpoint carries it
+        names += [n for n, _ in model.named_parameters() if n.startswith("decoder.")]
     return names
 
 
@@ -148,6 +151,8 @@ def load_ram(
 
         state = load_file(str(ckpt / WEIGHTS_FILE), device="cpu")
         _load_exact(model, state, str(ckpt))
+        if any(k.startswith("decoder.") for k in state):
+            model.source["decoder_weights"] = True  # so that saving it again keeps them
     model.eval()
     return model
 

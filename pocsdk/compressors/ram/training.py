@@ -65,6 +65,9 @@ class TrainConfig:
             raise ConfigError(f"train_encoder must be 'none', 'lora' or 'full', got {self.train_encoder!r}")
         if self.keep_ratio is not None and not 0.0 <= self.keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in [0, 1], got {self.keep_ratio}")
+        if self.keep_ratio == 1.0 and self.train_encoder == "none":
+            raise ConfigError("keep_ratio=1 skims nothing, so the alignment layer (all that train_encoder='none' "
+                              "trains) gets no gradient: use a keep ratio below 1")
         if self.steps < 1 or self.grad_accum < 1:
             raise ConfigError("steps and grad_accum must be >= 1")
 
@@ -196,6 +199,9 @@ def trainable_parameters(model: RAMModel, mode: str) -> list[torch.nn.Parameter]
         raise ConfigError(f"train_encoder={mode!r} needs a model built with separate_encoder=True")
     if mode == "lora" and not model.ram_config.lora_r:
         raise ConfigError("train_encoder='lora' needs RAMConfig.lora_r > 0")
+    if mode == "full" and model.ram_config.lora_r:
+        raise ConfigError("train_encoder='full' on a LoRA model would save only its adapters: continue it with "
+                          "train_encoder='lora', or start full training from a checkpoint without LoRA")
     chosen: list[torch.nn.Parameter] = list(model.align.parameters())
     if mode == "lora":
         chosen += [p for n, p in model.encoder.named_parameters() if "lora_" in n]

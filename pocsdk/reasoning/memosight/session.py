@@ -99,6 +99,38 @@ def make_stats(res: DecodeResult, ratio: float | None, source: str) -> Reasoning
         total_s=res.total_s)
 
 
+class _Unset:
+    """Type of :data:`UNSET`: "not given", so that ``compression_ratio=None`` can mean "no compression"."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def trained_defaults(path: str) -> dict[str, Any]:
+    """Session defaults from the ``memosight.json`` that ``pocsdk train memosight`` writes: the window it was
+    trained with, and its smallest trained ratio as the default compression (the others stay choosable)."""
+    import json
+    from pathlib import Path
+
+    meta_file = Path(path) / "memosight.json"
+    if not meta_file.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(meta.get("window"), int):
+        out["window"] = meta["window"]
+    ratios = [r for r in meta.get("ratios") or [] if isinstance(r, (int, float)) and r > 1]
+    if ratios:
+        out["compression_ratio"] = float(min(ratios))
+    return out
+
+
 class ReasoningSession:
     """A MemoSight model, its tokenizer and default decoding settings."""
 
@@ -136,13 +168,13 @@ class ReasoningSession:
                                       attn_implementation=attn_implementation)
         add_special_tokens(tokenizer, model, tokens)
         model.eval()
-        return cls(model, tokenizer, tokens=tokens, **kwargs)
+        return cls(model, tokenizer, tokens=tokens, **{**trained_defaults(path), **kwargs})
 
-    def _ratio(self, floor: float | None, compression_ratio: float | None) -> tuple[float | None, str]:
-        if floor is not None and compression_ratio is not None:
-            raise ConfigError("pass floor or compression_ratio, not both")
-        if compression_ratio is not None:
-            return float(compression_ratio), "explicit"
+    def _ratio(self, floor: float | None, compression_ratio: float | _Unset | None) -> tuple[float | None, str]:
+        if not isinstance(compression_ratio, _Unset):  # a number, or None: no compression for this call
+            if floor is not None and compression_ratio is not None:
+                raise ConfigError("pass floor or compression_ratio, not both")
+            return (None, "none") if compression_ratio is None else (float(compression_ratio), "explicit")
         if floor is not None:
             if self.ratio_predictor is not None:
                 return self.ratio_predictor(floor), "predictor"
@@ -154,7 +186,7 @@ class ReasoningSession:
         question: str,
         *,
         floor: float | None = None,
-        compression_ratio: float | None = None,
+        compression_ratio: float | _Unset | None = UNSET,
         max_new_tokens: int = 512,
         draft_tokens: int | None = None,
         window: int | None = None,

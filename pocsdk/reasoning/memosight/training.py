@@ -211,6 +211,13 @@ def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
             model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    # float32 master weights (as RAM's training): AdamW steps of lr 1e-5 on bfloat16 weights mostly round to
+    # nothing (a norm weight of 1.0 moves in steps of 0.0078); the forward runs in the model's dtype by autocast
+    low = dtype in (torch.bfloat16, torch.float16)
+    for p in params:
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=low)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = _batches(layouts, cfg.batch_size, cfg.seed)
     res = TrainResult(steps=0, seconds=0.0)
@@ -220,8 +227,9 @@ def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
         tot = lm_acc = mtp_acc = 0.0
         for _ in range(cfg.grad_accum):
             batch = collate(next(batches), device=device, dtype=dtype)
-            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                        attention_mask=batch["attention_mask"], use_cache=False)
+            with autocast:
+                out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                            attention_mask=batch["attention_mask"], use_cache=False)
             loss, lm, mtp = memosight_loss(out.logits, batch["targets"], batch["foresight"], cfg.lm_weight,
                                            cfg.mtp_weight)
             (loss / cfg.grad_accum).backward()
@@ -237,6 +245,9 @@ def train(model: Any, layouts: list[Layout], cfg: TrainConfig,
         if log is not None and (step % max(1, cfg.log_every) == 0 or step == cfg.steps - 1):
             log(f"step {step + 1}/{cfg.steps} loss {tot:.4f} (lm {lm_acc:.4f}, mtp {mtp_acc:.4f})")
     res.seconds = time.perf_counter() - t0
+    if low:  # back to the model's dtype, as it is saved and served
+        for p in params:
+            p.data = p.data.to(dtype)
     model.eval()
     return res
 
