@@ -98,6 +98,14 @@ def test_training_reduces_loss(mode: str) -> None:
     assert not model.training
 
 
+def _write_nq(path: Path) -> Path:
+    """The toy examples as the NQ-style JSONL that ``pocsdk train ram --data`` reads."""
+    path.write_text("\n".join(json.dumps({"question": e.question, "answers": e.answers,
+                                          "ctxs": [{"title": "", "text": e.documents[0], "isgold": True}]})
+                              for e in _toy()) + "\n", encoding="utf-8")
+    return path
+
+
 def test_cli_train_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI end to end, with the backbone loader pointed at a tiny random model."""
     from typer.testing import CliRunner
@@ -108,10 +116,7 @@ def test_cli_train_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = make_tokenizer()
     monkeypatch.setattr(ck, "load_backbone",
                         lambda *a, **k: (make_decoder("llama", len(tok.get_vocab())), tok))
-    data = tmp_path / "nq.jsonl"
-    data.write_text("\n".join(json.dumps({"question": e.question, "answers": e.answers,
-                                          "ctxs": [{"title": "", "text": e.documents[0], "isgold": True}]})
-                              for e in _toy()) + "\n", encoding="utf-8")
+    data = _write_nq(tmp_path / "nq.jsonl")
     out = tmp_path / "ck"
     res = CliRunner().invoke(app, ["train", "ram", "--backbone", "tiny", "--data", str(data), "--out", str(out),
                                    "--encoder-layers", "2", "--segment-tokens", "8", "--steps", "3",
@@ -153,10 +158,7 @@ def test_training_from_an_official_file_keeps_its_decoder_and_options(tmp_path: 
     official = tmp_path / "official.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(official))
     monkeypatch.setattr(ck, "load_backbone", lambda *a, **k: (make_decoder("llama", vocab, layers=4, seed=0), tok))
-    data = tmp_path / "nq.jsonl"
-    data.write_text("\n".join(json.dumps({"question": e.question, "answers": e.answers,
-                                          "ctxs": [{"title": "", "text": e.documents[0], "isgold": True}]})
-                              for e in _toy()) + "\n", encoding="utf-8")
+    data = _write_nq(tmp_path / "nq.jsonl")
     out = tmp_path / "ck"
     res = CliRunner().invoke(app, ["train", "ram", "--backbone", "tiny", "--data", str(data), "--out", str(out),
                                    "--init", str(official), "--steps", "2", "--lr", "1e-3", "--device", "cpu",
