@@ -8,8 +8,6 @@ the async twin runs the CPU work in a worker thread so an event loop never block
 from __future__ import annotations
 
 import asyncio
-import math
-import numbers
 import threading
 import time
 import warnings
@@ -18,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
 from pocsdk.compressors.base import Scored
-from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError, PocError, PredictorMismatchWarning
+from pocsdk.errors import ConfigError, InvalidTypeError, PocError, PredictorMismatchWarning
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
     batch_items,
     check_keep_rate,
+    check_target_tokens,
     check_unit_interval,
     unpack_item,
 )
@@ -65,7 +64,7 @@ class Compressor:
         if len(modes) > 1:
             raise ConfigError(f"give one of keep_rate, target_tokens or floor, not {' and '.join(modes)}")
         self.keep_rate = None if keep_rate is None else check_keep_rate(keep_rate)
-        self.target_tokens = None if target_tokens is None else _check_target(target_tokens)
+        self.target_tokens = None if target_tokens is None else check_target_tokens(target_tokens)
         self.floor = None if floor is None else check_unit_interval("floor", floor)
         self.confidence = None if confidence is None else check_unit_interval(
             "confidence", confidence, closed_right=False)
@@ -192,7 +191,7 @@ class Compressor:
         if mode == "keep_rate":
             return mode, check_keep_rate(raw)
         if mode == "target_tokens":
-            return mode, float(_check_target(raw))
+            return mode, float(check_target_tokens(raw))
         return mode, check_unit_interval("floor", raw)
 
     def _at_rate(self, scored: Scored, rate: float) -> CompressionResult:
@@ -244,15 +243,3 @@ _PARAMS_THE_PROMISE_IGNORES = frozenset({"tokenizer", "min_tokens"})
 def _rate_for_target(scored: Scored, target: int) -> float:
     total = scored.total_tokens
     return 1.0 if total <= 0 else min(1.0, max(target / total, 1e-9))
-
-
-def _check_target(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):  # numpy numbers too
-        raise InvalidTypeError(f"target_tokens must be a positive integer, got {type(value).__name__}")
-    if not isinstance(value, numbers.Integral):
-        value = float(value)
-    if isinstance(value, float) and (math.isnan(value) or not value.is_integer()):
-        raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
-    if value < 1:
-        raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
-    return int(value)

@@ -34,6 +34,7 @@ from pocsdk.types import (
     CompressionResult,
     ContextLike,
     check_keep_rate,
+    check_target_tokens,
     check_unit_interval,
     normalize_context,
     unpack_item,
@@ -374,9 +375,7 @@ def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, s
         elif k == "floor":
             out[k] = check_unit_interval("floor", v)
         else:
-            from pocsdk.compressor import _check_target  # the facade's rule: numpy integers and 300.0 pass
-
-            out[k] = _check_target(v)
+            out[k] = check_target_tokens(v)  # the facade's rule: numpy integers and 300.0 pass
     conf = overrides.get("confidence")
     if conf is None:
         conf = defaults.get("confidence")

@@ -169,6 +169,22 @@ def check_keep_rate(keep_rate: object) -> float:
     return value
 
 
+def check_target_tokens(value: object) -> int:
+    """Validate a token target: a positive whole number (numpy integers and 300.0 included)."""
+    if not _is_real(value):
+        raise InvalidTypeError(f"target_tokens must be a positive integer, got {type(value).__name__}")
+    if isinstance(value, numbers.Integral):
+        n = int(value)
+    else:
+        v = float(value)  # type: ignore[arg-type]  # _is_real checked it
+        if math.isnan(v) or not v.is_integer():
+            raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
+        n = int(v)
+    if n < 1:
+        raise InvalidRateError(f"target_tokens must be a positive integer, got {value!r}")
+    return n
+
+
 def check_unit_interval(name: str, value: object, *, closed_right: bool = True) -> float:
     """Validate a floor or confidence: a real number in (0, 1] (or (0, 1))."""
     if not _is_real(value):

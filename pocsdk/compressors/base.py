@@ -313,13 +313,17 @@ def passthrough_selection(scored: Scored, keep_rate: float, reason: str) -> Sele
                      passthrough_reason=reason)
 
 
+def _kept_texts(scored: Scored, selection: Selection) -> tuple[list[list[tuple[int, int, SpanKind]]], list[str]]:
+    """Per document, the kept spans and the text they join into (what :func:`render` returns)."""
+    spans_by_doc = _selected_spans(scored, selection)
+    return spans_by_doc, [_join(doc.text, spans_by_doc[i]) for i, doc in enumerate(scored.documents)]
+
+
 def rendered_tokens(scored: Scored, selection: Selection) -> int:
     """The ``compressed_tokens`` :func:`render` would report, without building the result (no span objects)."""
     if selection.passthrough_reason or scored.passthrough_reason:
         return int(sum(scored.doc_tokens))
-    spans_by_doc = _selected_spans(scored, selection)
-    texts = [_join(doc.text, spans_by_doc[i]) for i, doc in enumerate(scored.documents)]
-    return int(sum(scored.tokenizer.count_many(texts)))
+    return int(sum(scored.tokenizer.count_many(_kept_texts(scored, selection)[1])))
 
 
 def render(
@@ -342,8 +346,7 @@ def render(
             docs_out.append(DocumentResult(id=doc.id, metadata=doc.metadata, text=clean,
                                            original_tokens=int(n), compressed_tokens=int(n), spans=span))
     else:
-        spans_by_doc = _selected_spans(scored, selection)
-        texts = [_join(doc.text, spans_by_doc[i]) for i, doc in enumerate(scored.documents)]
+        spans_by_doc, texts = _kept_texts(scored, selection)
         counts = counter.count_many(texts)
         for i, doc in enumerate(scored.documents):
             docs_out.append(DocumentResult(

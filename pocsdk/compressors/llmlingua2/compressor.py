@@ -23,7 +23,7 @@ from pocsdk.compressors.base import (
     rendered_tokens,
 )
 from pocsdk.compressors.llmlingua2.model import detect_family, forward_windows, load_classifier
-from pocsdk.compressors.llmlingua2.selection import Layout, _compatible_keep, _oai_counts, fit_threshold
+from pocsdk.compressors.llmlingua2.selection import Layout, _compatible_keep, _oai_counts, fit_threshold, fit_to_count
 from pocsdk.compressors.llmlingua2.shared import (
     _blank_markers,
     count_words,
@@ -198,37 +198,12 @@ class LLMLingua2Compressor:
             return Selection(keep=self._select_compatible(scored, keep_rate) | u.protected, keep_rate=keep_rate)
         base = u.protected | scored.extras["forced"]
         budget = budget_for(scored, keep_rate)
-        keep = fit_threshold(scored.extras["order"], u.tokens, budget, base.copy(), scored.extras["layout"])
-        # Words are costed one by one; the joined text can count differently (a document's first kept word
-        # loses its space, a subword tokenizer merges across words): measure it and rescale the budget.
-        if isinstance(scored.tokenizer, HeuristicTokenCounter):
-            return Selection(keep=keep, keep_rate=keep_rate)  # additive over words: the sum is the count
-        trial, under, over = budget, 0, 0  # word budgets known to land under / over (0: none yet)
-        tried: list[tuple[int, np.ndarray]] = []
-        for _ in range(6):
-            got = rendered_tokens(scored, Selection(keep=keep, keep_rate=keep_rate))
-            tried.append((got, keep))
-            if got <= 0 or budget <= 0 or abs(got / budget - 1) <= 0.05:
-                break
-            if got > budget:
-                over = trial if not over else min(over, trial)
-            else:
-                under = max(under, trial)
-            # rescale by what the joined text counts; once both sides are known, bisect between them
-            nxt_trial = (under + over) // 2 if under and over else max(1, round(trial * budget / got))
-            if nxt_trial in (trial, under, over):
-                break
-            trial = nxt_trial
-            keep = fit_threshold(scored.extras["order"], u.tokens, trial, base.copy(), scored.extras["layout"])
-        # the largest measured selection within the budget if it reaches 90% of it, else the largest within 5%
-        # over it, else the smallest one measured
-        within = [t for t in tried if t[0] <= budget]
-        near = [t for t in tried if t[0] <= budget * 1.05]
-        if within and max(t[0] for t in within) >= 0.9 * budget:
-            best = max(within, key=lambda t: t[0])
-        else:
-            best = max(near, key=lambda t: t[0]) if near else min(tried, key=lambda t: t[0])
-        return Selection(keep=best[1], keep_rate=keep_rate)
+        order, layout = scored.extras["order"], scored.extras["layout"]
+        if isinstance(scored.tokenizer, HeuristicTokenCounter):  # additive over words: the sum is the count
+            return Selection(keep=fit_threshold(order, u.tokens, budget, base.copy(), layout), keep_rate=keep_rate)
+        keep = fit_to_count(order, u.tokens, budget, base, layout,
+                            lambda k: rendered_tokens(scored, Selection(keep=k, keep_rate=keep_rate)))
+        return Selection(keep=keep, keep_rate=keep_rate)
 
     def word_labels(self, scored: Scored, keep_rate: float) -> tuple[list[str], np.ndarray]:
         """llmlingua's ``fn_labeled_original_prompt`` as (words, 0/1 labels), compatible mode only.

@@ -4,6 +4,7 @@ add), and llmlingua 0.2.2's per-window cl100k percentile for ``llmlingua_compati
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,39 @@ def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.n
             hi = mid - 1
     keep[cand[:lo]] = True
     return keep
+
+
+def fit_to_count(order: np.ndarray, tokens: np.ndarray, budget: int, base: np.ndarray, layout: Layout | None,
+                 measure: Callable[[np.ndarray], int]) -> np.ndarray:
+    """:func:`fit_threshold` with the word budget rescaled until ``measure`` (the joined text's real count) is
+    within 5% of ``budget``: secant steps, then bisection, at most six measurements.
+
+    Words are costed one by one, and the joined text can count differently (a document's first kept word
+    loses its space, a subword tokenizer merges across words). Returns the largest measured selection within
+    the budget if it reaches 90% of it, else the largest within 5% over it, else the smallest measured.
+    """
+    keep = fit_threshold(order, tokens, budget, base.copy(), layout)
+    trial, under, over = budget, 0, 0  # word budgets known to land under / over (0: none yet)
+    tried: list[tuple[int, np.ndarray]] = []
+    for _ in range(6):
+        got = measure(keep)
+        tried.append((got, keep))
+        if got <= 0 or budget <= 0 or abs(got / budget - 1) <= 0.05:
+            break
+        if got > budget:
+            over = trial if not over else min(over, trial)
+        else:
+            under = max(under, trial)
+        nxt = (under + over) // 2 if under and over else max(1, round(trial * budget / got))
+        if nxt in (trial, under, over):
+            break
+        trial = nxt
+        keep = fit_threshold(order, tokens, trial, base.copy(), layout)
+    within = [t for t in tried if t[0] <= budget]
+    near = [t for t in tried if t[0] <= budget * 1.05]
+    if within and max(t[0] for t in within) >= 0.9 * budget:
+        return max(within, key=lambda t: t[0])[1]
+    return (max(near, key=lambda t: t[0]) if near else min(tried, key=lambda t: t[0]))[1]
 
 
 def _compatible_keep(x: dict[str, Any], keep_rate: float) -> np.ndarray:
