@@ -591,6 +591,11 @@ def test_rewritten_requests_stay_valid_json(proxy: str) -> None:
     raw = ('{"model": "m", "messages": [{"role": "user", "content": "' + long + ' \\ud83d"}]}').encode()
     r = httpx.post(proxy + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 200 and "\\ud83d" in r.json()["raw_body"]
+    # bodies json.loads reads (a UTF-8 BOM, UTF-16) are read as before
+    plain = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "pocsdk": {"compress": false}}'
+    for raw_body in (b"\xef\xbb\xbf" + plain.encode(), plain.encode("utf-16")):  # (re-sent as UTF-8)
+        r = httpx.post(proxy + "/v1/chat/completions", content=raw_body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
     # numbers JSON cannot carry are refused up front, not forwarded as Infinity
     for bad in (b'{"model": "m", "temperature": 1e999, "messages": [{"role": "user", "content": "x"}]}',
                 b'{"model": "m", "temperature": NaN, "messages": [{"role": "user", "content": "x"}]}'):

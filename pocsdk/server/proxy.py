@@ -239,7 +239,8 @@ class _Proxy:
 def parse_chat_request(raw: bytes) -> dict[str, Any]:
     """The JSON body, checked just enough to compress it; the upstream validates the rest."""
     try:
-        body = _DECODER.decode(raw.decode("utf-8"))
+        # decoded as json.loads decodes bytes (a UTF-8 BOM, UTF-16/32, encoded lone surrogates all accepted)
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
