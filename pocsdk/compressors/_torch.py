@@ -88,6 +88,22 @@ def dtype_kwarg(transformers: Any, dtype: Any) -> dict[str, Any]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache as a forward() argument: ``cache`` from transformers 5.2x on (``past_key_values`` is
+    deprecated there, warns on every call, and goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+    params = inspect.signature(type(base).forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward() returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def check_quantize(value: str | None) -> str:
     """'none' (or None) or 'int8'; anything else is a ConfigError."""
     mode = "none" if value in (None, "", "none") else str(value)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
+from pocsdk.compressors._torch import cache_kwarg, output_cache
 from pocsdk.errors import ConfigError, MissingDependencyError
 from pocsdk.llm._core import MessagesLike, normalize_messages
 from pocsdk.llm.types import ChatResult, Usage
@@ -132,29 +133,40 @@ class HFLocalLLM:
         return ChatResult(content=text, model=self.model, finish_reason=finish,
                           usage=Usage(prompt_tokens=n_in, completion_tokens=n_out, total_tokens=n_in + n_out))
 
-    def stream(self, messages: MessagesLike, model: str | None = None, **params: Any) -> Iterator[str]:
-        """Yield text deltas (decoded incrementally, so multi-byte characters never split)."""
+    def stream(self, messages: MessagesLike, model: str | None = None,
+               **params: Any) -> Generator[str, None, str]:
+        """Yield text deltas (decoded incrementally, so multi-byte characters never split).
+
+        The generator's return value is the finish reason (``"stop"`` or ``"length"``), so a
+        server relaying the stream can report it as :meth:`chat` does.
+        """
         ids = self._encode(messages)
         limit = self._limit(params)
+        finish = "length"
         with self._lock, self._torch.inference_mode():
             past = None
             generated: list[int] = []
             emitted = ""
             step_ids = ids
             for _ in range(limit):
-                out = self._lm(input_ids=step_ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self._lm(input_ids=step_ids, use_cache=True, **cache_kwarg(self._lm, past))
+                past = output_cache(out)
                 token = int(out.logits[0, -1].argmax())
                 if token == self._tok.eos_token_id:
+                    finish = "stop"
                     break
                 generated.append(token)
+                step_ids = self._torch.tensor([[token]], device=self._device)
                 text = self._tok.decode(generated, skip_special_tokens=True)
-                if text.endswith("\ufffd"):
+                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
                     continue
                 if len(text) > len(emitted):
                     yield text[len(emitted):]
                     emitted = text
-                step_ids = self._torch.tensor([[token]], device=self._device)
+            text = self._tok.decode(generated, skip_special_tokens=True) if generated else ""
+            if len(text) > len(emitted):  # what a cut-off character left pending: chat() returns it too
+                yield text[len(emitted):]
+        return finish
 
     async def achat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
         """Async twin of :meth:`chat` (worker thread)."""

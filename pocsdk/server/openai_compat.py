@@ -97,14 +97,24 @@ async def _sse(llm: LocalChatModel, messages: Any, params: dict[str, Any], cid: 
     async with lock:
         yield chunk({"role": "assistant", "content": ""}, None)
         it = llm.stream(messages, None, **params)
-        sentinel = object()
         while True:
-            delta = await asyncio.to_thread(next, it, sentinel)
-            if delta is sentinel:
+            done, value = await asyncio.to_thread(_advance, it)
+            if done:
                 break
-            yield chunk({"content": delta}, None)
-        yield chunk({}, "stop")
+            yield chunk({"content": value}, None)
+        yield chunk({}, value if isinstance(value, str) else "stop")
         yield b"data: [DONE]\n\n"
+
+
+def _advance(it: Iterator[str]) -> tuple[bool, Any]:
+    """One step of a model's stream: ``(False, delta)``, or ``(True, finish_reason)`` at the end.
+
+    ``HFLocalLLM.stream`` returns its finish reason from the generator; other models end with None.
+    """
+    try:
+        return False, next(it)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 class ServerThread:

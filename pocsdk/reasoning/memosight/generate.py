@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pocsdk.compressors._torch import import_torch
+from pocsdk.compressors._torch import cache_kwarg, import_torch
 from pocsdk.errors import ConfigError, InvalidInputError
 from pocsdk.reasoning.memosight.data import CONTINUE, FORESIGHT, MEMORY, PROMPT, TEXT, memory_positions, num_memory
 from pocsdk.reasoning.memosight.model import (
@@ -171,7 +171,7 @@ class _Decoder:
                 input_ids=torch.tensor([[t.tok for t in toks]], device=self.device),
                 position_ids=torch.tensor([[t.pos for t in toks]], device=self.device),
                 attention_mask=additive(allowed, self.dtype).to(self.device),
-                past_key_values=self.cache, use_cache=True,
+                use_cache=True, **cache_kwarg(self.model, self.cache),
                 logits_to_keep=torch.arange(len(main) - 1 if last_only else 0, q, device=self.device))
         self.res.forward_passes += 1
         n = cache_length(self.cache)
