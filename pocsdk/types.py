@@ -280,8 +280,17 @@ def batch_items(items: object) -> Iterable[Any]:
 
 
 def unpack_item(item: Any) -> tuple[ContextLike, str | None]:
-    """One batch input: a context, a ``(context, query)`` pair or a ``{context, query}`` mapping."""
-    if isinstance(item, tuple) and len(item) == 2:
+    """One batch input: a context, a ``(context, query)`` pair or a ``{context, query}`` mapping.
+
+    A tuple is always a pair, never a context of documents (pass those as a list): otherwise two
+    documents in a tuple would silently become one document and a query.
+    """
+    if isinstance(item, tuple):
+        if len(item) != 2 or not (item[1] is None or isinstance(item[1], str)):
+            raise InvalidTypeError(
+                f"a tuple item is a (context, query) pair with a str or None query, got a tuple of {len(item)} "
+                + ("" if len(item) != 2 else f"with a {type(item[1]).__name__} query ")
+                + "(pass a context of several documents as a list)")
         return item[0], item[1]
     if isinstance(item, Mapping):
         if "context" not in item:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -197,6 +198,18 @@ def test_compress_many_item_errors_are_typed() -> None:
         Compressor(keep_rate=0.5).compress_many([{"query": "no context"}])
     with pytest.raises(InvalidTypeError):
         Compressor(keep_rate=0.5).compress_many([42])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("item", [("doc one", "doc two", "doc three"), ("doc one",), ([TEXT], ["not a query"])])
+def test_tuples_are_only_context_query_pairs(item: tuple[Any, ...]) -> None:
+    """Two documents in a tuple would read as a document and a query; every tuple is a pair, so
+    other tuples are refused (a list of documents is the way to pass several)."""
+    comp = Compressor(keep_rate=0.5)
+    with pytest.raises(InvalidTypeError, match="pass a context of several documents as a list"):
+        comp.compress_many([item])
+    with pytest.raises(InvalidTypeError, match="pair"):
+        asyncio.run(comp.acompress_many([item]))
+    assert comp.compress_many([["doc one", "doc two", "doc three"]])[0].original_tokens > 0
 
 
 def test_numpy_integers_are_token_targets() -> None:
