@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -317,12 +319,8 @@ def test_save_load_round_trip(tok, tmp_path: Path) -> None:  # type: ignore[no-u
         load_ram(tmp_path / "bad.bin", decoder=fresh, tokenizer=tok)
 
 
-def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A state dict named as the official LLMCompressor's loads into the right places."""
-    from safetensors.torch import save_file
-
-    from pocsdk.compressors.ram.checkpoint import load_official, map_official_names
-
+def _official_state(tok) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """A state dict named as the official LLMCompressor's, with a 2-layer trained encoder."""
     src = make_decoder("qwen2", len(tok.get_vocab()), seed=1)
     enc_layers = 2
     state: dict[str, torch.Tensor] = {}
@@ -338,6 +336,17 @@ def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[n
     state["memory_fusion_layer.model.layers.0.mlp.up_proj.weight"] = torch.randn(128, 64)
     for extra in ("adaptive_temperature", "alpha_select", "beta_select", "alpha_merge", "beta_merge"):
         state[extra] = torch.ones(1)
+    return state
+
+
+def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A state dict named as the official LLMCompressor's loads into the right places."""
+    from safetensors.torch import save_file
+
+    from pocsdk.compressors.ram.checkpoint import load_official, map_official_names
+
+    enc_layers = 2
+    state = _official_state(tok)
     path = tmp_path / "model.safetensors"
     save_file({k: v.clone() for k, v in state.items()}, str(path))
     _, ignored, unknown = map_official_names(list(state))
@@ -357,6 +366,71 @@ def test_official_layout_mapping(tok, tmp_path: Path) -> None:  # type: ignore[n
     save_file({"something.else": torch.ones(1), "llm_encoder.model.layers.0.x": torch.ones(1)}, str(bad))
     with pytest.raises(ArtifactError):
         load_official(bad, None, decoder=dec, tokenizer=tok)
+
+
+def test_official_release_sharded_or_incomplete(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A sharded release loads as the single file does; a release missing part of what RAM reads
+    (an encoder layer, the decoder in part, a shard, a listed tensor) is refused, never completed
+    with the backbone's weights."""
+    from safetensors.torch import save_file
+
+    from pocsdk.compressors.ram.checkpoint import load_official, load_ram
+
+    state = _official_state(tok)
+    names = sorted(state)
+    single = tmp_path / "single"
+    single.mkdir()
+    save_file({k: v.clone() for k, v in state.items()}, str(single / "model.safetensors"))
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: state[k].clone() for k in keys}, str(sharded / shard))
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    def load(path: Path, seed: int = 2) -> Any:
+        return load_ram(path, decoder=make_decoder("qwen2", len(tok.get_vocab()), seed=seed), tokenizer=tok)
+
+    a, b = load(single), load(sharded)
+    c = load(sharded / "model.safetensors.index.json")
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value)
+        torch.testing.assert_close(c.state_dict()[key], value)
+    assert b.ram_config.encoder_layers == 2
+
+    def refused(drop: str, match: str) -> None:
+        folder = tmp_path / f"without-{drop}"
+        folder.mkdir()
+        save_file({k: v.clone() for k, v in state.items() if k != drop}, str(folder / "model.safetensors"))
+        with pytest.raises(ArtifactError, match=match):
+            load_official(folder, None, decoder=make_decoder("qwen2", len(tok.get_vocab()), seed=2), tokenizer=tok)
+
+    refused("llm_encoder.model.layers.0.mlp.up_proj.weight", "incomplete official RAM checkpoint")
+    refused("llm_encoder.model.norm.weight", "encoder.norm.weight")
+    refused("llm.model.layers.3.self_attn.q_proj.weight", "decoder.model.layers.3.self_attn.q_proj.weight")
+    refused("semantic_alignment_layer.bias", "align.bias")
+    # the decoder may be absent altogether (the backbone's is used), but not in part
+    no_decoder = tmp_path / "no-decoder"
+    no_decoder.mkdir()
+    save_file({k: v.clone() for k, v in state.items() if not k.startswith("llm.")}, str(no_decoder / "m.safetensors"))
+    assert load(no_decoder).ram_config.encoder_layers == 2
+
+    (sharded / "model-00002-of-00002.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(ArtifactError, match=r"shard model-00002-of-00002\.safetensors is missing"):
+        load(sharded)
+    save_file({k: state[k].clone() for k in halves["model-00002-of-00002.safetensors"][1:]},
+              str(sharded / "model-00002-of-00002.safetensors"))
+    with pytest.raises(ArtifactError, match="not in their shards"):
+        load(sharded)
+    index["weight_map"][names[0]] = "../model.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError, match=r"not a \.safetensors file name"):
+        load(sharded)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((single / "model.safetensors").read_bytes()[:5000])
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        load(truncated)
 
 
 # -- GPU and real weights -------------------------------------------------------------------------

@@ -22,7 +22,8 @@ loaded with ``load_state_dict`` (strict) by ``QA.py``. Its names are
 
 The official inference also uses the encoder's own embedding table for close-read tokens, a
 segment width of 50 tokens and the decoder prompt ``"Question:" + q + "\\nAnswer:"``; the loader
-sets those. Only ``.safetensors`` is read (a ``.bin`` is a pickle; convert it yourself first).
+sets those. Only ``.safetensors`` is read (a ``.bin`` is a pickle; convert it yourself first), as one
+file or as the shards a ``*.safetensors.index.json`` lists.
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _is_official(path: Path) -> bool:
+    """An official release (a .safetensors file, a shard index, or a folder of them), not a pocsdk folder."""
+    if path.is_file():
+        return path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json")
+    return path.is_dir() and not (path / CONFIG_FILE).exists() and any(path.glob("*.safetensors"))
+
+
 def load_ram(
     checkpoint: str | Path | None = None,
     backbone: str | None = None,
@@ -121,7 +129,7 @@ def load_ram(
     prompts: dict[str, Any] = {k: v for k, v in (("query_template", query_template),
                                                   ("context_prefix", context_prefix)) if v is not None}
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file() and ckpt.suffix == ".safetensors":
+    if ckpt is not None and _is_official(ckpt):
         model = load_official(ckpt, backbone, gguf_file=gguf_file, segment_tokens=segment_tokens, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, decoder=decoder, tokenizer=tokenizer)
         model.ram_config = replace(model.ram_config, **prompts)
@@ -201,6 +209,78 @@ def official_encoder_layers(names: list[str]) -> int:
     return max(idx) + 1
 
 
+def official_files(path: str | Path) -> list[Path]:
+    """The safetensors files of an official release: one file, or every shard that a
+    ``*.safetensors.index.json`` lists (given itself, or found in the folder given)."""
+    path = Path(path)
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        files = sorted(path.glob("*.safetensors"))
+        if len(indexes) > 1:
+            raise ArtifactError(f"{path}: several *.safetensors.index.json files; name the one to load")
+        if indexes:
+            path = indexes[0]
+        elif len(files) == 1:
+            return files
+        else:
+            raise ArtifactError(f"{path}: expected one .safetensors file or a *.safetensors.index.json, "
+                                f"found {len(files)} .safetensors files and no index")
+    if path.name.endswith(".safetensors.index.json"):
+        try:
+            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{path}: not a safetensors index ({exc!r})") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ArtifactError(f"{path}: 'weight_map' must map parameter names to shard file names")
+        shards = []
+        for name in sorted(set(weight_map.values())):
+            shard = path.parent / name
+            if Path(name).name != name or not name.endswith(".safetensors"):  # no paths out of the folder
+                raise ArtifactError(f"{path}: shard {name!r} is not a .safetensors file name in the index's folder")
+            if not shard.is_file():
+                raise ArtifactError(f"{path}: shard {name} is missing (an incomplete download?)")
+            shards.append(shard)
+        return shards
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise ArtifactError(f"{path}: an official RAM checkpoint is a .safetensors file, a *.safetensors.index.json "
+                            "or a folder holding either")
+    return [path]
+
+
+def _shard_names(shards: list[Path], index: Path | None) -> dict[str, Path]:
+    """Parameter name -> shard; each name in one shard only, and every name the index lists present."""
+    from safetensors import safe_open
+
+    where: dict[str, Path] = {}
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt", device="cpu") as f:
+                keys = list(f.keys())
+        except Exception as exc:  # safetensors' own error type differs across versions
+            raise ArtifactError(f"{shard}: not a readable safetensors file ({exc})") from exc
+        for key in keys:
+            if key in where:
+                raise ArtifactError(f"{key} is in both {where[key].name} and {shard.name}")
+            where[key] = shard
+    if index is not None:
+        listed = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        absent = sorted(k for k, v in listed.items() if where.get(k) != index.parent / v)
+        if absent:
+            raise ArtifactError(f"{index}: {len(absent)} parameters it lists are not in their shards "
+                                f"(an incomplete download?), e.g. {absent[:3]}")
+    return where
+
+
+def _missing_official(model: RAMModel, given: set[str]) -> list[str]:
+    """What an official file must carry but does not: the whole encoder and alignment layer, and the
+    whole decoder when it carries any of it (a partial one would mix trained and base weights)."""
+    names = [n for n, _ in model.named_parameters()]  # tied parameters once, under their first name
+    missing = [n for n in names if n.startswith(("encoder.", "align.")) and n not in given]
+    if any(g.startswith("decoder.") for g in given):
+        missing += [n for n in names if n.startswith("decoder.") and n not in given]
+    return missing
+
+
 def load_official(
     path: str | Path,
     backbone: str | None,
@@ -213,33 +293,50 @@ def load_official(
     decoder: Any = None,
     tokenizer: Any = None,
 ) -> RAMModel:
-    """A RAMModel from the official release's state dict (``.safetensors``) on top of its backbone.
+    """A RAMModel from the official release's state dict on top of its backbone.
 
-    The backbone (Qwen3-4B-Instruct for RAM-Qwen3-4B) gives the architecture; every encoder,
-    alignment and decoder tensor in the file replaces the backbone's.
+    ``path``: one ``.safetensors`` file, a sharded release's ``*.safetensors.index.json``, or a folder
+    with either. The backbone (Qwen3-4B-Instruct for RAM-Qwen3-4B) gives the architecture; every
+    encoder, alignment and decoder tensor in the release replaces the backbone's. A release missing
+    part of the encoder, the alignment layer or (when it has one) the decoder is refused, not
+    completed with base weights.
     """
     from safetensors import safe_open
 
     path = Path(path)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        names = list(f.keys())
-        layers = official_encoder_layers(names)
-        if decoder is None:
-            if not backbone:
-                raise ConfigError("loading an official RAM checkpoint needs backbone=<the base model path>")
-            decoder, tokenizer = load_backbone(backbone, gguf_file=gguf_file, device=device, dtype=dtype,
-                                               trust_remote_code=trust_remote_code)
-        cfg = RAMConfig(encoder_layers=layers, segment_tokens=segment_tokens or OFFICIAL_SEGMENT_TOKENS,
-                        query_template=OFFICIAL_QUERY_TEMPLATE, kept_embeddings="encoder", separate_encoder=True,
-                        temperature=0.05)
-        model = RAMModel(decoder, tokenizer, cfg, source={"backbone": backbone, "gguf_file": gguf_file,
-                                                           "official_checkpoint": str(path)})
-        mapping, _ignored, unknown = map_official_names(names, getattr(decoder, "base_model_prefix", "model"))
-        if unknown:
-            raise ArtifactError(f"{path}: unexpected parameters for an official RAM checkpoint: {unknown[:5]}")
-        if not any(v.startswith("align.") for v in mapping.values()):
-            raise ArtifactError(f"{path}: no semantic_alignment_layer.* parameters")
-        state = {mapping[n]: f.get_tensor(n) for n in mapping}
+    shards = official_files(path)
+    index = None
+    if path.name.endswith(".safetensors.index.json"):
+        index = path
+    elif path.is_dir() and shards[0].parent == path and len(list(path.glob("*.safetensors.index.json"))) == 1:
+        index = next(path.glob("*.safetensors.index.json"))
+    where = _shard_names(shards, index)
+    names = list(where)
+    layers = official_encoder_layers(names)
+    mapping, _ignored, unknown = map_official_names(names, "model")
+    if unknown:
+        raise ArtifactError(f"{path}: unexpected parameters for an official RAM checkpoint: {unknown[:5]}")
+    if not any(v.startswith("align.") for v in mapping.values()):
+        raise ArtifactError(f"{path}: no semantic_alignment_layer.* parameters")
+    if decoder is None:
+        if not backbone:
+            raise ConfigError("loading an official RAM checkpoint needs backbone=<the base model path>")
+        decoder, tokenizer = load_backbone(backbone, gguf_file=gguf_file, device=device, dtype=dtype,
+                                           trust_remote_code=trust_remote_code)
+    cfg = RAMConfig(encoder_layers=layers, segment_tokens=segment_tokens or OFFICIAL_SEGMENT_TOKENS,
+                    query_template=OFFICIAL_QUERY_TEMPLATE, kept_embeddings="encoder", separate_encoder=True,
+                    temperature=0.05)
+    model = RAMModel(decoder, tokenizer, cfg, source={"backbone": backbone, "gguf_file": gguf_file,
+                                                       "official_checkpoint": str(path)})
+    mapping, _ignored, _unknown = map_official_names(names, getattr(decoder, "base_model_prefix", "model"))
+    missing = _missing_official(model, set(mapping.values()))
+    if missing:
+        raise ArtifactError(f"{path}: incomplete official RAM checkpoint, {len(missing)} parameters missing, "
+                            f"e.g. {missing[:5]}")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt", device="cpu") as f:
+            state.update({mapping[n]: f.get_tensor(n) for n in mapping if where[n] == shard})
     _load_exact(model, state, str(path))
     model.eval()
     return model
