@@ -28,6 +28,7 @@ from typing import Any, TypeVar, Union
 import httpx
 
 from pocsdk import errors as _errors
+from pocsdk._aio import close_with_loop
 from pocsdk._version import __version__
 from pocsdk.errors import ConfigError, InvalidTypeError, PocError, RemoteError
 from pocsdk.types import (
@@ -340,7 +341,7 @@ class RemoteCompressor:
             self._aclient_loop = loop
             # Closed when its loop ends (asyncio.run, a Celery task, a test): the loop closes the async
             # generators it has seen, which gives the client's sockets back instead of leaking one per loop.
-            self._aclient_closer = _close_with_loop(self._aclient)
+            self._aclient_closer = close_with_loop(self._aclient)
             await anext(self._aclient_closer)
         client = self._aclient
         try:
@@ -382,14 +383,6 @@ def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, s
     if conf is not None:
         out["confidence"] = check_unit_interval("confidence", conf, closed_right=False)
     return out
-
-
-async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-    """Suspended for the life of the event loop; the loop's ``shutdown_asyncgens`` closes it, and the client."""
-    try:
-        yield
-    finally:
-        await client.aclose()
 
 
 def _result(data: Any) -> CompressionResult:

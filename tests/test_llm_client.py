@@ -242,6 +242,104 @@ def test_stream_retries_before_first_byte_and_reports_errors() -> None:
         list(sync.stream("x"))
 
 
+def test_stream_of_a_server_that_ignored_stream_true() -> None:
+    """Some OpenAI-compatible servers answer one JSON completion to stream=True: one delta, not silence."""
+    script = Script((200, completion("whole answer"), {"content-type": "application/json; charset=utf-8"}))
+    sync, aclient = clients(script)
+    assert list(sync.stream("x")) == ["whole answer"]
+
+    async def collect() -> list[str]:
+        return [d async for d in aclient.stream("x")]
+
+    assert asyncio.run(collect()) == ["whole answer"]
+
+
+def test_requests_that_can_never_be_sent_are_not_retried(stub_server: str) -> None:
+    """A key with a trailing newline or a URL without a scheme fails at once and says why, not 'cannot reach'."""
+    slow = RetryPolicy(max_retries=3, backoff=1.0)
+    started = time.monotonic()
+    with pytest.raises(LLMError, match="could not be sent"):
+        LLMClient(stub_server, "sk-1\n", model="stub", retry=slow).chat("x")
+    with pytest.raises(LLMError, match="could not be sent"):
+        asyncio.run(AsyncLLMClient(stub_server, "sk-1\n", model="stub", retry=slow).chat("x"))
+    for url in (stub_server.removeprefix("http://"), "ftp://upstream.test/v1"):
+        with pytest.raises(LLMError, match="could not be sent"):
+            asyncio.run(AsyncLLMClient(url, "k", model="m", retry=slow).chat("x"))
+    assert time.monotonic() - started < 1.0
+
+
+def test_header_overrides_replace_whatever_their_case() -> None:
+    script = Script((200, completion(), {}))
+    sync, _ = clients(script, headers={"Authorization": "Bearer gateway", "ACCEPT": "application/json"})
+    sync.chat("x")
+    sent = script.requests[0].headers
+    assert sent.get_list("authorization") == ["Bearer gateway"] and sent.get_list("accept") == ["application/json"]
+
+
+def test_async_client_outlives_its_event_loops(stub_server: str) -> None:
+    """asyncio.run per call (scripts, Celery tasks, per-test loops) with one client: every call works,
+    and after aclose() calls fail as the sync twin's do."""
+    llm = AsyncLLMClient(stub_server, "k", model="stub")
+    answers = [asyncio.run(llm.chat("hello")).content for _ in range(3)]
+    assert answers == ["You said: hello"] * 3
+    asyncio.run(llm.aclose())
+    sync = LLMClient(stub_server, "k", model="stub")
+    sync.close()
+    with pytest.raises(RuntimeError) as sync_error:
+        sync.chat("hello")
+    with pytest.raises(RuntimeError) as async_error:
+        asyncio.run(llm.chat("hello"))
+    assert str(async_error.value) == str(sync_error.value)
+
+
+def test_streams_ending_in_done_give_their_connection_back() -> None:
+    """OpenAI and vLLM end every stream with [DONE]; reading to the end of the body keeps the connection
+    pooled, so three streams use one connection, not three."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    ports: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            ports.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for chunk in (b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', b"data: [DONE]\n\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with LLMClient(url, "k", model="m") as sync:
+            assert ["".join(sync.stream("x")) for _ in range(3)] == ["a"] * 3
+
+        async def three() -> list[str]:
+            out = []
+            async with AsyncLLMClient(url, "k", model="m") as aclient:
+                for _ in range(3):
+                    out.append("".join([d async for d in aclient.stream("x")]))
+            return out
+
+        assert asyncio.run(three()) == ["a"] * 3
+        assert len(ports) == 6 and len(set(ports[:3])) == 1 and len(set(ports[3:])) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_models_listing() -> None:
     script = Script((200, {"object": "list", "data": [{"id": "a"}, {"id": "b"}]}, {}))
     sync, aclient = clients(script)

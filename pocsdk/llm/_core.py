@@ -88,8 +88,8 @@ def auth_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[s
     headers = {"accept": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
-    if extra:
-        headers.update(extra)
+    if extra:  # header names are case-insensitive: an "Authorization" given here replaces the key's
+        headers.update({str(k).lower(): v for k, v in extra.items()})
     return headers
 
 
@@ -167,7 +167,11 @@ class Retrying:
     """Retries made so far (0 during the first attempt)."""
 
     def after_transport_error(self, exc: Exception) -> float:
-        """Seconds to wait after a connection error; raises when retries are spent."""
+        """Seconds to wait after a connection error; raises when retries are spent, or at once when
+        the request could never be sent (a URL without http(s), a header value with a newline)."""
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+            raise LLMError(f"request to {self.base_url} could not be sent (check the base URL and the API key "
+                           f"or headers for stray characters): {exc!r}") from exc
         if self.attempt >= self.policy.max_retries:
             raise LLMError(f"cannot reach {self.base_url}: {exc!r}") from exc
         return self._next(self.policy.delay(self.attempt))
@@ -244,6 +248,11 @@ def delta_from_event(data: str) -> object:
 
 def is_done(value: object) -> bool:
     return value is _DONE
+
+
+def is_json_answer(headers: Mapping[str, str]) -> bool:
+    """A server that ignored ``stream: true`` answers one JSON ``chat.completion`` instead of SSE."""
+    return headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
 class DeltaStream:

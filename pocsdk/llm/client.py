@@ -2,7 +2,7 @@
 
 Both share names, arguments and results; request building, retry decisions and parsing
 live in :mod:`pocsdk.llm._core`, so the shells here only send, read and sleep. Each client owns
-one pooled httpx client; close it (or use ``with``) when done.
+one pooled httpx client (the async one, one per event loop); close it (or use ``with``) when done.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from pocsdk._aio import LoopBoundClient
 from pocsdk.llm import _core
 from pocsdk.llm._core import MessagesLike
 from pocsdk.llm.types import ChatResult, LLMError, RetryPolicy, Timeout
@@ -92,10 +93,17 @@ class LLMClient(_ClientBase):
         payload = self._payload(messages, model, params, stream=True)
         resp = self._send(payload, stream=True)
         try:
+            if _core.is_json_answer(resp.headers):  # the server ignored stream=True: one answer, one delta
+                if text := _core.parse_chat_body(resp.read()).content:
+                    yield text
+                return
             deltas = _core.DeltaStream()
-            for line in resp.iter_lines():
+            lines = resp.iter_lines()
+            for line in lines:
                 delta = deltas.feed_line(line)
                 if deltas.done:
+                    for _ in lines:  # read to the end, as openai's client does, so the connection is reused
+                        pass
                     return
                 if delta:
                     yield delta
@@ -153,7 +161,10 @@ class AsyncLLMClient(_ClientBase):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, api_key, model=model, timeout=timeout, retry=retry, headers=headers)
-        self._http = httpx.AsyncClient(**self._http_options(), transport=transport)
+        options = self._http_options()
+        # one pooled client per event loop: a client shared by several asyncio.run calls keeps working
+        self._http = LoopBoundClient(lambda: httpx.AsyncClient(**options, transport=transport),
+                                     owns_transport=transport is None)
 
     async def chat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
         """One chat completion. ``params`` (temperature, max_tokens, ...) are sent as given."""
@@ -166,10 +177,17 @@ class AsyncLLMClient(_ClientBase):
         payload = self._payload(messages, model, params, stream=True)
         resp = await self._send(payload, stream=True)
         try:
+            if _core.is_json_answer(resp.headers):  # the server ignored stream=True: one answer, one delta
+                if text := _core.parse_chat_body(await resp.aread()).content:
+                    yield text
+                return
             deltas = _core.DeltaStream()
-            async for line in resp.aiter_lines():
+            lines = resp.aiter_lines()
+            async for line in lines:
                 delta = deltas.feed_line(line)
                 if deltas.done:
+                    async for _ in lines:  # read to the end, as openai's client does, so the connection is reused
+                        pass
                     return
                 if delta:
                     yield delta
@@ -188,10 +206,11 @@ class AsyncLLMClient(_ClientBase):
     async def _send(self, payload: dict[str, Any] | None, *, stream: bool = False, method: str = "POST",
                     path: str = "/chat/completions") -> httpx.Response:
         retrying = self._retrying()
+        http = await self._http.get()
         while True:
             try:
-                request = self._http.build_request(method, path, json=payload)
-                resp = await self._http.send(request, stream=stream)
+                request = http.build_request(method, path, json=payload)
+                resp = await http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 await asyncio.sleep(retrying.after_transport_error(exc))
                 continue
