@@ -39,7 +39,8 @@ class Compressor:
 
     Exactly one of ``keep_rate``, ``target_tokens`` or ``floor`` sets the default mode;
     each call may override it. ``compressor`` is a registry name or a compressor object;
-    ``compressor_params`` go to its constructor.
+    ``compressor_params`` go to its constructor. ``floor_rule`` is how a ``confidence`` is honoured
+    (:class:`pocsdk.prediction.floor.FloorPolicy`): ``"tradeoff"`` (default) or ``"margin"``.
 
     >>> Compressor(keep_rate=0.3).compress(long_text, query="Who won?").text  # doctest: +SKIP
     """
@@ -54,6 +55,7 @@ class Compressor:
         compressor: str | TextCompressor | None = None,
         predictor: Any = None,
         calibration: Any = None,
+        floor_rule: str | None = None,
         tokenizer: Any = None,
         endpoint: str | None = None,
         api_key: str | None = None,
@@ -70,6 +72,9 @@ class Compressor:
             "confidence", confidence, closed_right=False)
         if self.confidence is not None and self.floor is None and not modes:
             raise ConfigError("confidence applies to a floor: give floor=... too")
+        if floor_rule not in (None, "tradeoff", "margin"):
+            raise ConfigError(f"floor_rule must be 'tradeoff' or 'margin', got {floor_rule!r}")
+        self.floor_rule = floor_rule or "tradeoff"
         self._remote: RemoteCompressor | None = None
         if endpoint is not None:  # compress on a `pocsdk serve` service (pocsdk.remote)
             from pocsdk.remote import RemoteCompressor
@@ -78,6 +83,7 @@ class Compressor:
                 endpoint, api_key, compressor, keep_rate=self.keep_rate, target_tokens=self.target_tokens,
                 floor=self.floor, confidence=self.confidence,
                 local_only={"predictor": predictor, "calibration": calibration, "tokenizer": tokenizer,
+                            "floor_rule": floor_rule,
                             "compressor parameters": compressor_params})
         elif api_key is not None:
             raise ConfigError("api_key applies to a remote service: give endpoint=... too")
@@ -207,7 +213,8 @@ class Compressor:
                     from pocsdk.prediction.floor import FloorPolicy
 
                     self._policy = FloorPolicy.for_compressor(
-                        self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec
+                        self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec,
+                        rule=self.floor_rule,
                     )
                     self._warn_if_unlike_training()
         return self._policy

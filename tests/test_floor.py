@@ -224,6 +224,18 @@ def test_rules(trained: Path) -> None:
     assert plain.floor is not None and plain.floor.rule is None and plain.floor.weight is None
     with pytest.raises(ConfigError):
         FloorPolicy.for_compressor("extractive", predictor=str(trained), rule="greedy")
+    # the facade picks the rule too, and a margin decision is the policy's own
+    facade = Compressor(floor=0.9, confidence=0.9, compressor="extractive", predictor=str(trained), floor_rule="margin")
+    via_facade = facade.compress(TEXT, "Which river?")
+    direct = FloorPolicy.for_compressor("extractive", predictor=str(trained), rule="margin").compress(comp, s, 0.9, 0.9)
+    assert via_facade.floor is not None and direct.floor is not None
+    assert via_facade.floor.rule == "margin" and via_facade.floor.chosen_factor == direct.floor.chosen_factor
+    assert Compressor(floor=0.9, confidence=0.9, compressor="extractive", predictor=str(trained)).compress(
+        TEXT, "Which river?").floor.rule == "tradeoff"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="floor_rule"):
+        Compressor(floor=0.9, floor_rule="greedy")
+    with pytest.raises(ConfigError, match="floor_rule"):
+        Compressor(floor=0.9, endpoint="http://127.0.0.1:9/", floor_rule="margin")
 
 
 @pytest.mark.parametrize("name", ["extractive", "skim"])

@@ -209,7 +209,7 @@ class FloorPolicy:
                 why = (f"the calibration cannot promise floor {floor:g} at confidence {confidence:g} "
                        "for any compression; context passed through unchanged")
             else:
-                why = (f"no factor in the grid is predicted to keep {floor:g} of the performance"
+                why = (f"no compression (factor above 1x) is predicted to keep {floor:g} of the performance"
                        f"{f' with margin {margin:.3f}' if margin else ''}; context passed through unchanged")
             result = render(scored, passthrough_selection(scored, 1.0, FLOOR_NOT_MET), requested_keep_rate=1.0)
             decision = FloorDecision(
