@@ -113,3 +113,7 @@ class PredictorMismatchWarning(UserWarning):
     Its predictions, and the calibrated promise, describe the compressor with its default
     parameters; calibrate the configured one (``pocsdk calibrate`` + ``pocsdk train-predictor``).
     """
+
+
+class LabelsWarning(UserWarning):
+    """Label records were left out (e.g. records on another factor grid than the rest)."""

@@ -157,3 +157,144 @@ def test_nested_lodo_xcal_rows(tmp_path: Path) -> None:
         assert report.row("lodo", "agnostic+xcal-tradeoff", 0.8, fold=fold) is not None
     assert report.row("lodo", "agnostic+xcal", 0.8) is not None  # pooled over folds
     assert "agnostic+xcal" in report.markdown
+
+
+def _write(path: Path, records: list) -> Path:  # type: ignore[type-arg]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(r.model_dump_json() + "\n" for r in records))
+    return path
+
+
+def test_labels_files_are_datasets_even_when_named_alike(tmp_path: Path) -> None:
+    """nq/labels.jsonl, squad/labels.jsonl, kv/labels.jsonl are three datasets, not one; one file given
+    twice, or one id twice, would count examples twice and inflate a promise."""
+    from pocsdk.errors import LabelsError
+    from pocsdk.prediction.evaluate import dataset_names, load_records_with_sources
+
+    paths = [_write(tmp_path / name / "labels.jsonl", synthetic_records(40, seed=i, dataset=name, shift=0.2 * i))
+             for i, name in enumerate(("nq", "squad", "kv"))]
+    assert dataset_names(paths) == ["nq/labels", "squad/labels", "kv/labels"]
+    assert dataset_names([tmp_path / "a.v1.jsonl", tmp_path / "x" / "b.jsonl"]) == ["a", "b"]
+    _, sources = load_records_with_sources(paths)
+    assert len(set(sources)) == 3
+    res = CliRunner().invoke(app, ["train-predictor", "--labels", *map(str, paths), "--kind", "agnostic",
+                                   "-o", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["calibration_method"] == "cross_dataset"
+    with pytest.raises(LabelsError, match="given twice"):
+        load_records_with_sources([paths[0], tmp_path / "nq" / ".." / "nq" / "labels.jsonl"])
+    recs = synthetic_records(5, seed=0)
+    dup = _write(tmp_path / "dup.jsonl", [*recs, recs[2]])
+    res = CliRunner().invoke(app, ["fit-calibration", "--labels", str(dup), "--predictor", "default",
+                                   "-o", str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "appears twice" in res.output
+
+
+@pytest.mark.parametrize("field,value", [("performance", float("nan")), ("performance", float("inf")),
+                                         ("factors", float("nan")), ("factors", 0.5)])
+def test_non_finite_labels_are_refused(tmp_path: Path, field: str, value: float) -> None:
+    """A NaN performance never counts as missing the floor, so it would buy a promise for free."""
+    from pocsdk.calibration.labels import read_labels
+    from pocsdk.errors import LabelsError
+
+    recs = synthetic_records(3, seed=1)
+    bad = recs[1].model_dump()
+    bad[field] = [value, *bad[field][1:]] if field == "factors" else [*bad[field][:-1], value]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in (recs[0].model_dump(), bad)))
+    with pytest.raises(LabelsError, match=rf"bad\.jsonl:2: .*{field} must be"):
+        read_labels(path)
+
+
+def test_fit_calibration_refuses_mixed_compressors_and_warns_about_other_grids(tmp_path: Path) -> None:
+    from pocsdk.errors import LabelsWarning
+    from pocsdk.prediction.evaluate import common_grid
+
+    mixed = _write(tmp_path / "mixed.jsonl", synthetic_records(20, seed=0, compressor="extractive", dataset="a")
+                   + synthetic_records(20, seed=1, compressor="skim", dataset="b"))
+    res = CliRunner().invoke(app, ["fit-calibration", "--labels", str(mixed), "--predictor", "default",
+                                   "-o", str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "mix compressors" in res.output and not (tmp_path / "c.json").exists()
+    recs = synthetic_records(25, seed=2) + synthetic_records(15, seed=3, factors=(1.0, 2.0, 4.0, 8.0))
+    with pytest.warns(LabelsWarning, match="15 of 40 label records are on another factor grid"):
+        kept, grid = common_grid(recs)
+    assert len(kept) == 25 and len(grid) == 10
+
+
+def test_retraining_leaves_no_stale_calibration_and_evaluate_checks_it(label_files: list[Path],
+                                                                        tmp_path: Path) -> None:
+    """A calibration.json vouches for one model: retraining without one removes it, and `evaluate
+    --predictor` refuses one made for another model, as the floor search does."""
+    import shutil
+
+    from pocsdk import Compressor
+
+    runner = CliRunner()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((a, "0"), (b, "1")):
+        res = runner.invoke(app, ["train-predictor", "--labels", *map(str, label_files), "--kind", "lightgbm",
+                                  "--seed", seed, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(a), "--floors", "0.9",
+                              "-o", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    methods = {r["method"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]}
+    assert {"lightgbm", "lightgbm+cal", "lightgbm+tradeoff", "oracle"} <= methods
+    shutil.copy(b / "calibration.json", a / "calibration.json")  # another model's calibration
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(a), "--floors", "0.9",
+                              "-o", str(tmp_path / "rep2")])
+    assert res.exit_code == 1 and "calibration" in res.output
+    res = runner.invoke(app, ["train-predictor", "--labels", *map(str, label_files), "--kind", "lightgbm",
+                              "--calibration", "holdout", "--calibration-share", "0", "-o", str(a)])
+    assert res.exit_code == 0, res.output
+    assert not (a / "calibration.json").exists()
+    text = "The river Ouse runs through York. " * 40
+    assert Compressor(floor=0.9, compressor="extractive", predictor=str(a)).compress(text, "Which river?").floor
+
+
+def test_tampered_artifacts_are_refused_not_run(tmp_path: Path) -> None:
+    """A LightGBM model cut short with its checksum recomputed used to crash the process inside
+    LightGBM; card params of the wrong type, deeply nested JSON and an empty calibration grid used
+    to escape as TypeError, RecursionError or numpy errors."""
+    import hashlib
+    import shutil
+
+    from pocsdk.errors import ArtifactError
+    from pocsdk.prediction.conformal import Calibration
+    from pocsdk.prediction.predictors import load_predictor
+
+    src = Path(__file__).parent.parent / "predictors" / "extractive"
+    if not (src / "card.json").is_file():
+        pytest.skip("no shipped extractive predictor")
+
+    def copy(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("agnostic", "mlp"))
+        return dst
+
+    cut = copy("cut")
+    model = (cut / "model.txt").read_bytes()
+    (cut / "model.txt").write_bytes(model[: len(model) // 2])
+    card = json.loads((cut / "card.json").read_text())
+    card["sha256"] = hashlib.sha256(model[: len(model) // 2]).hexdigest()
+    (cut / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match=r"not a whole LightGBM text model|cut short"):
+        load_predictor(cut)
+    typed = copy("typed")
+    card = json.loads((typed / "card.json").read_text())
+    card["params"]["features"] = 5
+    (typed / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError):
+        load_predictor(typed)
+    nested = copy("nested")
+    (nested / "card.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError):
+        load_predictor(nested)
+    (nested / "calibration.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError):
+        Calibration.load(nested / "calibration.json")
+    cal = json.loads((src / "calibration.json").read_text())
+    for factors in ([], [1.0, float("nan")], [2.0, 1.0]):
+        (tmp_path / "cal.json").write_text(json.dumps({**cal, "factors": factors}))
+        with pytest.raises(ArtifactError):
+            Calibration.load(tmp_path / "cal.json")

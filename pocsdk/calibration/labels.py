@@ -7,6 +7,7 @@ Relative performance at factor f = score(context compressed f times) / score(ful
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,16 @@ class LabelRecord(BaseModel):
             raise ValueError("factors, achieved_factors and performance must have the same length")
         if self.factor_features and len(self.factor_features) != n:
             raise ValueError("factor_features must have one entry per factor")
+        if not all(math.isfinite(f) and f >= 1.0 for f in self.factors):
+            raise ValueError(f"factors must be finite numbers >= 1, got {self.factors}")
+        if any(b <= a for a, b in zip(self.factors, self.factors[1:], strict=False)):
+            raise ValueError(f"factors must be strictly ascending, got {self.factors}")
+        if not all(math.isfinite(v) for v in self.performance):  # NaN would never count as missing the floor
+            raise ValueError(f"performance must be finite numbers, got {self.performance}")
+        if any(math.isnan(a) or a <= 0 for a in self.achieved_factors):  # +inf: nothing of a tiny input kept
+            raise ValueError(f"achieved_factors must be positive numbers, got {self.achieved_factors}")
+        if not math.isfinite(self.full_score):
+            raise ValueError(f"full_score must be a finite number, got {self.full_score}")
         return self
 
 

@@ -105,7 +105,9 @@ def train_predictor(
                                       "examples": fit_n, "metrics": predictor.metrics_, "calibration_method": method}
         if method == "holdout" and cal:
             calib = fit_calibration(predictor, cal, notes=f"held out {len(cal)} of {len(records)} examples")
-        if calib is not None:
+        if calib is None:  # an older calibration.json vouches for another model: it must not stay beside this one
+            (output / CALIBRATION_FILE).unlink(missing_ok=True)
+        else:
             calib.save(output / CALIBRATION_FILE)
             summary["calibration"] = str(output / CALIBRATION_FILE)
             summary["margins_conf_0.9"] = calib.margins_table([0.8, 0.9, 0.95], 0.9)
@@ -138,10 +140,11 @@ def fit_calibration_cmd(
     from pocsdk.prediction.evaluate import common_grid, load_records
     from pocsdk.prediction.floor import PREDICTOR_NAMES, default_predictor_dir
     from pocsdk.prediction.predictors import load_predictor
+    from pocsdk.prediction.predictors.design import single_compressor
 
     try:
         records, _ = common_grid(load_records(_labels(labels, more)))
-        comp = records[0].compressor
+        comp = single_compressor(records, None)  # one calibration per compressor
         pdir = default_predictor_dir(comp, predictor) if predictor in PREDICTOR_NAMES else Path(predictor)
         pred = load_predictor(pdir, compressor=comp)
         calib = fit_calibration(pred, records, min_group=min_group, method="few_shot",

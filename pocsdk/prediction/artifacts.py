@@ -98,7 +98,7 @@ def read_card(directory: str | Path) -> PredictorCard:
         raise ArtifactError(f"no predictor card at {path}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"predictor card {path} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("schema") != CARD_SCHEMA:
         raise ArtifactError(f"{path} is not a pocsdk predictor card (schema must be {CARD_SCHEMA!r})")

@@ -184,8 +184,8 @@ class Calibration(BaseModel):
             raise ArtifactError(f"calibration file not found: {p}")
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"calibration {p} is not valid JSON: {exc}") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ArtifactError(f"calibration {p} is not valid JSON: {exc!r}") from exc
         if not isinstance(raw, dict) or raw.get("schema") != CALIBRATION_SCHEMA:
             raise ArtifactError(f"{p} is not a pocsdk calibration (schema must be {CALIBRATION_SCHEMA!r})")
         if raw.get("version") != CALIBRATION_VERSION:
@@ -198,7 +198,12 @@ class Calibration(BaseModel):
         if "*" not in cal.groups:
             raise ArtifactError(f"{p}: calibration needs a pooled group '*'")
         m = len(cal.factors)
+        if not m or not all(math.isfinite(f) and f >= 1.0 for f in cal.factors) or \
+                any(b <= a for a, b in zip(cal.factors, cal.factors[1:], strict=False)):
+            raise ArtifactError(f"{p}: factors must be a non-empty ascending grid of finite numbers >= 1")
         for name, t in cal.groups.items():
+            if not all(math.isfinite(v) for row in t.actual for v in row):
+                raise ArtifactError(f"{p}: group {name!r} has non-finite actual performance")
             rows = (row for tbl in (t.predicted, t.actual) for row in tbl)
             if len(t.predicted) != len(t.actual) or any(len(row) != m for row in rows):
                 raise ArtifactError(f"{p}: group {name!r} does not match the factor grid")
@@ -355,8 +360,8 @@ def _check_grid(records: Sequence[LabelRecord]) -> tuple[float, ...]:
     grid, _ = grids.most_common(1)[0]
     if len(grids) > 1:
         raise LabelsError(f"calibration records use {len(grids)} different factor grids; use one grid")
-    if list(grid) != sorted(grid):
-        raise LabelsError("calibration factor grid must be ascending")
+    if list(grid) != sorted(grid) or not all(math.isfinite(f) and f >= 1.0 for f in grid):
+        raise LabelsError("calibration factor grid must be ascending finite numbers >= 1")
     return grid
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pocsdk.calibration.labels import LabelRecord, read_labels
-from pocsdk.errors import LabelsError
+from pocsdk.errors import LabelsError, LabelsWarning
 from pocsdk.prediction.conformal import Calibration, cross_dataset_calibration, fit_calibration
 from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff, outcome
 from pocsdk.prediction.predictors import (
@@ -109,40 +110,71 @@ class EvalReport(BaseModel):
 
 
 # -- data ----------------------------------------------------------------------------------
-def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
+def read_label_files(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], list[str]]:
+    """Every record of ``paths`` and, per record, its dataset: the labels file (see :func:`dataset_names`).
+
+    The same file given twice (overlapping globs) or one id twice in a file is refused: either would
+    count examples twice and make a calibration promise more than its data support.
+    """
+    names = dataset_names(paths)
     records: list[LabelRecord] = []
-    for p in paths:
-        records.extend(read_labels(p))
+    sources: list[str] = []
+    for p, name in zip(paths, names, strict=True):
+        seen: set[str] = set()
+        for r in read_labels(p):
+            if r.id in seen:
+                raise LabelsError(f"{p}: id {r.id!r} appears twice; each example must be labelled once")
+            seen.add(r.id)
+            records.append(r)
+            sources.append(name)
     if not records:
         raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
-    return records
+    return records, sources
+
+
+def dataset_names(paths: Sequence[str | Path]) -> list[str]:
+    """One dataset name per labels file: its name up to the first dot (``nq.labels.jsonl`` -> ``nq``),
+    with the folders above it added where two files would share a name (``nq/labels.jsonl`` and
+    ``squad/labels.jsonl`` are ``nq/labels`` and ``squad/labels``)."""
+    resolved = [Path(p).resolve() for p in paths]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise LabelsError(f"labels file {paths[i]} is given twice")
+    depth = 0
+    while True:
+        names = ["/".join([*r.parent.parts[len(r.parent.parts) - depth:], r.name.split(".")[0]]) if depth
+                 else r.name.split(".")[0] for r in resolved]
+        if len(set(names)) == len(names) or depth > max(len(r.parts) for r in resolved):
+            return names if len(set(names)) == len(names) else [str(r) for r in resolved]
+        depth += 1
+
+
+def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
+    return read_label_files(paths)[0]
 
 
 def load_records_with_sources(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], list[str]]:
-    """Records on the common grid and, per record, its dataset for cross-dataset work: the labels file's stem.
+    """Records on the common grid and, per record, its dataset for cross-dataset work: its labels file.
 
     A labels file is the exchangeable unit (e.g. LEval's 14 sub-tasks stay together).
     """
-    records: list[LabelRecord] = []
-    sources: list[str] = []
-    for p in paths:
-        for r in read_labels(p):
-            records.append(r)
-            sources.append(Path(p).name.split(".")[0])
-    if not records:
-        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
+    records, sources = read_label_files(paths)
     kept, _ = common_grid(records)
     keep = {id(r) for r in kept}
     return kept, [s for r, s in zip(records, sources, strict=True) if id(r) in keep]
 
 
 def common_grid(records: Sequence[LabelRecord]) -> tuple[list[LabelRecord], list[float]]:
-    """Keep the records on the most common (ascending) factor grid."""
+    """Keep the records on the most common (ascending) factor grid; warn about the others."""
     grids = Counter(tuple(float(f) for f in r.factors) for r in records)
     grid = grids.most_common(1)[0][0]
     kept = [r for r in records if tuple(float(f) for f in r.factors) == grid]
     if list(grid) != sorted(grid):
         raise LabelsError("factor grids must be ascending")
+    if len(kept) < len(records):
+        warnings.warn(f"{len(records) - len(kept)} of {len(records)} label records are on another factor grid "
+                      f"than the most common one ({', '.join(f'{f:g}' for f in grid)}) and are left out",
+                      LabelsWarning, stacklevel=2)
     return kept, list(grid)
 
 
@@ -568,14 +600,8 @@ def evaluate_files(paths: Sequence[Path], outdir: Path, *, floors: Sequence[floa
                    kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"), command: str = "",
                    lodo_kinds: Sequence[str] | None = None) -> EvalReport:
     """Evaluate labels (one compressor) and write ``report.json``, ``report.md`` and PNG plots to ``outdir``."""
-    records: list[LabelRecord] = []
-    origin: dict[int, str] = {}
-    for p in paths:
-        for r in read_labels(p):
-            origin[id(r)] = Path(p).name.split(".")[0]
-            records.append(r)
-    if not records:
-        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
+    records, sources = read_label_files(paths)
+    origin = {id(r): name for r, name in zip(records, sources, strict=True)}
     outdir.mkdir(parents=True, exist_ok=True)
     report = evaluate_records(records, floors=floors, confidence=confidence, few_shot=few_shot, seed=seed,
                               kinds=kinds, plots_dir=outdir, source=lambda r: origin.get(id(r), r.dataset),
@@ -595,13 +621,13 @@ def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir:
 
     The ``fixed`` row is tuned on the same labels, so it is an optimistic reference here.
     """
-    from pocsdk.prediction.floor import CALIBRATION_FILE
-    from pocsdk.prediction.predictors import load_predictor
+    from pocsdk.prediction.floor import FloorPolicy
+    from pocsdk.prediction.predictors.design import single_compressor
 
     recs, factors = common_grid(load_records(paths))
-    pred = load_predictor(predictor_dir, compressor=recs[0].compressor)
-    cal_path = predictor_dir / CALIBRATION_FILE
-    cal = Calibration.load(cal_path) if cal_path.is_file() else None
+    # loaded as the floor search loads them: a calibration.json that vouches for another model is refused
+    policy = FloorPolicy.for_compressor(single_compressor(recs, None), predictor=str(predictor_dir))
+    pred, cal = policy.predictor, policy.calibration
     actual, achieved = arrays(recs)
     pm = np.stack(pred.predict_records(recs))
     mae = float(np.abs(pm - actual).mean())
@@ -620,6 +646,9 @@ def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir:
             m = cal.margin(floor, confidence)
             report.rows.append(_row("given", "all", f"{pred.kind}+cal", floor, confidence,
                                     choose(pm, factors, floor, m), actual, achieved, oracle, mae=mae, margin=m))
+            w = cal.weight(floor, confidence)  # the floor search's default rule
+            report.rows.append(_row("given", "all", f"{pred.kind}+tradeoff", floor, confidence,
+                                    choose_tradeoff(pm, factors, w), actual, achieved, oracle, mae=mae))
         report.rows.append(_row("given", "all", "oracle", floor, confidence, o_idx, actual, achieved, oracle))
     report.curves = _curves({pred.kind: pm}, {pred.kind: cal} if cal is not None else {}, actual, achieved, factors,
                             confidence, actual)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
-from pocsdk.errors import ArtifactError
+from pocsdk.errors import ArtifactError, PocError
 from pocsdk.prediction.artifacts import (
     PredictorCard,
     TrainingSummary,
@@ -192,7 +192,10 @@ class Predictor:
                    feature_names=list(FEATURE_NAMES))
         target = KINDS[card.kind]
         data = read_model_bytes(directory, card)
-        obj = target(**init_params(target, card.params))
+        try:
+            obj = target(**init_params(target, card.params))
+        except (TypeError, ValueError, PocError) as exc:  # a card whose params are of the wrong kind
+            raise ArtifactError(f"{directory}: the card's params do not fit a {card.kind} predictor: {exc}") from exc
         obj.compressor_ = card.compressor
         obj.training_ = card.training
         obj.metrics_ = dict(card.metrics)
@@ -219,7 +222,7 @@ def json_model(data: bytes) -> dict[str, Any]:
     """A JSON model file's object, or :class:`ArtifactError`."""
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"model file is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ArtifactError("model file must hold a JSON object")

@@ -148,6 +148,8 @@ def check_groups(records: Sequence[LabelRecord], groups: Sequence[str] | None) -
 def single_compressor(records: Sequence[LabelRecord], compressor: str | None) -> str:
     """The one compressor the records are for (``compressor`` if given, checked against them)."""
     names = sorted({r.compressor for r in records})
+    if not names:
+        raise LabelsError("no label records to fit on (too few examples for the split asked for?)")
     if compressor is not None:
         if any(n != compressor for n in names):
             raise LabelsError(f"labels are for compressors {names}, not only {compressor!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -182,6 +183,7 @@ class LightGBMPredictor(Predictor):
         text = data.decode("utf-8")
         if not text.startswith("tree\n"):
             raise ArtifactError("model.txt is not a LightGBM text model")
+        check_tree_sizes(text)
         try:
             booster = lgb.Booster(model_str=text)
         except lgb.basic.LightGBMError as exc:
@@ -189,3 +191,20 @@ class LightGBMPredictor(Predictor):
         if list(booster.feature_name()) != card.feature_names:
             raise ArtifactError("LightGBM model features differ from its card")
         self.booster_ = booster
+
+
+def check_tree_sizes(text: str) -> None:
+    """The trees a LightGBM text model's header announces are all there, whole.
+
+    LightGBM's parser jumps by the header's ``tree_sizes`` without bounds checks: a model cut short
+    (with a checksum recomputed to match) crashes the process instead of raising.
+    """
+    header = re.search(r"^tree_sizes=([0-9 ]*)$", text, flags=re.MULTILINE)
+    start = text.find("Tree=0")
+    end = text.find("end of trees")
+    if header is None or end < 0 or (start < 0 and header.group(1).strip()):
+        raise ArtifactError("model.txt is not a whole LightGBM text model (tree sizes or end marker missing)")
+    announced = sum(int(n) for n in header.group(1).split())
+    if start >= 0 and end - start != announced:
+        raise ArtifactError(f"model.txt is cut short or padded: its header announces {announced} bytes of trees, "
+                            f"it holds {end - start}")
