@@ -160,7 +160,16 @@ class Compressor:
         if self._remote is not None:
             return await self._remote.acompress_many(batch_items(items), **overrides)
         pairs = [unpack_item(it) for it in batch_items(items)]
-        return list(await asyncio.gather(*(self.acompress(c, q, **overrides) for c, q in pairs)))
+        tasks = [asyncio.ensure_future(self.acompress(c, q, **overrides)) for c, q in pairs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # one input failed (or the caller cancelled): the rest are not wanted, so those not yet
+            # started never run, as in compress_many, which stops at the first error
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def complete(self, context: ContextLike, query: str, *, llm: Any, **kwargs: Any) -> CompletionResult:
         """Compress, ask ``llm``, return a ``CompletionResult`` (see :func:`pocsdk.llm.complete.complete`)."""
@@ -177,6 +186,28 @@ class Compressor:
     @property
     def name(self) -> str:
         return self.compressor.name
+
+    def close(self) -> None:
+        """Close the remote client's connections (``endpoint=``); a local Compressor holds none."""
+        if self._remote is not None:
+            self._remote.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        if self._remote is not None:
+            await self._remote.aclose()
+
+    def __enter__(self) -> Compressor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Compressor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- internals -----------------------------------------------------------------------
     def _mode(self, keep_rate: float | None, target_tokens: int | None, floor: float | None) -> tuple[str, float]:

@@ -170,7 +170,8 @@ class RemoteCompressor:
         while pending:
             chunk = pending.pop()
             try:
-                out.extend(self._drive(self._exchange("POST", "/v1/compress", chunk, batch=True)))
+                out.extend(_one_per_input(chunk, self._drive(self._exchange("POST", "/v1/compress", chunk,
+                                                                            batch=True))))
             except _errors.InputTooLargeError as exc:
                 halves = _halves(chunk, exc)
                 if halves is None:
@@ -187,7 +188,7 @@ class RemoteCompressor:
                 async with gate:
                     part: list[CompressionResult] = await self._adrive(
                         self._exchange("POST", "/v1/compress", chunk, batch=True))
-                return part
+                return _one_per_input(chunk, part)
             except _errors.InputTooLargeError as exc:
                 halves = _halves(chunk, exc)
                 if halves is None:
@@ -271,7 +272,8 @@ class RemoteCompressor:
     def _modes(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(overrides) - {*_MODES, "confidence"}
         if unknown:
-            raise ConfigError(f"unknown option(s) for a remote compress: {', '.join(sorted(unknown))}")
+            # as Python (and the local Compressor) answers a misspelt keyword: TypeError, sync and async alike
+            raise TypeError(f"compress() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         return _merge_modes(self.defaults, overrides, strict=True)
 
     def _url(self, path: str) -> str:
@@ -425,6 +427,14 @@ def _decode(response: httpx.Response, path: str, batch: bool) -> Any:
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteError(f"{path}: unexpected answer from the server: {exc}", status) from None
     raise _error(status, data, response.reason_phrase)
+
+
+def _one_per_input(chunk: dict[str, Any], results: list[CompressionResult]) -> list[CompressionResult]:
+    """A batch answer must line up with its inputs: a short or long one would shift every result after it."""
+    if len(results) != len(chunk["inputs"]):
+        raise RemoteError(f"/v1/compress: the server answered {len(results)} results for {len(chunk['inputs'])} "
+                          "inputs")
+    return results
 
 
 _REMOTE_CLASSES: dict[type[PocError], type[RemoteError]] = {}

@@ -200,6 +200,31 @@ def test_compress_many_item_errors_are_typed() -> None:
         Compressor(keep_rate=0.5).compress_many([42])  # type: ignore[list-item]
 
 
+def test_acompress_many_stops_the_rest_when_one_input_fails() -> None:
+    """compress_many stops at the first bad input; its async twin cancels the inputs not yet started
+    instead of compressing all of them in the background and throwing the results away."""
+    comp = Compressor(keep_rate=0.5)
+    calls: list[int] = []
+    score = comp.compressor.score
+
+    def counting(context: Any, query: Any = None) -> Any:
+        calls.append(1)
+        return score(context, query)
+
+    comp.compressor.score = counting  # type: ignore[method-assign]
+    items: list[Any] = [{"context": 42}] + [TEXT] * 60
+
+    async def in_a_long_lived_loop() -> int:  # (asyncio.run would cancel the leftovers when it ends)
+        with pytest.raises(InvalidTypeError):
+            await comp.acompress_many(items)
+        await asyncio.sleep(0.5)
+        return len(calls)
+
+    assert asyncio.run(in_a_long_lived_loop()) < 30  # the thread pool had started a few; the rest never ran
+    with pytest.raises(InvalidTypeError):
+        comp.compress_many(items)
+
+
 @pytest.mark.parametrize("item", [("doc one", "doc two", "doc three"), ("doc one",), ([TEXT], ["not a query"])])
 def test_tuples_are_only_context_query_pairs(item: tuple[Any, ...]) -> None:
     """Two documents in a tuple would read as a document and a query; every tuple is a pair, so

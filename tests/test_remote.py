@@ -211,3 +211,40 @@ def test_compress_many_splits_batches_the_server_finds_too_large() -> None:
         assert remote.compress(items[0], target_tokens=np.int64(40)).compressed_tokens <= 40
     finally:
         stop_server(small)
+
+
+@respx.mock
+def test_a_batch_answer_must_line_up_with_its_inputs() -> None:
+    """Fewer results than inputs would shift every result after the gap onto the wrong input."""
+    respx.post("http://svc/v1/compress").mock(return_value=httpx.Response(200, json={"results": [_result_json()]}))
+    client = RemoteCompressor("http://svc", "k", keep_rate=0.5)
+    with pytest.raises(RemoteError, match="1 results for 2 inputs"):
+        client.compress_many([long_text(10, 1), long_text(10, 2)])
+    with pytest.raises(RemoteError, match="1 results for 2 inputs"):
+        asyncio.run(client.acompress_many([long_text(10, 1), long_text(10, 2)]))
+    assert len(client.compress_many([long_text(10, 1)])) == 1
+
+
+def test_misspelt_options_and_closing_match_the_local_facade(server: Server) -> None:
+    """A misspelt keyword is a TypeError locally and remotely, sync and async; a remote Compressor
+    closes its connections as a context manager (sync and async)."""
+    for comp in (Compressor(keep_rate=0.5), Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5)):
+        with pytest.raises(TypeError, match="keeprate"):
+            comp.compress(long_text(), keeprate=0.3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="keeprate"):
+            asyncio.run(comp.acompress(long_text(), keeprate=0.3))
+        with pytest.raises(TypeError, match="keeprate"):
+            asyncio.run(comp.acompress_many([long_text()], keeprate=0.3))
+    with Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5) as remote:
+        assert remote.compress(long_text()).compressed_tokens > 0
+        client = remote._remote
+        assert client is not None and client._client is not None
+    assert client._client is None  # closed on exit
+
+    async def run() -> int:
+        async with Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5) as aremote:
+            return (await aremote.acompress(long_text())).compressed_tokens
+
+    assert asyncio.run(run()) > 0
+    with Compressor(keep_rate=0.5) as local:  # a local one has nothing to close, and says nothing
+        assert local.compress(long_text()).compressed_tokens > 0
