@@ -121,8 +121,10 @@ class Compressor:
         if mode == "floor":
             result = self._policy_for().compress(self.compressor, scored, value, conf)
         else:
-            rate = value if mode == "keep_rate" else _rate_for_target(scored, int(value))
-            result = self._at_rate(scored, rate)
+            if mode == "keep_rate":
+                result = self._at_rate(scored, value)
+            else:
+                result = self._within_target(scored, int(value))
         result.timings.total_ms = (time.perf_counter() - t0) * 1000.0
         return result
 
@@ -236,6 +238,33 @@ class Compressor:
         selection = self.compressor.select(scored, rate)
         select_ms = (time.perf_counter() - t) * 1000.0
         return render(scored, selection, select_ms=select_ms, requested_keep_rate=rate)
+
+    def _within_target(self, scored: Scored, target: int) -> CompressionResult:
+        """The selection at target / total tokens, shrunk while the output is over the target.
+
+        A rate only approximates a budget: the units' counts leave out the whitespace between them
+        (which tiktoken counts), the top-up may round a prefix up, and the separators between documents
+        cost tokens too. A budget is a limit, so the rate is lowered (a few cheap selects) until the
+        output, separators included, fits, or only protected text is left.
+        """
+        asked = _rate_for_target(scored, target)
+        rate = asked
+        result = self._at_rate(scored, rate)
+        select_ms = result.timings.select_ms
+        sep = scored.tokenizer.count(result.separator) if len(scored.documents) > 1 else 0
+        for _ in range(6):
+            used = result.compressed_tokens + sep * max(0, sum(1 for d in result.documents if d.text) - 1)
+            if used <= target or result.passthrough or rate <= 1e-6:
+                break
+            rate = max(rate * target / used * 0.97, 1e-9)
+            smaller = self._at_rate(scored, rate)
+            select_ms += smaller.timings.select_ms
+            if smaller.compressed_tokens >= result.compressed_tokens:  # only protected text is left
+                break
+            result = smaller
+        result.requested_keep_rate = asked
+        result.timings.select_ms = select_ms
+        return result
 
     def _policy_for(self) -> FloorPolicy:
         if self._policy is None:

@@ -113,6 +113,36 @@ def test_target_tokens_mode() -> None:
     assert res2.text == TEXT
 
 
+@pytest.mark.parametrize("tokenizer", ["heuristic", "tiktoken:cl100k_base"])
+@pytest.mark.parametrize("compressor", ["skim", "extractive", "truncate"])
+def test_target_tokens_is_a_limit(tokenizer: str, compressor: str) -> None:
+    """A budget is a limit: the output, with the separators between documents, fits it, though a rate
+    leaves out the whitespace between units, the top-up rounds prefixes up, and separators cost tokens."""
+    import random
+
+    from pocsdk.text.tokens import get_token_counter
+
+    if tokenizer.startswith("tiktoken"):
+        pytest.importorskip("tiktoken")
+    rng = random.Random(1)
+    rows = ["id,name,city,amount,date"] + [
+        f"{i},{rng.choice(['Ann', 'Bo', 'Cy'])},{rng.choice(['Oslo', 'Lima'])},{rng.randint(1, 9999)}.{i % 100:02d},"
+        f"2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}" for i in range(60)]
+    docs = [" ".join(TEXT.split()[i * 40:(i + 1) * 40]) for i in range(12)]
+    counter = get_token_counter(tokenizer)
+    comp = Compressor(compressor=compressor, tokenizer=tokenizer)
+    over = []
+    for context in ("\n".join(rows) + "\n", docs, TEXT):
+        total = comp.compress(context, keep_rate=1.0).original_tokens
+        for target in range(40, total // 2, max(1, total // 40)):
+            res = comp.compress(context, "Oslo amount", target_tokens=target)
+            used = counter.count(res.text)
+            if used > target + 1:  # one token of slack: a join can merge two tokens' boundary differently
+                over.append((target, used))
+            assert res.requested_keep_rate == pytest.approx(target / total)
+    assert not over, over[:5]
+
+
 def test_mode_conflicts_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         Compressor(keep_rate=0.5, target_tokens=10)
