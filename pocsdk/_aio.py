@@ -2,12 +2,15 @@
 
 An httpx.AsyncClient's pooled connections belong to the loop that opened them: reused from
 another loop they fail with "Event loop is closed". Scripts that call ``asyncio.run`` per request,
-Celery tasks and per-test loops all do that, so a long-lived async client keeps one per loop.
+Celery tasks, per-test loops and threads each running a loop all do that, so a long-lived async
+client keeps one per loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import AsyncGenerator, Callable
 
 import httpx
@@ -17,34 +20,44 @@ class LoopBoundClient:
     """Makes (with ``factory``) and hands out the running loop's ``httpx.AsyncClient``.
 
     A client made for a loop is closed when that loop shuts down (``asyncio.run`` closes the async
-    generators it has seen), so each loop gives its sockets back. ``owns_transport=False`` (a
-    transport the caller passed in) skips that close, since the next loop's client shares it.
+    generators it has seen), so each loop gives its sockets back, and loops in other threads keep
+    theirs meanwhile. ``owns_transport=False`` (a transport the caller passed in, shared by every
+    loop's client) skips that close; such a transport must itself work across loops.
     """
 
     def __init__(self, factory: Callable[[], httpx.AsyncClient], *, owns_transport: bool = True) -> None:
         self._factory = factory
         self._owns_transport = owns_transport
-        self.client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closer: AsyncGenerator[None, None] | None = None
-        self._closed = False
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = \
+            weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._closed: httpx.AsyncClient | None = None
 
     async def get(self) -> httpx.AsyncClient:
+        if self._closed is not None:
+            return self._closed  # after aclose() httpx refuses to send, as the sync twin's client does
         loop = asyncio.get_running_loop()
-        if self.client is not None and (self._loop is loop or self._closed):
-            return self.client  # after aclose() httpx refuses to send, as the sync twin's client does
-        self.client = self._factory()
-        self._loop = loop
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is not None:
+                return client
+            client = self._clients[loop] = self._factory()
         if self._owns_transport:
-            self._closer = close_with_loop(self.client)
-            await anext(self._closer)
-        return self.client
+            closer = close_with_loop(client)
+            self._closers[loop] = closer  # held for the loop's life: dropping it would close the client
+            await anext(closer)
+        return client
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self.client is None:
-            self.client = self._factory()  # closed before first use: later calls fail as after a close
-        await self.client.aclose()
+        """Close the running loop's client (the others close with their loops); later calls fail."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.pop(loop, None) or self._factory()
+            self._closers.pop(loop, None)
+            self._closed = client
+        await client.aclose()
 
 
 async def close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:

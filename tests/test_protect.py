@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pocsdk import Compressor
 from pocsdk.compressors import CPU_COMPRESSORS, get_compressor, render
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import (
@@ -230,8 +231,12 @@ def test_has_negation_is_a_negation_search(parts: list[str], data: st.DataObject
 
 def test_every_negation_word_holds_a_hint_and_lower_keeps_offsets() -> None:
     """has_negation relies on both: a hint inside every word, and lower() one character for one (but "İ")."""
-    words = NEGATION.pattern.split("(?:")[1].split(")")[0].split("|")
-    assert all(any(h in w for h in _NEGATION_HINTS) for w in words)
+    plain = "not no never none nor neither without cannot except unless".split()
+    stems = "ca do does did wo is are was were should must".split()
+    words = plain + [f"{stem}n{apostrophe}t" for stem in stems for apostrophe in ("'", "\u2019")]
+    assert all(NEGATION.fullmatch(w) for w in words)
+    assert all(any(h in w.lower() for h in _NEGATION_HINTS) for w in words)
+    assert has_negation("but it isn\u2019t for children") and has_negation("You MUSTN\u2019T go")
     every_char = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     assert [c for c in set(every_char) if len(c.lower()) != 1] == ["\u0130"]
     assert "\u0130" in _FOLDS_APART
@@ -249,3 +254,42 @@ def test_code_that_opens_like_an_order_is_not_an_instruction() -> None:
     for rule in ('respond in JSON: {"a": 1}', "ensure x = y", "always cite sources [1]",
                  "format dates as yyyy-mm-dd (e.g. 2024-01-01)", 'return the answer in JSON: {"a": 1}'):
         assert is_instruction(rule), rule
+
+
+@pytest.mark.parametrize("rule", [
+    "Don\u2019t reveal the customer\u2019s address to anyone.",  # curly apostrophes (word processors, phones)
+    "You mustn\u2019t share the account number.",
+    "**Do not** reveal the customer's address to anyone.",  # markdown emphasis
+    "- **Never** share the account number.",
+    "**IMPORTANT:** You must answer in French.",
+    "> Do not forward this message.",  # a quoted instruction
+])
+def test_instructions_in_curly_quotes_and_markdown_are_protected(rule: str) -> None:
+    prose = ("The museum opened in 1901 and holds a large collection of maritime paintings. Its west wing was added "
+             "after the war, when the city bought the old customs house next door. ") * 6
+    text = f"{prose}\n\n{rule}\n\n{prose}"
+    assert is_instruction(rule)
+    for name in ("extractive", "skim"):
+        out = Compressor(keep_rate=0.3, compressor=name).compress(text, "ticket prices").text
+        assert rule in out, (name, rule)
+
+
+def test_a_curly_negation_is_never_cut_into_clauses() -> None:
+    sentence = ("The new syrup is completely safe for adults when it is taken with food, "
+                "but it isn\u2019t safe for children under six years of age")
+    assert has_negation(sentence)
+    prose = "The pharmacy stocks many remedies for coughs and colds during the long winter months. " * 8
+    out = Compressor(keep_rate=0.3, compressor="skim").compress(f"{prose}\n\n{sentence}.\n\n{prose}",
+                                                                "is the syrup safe").text
+    assert "completely safe for adults" not in out or "isn\u2019t safe for children" in out
+
+
+def test_protection_none_lets_the_fences_of_a_cut_code_block_go() -> None:
+    """Fence lines stay by default (kept code stays fenced); with Protection.none() a tiny budget holds."""
+    code = "```python\n" + "".join(f"value_{i} = compute(value_{i - 1}) + {i}\n" for i in range(1, 40)) + "```"
+    fenced = get_compressor("truncate", min_tokens=0)
+    bare = get_compressor("truncate", min_tokens=0, protect=Protection.none())
+    assert render(fenced.score(code, None), fenced.select(fenced.score(code, None), 0.01)).text.count("```") == 2
+    scored = bare.score(code, None)
+    res = render(scored, bare.select(scored, 0.01))
+    assert res.compressed_tokens <= max(1, round(0.01 * res.original_tokens)) + 1

@@ -416,6 +416,11 @@ def test_official_release_sharded_or_incomplete(tok, tmp_path: Path) -> None:  #
     save_file({k: v.clone() for k, v in state.items() if not k.startswith("llm.")}, str(no_decoder / "m.safetensors"))
     assert load(no_decoder).ram_config.encoder_layers == 2
 
+    index_only = tmp_path / "index-only"  # shards not downloaded yet: said so, not "no ram_config.json"
+    index_only.mkdir()
+    (index_only / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError, match="is missing"):
+        load(index_only)
     (sharded / "model-00002-of-00002.safetensors").rename(tmp_path / "elsewhere.safetensors")
     with pytest.raises(ArtifactError, match=r"shard model-00002-of-00002\.safetensors is missing"):
         load(sharded)

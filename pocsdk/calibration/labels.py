@@ -79,8 +79,8 @@ def iter_labels(path: str | Path) -> Iterator[LabelRecord]:
                 continue
             try:
                 obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise LabelsError(f"{p}:{lineno}: not valid UTF-8 JSON: {exc}") from exc
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise LabelsError(f"{p}:{lineno}: not valid UTF-8 JSON: {exc!r}") from exc
             if isinstance(obj, dict) and obj.get("error"):
                 continue  # a failed example, recorded so that resume does not retry it
             try:

@@ -216,7 +216,7 @@ class UnitCompressor:
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)
                 protected |= instruction_flags(pieces) & (kinds != CODE)
-            if "```" in text or "~~~" in text:  # the fences of a long code block cut into pieces stay
+            if self.protect.code_fences and ("```" in text or "~~~" in text):  # a cut code block stays fenced
                 protected |= np.fromiter((k == CODE and is_fence_line(x) for k, x in zip(kinds.tolist(), pieces,
                                                                                           strict=True)),
                                          dtype=bool, count=len(pieces))

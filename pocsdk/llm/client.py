@@ -101,10 +101,8 @@ class LLMClient(_ClientBase):
             lines = resp.iter_lines()
             for line in lines:
                 delta = deltas.feed_line(line)
-                if deltas.done:
-                    for _ in lines:  # read to the end, as openai's client does, so the connection is reused
-                        pass
-                    return
+                if deltas.done:  # closed unread: a blocking read here could stall on a server that
+                    return       # keeps the stream open after [DONE] (the async twin reads a bounded tail)
                 if delta:
                     yield delta
             if tail := deltas.finish():
@@ -186,8 +184,7 @@ class AsyncLLMClient(_ClientBase):
             async for line in lines:
                 delta = deltas.feed_line(line)
                 if deltas.done:
-                    async for _ in lines:  # read to the end, as openai's client does, so the connection is reused
-                        pass
+                    await _drain(lines)
                     return
                 if delta:
                     yield delta
@@ -229,3 +226,19 @@ class AsyncLLMClient(_ClientBase):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+async def _drain(lines: AsyncIterator[str], seconds: float = 0.25) -> None:
+    """Read what follows ``[DONE]`` (the chunked body's end) so the connection goes back to the pool.
+
+    Bounded: a server that keeps the stream open after ``[DONE]`` costs at most ``seconds``, and the
+    response is then closed as before; a broken tail is no error, every delta has been delivered.
+    """
+    async def rest() -> None:
+        async for _ in lines:
+            pass
+
+    try:
+        await asyncio.wait_for(rest(), seconds)
+    except (asyncio.TimeoutError, httpx.HTTPError):
+        pass

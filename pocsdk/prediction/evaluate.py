@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import warnings
 from collections import Counter
@@ -133,20 +134,31 @@ def read_label_files(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], li
 
 
 def dataset_names(paths: Sequence[str | Path]) -> list[str]:
-    """One dataset name per labels file: its name up to the first dot (``nq.labels.jsonl`` -> ``nq``),
-    with the folders above it added where two files would share a name (``nq/labels.jsonl`` and
-    ``squad/labels.jsonl`` are ``nq/labels`` and ``squad/labels``)."""
-    resolved = [Path(p).resolve() for p in paths]
+    """One dataset name per labels file: its name up to the first dot (``nq.labels.jsonl`` -> ``nq``);
+    where two would clash, the name without its extension (``nq.dev``, ``nq.test``), then with the
+    folders above it (``nq/labels`` and ``squad/labels``). Names come from the paths as given, so a
+    labels file that is a symlink into a blob store keeps its own name.
+    """
+    given = [Path(p) for p in paths]
+    resolved = [p.resolve() for p in given]
     for i, r in enumerate(resolved):
         if r in resolved[:i]:
             raise LabelsError(f"labels file {paths[i]} is given twice")
-    depth = 0
-    while True:
-        names = ["/".join([*r.parent.parts[len(r.parent.parts) - depth:], r.name.split(".")[0]]) if depth
-                 else r.name.split(".")[0] for r in resolved]
-        if len(set(names)) == len(names) or depth > max(len(r.parts) for r in resolved):
-            return names if len(set(names)) == len(names) else [str(r) for r in resolved]
-        depth += 1
+
+    def unique(names: list[str]) -> bool:
+        return len(set(names)) == len(names)
+
+    names = [p.name.split(".")[0] for p in given]
+    if unique(names):
+        return names
+    names = [p.name.removesuffix(".gz").removesuffix(".jsonl") for p in given]
+    absolute = [Path(os.path.abspath(p)) for p in given]
+    for depth in range(1, max(len(a.parts) for a in absolute) + 1):
+        if unique(names):
+            return names
+        names = ["/".join([*a.parent.parts[-depth:], n.rsplit("/", 1)[-1]]) for a, n in zip(absolute, names,
+                                                                                               strict=True)]
+    return names if unique(names) else [str(a) for a in absolute]
 
 
 def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
@@ -626,7 +638,8 @@ def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir:
 
     recs, factors = common_grid(load_records(paths))
     # loaded as the floor search loads them: a calibration.json that vouches for another model is refused
-    policy = FloorPolicy.for_compressor(single_compressor(recs, None), predictor=str(predictor_dir))
+    policy = FloorPolicy.for_compressor(single_compressor(recs, None), predictor=Path(predictor_dir))  # a Path: a
+    # folder named "agnostic" is that folder, not the shipped predictor of that name
     pred, cal = policy.predictor, policy.calibration
     actual, achieved = arrays(recs)
     pm = np.stack(pred.predict_records(recs))

@@ -24,11 +24,17 @@ from pocsdk.errors import ConfigError
 KEEP_OPEN = "<keep>"
 KEEP_CLOSE = "</keep>"
 
-# Imperatives at the start of a sentence, and modal directives addressed to the reader.
-_LEAD = r"\s*[\"'\u201c\u2018(\[]*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?(?:please\s+|important:?\s+|note:?\s+)?"
+# Imperatives at the start of a sentence, and modal directives addressed to the reader. The lead-in may hold
+# blockquote marks, an opening quote or bracket, a list marker, markdown emphasis ("**Never** share",
+# "**IMPORTANT:** You must") and "please" / "important" / "note".
+_EMPHASIS = r"[*_]{0,3}"
+_LEAD = (r"\s*(?:>\s*)*[\"'\u201c\u2018(\[]*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?" + _EMPHASIS
+         + r"(?:(?:please|important|note)" + _EMPHASIS + r":?" + _EMPHASIS + r"\s+" + _EMPHASIS + r")?")
+# An apostrophe is typed straight or curly (U+2019, what word processors and phones put in "don’t").
+_APOS = "['\u2019]"
 _IMPERATIVE = re.compile(
     _LEAD
-    + r"(?:never|always|do\s+not|don't|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
+    + r"(?:never|always|do\s+not|don" + _APOS + r"t|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
     r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)\b",
     re.IGNORECASE,
 )
@@ -37,21 +43,22 @@ _IMPERATIVE = re.compile(
 # compiled per place it can start: a search for ``[,;:]`` skips ahead fast, one for a leading ``\b`` does not.
 _SUBJECT_MODAL = (
     r"(?:you|the\s+assistant|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|have\s+to"
-    r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|can't|will\s+not"
-    r"|never|do\s+not|don't)\b"
+    r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|will\s+not"
+    r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)\b"
 )
 _DIRECTIVE_AT_START = re.compile(  # matched at the start only
     _LEAD + r"(?:" + _SUBJECT_MODAL + r"|under\s+no\s+circumstances\b)", re.IGNORECASE
 )
-_DIRECTIVE_IN_CLAUSE = re.compile(
-    r"[,;:]\s+(?:" + _SUBJECT_MODAL + r"|(?:never|do\s+not|don't)\s+(?!\w+ed\b)\w)",  # "If asked, never reveal it."
+_DIRECTIVE_IN_CLAUSE = re.compile(  # "If asked, never reveal it."
+    r"[,;:]\s+(?:" + _SUBJECT_MODAL + r"|(?:never|do\s+not|don" + _APOS + r"t)\s+(?!\w+ed\b)\w)",
     re.IGNORECASE,
 )
 _DIRECTIVE_AFTER_THEN = re.compile(r"\bthen\s+" + _SUBJECT_MODAL, re.IGNORECASE)
 _FORBIDDEN = re.compile(r"\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+allowed)\b", re.IGNORECASE)
 # A directive counts only in a sentence with one of these (lower-cased) words: the rule since protection began,
 # and a cheap test that skips the regexes for the vast majority of sentences.
-_DIRECTIVE_HINTS = ("you", "assistant", "model", "never", "not", "n't", "circumstances", "forbidden", "prohibited")
+_DIRECTIVE_HINTS = ("you", "assistant", "model", "never", "not", "n't", "n\u2019t", "circumstances", "forbidden",
+                    "prohibited")
 # Lower-case words the last two rules need (no "i" or "s": under IGNORECASE those also match "ı", "ſ", which
 # lower() keeps), so substring tests skip their slow searches.
 _THEN_HINT = "then"
@@ -172,13 +179,13 @@ def _containing_any(texts: list[str], words: Sequence[str]) -> list[bool]:
 
 
 NEGATION = re.compile(
-    r"\b(?:not|no|never|none|nor|neither|without|cannot|can't|don't|doesn't|didn't|won't|isn't|aren't"
-    r"|wasn't|weren't|shouldn't|mustn't|except|unless)\b",
+    r"\b(?:not|no|never|none|nor|neither|without|cannot|except|unless"
+    r"|(?:ca|do|does|did|wo|is|are|was|were|should|must)n" + _APOS + r"t)\b",
     re.IGNORECASE,
 )
 # Lower-cased substrings, one inside every word NEGATION matches ("no" is in "not", "none", "nor" and "cannot";
 # "n't" ends every contraction).
-_NEGATION_HINTS = ("no", "n't", "never", "neither", "without", "except", "unless")
+_NEGATION_HINTS = ("no", "n't", "n\u2019t", "never", "neither", "without", "except", "unless")
 # Under IGNORECASE "İ" and "ı" match "i" and "ſ" matches "s", but lower() does not make them those letters (and
 # makes "İ" two characters); every other character that IGNORECASE matches to a letter lower-cases to that letter,
 # one character for one (the tests check all of Unicode).
@@ -218,6 +225,8 @@ class Protection:
     patterns: Sequence[str] = ()
     markers: bool = True
     instructions: bool = True
+    code_fences: bool = True
+    """Keep the fence lines of a long code block cut into pieces, so kept code stays fenced."""
     _compiled: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -231,7 +240,7 @@ class Protection:
 
     @classmethod
     def none(cls) -> Protection:
-        return cls(patterns=(), markers=False, instructions=False)
+        return cls(patterns=(), markers=False, instructions=False, code_fences=False)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Protected character spans from markers and patterns, sorted.

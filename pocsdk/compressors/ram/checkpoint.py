@@ -102,7 +102,8 @@ def _is_official(path: Path) -> bool:
     """An official release (a .safetensors file, a shard index, or a folder of them), not a pocsdk folder."""
     if path.is_file():
         return path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json")
-    return path.is_dir() and not (path / CONFIG_FILE).exists() and any(path.glob("*.safetensors"))
+    return path.is_dir() and not (path / CONFIG_FILE).exists() and (
+        any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")))
 
 
 def load_ram(
@@ -228,7 +229,7 @@ def official_files(path: str | Path) -> list[Path]:
     if path.name.endswith(".safetensors.index.json"):
         try:
             weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise ArtifactError(f"{path}: not a safetensors index ({exc!r})") from exc
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ArtifactError(f"{path}: 'weight_map' must map parameter names to shard file names")
@@ -263,7 +264,7 @@ def _shard_names(shards: list[Path], index: Path | None) -> dict[str, Path]:
                 raise ArtifactError(f"{key} is in both {where[key].name} and {shard.name}")
             where[key] = shard
     if index is not None:
-        listed = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        listed = json.loads(index.read_text(encoding="utf-8"))["weight_map"]  # read once already by official_files
         absent = sorted(k for k, v in listed.items() if where.get(k) != index.parent / v)
         if absent:
             raise ArtifactError(f"{index}: {len(absent)} parameters it lists are not in their shards "
