@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pocsdk import Compressor
 from pocsdk.text.segment import (
     _ABBREV,
     _ABBREV_UNLESS_CAPITAL,
@@ -363,3 +364,51 @@ def test_clauses_match_the_rule_with_recounted_words(text: str, data: st.DataObj
     start = data.draw(st.integers(0, len(text)))
     end = data.draw(st.integers(start, len(text)))
     assert clauses(text, start, end, min_words) == reference_clauses(text, start, end, min_words)
+
+
+def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
+    """Lines without end punctuation used to be joined like hard-wrapped prose and then cut at ':' and
+    ',' mid-line, so a compressed log held half lines ("12:25:" / "51 ERROR ...")."""
+    log = "\n".join(f"2024-05-07 12:{m:02d}:51 ERROR worker-{m % 9} connection reset by peer" for m in range(40))
+    csv = "id,name,city,amount\n" + "\n".join(f"{i},Ann,Oslo,{i * 7}.50" for i in range(40))
+    tsv = "\n".join(f"row{i}\tAnn\tOslo" for i in range(40))
+    for text in (log, csv, tsv):
+        starts, ends, _, _ = segment_arrays(text)
+        lines = text.split("\n")
+        assert [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)] == lines
+        out = Compressor(keep_rate=0.3, compressor="extractive").compress(text, "worker-3 Oslo").text
+        assert set(out.split("\n")) <= set(lines)  # whole lines only
+    prose = ("The council met on Tuesday and voted to fund\nthe new bridge, the school, the library\n"
+             "and two parks, all by next spring, as planned\nby the mayor.")
+    starts, ends, _, _ = segment_arrays(prose)
+    assert len(starts) == 1  # hard-wrapped prose is still one sentence
+
+
+def test_hard_cuts_never_split_a_character() -> None:
+    """A run with no spaces over the unit limit is cut hard; never inside a Thai syllable's marks, a
+    decomposed accent or an emoji ZWJ sequence. The top-up prefix keeps decomposed kana whole too."""
+    import unicodedata
+
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    thai = "\u0e01\u0e48\u0e32\u0e27\u0e19\u0e49\u0e33" * 120  # consonants with tone and vowel marks, no spaces
+    accents = unicodedata.normalize("NFD", "vi\u1ec7tn\u1eb7mqu\u1ed1cgia") * 60
+    for offset in range(4):
+        for run in (family * 100, thai, accents):
+            text = "a" * offset + run
+            starts, ends, _, _ = segment_arrays(text)
+            assert len(starts) > 1
+            for edge in [*starts.tolist()[1:], *ends.tolist()[:-1]]:
+                assert unicodedata.category(text[edge]) not in ("Mn", "Mc", "Me") and text[edge] != "\u200d"
+                assert text[edge - 1] != "\u200d", (offset, edge)
+    kana = unicodedata.normalize("NFD", (
+        "\u30c7\u30fc\u30bf\u30d9\u30fc\u30b9\u306e\u30d0\u30c3\u30af\u30a2\u30c3\u30d7\u306f\u6bce\u65e5"
+        "\u5348\u524d\u4e09\u6642\u306b\u81ea\u52d5\u3067\u5b9f\u884c\u3055\u308c\u307e\u3059\u3002\u969c\u5bb3"
+        "\u304c\u767a\u751f\u3057\u305f\u5834\u5408\u306f\u3001\u30ed\u30b0\u30d5\u30a1\u30a4\u30eb\u3092\u78ba"
+        "\u8a8d\u3057\u3066\u304b\u3089\u7ba1\u7406\u8005\u306b\u9023\u7d61\u3057\u3066\u304f\u3060\u3055\u3044"
+        "\u3002") * 8)
+    for name in ("skim", "extractive", "truncate"):
+        for rate in [x / 100 for x in range(3, 95, 4)]:
+            res = Compressor(keep_rate=rate, compressor=name).compress(kana, "\u30d0\u30c3\u30af\u30a2\u30c3\u30d7")
+            for span in res.documents[0].spans:  # no kept span starts at, or ends just before, a voicing mark
+                assert kana[span.start] not in "\u3099\u309a"
+                assert span.end == len(kana) or kana[span.end] not in "\u3099\u309a", (name, rate, span)

@@ -29,7 +29,10 @@ MAX_TRIES = 8
 CUTTABLE = (SENTENCE, FRAGMENT, LIST_ITEM)
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
+# What stays with the character before it: combining marks (decomposed kana's voicing marks too), variation
+# selectors, a zero-width joiner.
+_MARKS = "\u0300-\u036f\u3099\u309a\ufe00-\ufe0f\U000e0100-\U000e01ef\u200d"
+_WORD = re.compile(rf"[{_CJK}][{_MARKS}]*|[^\s{_CJK}]+")
 
 Partial = tuple[int, int, int, int]
 """(document index, start, end, tokens) of a kept prefix of one unit."""

@@ -12,6 +12,7 @@ then at whitespace.
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -277,6 +278,7 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
     """Join hard-wrapped prose lines; keep headings, list items and table rows apart."""
     out: list[list[int]] = []
     pos = start
+    prev = (start, start)  # the last non-blank physical line
     while pos < end:
         nl = text.find("\n", pos, end)
         line_end = end if nl < 0 else nl
@@ -289,12 +291,31 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
                 and out[-1][2] in (SENTENCE, LIST_ITEM)
                 and text[out[-1][1] - 1] not in _LINE_END_TERMINAL
                 and not _RECORD_START.match(text, s, e)
+                and not _records(text, prev, (s, e))
             ):
                 out[-1][1] = e
             else:
                 out.append([s, e, kind])
+            prev = (s, e)
         pos = line_end + 1
     return [(s, e, k) for s, e, k in out]
+
+
+def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Two lines that read as records of one file, not as prose wrapped across them: both open with a
+    digit (log lines with timestamps, numbered rows), or both hold a tab, or the same number (two or
+    more) of commas or semicolons with no space after them (CSV rows, a CSV header and its first row;
+    prose puts a space after its commas)."""
+    x, y = text[a[0]:a[1]], text[b[0]:b[1]]
+    if x[:1].isdigit() and y[:1].isdigit():
+        return True
+    if "\t" in x and "\t" in y:
+        return True
+    for sep in ",;":
+        n = x.count(sep) - x.count(sep + " ")
+        if n >= 2 and n == y.count(sep) - y.count(sep + " "):
+            return True
+    return False
 
 
 def _plain_start(text: str, s: int, e: int) -> bool:
@@ -323,9 +344,10 @@ def _split_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[i
             continue
         ws = [m.end() for m in _SPACE.finditer(text, s, e)]
         for s2, e2 in _pack(text, s, e, ws, max_chars):
-            while e2 - s2 > max_chars:  # no whitespace at all: hard cut
-                out.append((s2, s2 + max_chars))
-                s2 += max_chars
+            while e2 - s2 > max_chars:  # no whitespace at all: hard cut, between whole characters
+                cut = grapheme_cut(text, s2 + max_chars, s2 + 1)
+                out.append((s2, cut))
+                s2 = cut
             out.append((s2, e2))
     return [(s, e) for s, e in (_strip(text, a, b) for a, b in out) if s < e]
 
@@ -431,12 +453,27 @@ def _code_lines(text: str, start: int, end: int, max_chars: int) -> Iterable[tup
             cut = text.rfind("\n", pos, pos + max_chars)
             if cut <= pos:  # one long line: at a space, else at the limit
                 cut = text.rfind(" ", pos, pos + max_chars)
-            cut = cut + 1 if cut > pos else pos + max_chars
+            cut = cut + 1 if cut > pos else grapheme_cut(text, pos + max_chars, pos + 1)
         s, e = _strip(text, pos, cut)
         if s < e:
             line = text.rfind("\n", pos, s) + 1
             yield max(line, pos), e  # keep the indentation of the piece's first line
         pos = cut
+
+
+def grapheme_cut(text: str, cut: int, lowest: int) -> int:
+    """``cut`` moved back (not below ``lowest``) so that it splits no user-perceived character: never before
+    a combining mark (a Thai tone mark, a decomposed accent or voicing mark), a variation selector, an emoji
+    skin-tone modifier or a zero-width joiner, nor after a joiner (inside an emoji ZWJ sequence)."""
+    while cut > lowest and (_joins_previous(text[cut]) or text[cut - 1] == "\u200d"):
+        cut -= 1
+    return cut
+
+
+def _joins_previous(ch: str) -> bool:
+    cp = ord(ch)
+    return (unicodedata.category(ch) in ("Mn", "Me", "Mc") or cp == 0x200D or 0xFE00 <= cp <= 0xFE0F
+            or 0xE0100 <= cp <= 0xE01EF or 0x1F3FB <= cp <= 0x1F3FF)
 
 
 def is_fence_line(piece: str) -> bool:
