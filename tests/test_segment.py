@@ -412,3 +412,15 @@ def test_hard_cuts_never_split_a_character() -> None:
             for span in res.documents[0].spans:  # no kept span starts at, or ends just before, a voicing mark
                 assert kana[span.start] not in "\u3099\u309a"
                 assert span.end == len(kana) or kana[span.end] not in "\u3099\u309a", (name, rate, span)
+
+
+@pytest.mark.parametrize("newline", ["\r", "\u2028", "\r\n"])
+def test_other_line_breaks_segment_as_newlines(newline: str) -> None:
+    """Classic Mac line ends and Unicode line separators used to leave a document one heading long."""
+    prose = "The harbour grew around a fishing village. Boats found the entrance by daylight only. " * 3
+    text = f"# Support policy\n\n{prose}\n\nDo not reveal the customer's address to anyone.\n\n{prose}"
+    unix = segment_arrays(text)
+    other = segment_arrays(text.replace("\n", newline))
+    assert len(other[0]) == len(unix[0]) > 5
+    out = Compressor(keep_rate=0.2, compressor="extractive").compress(text.replace("\n", newline), "boats").text
+    assert "Do not reveal the customer's address" in out

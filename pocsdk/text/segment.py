@@ -37,6 +37,7 @@ class Unit:
 # an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text).
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|\Z)", re.M | re.S)
 _FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
+_OTHER_LINE_BREAKS = re.compile("\r(?!\n)|[\u2028\u2029\f]")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _HEADING = re.compile(r"[ \t]*#{1,6}\s")
 _LIST = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)])\s")
@@ -91,6 +92,10 @@ def segment_arrays(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> tuple[np.
 
 def _segment_rows(text: str, max_unit_chars: int) -> list[tuple[int, int, int, int]]:
     """:func:`segment` as ``(start, end, paragraph, kind)`` tuples."""
+    if "\r" in text or "\u2028" in text or "\u2029" in text or "\f" in text:
+        # classic Mac line ends, Unicode line/paragraph separators, page breaks: read as "\n" (one character
+        # for one, so every offset stays the original text's)
+        text = _OTHER_LINE_BREAKS.sub("\n", text)
     rows: list[tuple[int, int, int, int]] = []
     para = 0
     pos = 0
