@@ -424,3 +424,14 @@ def test_other_line_breaks_segment_as_newlines(newline: str) -> None:
     assert len(other[0]) == len(unix[0]) > 5
     out = Compressor(keep_rate=0.2, compressor="extractive").compress(text.replace("\n", newline), "boats").text
     assert "Do not reveal the customer's address" in out
+
+
+def test_a_long_code_block_compresses_close_to_the_rate() -> None:
+    """Pieces of a cut code block hold a few lines, so a budget takes part of it as it takes part of
+    prose; with 480-character pieces a 560-token block came back as empty fences at any rate <= 0.2."""
+    body = "".join(f"    result_{i} = transform(result_{i - 1}, weight={i})  # step {i}\n" for i in range(1, 50))
+    text = f"Here is the code:\n\n```python\ndef pipeline(result_0):\n{body}    return result_49\n```\n\nThat was it."
+    for rate in (0.1, 0.2, 0.4):
+        res = Compressor(keep_rate=rate, compressor="extractive").compress(text, "transform weight")
+        assert abs(res.keep_rate - rate) <= 0.1 * rate + 0.02, (rate, res.keep_rate)
+        assert res.text.count("```") == 2 and "result_" in res.text  # fenced code, not empty fences

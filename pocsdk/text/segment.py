@@ -37,6 +37,8 @@ class Unit:
 # an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text).
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|\Z)", re.M | re.S)
 _FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
+CODE_PIECE_CHARS = 160
+"""The most characters a piece of a cut code block holds (one to a few lines)."""
 _OTHER_LINE_BREAKS = re.compile("\r(?!\n)|[\u2028\u2029\f]")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _HEADING = re.compile(r"[ \t]*#{1,6}\s")
@@ -430,8 +432,9 @@ def _code_chunks(text: str, start: int, end: int, max_chars: int) -> Iterable[tu
     could only be kept or dropped entirely, so a budget smaller than it dropped all of it. Cut,
     its opening and closing fence lines are units of their own (:func:`is_fence_line`; the
     compressors always keep them, so kept code stays fenced) and the lines between are cut at
-    line ends, each piece starting with its first line's indentation; a single line longer than
-    ``max_chars`` is cut at its last space that fits, else at ``max_chars``.
+    line ends into pieces of at most ``CODE_PIECE_CHARS`` (a few lines each, so a budget can take
+    part of a block as closely as it takes part of prose), each piece starting with its first
+    line's indentation; a single longer line is cut at its last space that fits, else hard.
     """
     if end - start <= max_chars:
         yield start, end
@@ -443,11 +446,11 @@ def _code_chunks(text: str, start: int, end: int, max_chars: int) -> Iterable[tu
         yield _strip(text, start, first)
         last = text.rfind("\n", first, end)
         if last > first and _FENCE_LINE.fullmatch(text, last + 1, end):
-            yield from _code_lines(text, first + 1, last, max_chars)
+            yield from _code_lines(text, first + 1, last, min(max_chars, CODE_PIECE_CHARS))
             yield _strip(text, last + 1, end)
             return
         first += 1
-    yield from _code_lines(text, first, end, max_chars)
+    yield from _code_lines(text, first, end, min(max_chars, CODE_PIECE_CHARS))
 
 
 def _code_lines(text: str, start: int, end: int, max_chars: int) -> Iterable[tuple[int, int]]:
