@@ -252,16 +252,18 @@ class Compressor:
         result = self._at_rate(scored, rate)
         select_ms = result.timings.select_ms
         sep = scored.tokenizer.count(result.separator) if len(scored.documents) > 1 else 0
-        for _ in range(6):
-            used = result.compressed_tokens + sep * max(0, sum(1 for d in result.documents if d.text) - 1)
-            if used <= target or result.passthrough or rate <= 1e-6:
+
+        def used(res: CompressionResult) -> int:
+            return res.compressed_tokens + sep * max(0, sum(1 for d in res.documents if d.text) - 1)
+
+        for _ in range(8):  # the rate shrinks every round; a selection is kept only when it is smaller
+            if used(result) <= target or result.passthrough or rate <= 1e-6:
                 break
-            rate = max(rate * target / used * 0.97, 1e-9)
+            rate = max(rate * min(target / used(result), 1.0) * 0.97, 1e-9)
             smaller = self._at_rate(scored, rate)
             select_ms += smaller.timings.select_ms
-            if smaller.compressed_tokens >= result.compressed_tokens:  # only protected text is left
-                break
-            result = smaller
+            if used(smaller) < used(result):
+                result = smaller  # (protected text alone over the target: nothing gets smaller, the loop ends)
         result.requested_keep_rate = asked
         result.timings.select_ms = select_ms
         return result
