@@ -45,10 +45,22 @@ class LoopBoundClient:
                 return client
             client = self._clients[loop] = self._factory()
         if self._owns_transport:
-            closer = close_with_loop(client)
+            closer = self._lifetime(loop, client)
             self._closers[loop] = closer  # held for the loop's life: dropping it would close the client
             await anext(closer)
         return client
+
+    async def _lifetime(self, loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+        """:func:`close_with_loop`, and then forget the loop: the generator's finalizer refers to its
+        loop, so an entry left behind would keep every finished loop (and its client) alive."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._clients.get(loop) is client:
+                    del self._clients[loop]
+                self._closers.pop(loop, None)
+            await client.aclose()
 
     async def aclose(self) -> None:
         """Close the running loop's client (the others close with their loops); later calls fail."""

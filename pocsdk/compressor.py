@@ -257,7 +257,7 @@ class Compressor:
             return res.compressed_tokens + sep * max(0, sum(1 for d in res.documents if d.text) - 1)
 
         for _ in range(8):  # the rate shrinks every round; a selection is kept only when it is smaller
-            if used(result) <= target or result.passthrough or rate <= 1e-6:
+            if used(result) <= target or scored.passthrough_reason or rate <= 1e-6:  # (too short to compress)
                 break
             rate = max(rate * min(target / used(result), 1.0) * 0.97, 1e-9)
             smaller = self._at_rate(scored, rate)

@@ -550,3 +550,23 @@ def test_one_async_client_in_two_threads_keeps_one_pool_per_loop() -> None:
         t.join(10)
     assert seen == {0: [True] * 5, 1: [True] * 5}
     assert len(made) == 2 and all(c.is_closed for c in made)  # each closed when its loop ended
+
+
+def test_finished_event_loops_are_forgotten() -> None:
+    """asyncio.run per request: each loop's client is closed and forgotten when the loop ends; an entry
+    left behind kept every finished loop and its client alive (about 7 KiB per call)."""
+    import gc
+
+    from pocsdk._aio import LoopBoundClient
+
+    shared = LoopBoundClient(httpx.AsyncClient)
+
+    async def use() -> httpx.AsyncClient:
+        return await shared.get()
+
+    clients = [asyncio.run(use()) for _ in range(20)]
+    gc.collect()
+    assert len(shared._clients) == 0 and len(shared._closers) == 0
+    assert all(c.is_closed for c in clients)
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed()]
+    assert len(loops) < 5  # not one per call

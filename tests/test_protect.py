@@ -232,11 +232,12 @@ def test_has_negation_is_a_negation_search(parts: list[str], data: st.DataObject
 def test_every_negation_word_holds_a_hint_and_lower_keeps_offsets() -> None:
     """has_negation relies on both: a hint inside every word, and lower() one character for one (but "İ")."""
     plain = "not no never none nor neither without cannot except unless".split()
-    stems = "ca do does did wo is are was were should must".split()
+    stems = "ca do does did wo would could is are was were has have had should must need".split()
     words = plain + [f"{stem}n{apostrophe}t" for stem in stems for apostrophe in ("'", "\u2019")]
     assert all(NEGATION.fullmatch(w) for w in words)
     assert all(any(h in w.lower() for h in _NEGATION_HINTS) for w in words)
     assert has_negation("but it isn\u2019t for children") and has_negation("You MUSTN\u2019T go")
+    assert has_negation("but it wouldn\u2019t be safe") and has_negation("they haven't paid")
     every_char = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     assert [c for c in set(every_char) if len(c.lower()) != 1] == ["\u0130"]
     assert "\u0130" in _FOLDS_APART
@@ -263,6 +264,8 @@ def test_code_that_opens_like_an_order_is_not_an_instruction() -> None:
     "- **Never** share the account number.",
     "**IMPORTANT:** You must answer in French.",
     "> Do not forward this message.",  # a quoted instruction
+    "_Never_ share the account number.",
+    "__Do not__ reveal the customer's address to anyone.",
 ])
 def test_instructions_in_curly_quotes_and_markdown_are_protected(rule: str) -> None:
     prose = ("The museum opened in 1901 and holds a large collection of maritime paintings. Its west wing was added "

@@ -378,10 +378,16 @@ def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
         assert [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)] == lines
         out = Compressor(keep_rate=0.3, compressor="extractive").compress(text, "worker-3 Oslo").text
         assert set(out.split("\n")) <= set(lines)  # whole lines only
-    prose = ("The council met on Tuesday and voted to fund\nthe new bridge, the school, the library\n"
-             "and two parks, all by next spring, as planned\nby the mayor.")
-    starts, ends, _, _ = segment_arrays(prose)
-    assert len(starts) == 1  # hard-wrapped prose is still one sentence
+    for prose in (  # hard-wrapped prose is still one sentence (or list item) per sentence
+        "The council met on Tuesday and voted to fund\nthe new bridge, the school, the library\n"
+        "and two parks, all by next spring, as planned\nby the mayor.",
+        "1. The company was founded in\n   1998 by two students at Stanford.",
+        "The totals rose from\n1,204 in the first survey to\n3,517 in the second, which surprised them.",
+        "Revenue reached $1,200,000 in the first year and\n$1,500,000 in the second year, while costs\nfell.",
+        "The variables x,y,z are measured in metres and\nthe angles a,b,c are given in degrees for\nevery sample.",
+    ):
+        starts, ends, _, _ = segment_arrays(prose)
+        assert len(starts) == 1, prose
 
 
 def test_hard_cuts_never_split_a_character() -> None:

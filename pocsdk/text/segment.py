@@ -39,6 +39,9 @@ _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|
 _FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
 CODE_PIECE_CHARS = 160
 """The most characters a piece of a cut code block holds (one to a few lines)."""
+# A line opening with a date or a time: 2024-05-07, 07/05/2024, 12:25:51, 2024.05.07.
+_STAMP = re.compile(r"\d{1,4}[-/.:]\d{1,2}(?:[-/.:]\d{1,4})?(?!\d)")
+_THOUSANDS = re.compile(r"\d,\d{3}(?!\d)")
 _OTHER_LINE_BREAKS = re.compile("\r(?!\n)|[\u2028\u2029\f]")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _HEADING = re.compile(r"[ \t]*#{1,6}\s")
@@ -94,7 +97,8 @@ def segment_arrays(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> tuple[np.
 
 def _segment_rows(text: str, max_unit_chars: int) -> list[tuple[int, int, int, int]]:
     """:func:`segment` as ``(start, end, paragraph, kind)`` tuples."""
-    if "\r" in text or "\u2028" in text or "\u2029" in text or "\f" in text:
+    if ("\r" in text and text.count("\r") != text.count("\r\n")) or "\u2028" in text or "\u2029" in text \
+            or "\f" in text:
         # classic Mac line ends, Unicode line/paragraph separators, page breaks: read as "\n" (one character
         # for one, so every offset stays the original text's)
         text = _OTHER_LINE_BREAKS.sub("\n", text)
@@ -310,19 +314,30 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
 
 def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Two lines that read as records of one file, not as prose wrapped across them: both open with a
-    digit (log lines with timestamps, numbered rows), or both hold a tab, or the same number (two or
-    more) of commas or semicolons with no space after them (CSV rows, a CSV header and its first row;
-    prose puts a space after its commas)."""
-    x, y = text[a[0]:a[1]], text[b[0]:b[1]]
-    if x[:1].isdigit() and y[:1].isdigit():
+    date or time (log lines), or both hold a tab, or both hold the same number (two or more) of
+    delimiting commas or semicolons: no space after them, not a thousands separator, and at least one
+    for every two spaces in the line (CSV rows, a CSV header and its first row; prose puts a space
+    after its commas and has many more spaces than commas)."""
+    (a0, a1), (b0, b1) = a, b
+    if text[a0].isdigit() and text[b0].isdigit() and _STAMP.match(text, a0, a1) and _STAMP.match(text, b0, b1):
         return True
-    if "\t" in x and "\t" in y:
+    if text.find("\t", a0, a1) >= 0 and text.find("\t", b0, b1) >= 0:
         return True
     for sep in ",;":
-        n = x.count(sep) - x.count(sep + " ")
-        if n >= 2 and n == y.count(sep) - y.count(sep + " "):
+        n = _delimiters(text, a0, a1, sep)
+        if n >= 2 and n == _delimiters(text, b0, b1, sep):
             return True
     return False
+
+
+def _delimiters(text: str, start: int, end: int, sep: str) -> int:
+    """Delimiting ``sep`` in a line (0 when the line has fewer of them than half its spaces)."""
+    n = text.count(sep, start, end) - text.count(sep + " ", start, end)
+    if n < 2 or 2 * n < text.count(" ", start, end):
+        return 0
+    if sep == ",":
+        n -= len(_THOUSANDS.findall(text, start, end))
+    return n
 
 
 def _plain_start(text: str, s: int, e: int) -> bool:
