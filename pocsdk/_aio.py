@@ -43,6 +43,9 @@ class LoopBoundClient:
             client = self._clients.get(loop)
             if client is not None:
                 return client
+            for gone in [old for old in self._clients if old.is_closed()]:  # loops closed without
+                del self._clients[gone]  # shutdown_asyncgens (run_until_complete, then close): their
+                self._closers.pop(gone, None)  # clients' sockets go with the objects
             client = self._clients[loop] = self._factory()
         if self._owns_transport:
             closer = self._lifetime(loop, client)

@@ -251,19 +251,24 @@ class Compressor:
         rate = asked
         result = self._at_rate(scored, rate)
         select_ms = result.timings.select_ms
-        sep = scored.tokenizer.count(result.separator) if len(scored.documents) > 1 else 0
+        counter = scored.tokenizer
 
-        def used(res: CompressionResult) -> int:
-            return res.compressed_tokens + sep * max(0, sum(1 for d in res.documents if d.text) - 1)
+        def used(res: CompressionResult) -> int:  # the joined text when separators join documents: a
+            # separator can cost more between texts than alone (BPE merges "\n\n" with what follows)
+            joined = sum(1 for d in res.documents if d.text) > 1
+            return counter.count(res.text) if joined else res.compressed_tokens
 
+        stalls = 0
         for _ in range(8):  # the rate shrinks every round; a selection is kept only when it is smaller
-            if used(result) <= target or scored.passthrough_reason or rate <= 1e-6:  # (too short to compress)
-                break
+            if used(result) <= target or scored.passthrough_reason or rate <= 1e-6 or stalls >= 2:
+                break  # (two rounds without a smaller output: protected text alone is over the target)
             rate = max(rate * min(target / used(result), 1.0) * 0.97, 1e-9)
             smaller = self._at_rate(scored, rate)
             select_ms += smaller.timings.select_ms
             if used(smaller) < used(result):
-                result = smaller  # (protected text alone over the target: nothing gets smaller, the loop ends)
+                result, stalls = smaller, 0
+            else:
+                stalls += 1
         result.requested_keep_rate = asked
         result.timings.select_ms = select_ms
         return result

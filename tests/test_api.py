@@ -146,6 +146,24 @@ def test_target_tokens_is_a_limit(tokenizer: str, compressor: str) -> None:
     assert not over, over[:5]
 
 
+@pytest.mark.slow
+def test_target_tokens_counts_separators_as_the_tokenizer_joins_them() -> None:
+    """A BPE tokenizer counts "\n\n" alone as one token but more between two texts: the limit is
+    checked on the joined text."""
+    from test_tokens import SMOLLM_GGUF, smollm_dir
+
+    from pocsdk.text.tokens import get_token_counter
+
+    spec = f"hf:{smollm_dir()}::{SMOLLM_GGUF}"
+    counter = get_token_counter(spec)
+    docs = [" ".join(TEXT.split()[i * 30:(i + 1) * 30]) for i in range(10)]
+    comp = Compressor(compressor="extractive", tokenizer=spec)
+    total = comp.compress(docs, keep_rate=1.0).original_tokens
+    over = [(t, n) for t in range(60, total, 37)
+            if (n := counter.count(comp.compress(docs, "castle", target_tokens=t).text)) > t]
+    assert not over, over
+
+
 def test_mode_conflicts_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         Compressor(keep_rate=0.5, target_tokens=10)

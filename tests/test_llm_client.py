@@ -570,3 +570,21 @@ def test_finished_event_loops_are_forgotten() -> None:
     assert all(c.is_closed for c in clients)
     loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed()]
     assert len(loops) < 5  # not one per call
+
+
+def test_loops_closed_without_shutting_down_are_pruned() -> None:
+    """run_until_complete on hand-made loops closed without shutdown_asyncgens: their entries go at the
+    next new loop instead of piling up."""
+    import warnings
+
+    from pocsdk._aio import LoopBoundClient
+
+    shared = LoopBoundClient(httpx.AsyncClient)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(10):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(shared.get())
+            loop.close()
+        asyncio.run(shared.get())
+    assert len(shared._clients) <= 1 and len(shared._closers) <= 1

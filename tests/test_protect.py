@@ -277,6 +277,15 @@ def test_instructions_in_curly_quotes_and_markdown_are_protected(rule: str) -> N
         assert rule in out, (name, rule)
 
 
+@pytest.mark.parametrize("sentence", ["output_dir is where the checkpoints are written.",
+                                      "ignore_index is set to -100 for padding tokens.",
+                                      "never_split is a list of tokens the tokenizer keeps whole.",
+                                      "You must_have_seen this before."])
+def test_snake_case_names_are_not_orders(sentence: str) -> None:
+    """The keyword must end at a word's end, an underscore of emphasis aside ("_Never_ share")."""
+    assert not is_instruction(sentence)
+
+
 def test_a_curly_negation_is_never_cut_into_clauses() -> None:
     sentence = ("The new syrup is completely safe for adults when it is taken with food, "
                 "but it isn\u2019t safe for children under six years of age")

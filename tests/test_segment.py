@@ -370,9 +370,13 @@ def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
     """Lines without end punctuation used to be joined like hard-wrapped prose and then cut at ':' and
     ',' mid-line, so a compressed log held half lines ("12:25:" / "51 ERROR ...")."""
     log = "\n".join(f"2024-05-07 12:{m:02d}:51 ERROR worker-{m % 9} connection reset by peer" for m in range(40))
+    epoch = "\n".join(f"{1715080000 + m}.{m:03d} INFO worker-{m % 9} job {m} done" for m in range(40))
+    counts = "year,visitors,staff\n" + "\n".join(f"{2000 + i},{100 + i},{300 + i}" for i in range(40))
+    shop = "name,description,price\n" + "\n".join(f"Item{i},A small blue widget for the kitchen,{i}.99"
+                                                   for i in range(40))
     csv = "id,name,city,amount\n" + "\n".join(f"{i},Ann,Oslo,{i * 7}.50" for i in range(40))
     tsv = "\n".join(f"row{i}\tAnn\tOslo" for i in range(40))
-    for text in (log, csv, tsv):
+    for text in (log, csv, tsv, epoch, counts, shop):
         starts, ends, _, _ = segment_arrays(text)
         lines = text.split("\n")
         assert [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)] == lines
@@ -385,6 +389,7 @@ def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
         "The totals rose from\n1,204 in the first survey to\n3,517 in the second, which surprised them.",
         "Revenue reached $1,200,000 in the first year and\n$1,500,000 in the second year, while costs\nfell.",
         "The variables x,y,z are measured in metres and\nthe angles a,b,c are given in degrees for\nevery sample.",
+        "The index rose by\n2.5 percent in May and by\n3.1 percent in June, the office said.",
     ):
         starts, ends, _, _ = segment_arrays(prose)
         assert len(starts) == 1, prose

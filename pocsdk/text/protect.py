@@ -35,7 +35,7 @@ _APOS = "['\u2019]"
 _IMPERATIVE = re.compile(
     _LEAD
     + r"(?:never|always|do\s+not|don" + _APOS + r"t|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
-    r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)(?![^\W_])",
+    r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)(?!_*[^\W_])",
     re.IGNORECASE,
 )
 # A directive's subject opens the sentence or a clause ("When unsure, you must ask"); "you" deep inside a
@@ -44,7 +44,7 @@ _IMPERATIVE = re.compile(
 _SUBJECT_MODAL = (
     r"(?:you|the\s+assistant|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|have\s+to"
     r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|will\s+not"
-    r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)(?![^\W_])"
+    r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)(?!_*[^\W_])"
 )
 _DIRECTIVE_AT_START = re.compile(  # matched at the start only
     _LEAD + r"(?:" + _SUBJECT_MODAL + r"|under\s+no\s+circumstances\b)", re.IGNORECASE

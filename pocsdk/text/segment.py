@@ -39,8 +39,10 @@ _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|
 _FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
 CODE_PIECE_CHARS = 160
 """The most characters a piece of a cut code block holds (one to a few lines)."""
-# A line opening with a date or a time: 2024-05-07, 07/05/2024, 12:25:51, 2024.05.07.
-_STAMP = re.compile(r"\d{1,4}[-/.:]\d{1,2}(?:[-/.:]\d{1,4})?(?!\d)")
+# A line opening with a date, a time or an epoch timestamp: 2024-05-07, 07/05/2024, 7.5.2024, 12:25:51,
+# 1715080000.123 (not a decimal like 2.5 or a range like 3-5, which open wrapped prose lines too).
+_STAMP = re.compile(r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{1,2}:\d{2}(?::\d{2})?"
+                    r"|\d{10}(?:\.\d+)?)(?![\d])")
 _THOUSANDS = re.compile(r"\d,\d{3}(?!\d)")
 _OTHER_LINE_BREAKS = re.compile("\r(?!\n)|[\u2028\u2029\f]")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
@@ -315,9 +317,8 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
 def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Two lines that read as records of one file, not as prose wrapped across them: both open with a
     date or time (log lines), or both hold a tab, or both hold the same number (two or more) of
-    delimiting commas or semicolons: no space after them, not a thousands separator, and at least one
-    for every two spaces in the line (CSV rows, a CSV header and its first row; prose puts a space
-    after its commas and has many more spaces than commas)."""
+    delimiting commas or semicolons (:func:`_delimiters`; CSV rows, a CSV header and its first row;
+    prose puts a space after its commas and has many more spaces than commas)."""
     (a0, a1), (b0, b1) = a, b
     if text[a0].isdigit() and text[b0].isdigit() and _STAMP.match(text, a0, a1) and _STAMP.match(text, b0, b1):
         return True
@@ -331,13 +332,17 @@ def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def _delimiters(text: str, start: int, end: int, sep: str) -> int:
-    """Delimiting ``sep`` in a line (0 when the line has fewer of them than half its spaces)."""
+    """Delimiting ``sep`` in a line: all of them in a line without spaces ("2019,125,377"); else those
+    that are no thousands separators, and 0 when they are fewer than a third of the line's spaces."""
     n = text.count(sep, start, end) - text.count(sep + " ", start, end)
-    if n < 2 or 2 * n < text.count(" ", start, end):
+    if n < 2:
         return 0
+    spaces = text.count(" ", start, end)
+    if not spaces:
+        return n
     if sep == ",":
         n -= len(_THOUSANDS.findall(text, start, end))
-    return n
+    return n if 3 * n >= spaces else 0
 
 
 def _plain_start(text: str, s: int, e: int) -> bool:
