@@ -258,15 +258,17 @@ class Compressor:
             joined = sum(1 for d in res.documents if d.text) > 1
             return counter.count(res.text) if joined else res.compressed_tokens
 
+        spent = used(result)  # counted once per selection: with several documents it tokenizes the output
         stalls = 0
         for _ in range(8):  # the rate shrinks every round; a selection is kept only when it is smaller
-            if used(result) <= target or scored.passthrough_reason or rate <= 1e-6 or stalls >= 2:
+            if spent <= target or scored.passthrough_reason or rate <= 1e-6 or stalls >= 2:
                 break  # (two rounds without a smaller output: protected text alone is over the target)
-            rate = max(rate * min(target / used(result), 1.0) * 0.97, 1e-9)
+            rate = max(rate * min(target / spent, 1.0) * 0.97, 1e-9)
             smaller = self._at_rate(scored, rate)
             select_ms += smaller.timings.select_ms
-            if used(smaller) < used(result):
-                result, stalls = smaller, 0
+            smaller_spent = used(smaller)
+            if smaller_spent < spent:
+                result, spent, stalls = smaller, smaller_spent, 0
             else:
                 stalls += 1
         result.requested_keep_rate = asked
