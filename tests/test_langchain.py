@@ -117,6 +117,113 @@ def test_configurable_fields_change_rate_per_call() -> None:
     assert low == pytest.approx(0.2, abs=0.05) and high == pytest.approx(0.6, abs=0.05)
 
 
+def test_modes_and_fields_checked_when_built() -> None:
+    """Bad fields used to pass the constructor and fail at the first call (``min_tokens=0`` with a raw
+    ValidationError from deep inside); two modes at once silently ran the floor."""
+    from pydantic import ValidationError
+
+    for bad in ({"floor": 2.0}, {"keep_rate": 0}, {"target_tokens": 0}, {"confidence": 1.0}, {"min_tokens": 0},
+                {"compressor": "nope"}, {"floor": 0.9, "keep_rate": 0.3}, {"keep_rate": 0.3, "confidence": 0.9},
+                {"compressor_params": {"keep_rate": 0.5}, "confidence": 0.9}):
+        with pytest.raises(ValidationError):
+            PocsdkCompressorRunnable(**bad)
+        with pytest.raises(ValidationError):
+            PocsdkDocumentCompressor(**bad)
+    r = PocsdkCompressorRunnable(floor=0.9).configurable_fields(keep_rate=ConfigurableField(id="kr"))
+    with pytest.raises(ValueError, match="cleared with None"):
+        r.with_config(configurable={"kr": 0.6}).invoke({"context": text(100, 8, FACT), "question": QUESTION})
+
+
+def test_every_mode_reaches_the_compressor() -> None:
+    """``compressor_params``' own mode and ``confidence`` used to be overridden by a floor of 0.9."""
+    inp = {"context": text(100, 8, FACT), "question": QUESTION}
+    by_params = PocsdkCompressorRunnable(compressor_params={"keep_rate": 0.5}).invoke(inp)["pocsdk"]
+    assert by_params["keep_rate"] == pytest.approx(0.5, abs=0.05) and "floor" not in by_params
+    budget = PocsdkCompressorRunnable(target_tokens=120).invoke(inp)["pocsdk"]
+    assert 100 <= budget["compressed_tokens"] <= 120
+    promised = PocsdkCompressorRunnable(floor=0.9, confidence=0.9).invoke(inp)["pocsdk"]
+    assert promised["floor"] == 0.9 and promised["reason"] != "full_keep_rate"
+    default = PocsdkCompressorRunnable().invoke(inp)["pocsdk"]
+    assert default["floor"] == 0.9
+    # objects that are no JSON (a Path, a loaded predictor) are fine as parameters
+    skim = REPO / "predictors" / "skim"
+    with_path = PocsdkCompressorRunnable(floor=0.9, compressor_params={"predictor": skim}).invoke(inp)["pocsdk"]
+    assert with_path["floor"] == 0.9
+
+
+def test_empty_retrieval_passes_through() -> None:
+    """A retriever that finds nothing used to crash the chain with EmptyContextError."""
+    r = PocsdkCompressorRunnable(keep_rate=0.3)
+    for context, expected in (([], ""), ([Document(page_content="")], ""), ("   ", "   ")):
+        out = r.invoke({"context": context, "question": QUESTION})
+        assert out["context"] == expected and out["question"] == QUESTION
+        assert out["pocsdk"]["passthrough"] and out["pocsdk"]["reason"] == "empty_context"
+        assert out["pocsdk"]["original_tokens"] == 0
+    out = asyncio.run(r.ainvoke({"context": [], "question": QUESTION}))
+    assert out["context"] == "" and out["pocsdk"]["reason"] == "empty_context"
+    # and "question": None falls back to "query"
+    out = r.invoke({"context": text(100, 8, FACT), "question": None, "query": QUESTION})
+    assert FACT in out["context"]
+
+
+def test_question_before_the_context_stays_and_steers() -> None:
+    """The widely used rag-prompt template asks before the context: its question line, instructions and
+    answer cue used to be compressed away, and the last document was taken for the question."""
+    template = ("You are an assistant for question-answering tasks. Use the following pieces of retrieved "
+                "context to answer the question.\nQuestion: {question} \nContext: {context} \nAnswer:")
+    docs = "\n\n".join([text(30, 20), text(30, 21, FACT), text(30, 22), text(30, 23)])
+    r = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200)
+    for prompt in (ChatPromptTemplate.from_messages([("human", template)]),):
+        out = (prompt | r).invoke({"question": QUESTION, "context": docs})
+        human = out.messages[0].content
+        assert human.startswith("You are an assistant for question-answering tasks.")
+        assert f"Question: {QUESTION}" in human and human.endswith("\nAnswer:") and FACT in human
+        assert len(human) < 0.5 * len(docs)
+    first = r.invoke([HumanMessage(f"{QUESTION} Answer using the report below.\n\n{docs}")])[0].content
+    assert first.startswith(f"{QUESTION} Answer using the report below.") and FACT in first
+
+
+def test_emptied_messages_and_parts_hold_a_marker() -> None:
+    """A long irrelevant message could come back as ``content=''`` and a text part as ``{'text': ''}``,
+    which chat APIs refuse."""
+    from pocsdk.llm.messages import OMITTED
+
+    history = [HumanMessage(text(150, 30)), AIMessage("Noted."),
+               HumanMessage(content=[{"type": "text", "text": text(150, 31)},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]),
+               AIMessage("Noted."), HumanMessage(QUESTION)]
+    # a tool output so relevant that it takes the whole budget
+    tool = " ".join(f"The treasure map {i} shows where the treasure is buried, near marker {i}." for i in range(80))
+    history.insert(4, ToolMessage(tool, tool_call_id="t1"))
+    out = PocsdkCompressorRunnable(keep_rate=0.1, min_tokens=100, compressor="extractive").invoke(history)
+    texts = [m.content if isinstance(m.content, str) else m.content[0]["text"] for m in out]
+    assert texts[0] == OMITTED and texts[2] == OMITTED and "treasure" in texts[4]
+    assert out[2].content[1] == history[2].content[1]  # the image part untouched
+
+
+def test_chunks_and_chat_messages_get_their_roles() -> None:
+    """Message chunks and ``ChatMessage(role="human")`` used to pass through uncompressed."""
+    from langchain_core.messages import ChatMessage, HumanMessageChunk, ToolMessageChunk
+
+    long = text(150, 33, FACT)
+    for message in (ToolMessageChunk(content=long, tool_call_id="t1"), HumanMessageChunk(content=long),
+                    ChatMessage(role="human", content=long), ChatMessage(role="user", content=long)):
+        out = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=100).invoke([message, HumanMessage(QUESTION)])
+        assert len(out[0].content) < 0.5 * len(long) and FACT in out[0].content, type(message).__name__
+    out = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=100).invoke(
+        [HumanMessageChunk(content=long + "\n\n" + QUESTION)])
+    assert out[0].content.endswith(QUESTION) and FACT in out[0].content
+
+
+def test_runnable_serializes_and_loads() -> None:
+    from langchain_core.load import dumps, loads
+
+    r = PocsdkCompressorRunnable(keep_rate=0.3, compressor="extractive", min_tokens=100)
+    back = loads(dumps(r), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable])
+    assert isinstance(back, PocsdkCompressorRunnable)
+    assert (back.keep_rate, back.compressor, back.min_tokens) == (0.3, "extractive", 100)
+
+
 async def test_ainvoke_abatch_and_custom_events() -> None:
     r = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200)
     inputs = [{"context": text(80, s, FACT), "question": QUESTION} for s in range(3)]
@@ -191,6 +298,11 @@ def test_document_compressor_empty_and_dropped_documents() -> None:
         assert d.page_content == ""
     filtered = PocsdkDocumentCompressor(keep_rate=0.05, drop_empty=True).compress_documents(docs, QUESTION)
     assert len(filtered) == 2 - len(dropped)
+    blank = [Document(page_content="", metadata={"source": "a"}), Document(page_content="  ", id="b")]
+    for out in (PocsdkDocumentCompressor(keep_rate=0.5).compress_documents(blank, QUESTION),
+                asyncio.run(PocsdkDocumentCompressor(keep_rate=0.5).acompress_documents(blank, QUESTION))):
+        assert [d.page_content for d in out] == ["", "  "] and out[1].id == "b"  # stats on every output
+        assert out[0].metadata["source"] == "a" and all(d.metadata["pocsdk"]["original_tokens"] == 0 for d in out)
 
 
 # -- the chat model adapter ------------------------------------------------------------------

@@ -86,10 +86,10 @@ def test_worker_uses_a_result_cached_while_it_waited(monkeypatch: pytest.MonkeyP
     mc = _mc()
     calls = _counting(mc, monkeypatch)
     slots = [(m["role"], m["content"]) for m in _messages()]
-    key = mc._key(slots, 0.5, None)
+    key = mc._key(slots, {"keep_rate": 0.5})
     texts, _ = mc.compress_slots(slots, keep_rate=0.5)  # another request finished the same prompt
     assert calls["compress"] == 1
-    again, stats = mc._compress_keyed(slots, 0.5, None, key)
+    again, stats = mc._compress_keyed(slots, {"keep_rate": 0.5}, key)
     assert again == texts and stats.cached and calls["compress"] == 1
 
 
@@ -106,3 +106,38 @@ def test_cache_off_compresses_every_time_in_the_pool(monkeypatch: pytest.MonkeyP
     asyncio.run(run())
     assert calls == {"compress": 2, "key": 0}
     assert not mc.cached([(m["role"], m["content"]) for m in _messages()], keep_rate=0.5)
+
+
+@pytest.mark.parametrize(("text", "kept", "query"), [
+    # labelled question before the context (rag-prompt): the label line and the answer cue stay
+    ("Use the context.\nQuestion: When did it open? \nContext: Doc one.\n\nDoc two.\nAnswer:",
+     ["Question: When did it open?", "\nAnswer:"], "When did it open?"),
+    ("**Question:** When?\n**Context:** Doc one.\n\nDoc two.", ["**Question:** When?"], "When?"),
+    # the last labelled question of a few-shot prompt, up to the next label
+    ("Q: What is 2+2?\nA: 4\n\nQ: What is 3+3?\nA:", ["Q: What is 3+3?", "\nA:"], "What is 3+3?"),
+    # unlabelled: the final paragraph, as before
+    ("Doc one.\n\nDoc two.\n\nWhen did it open?", ["\n\nWhen did it open?"], "When did it open?"),
+    # the question first: it stays and is the query; the final paragraph stays too (it may instruct)
+    ("When did it open? Use the report.\n\nDoc one.\n\nDoc two.",
+     ["When did it open? Use the report.", "\n\nDoc two."], "When did it open? Use the report."),
+    # an instruction first and no question anywhere: both ends stay, the query is the final paragraph
+    ("Summarize the report.\n\nDoc one.\n\nDoc two.", ["Summarize the report.", "\n\nDoc two."], "Doc two."),
+])
+def test_find_question(text: str, kept: list[str], query: str) -> None:
+    from pocsdk.llm.messages import find_question
+
+    q = find_question(text)
+    assert [text[a:b] for a, b in q.keep] == kept
+    assert " ".join(text[a:b] for a, b in q.query_spans).strip() == query
+
+
+def test_labelled_question_before_the_context_is_the_query_and_stays() -> None:
+    """The proxy used to take the last retrieved document for the question and compress the real one away."""
+    docs = "\n\n".join(_text(40, s) for s in range(4))
+    prompt = f"Answer from the context.\nQuestion: Which violin?\nContext: {docs}\nAnswer:"
+    mc = _mc(cache_size=0)
+    out, stats = mc.compress_messages([{"role": "user", "content": prompt}], keep_rate=0.3)
+    content = out[0]["content"]
+    assert content.startswith("Answer from the context.\nQuestion: Which violin?\n")
+    assert content.endswith("\nAnswer:") and stats.query == "Which violin?"
+    assert stats.compressed_tokens < 0.6 * stats.original_tokens

@@ -232,12 +232,13 @@ def test_has_negation_is_a_negation_search(parts: list[str], data: st.DataObject
 def test_every_negation_word_holds_a_hint_and_lower_keeps_offsets() -> None:
     """has_negation relies on both: a hint inside every word, and lower() one character for one (but "İ")."""
     plain = "not no never none nor neither without cannot except unless".split()
-    stems = "ca do does did wo would could is are was were has have had should must need".split()
+    stems = "ca do does did wo would could is are was were has have had should must need might sha ai".split()
     words = plain + [f"{stem}n{apostrophe}t" for stem in stems for apostrophe in ("'", "\u2019")]
     assert all(NEGATION.fullmatch(w) for w in words)
     assert all(any(h in w.lower() for h in _NEGATION_HINTS) for w in words)
     assert has_negation("but it isn\u2019t for children") and has_negation("You MUSTN\u2019T go")
     assert has_negation("but it wouldn\u2019t be safe") and has_negation("they haven't paid")
+    assert has_negation("you mightn't need it") and has_negation("We shan't wait") and has_negation("it ain't over")
     every_char = "".join(map(chr, range(0x110000))).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     assert [c for c in set(every_char) if len(c.lower()) != 1] == ["\u0130"]
     assert "\u0130" in _FOLDS_APART

@@ -376,7 +376,10 @@ def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
                                                    for i in range(40))
     csv = "id,name,city,amount\n" + "\n".join(f"{i},Ann,Oslo,{i * 7}.50" for i in range(40))
     tsv = "\n".join(f"row{i}\tAnn\tOslo" for i in range(40))
-    for text in (log, csv, tsv, epoch, counts, shop):
+    syslog = "\n".join(f"May {1 + m % 9:2d} 12:{m:02d}:51 host sshd[{900 + m}]: Accepted key for user{m}"
+                       for m in range(40))
+    ctime = "\n".join(f"Tue May  7 12:{m:02d}:51 2024 worker-{m % 9} connection reset" for m in range(40))
+    for text in (log, csv, tsv, epoch, counts, shop, syslog, ctime):
         starts, ends, _, _ = segment_arrays(text)
         lines = text.split("\n")
         assert [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)] == lines
@@ -390,6 +393,7 @@ def test_log_and_csv_lines_are_records_not_wrapped_prose() -> None:
         "Revenue reached $1,200,000 in the first year and\n$1,500,000 in the second year, while costs\nfell.",
         "The variables x,y,z are measured in metres and\nthe angles a,b,c are given in degrees for\nevery sample.",
         "The index rose by\n2.5 percent in May and by\n3.1 percent in June, the office said.",
+        "The meeting moved from\nMay 7 at the town hall to\nJune 12 at the library, the clerk said.",
     ):
         starts, ends, _, _ = segment_arrays(prose)
         assert len(starts) == 1, prose
@@ -411,6 +415,20 @@ def test_hard_cuts_never_split_a_character() -> None:
             for edge in [*starts.tolist()[1:], *ends.tolist()[:-1]]:
                 assert unicodedata.category(text[edge]) not in ("Mn", "Mc", "Me") and text[edge] != "\u200d"
                 assert text[edge - 1] != "\u200d", (offset, edge)
+    # flags are pairs of regional indicators and decomposed Hangul syllables are jamo sequences: a cut between
+    # the two halves of a flag or inside a syllable changes what the reader sees
+    flags = "\U0001f1ef\U0001f1f5\U0001f1fa\U0001f1f8\U0001f1eb\U0001f1f7" * 120
+    hangul = unicodedata.normalize("NFD", "\ud55c\uad6d\uc5b4\ud14d\uc2a4\ud2b8\uc640\uac01") * 80
+    for offset in range(3):
+        text = "a" * offset + flags
+        starts, ends, _, _ = segment_arrays(text)
+        assert len(starts) > 1
+        assert all((edge - offset) % 2 == 0 for edge in [*starts.tolist()[1:], *ends.tolist()[:-1]]), offset
+        text = "a" * offset + hangul
+        starts, ends, _, _ = segment_arrays(text)
+        assert len(starts) > 1
+        for edge in [*starts.tolist()[1:], *ends.tolist()[:-1]]:
+            assert not 0x1160 <= ord(text[edge]) <= 0x11ff, (offset, edge)  # a vowel or final jamo
     kana = unicodedata.normalize("NFD", (
         "\u30c7\u30fc\u30bf\u30d9\u30fc\u30b9\u306e\u30d0\u30c3\u30af\u30a2\u30c3\u30d7\u306f\u6bce\u65e5"
         "\u5348\u524d\u4e09\u6642\u306b\u81ea\u52d5\u3067\u5b9f\u884c\u3055\u308c\u307e\u3059\u3002\u969c\u5bb3"

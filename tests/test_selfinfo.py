@@ -106,6 +106,21 @@ def test_units_per_granularity(tiny_lm: Path) -> None:
     assert n["sentence"] < n["phrase"] < n["token"]
 
 
+def test_token_units_keep_user_perceived_characters_whole(tiny_lm: Path) -> None:
+    """Decomposed accents, Thai marks and emoji sequences used to be "words" of their own at token granularity,
+    so a selection could keep an accent without its letter."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", "Le café à Hà Nội ouvre à huit heures. ") + (
+        "\u0e01\u0e48\u0e32\u0e27 \U0001f468\u200d\U0001f469\u200d\U0001f467 \U0001f1ef\U0001f1f5 fin.")
+    units = get_compressor("selfinfo", model=str(tiny_lm), granularity="token").score(text).units
+    pieces = [text[s:e] for s, e in zip(units.start.tolist(), units.end.tolist())]
+    assert unicodedata.normalize("NFD", "café") in pieces and unicodedata.normalize("NFD", "Nội") in pieces
+    assert "\u0e01\u0e48\u0e32\u0e27" in pieces
+    assert "\U0001f468\u200d\U0001f469\u200d\U0001f467" in pieces and "\U0001f1ef\U0001f1f5" in pieces
+    assert not any(unicodedata.category(p[0]) in ("Mn", "Mc", "Me") or p[0] == "\u200d" for p in pieces)
+
+
 def test_sliding_window_scores_every_token_once(tiny_lm: Path) -> None:
     from pocsdk.compressors.selfinfo import SelfInfoCompressor
 

@@ -15,12 +15,12 @@ Context's token level). Query-agnostic: the LM never sees the query.
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import regex
 
 from pocsdk.compressors._torch import (
     Quantize,
@@ -48,7 +48,9 @@ from pocsdk.types import Document
 FEATURE = "the selfinfo compressor"
 HUB_MODEL = "HuggingFaceTB/SmolLM2-135M"
 Granularity = Literal["sentence", "phrase", "token"]
-_WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+# Words with their combining marks (``regex``'s \w includes them), else one user-perceived character: an
+# accent, a Thai tone mark or an emoji sequence is never a "word" of its own.
+_WORD = regex.compile(r"\w+(?:['’]\w+)*|(?!\s)\X")
 
 
 def default_model() -> str:

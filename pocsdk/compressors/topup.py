@@ -11,10 +11,10 @@ not for children").
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
+import regex
 
 from pocsdk.text.protect import NEGATION, strip_markers
 from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE
@@ -29,10 +29,9 @@ MAX_TRIES = 8
 CUTTABLE = (SENTENCE, FRAGMENT, LIST_ITEM)
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-# What stays with the character before it: combining marks (decomposed kana's voicing marks too), variation
-# selectors, a zero-width joiner.
-_MARKS = "\u0300-\u036f\u3099\u309a\ufe00-\ufe0f\U000e0100-\U000e01ef\u200d"
-_WORD = re.compile(rf"[{_CJK}][{_MARKS}]*|[^\s{_CJK}]+")
+# Words: runs of user-perceived characters (grapheme clusters, so marks, variation selectors, joiners and
+# jamo stay with their base) up to whitespace; each CJK character is a word of its own.
+_WORD = regex.compile(rf"(?=[{_CJK}])\X|(?:(?=[^\s{_CJK}])\X)+")
 
 Partial = tuple[int, int, int, int]
 """(document index, start, end, tokens) of a kept prefix of one unit."""

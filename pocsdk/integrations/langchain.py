@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any, Union
 
-from pocsdk.errors import InvalidTypeError, MissingDependencyError
+from pocsdk.errors import ConfigError, InvalidTypeError, MissingDependencyError
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -39,7 +40,16 @@ try:
     from langchain_core.documents import Document as LCDocument
     from langchain_core.documents.compressor import BaseDocumentCompressor
     from langchain_core.language_models.chat_models import BaseChatModel
-    from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, convert_to_messages
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        ChatMessage,
+        FunctionMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        convert_to_messages,
+    )
     from langchain_core.outputs import ChatGeneration
     from langchain_core.outputs import ChatResult as LCChatResult
     from langchain_core.prompt_values import ChatPromptValue, PromptValue, StringPromptValue
@@ -47,10 +57,10 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("the LangChain integration", "langchain", "langchain-core") from exc
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pocsdk.compressor import Compressor
-from pocsdk.compressors import DEFAULT_COMPRESSOR
+from pocsdk.compressors import DEFAULT_COMPRESSOR, available
 from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
 from pocsdk.types import CompressionResult
 
@@ -61,11 +71,32 @@ DEFAULT_DOCUMENT_MIN_TOKENS = 64
 RunnableInput = Union[Mapping[str, Any], PromptValue, Sequence[Any], str]
 
 
-@lru_cache(maxsize=32)
-def _shared(compressor: str, params_json: str, min_tokens: int) -> MessageCompressor:
-    """One compressor per configuration, so per-call configured copies reuse loaded predictors."""
-    return MessageCompressor(Compressor(compressor=compressor, **json.loads(params_json)),
-                             MessagePolicy(min_tokens=min_tokens))
+DEFAULT_FLOOR = 0.9
+"""The floor used when neither a field nor ``compressor_params`` sets a mode."""
+_MODES = ("floor", "keep_rate", "target_tokens")
+
+
+_SHARED: OrderedDict[tuple[str, str, int], MessageCompressor] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_SHARED_SIZE = 32
+
+
+def _shared(compressor: str, params: dict[str, Any], min_tokens: int) -> MessageCompressor:
+    """One compressor per configuration (an LRU of 32), so per-call configured copies reuse loaded predictors.
+
+    Keyed by the parameters' JSON where the values allow it, else their ``repr`` (objects by identity)."""
+    key = (compressor, json.dumps(params, sort_keys=True, default=repr), min_tokens)
+    with _SHARED_LOCK:
+        hit = _SHARED.get(key)
+        if hit is not None:
+            _SHARED.move_to_end(key)
+            return hit
+    built = MessageCompressor(Compressor(compressor=compressor, **params), MessagePolicy(min_tokens=min_tokens))
+    with _SHARED_LOCK:
+        _SHARED[key] = built
+        while len(_SHARED) > _SHARED_SIZE:
+            _SHARED.popitem(last=False)
+    return built
 
 
 class _PocsdkFields:
@@ -73,20 +104,47 @@ class _PocsdkFields:
 
     floor: float | None
     keep_rate: float | None
+    target_tokens: int | None
+    confidence: float | None
     compressor: str
     compressor_params: dict[str, Any]
     min_tokens: int
 
     def _messages(self) -> MessageCompressor:
-        return _shared(self.compressor, json.dumps(self.compressor_params, sort_keys=True), self.min_tokens)
+        return _shared(self.compressor, self.compressor_params, self.min_tokens)
 
     def _mode(self) -> dict[str, Any]:
-        """The floor wins when both are set, so a keep-rate chain can be run at a floor per call."""
-        if self.floor is not None:
-            return {"floor": self.floor}
-        if self.keep_rate is not None:
-            return {"keep_rate": self.keep_rate}
-        return {"floor": 0.9}
+        """The per-call mode: the field that is set, else the ``compressor_params``' mode, else the default floor."""
+        mode: dict[str, Any] = {m: getattr(self, m) for m in _MODES if getattr(self, m) is not None}
+        if not mode and not any(self.compressor_params.get(m) is not None for m in _MODES):
+            mode["floor"] = DEFAULT_FLOOR
+        if self.confidence is not None:
+            mode["confidence"] = self.confidence
+        return mode
+
+
+def _check_fields(fields: Any) -> Any:
+    """At most one mode field; a ``confidence`` needs a floor (the field, ``compressor_params``' or the default)."""
+    given = [m for m in _MODES if getattr(fields, m) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of floor, keep_rate or target_tokens, not {' and '.join(given)} (a field "
+                          "made configurable per call must be cleared with None when another one is set)")
+    mode = given[0] if given else next((m for m in _MODES if fields.compressor_params.get(m) is not None), "floor")
+    if fields.confidence is not None and mode != "floor":
+        raise ConfigError("confidence applies to a floor: give floor=... (or no mode: the default is a floor)")
+    return fields
+
+
+def _empty_stats(compressor: str) -> dict[str, Any]:
+    """Stats of a context without text: nothing to compress, so it passes through."""
+    return {"original_tokens": 0, "compressed_tokens": 0, "keep_rate": 1.0, "compression_factor": 1.0,
+            "compressor": compressor, "passthrough": True, "reason": "empty_context", "compress_ms": 0.0}
+
+
+def _check_compressor(name: str) -> str:
+    if name not in available():
+        raise ConfigError(f"unknown compressor {name!r}; available: {', '.join(available())}")
+    return name
 
 
 def result_stats(result: CompressionResult) -> dict[str, Any]:
@@ -129,12 +187,28 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    floor: float | None = None
-    keep_rate: float | None = None
+    floor: float | None = Field(default=None, gt=0, le=1)
+    keep_rate: float | None = Field(default=None, gt=0, le=1)
+    target_tokens: int | None = Field(default=None, ge=1)
+    """A token budget for the compressed parts (message inputs: the text around them is extra)."""
+    confidence: float | None = Field(default=None, gt=0, lt=1)
+    """With a floor: the share of inputs on which the floor should hold (the calibrated promise)."""
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    min_tokens: int = 512
+    min_tokens: int = Field(default=512, ge=1)
     """Messages with at least this many tokens are compressed (message inputs only)."""
+
+    _check_compressor = field_validator("compressor")(_check_compressor)
+    _check_fields = model_validator(mode="after")(_check_fields)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``langchain_core.load.loads(..., valid_namespaces=["pocsdk"])`` rebuilds it."""
+        return ["pocsdk", "integrations", "langchain"]
 
     def invoke(self, input: RunnableInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(self._invoke, input, config, run_type="prompt")
@@ -147,6 +221,10 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
         kind, payload = _classify(input)
         if kind == "dict":
             context, question = payload
+            if not _has_text(context):
+                stats = _empty_stats(self.compressor)
+                dispatch_custom_event(EVENT, stats)
+                return {**input, "context": _empty_text(context), "pocsdk": stats}  # type: ignore[dict-item]
             result = self._messages().compressor.compress(context, question, **self._mode())
             stats = result_stats(result)
             dispatch_custom_event(EVENT, stats)
@@ -160,6 +238,10 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
         kind, payload = _classify(input)
         if kind == "dict":
             context, question = payload
+            if not _has_text(context):
+                stats = _empty_stats(self.compressor)
+                await adispatch_custom_event(EVENT, stats)
+                return {**input, "context": _empty_text(context), "pocsdk": stats}  # type: ignore[dict-item]
             result = await self._messages().compressor.acompress(context, question, **self._mode())
             stats = result_stats(result)
             await adispatch_custom_event(EVENT, stats)
@@ -170,14 +252,22 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
         return _rebuild(kind, input, payload, texts, mstats)
 
 
+
 # -- input classification ------------------------------------------------------------------
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
+# By class, so chunks (HumanMessageChunk is a HumanMessage) and subclasses get their role too.
+_ROLE_CLASSES: tuple[tuple[type[BaseMessage], str], ...] = (
+    (HumanMessage, "user"), (AIMessage, "assistant"), (SystemMessage, "system"), (ToolMessage, "tool"),
+    (FunctionMessage, "function"))
+_ROLE_NAMES = {"human": "user", "ai": "assistant"}
 
 
 def _role(message: BaseMessage) -> str:
     if isinstance(message, ChatMessage):
-        return message.role
-    return _ROLES.get(message.type, message.type)
+        return _ROLE_NAMES.get(message.role, message.role)
+    for cls, role in _ROLE_CLASSES:
+        if isinstance(message, cls):
+            return role
+    return _ROLE_NAMES.get(message.type, message.type)
 
 
 def _classify(input: Any) -> tuple[str, Any]:
@@ -185,7 +275,9 @@ def _classify(input: Any) -> tuple[str, Any]:
     if isinstance(input, Mapping):
         if "context" not in input:
             raise InvalidTypeError("a dict input needs a 'context' key (and usually 'question')")
-        question = input.get("question", input.get("query"))
+        question = input.get("question")
+        if question is None:
+            question = input.get("query")
         if question is not None and not isinstance(question, str):
             raise InvalidTypeError("'question' must be a string")
         return "dict", (_context(input["context"]), question)
@@ -200,6 +292,22 @@ def _classify(input: Any) -> tuple[str, Any]:
     raise InvalidTypeError(
         f"expected a {{context, question}} dict, a PromptValue, a string or a list of messages, "
         f"got {type(input).__name__}")
+
+
+def _has_text(context: Any) -> bool:
+    """Does a context (string, Documents, document dicts) hold any non-blank text?"""
+    if isinstance(context, str):
+        return bool(context.strip())
+    if isinstance(context, (list, tuple)):
+        return any(_has_text(d.page_content if isinstance(d, LCDocument) else
+                             d.get("text", "") if isinstance(d, Mapping) else d) for d in context)
+    if isinstance(context, LCDocument):
+        return bool(context.page_content.strip())
+    return True  # anything else: let the compressor say what is wrong with it
+
+
+def _empty_text(context: Any) -> str:
+    return context if isinstance(context, str) else ""
 
 
 def _context(context: Any) -> Any:
@@ -272,35 +380,46 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     True`` so positions and citations stay aligned; ``drop_empty=True`` leaves it out.
     """
 
-    floor: float | None = None
-    keep_rate: float | None = None
+    floor: float | None = Field(default=None, gt=0, le=1)
+    keep_rate: float | None = Field(default=None, gt=0, le=1)
+    target_tokens: int | None = Field(default=None, ge=1)
+    confidence: float | None = Field(default=None, gt=0, lt=1)
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    min_tokens: int = DEFAULT_DOCUMENT_MIN_TOKENS
+    min_tokens: int = Field(default=DEFAULT_DOCUMENT_MIN_TOKENS, ge=1)
     """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
     one in ``compressor_params`` wins)."""
     drop_empty: bool = False
+
+    _check_compressor = field_validator("compressor")(_check_compressor)
+    _check_fields = model_validator(mode="after")(_check_fields)
 
     def _messages(self) -> MessageCompressor:
         # Passed on only when set, so a registered compressor without a ``min_tokens`` parameter still works.
         params = dict(self.compressor_params)
         if self.min_tokens != DEFAULT_DOCUMENT_MIN_TOKENS:
             params.setdefault("min_tokens", self.min_tokens)
-        return _shared(self.compressor, json.dumps(params, sort_keys=True), MessagePolicy().min_tokens)
+        return _shared(self.compressor, params, MessagePolicy().min_tokens)
 
     def compress_documents(self, documents: Sequence[LCDocument], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[LCDocument]:
-        if not _has_text(documents):
-            return list(documents)
+        if not _has_text(list(documents)):
+            return self._unchanged(documents)
         result = self._messages().compressor.compress(_context(list(documents)), query, **self._mode())
         return self._outputs(documents, result)
 
     async def acompress_documents(self, documents: Sequence[LCDocument], query: str,
                                   callbacks: Callbacks | None = None) -> Sequence[LCDocument]:
-        if not _has_text(documents):
-            return list(documents)
+        if not _has_text(list(documents)):
+            return self._unchanged(documents)
         result = await self._messages().compressor.acompress(_context(list(documents)), query, **self._mode())
         return self._outputs(documents, result)
+
+    def _unchanged(self, documents: Sequence[LCDocument]) -> list[LCDocument]:
+        """Documents without text pass through, with the same stats as any other output (zero tokens)."""
+        stats = {"original_tokens": 0, "compressed_tokens": 0, "dropped": False, "total": _empty_stats(self.compressor)}
+        return [LCDocument(page_content=d.page_content, metadata={**d.metadata, "pocsdk": stats}, id=d.id)
+                for d in documents]
 
     def _outputs(self, documents: Sequence[LCDocument], result: CompressionResult) -> list[LCDocument]:
         total = result_stats(result)
@@ -313,10 +432,6 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
                      "dropped": dropped, "total": total}
             out.append(LCDocument(page_content=dr.text, metadata={**doc.metadata, "pocsdk": stats}, id=doc.id))
         return out
-
-
-def _has_text(documents: Sequence[LCDocument]) -> bool:
-    return any(d.page_content.strip() for d in documents)
 
 
 class PocsdkChatModel(BaseChatModel):

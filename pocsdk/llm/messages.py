@@ -9,17 +9,25 @@ runnable), so they compress the same prompt the same way:
 * **Otherwise, automatic.** Text of ``user`` / ``tool`` / ``function`` messages with at
   least ``min_tokens`` tokens (default 512) is compressed. ``system``, ``developer`` and
   ``assistant`` messages are never touched automatically.
-* **The question stays verbatim.** The last user message's final paragraph (after its
-  last blank line, else its last line) is the question: it is the query for relevance and
-  is never compressed; only the text before it is, when that text is long enough.
+* **The question stays verbatim.** In the last user message, a line labelled ``Question:``,
+  ``Query:`` or ``Q:`` (the last one, up to a blank line or the next ``Label:`` line) is the
+  question wherever it stands, and a final answer cue (``Answer:``) stays with it. Without a
+  label, the final paragraph (after the last blank line, else the last line break) is the
+  question; a short first paragraph (at most 600 characters) stays too when it asks and the
+  final paragraph does not (it is then the query), or when neither asks (an instruction such
+  as "Summarize the report below."). The question is the query for relevance and is never
+  compressed; the text around it is, each stretch when it is long enough
+  (:func:`find_question`).
 * All compressed parts share one budget (one compressor call), so an irrelevant tool
-  output may shrink more than a relevant one; a part can become empty.
+  output may shrink more than a relevant one; a text that loses all its words becomes
+  ``[…]`` (:data:`OMITTED`), never an empty string.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +45,9 @@ COMPRESS_OPEN = "<compress>"
 COMPRESS_CLOSE = "</compress>"
 AUTO_ROLES = ("user", "tool", "function")
 MAX_QUERY_CHARS = 2000
+OMITTED = "[\u2026]"
+"""What a message text (or text part) that compression emptied holds instead: chat APIs refuse empty text
+blocks (Anthropic's, for one), and removing the message would break tool-call pairs."""
 
 
 class MessagePolicy(BaseModel):
@@ -100,7 +111,11 @@ class Plan:
 
 def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: TokenCounter) -> Plan:
     """Choose the regions to compress. ``slots`` are ``(role, text)`` pairs in prompt order."""
-    query, last_user, q_start = _question(slots)
+    last_user, question = _question(slots)
+    query = None
+    if question.query_spans:
+        clean = " ".join(slots[last_user][1][a:b] for a, b in question.query_spans)
+        query = clean.replace(COMPRESS_OPEN, "").replace(COMPRESS_CLOSE, "").strip()[-MAX_QUERY_CHARS:] or None
     explicit = any(COMPRESS_OPEN in text for _, text in slots)
     if explicit:
         texts: list[str] = []
@@ -115,26 +130,105 @@ def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: Token
     for i, (role, text) in enumerate(slots):
         if role not in policy.roles:
             continue
-        end = len(text)
-        if i == last_user and policy.keep_last_question:
-            end = q_start
-        if end < policy.min_tokens or not text[:end].strip():  # a token is at least one character
-            continue
-        if counter.count(text[:end]) >= policy.min_tokens:
-            pieces.append(Piece(i, 0, end))
+        keep = question.keep if i == last_user and policy.keep_last_question else []
+        for start, end in _between(keep, len(text)):
+            if end - start < policy.min_tokens or not text[start:end].strip():  # a token is one character or more
+                continue
+            if counter.count(text[start:end]) >= policy.min_tokens:
+                pieces.append(Piece(i, start, end))
     return Plan(texts, pieces, query, False)
 
 
-def _question(slots: Sequence[tuple[str, str]]) -> tuple[str | None, int, int]:
-    """(query, index of the last user slot or -1, offset where its question starts)."""
+@dataclass(frozen=True)
+class Question:
+    """Where the last user text asks its question: spans kept verbatim, and the spans that form the query."""
+
+    keep: list[tuple[int, int]]
+    query_spans: list[tuple[int, int]]
+
+
+# "Question: ...", "**Query:** ...", "## Q: ..." at the start of a line.
+_QUESTION_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}(?:question|query|q)[*_]{0,2}[ \t]*[:\uff1a][*_]{0,2}",
+                             re.IGNORECASE | re.MULTILINE)
+# Any "Label:" line start ("Context:", "Answer:", "Helpful Answer:"), which ends a labelled question.
+_ANY_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}[^\W\d_][^\W\d]*(?:[ \t-][^\W\d_][^\W\d]*){0,2}[*_]{0,2}"
+                        r"[ \t]*[:\uff1a]", re.MULTILINE)
+# A last line that only cues the answer: "Answer:", "Helpful Answer:", "A:".
+_ANSWER_CUE = re.compile(r"\n[ \t]*[*_]{0,2}(?:[^\W\d_]+[ \t]+)?(?:answer|response|a)[*_]{0,2}[ \t]*[:\uff1a]"
+                         r"[*_]{0,2}\s*\Z", re.IGNORECASE)
+MAX_LEAD_CHARS = 600
+"""A first paragraph up to this long may be the question or the instruction ("When did ...? Use the report below.")."""
+
+
+def _question(slots: Sequence[tuple[str, str]]) -> tuple[int, Question]:
+    """(index of the last user slot or -1, where its question is)."""
     for i in range(len(slots) - 1, -1, -1):
-        role, text = slots[i]
-        if role != "user":
-            continue
-        clean = text.replace(COMPRESS_OPEN, "").replace(COMPRESS_CLOSE, "")
-        query = clean[_question_start(clean):].strip()[-MAX_QUERY_CHARS:]
-        return (query or None), i, _question_start(text)
-    return None, -1, 0
+        if slots[i][0] == "user":
+            return i, find_question(slots[i][1])
+    return -1, Question([], [])
+
+
+def find_question(text: str) -> Question:
+    """The question of a user text, and what stays verbatim with it.
+
+    1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` (the last one), up to a blank line or the next
+       ``Label:`` line, is the question, wherever it stands (``rag-prompt`` style templates put it before the
+       context); a final answer cue (``Answer:``) stays too.
+    2. Otherwise the final paragraph (after the last blank line, else the last line break) is the question, and
+       a short first paragraph stays as well when it asks (``When did ...? Use the report below.``) or when the
+       final paragraph does not (``Summarize the report below.``): then the query is the one that asks.
+    """
+    body_end = len(text.rstrip())
+    labelled = list(_QUESTION_LABEL.finditer(text, 0, body_end))
+    if labelled:
+        m = labelled[-1]
+        end = _paragraph_end(text, m.end(), body_end)
+        line_break = text.find("\n", m.end(), end)
+        nxt = _ANY_LABEL.search(text, line_break + 1, end) if line_break >= 0 else None
+        if nxt is not None:  # "Context:" on the next line ends the question
+            end = nxt.start()
+        span = (m.start(), _rstrip(text, m.start(), end))
+        keep = [span]
+        cue = _ANSWER_CUE.search(text, span[1], body_end)
+        if cue is not None:
+            keep.append((cue.start(), len(text)))
+        return Question(keep, [(m.end(), span[1])])
+    final = _question_start(text)
+    keep = [(final, len(text))]
+    query = [(final, len(text))]
+    lead_end = text.find("\n\n")
+    if 0 < lead_end < final and lead_end <= MAX_LEAD_CHARS:
+        lead_asks = "?" in text[:lead_end] or "\uff1f" in text[:lead_end]
+        final_asks = "?" in text[final:] or "\uff1f" in text[final:]
+        if lead_asks or not final_asks:
+            keep.insert(0, (0, lead_end))
+            if lead_asks and not final_asks:
+                query = [(0, lead_end)]
+    return Question(keep, query)
+
+
+def _paragraph_end(text: str, start: int, end: int) -> int:
+    blank = text.find("\n\n", start, end)
+    return end if blank < 0 else blank
+
+
+def _rstrip(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _between(keep: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """The complement of the sorted, disjoint ``keep`` spans in ``[0, length)``."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for a, b in keep:
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < length:
+        out.append((pos, length))
+    return out
 
 
 def _question_start(text: str) -> int:
@@ -192,13 +286,18 @@ class MessageCompressor:
 
     # -- text slots ----------------------------------------------------------------------
     def compress_slots(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
-                       floor: float | None = None) -> tuple[list[str], MessagesStats]:
-        """New texts for ``(role, text)`` slots (unchanged ones verbatim) and the stats."""
-        t0 = time.perf_counter()
-        key = self._key(slots, keep_rate, floor) if self.cache_size else b""
-        return self._compress_keyed(slots, keep_rate, floor, key, t0)
+                       floor: float | None = None, target_tokens: int | None = None,
+                       confidence: float | None = None) -> tuple[list[str], MessagesStats]:
+        """New texts for ``(role, text)`` slots (unchanged ones verbatim) and the stats.
 
-    def _compress_keyed(self, slots: Sequence[tuple[str, str]], keep_rate: float | None, floor: float | None,
+        The mode arguments override the :class:`~pocsdk.Compressor`'s own for this call (``target_tokens``
+        budgets the compressed parts, not the text around them)."""
+        t0 = time.perf_counter()
+        mode = _mode(keep_rate, floor, target_tokens, confidence)
+        key = self._key(slots, mode) if self.cache_size else b""
+        return self._compress_keyed(slots, mode, key, t0)
+
+    def _compress_keyed(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any],
                         key: bytes, t0: float | None = None) -> tuple[list[str], MessagesStats]:
         """:meth:`compress_slots` with the cache key already computed (``b""`` when the cache is off)."""
         if t0 is None:
@@ -218,7 +317,7 @@ class MessageCompressor:
             texts = list(p.texts)
         else:
             regions = [p.texts[x.slot][x.start:x.end] for x in p.pieces]
-            result = self.compressor.compress(regions, p.query, keep_rate=keep_rate, floor=floor)
+            result = self.compressor.compress(regions, p.query, **mode)
             counts = [(d.original_tokens, d.compressed_tokens) for d in result.documents]
             stats.reason = result.reason
             texts = _splice(p, [d.text for d in result.documents])
@@ -229,9 +328,11 @@ class MessageCompressor:
         return texts, stats
 
     async def acompress_slots(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
-                              floor: float | None = None) -> tuple[list[str], MessagesStats]:
+                              floor: float | None = None, target_tokens: int | None = None,
+                              confidence: float | None = None) -> tuple[list[str], MessagesStats]:
         """Async twin of :meth:`compress_slots` (worker thread)."""
-        return await asyncio.to_thread(self.compress_slots, slots, keep_rate=keep_rate, floor=floor)
+        return await asyncio.to_thread(self.compress_slots, slots, keep_rate=keep_rate, floor=floor,
+                                       target_tokens=target_tokens, confidence=confidence)
 
     def is_cheap(self, slots: Sequence[tuple[str, str]], max_chars: int = 2048) -> bool:
         """True when compressing these slots needs no worker thread (cached, or too short to compress)."""
@@ -245,7 +346,7 @@ class MessageCompressor:
         """Is this exact prompt (and mode) in the cache? A hash, no compression."""
         if not self.cache_size:
             return False
-        return self._has(self._key(slots, keep_rate, floor))
+        return self._has(self._key(slots, _mode(keep_rate, floor)))
 
     # -- OpenAI-style message dicts --------------------------------------------------------
     def compress_messages(self, messages: Sequence[Mapping[str, Any]], *, keep_rate: float | None = None,
@@ -265,13 +366,13 @@ class MessageCompressor:
         """
         slots, where = openai_slots(messages)
         t0 = time.perf_counter()
-        key = self._key(slots, keep_rate, floor) if self.cache_size else b""  # hashed once per request
+        mode = _mode(keep_rate, floor)
+        key = self._key(slots, mode) if self.cache_size else b""  # hashed once per request
         if self.is_cheap(slots) or self._has(key):
-            texts, stats = self._compress_keyed(slots, keep_rate, floor, key, t0)
+            texts, stats = self._compress_keyed(slots, mode, key, t0)
         else:  # the worker checks the cache again: an identical prompt may have finished meanwhile
             loop = asyncio.get_running_loop()
-            texts, stats = await loop.run_in_executor(
-                executor, lambda: self._compress_keyed(slots, keep_rate, floor, key))
+            texts, stats = await loop.run_in_executor(executor, lambda: self._compress_keyed(slots, mode, key))
         return rebuild_openai(messages, where, [t for _, t in slots], texts), stats
 
     # -- internals -----------------------------------------------------------------------
@@ -297,8 +398,8 @@ class MessageCompressor:
         stats.compression_factor = factor_from_keep_rate(stats.keep_rate)
         stats.compress_ms = (time.perf_counter() - t0) * 1000.0
 
-    def _key(self, slots: Sequence[tuple[str, str]], keep_rate: float | None, floor: float | None) -> bytes:
-        h = hashlib.sha256(repr((keep_rate, floor, len(slots))).encode())
+    def _key(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any]) -> bytes:
+        h = hashlib.sha256(repr((sorted(mode.items()), len(slots))).encode())
         for role, text in slots:
             for part in (role, text):
                 b = part.encode("utf-8", "surrogatepass")
@@ -330,16 +431,31 @@ class MessageCompressor:
                 self._cache.popitem(last=False)
 
 
+def _mode(keep_rate: float | None = None, floor: float | None = None, target_tokens: int | None = None,
+          confidence: float | None = None) -> dict[str, Any]:
+    """The per-call mode arguments that were given (the compressor's own defaults fill the rest)."""
+    given = {"keep_rate": keep_rate, "floor": floor, "target_tokens": target_tokens, "confidence": confidence}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _splice(p: Plan, new_regions: list[str]) -> list[str]:
-    """Put compressed regions back into their slots (right to left, so offsets stay valid)."""
+    """Put compressed regions back into their slots (right to left, so offsets stay valid); a text that
+    had words and lost them all becomes :data:`OMITTED`."""
     texts = list(p.texts)
     for x, new in sorted(zip(p.pieces, new_regions, strict=True), key=lambda t: (t[0].slot, -t[0].start)):
         text = texts[x.slot]
         head, tail = text[:x.start], text[x.end:]
         if not new.strip():
             texts[x.slot] = head + tail.lstrip() if not head.strip() else head.rstrip() + tail
-        else:
-            texts[x.slot] = head + new + tail
+        else:  # the region's own edge whitespace (line breaks around a question) stays
+            region = text[x.start:x.end]
+            lead, trail = region[:len(region) - len(region.lstrip())], region[len(region.rstrip()):]
+            lead = "" if new[:1].isspace() else lead
+            trail = "" if new[-1:].isspace() else trail
+            texts[x.slot] = head + lead + new + trail + tail
+    for slot in {x.slot for x in p.pieces}:
+        if not texts[slot].strip():
+            texts[slot] = OMITTED
     return texts
 
 

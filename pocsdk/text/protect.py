@@ -180,7 +180,7 @@ def _containing_any(texts: list[str], words: Sequence[str]) -> list[bool]:
 
 NEGATION = re.compile(
     r"\b(?:not|no|never|none|nor|neither|without|cannot|except|unless"
-    r"|(?:ca|do|does|did|wo|would|could|is|are|was|were|has|have|had|should|must|need)n" + _APOS + r"t)\b",
+    r"|(?:ca|do|does|did|wo|would|could|is|are|was|were|has|have|had|should|must|need|might|sha|ai)n" + _APOS + r"t)\b",
     re.IGNORECASE,
 )
 # Lower-cased substrings, one inside every word NEGATION matches ("no" is in "not", "none", "nor" and "cannot";

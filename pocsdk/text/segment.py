@@ -12,13 +12,13 @@ then at whitespace.
 from __future__ import annotations
 
 import re
-import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain, pairwise
 
 import numpy as np
+import regex
 
 # Unit kinds, stored as small ints in arrays.
 SENTENCE, CODE, TABLE_ROW, LIST_ITEM, HEADING, FRAGMENT = range(6)
@@ -43,6 +43,9 @@ CODE_PIECE_CHARS = 160
 # 1715080000.123 (not a decimal like 2.5 or a range like 3-5, which open wrapped prose lines too).
 _STAMP = re.compile(r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{1,2}:\d{2}(?::\d{2})?"
                     r"|\d{10}(?:\.\d+)?)(?![\d])")
+# A syslog or ctime stamp: "May  7 12:25:51", "Tue May  7 12:25:51" (a month name and day alone open prose too).
+_NAMED_STAMP = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+                          r"\s+\d{1,2}\s+\d{1,2}:\d{2}(?::\d{2})?(?!\d)")
 _THOUSANDS = re.compile(r"\d,\d{3}(?!\d)")
 _OTHER_LINE_BREAKS = re.compile("\r(?!\n)|[\u2028\u2029\f]")
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
@@ -316,11 +319,11 @@ def _logical_lines(text: str, start: int, end: int) -> list[tuple[int, int, int]
 
 def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Two lines that read as records of one file, not as prose wrapped across them: both open with a
-    date or time (log lines), or both hold a tab, or both hold the same number (two or more) of
-    delimiting commas or semicolons (:func:`_delimiters`; CSV rows, a CSV header and its first row;
-    prose puts a space after its commas and has many more spaces than commas)."""
+    date or time (log lines, syslog's "May  7 12:25:51" too), or both hold a tab, or both hold the same
+    number (two or more) of delimiting commas or semicolons (:func:`_delimiters`; CSV rows, a CSV header
+    and its first row; prose puts a space after its commas and has many more spaces than commas)."""
     (a0, a1), (b0, b1) = a, b
-    if text[a0].isdigit() and text[b0].isdigit() and _STAMP.match(text, a0, a1) and _STAMP.match(text, b0, b1):
+    if _stamped(text, a0, a1) and _stamped(text, b0, b1):
         return True
     if text.find("\t", a0, a1) >= 0 and text.find("\t", b0, b1) >= 0:
         return True
@@ -329,6 +332,13 @@ def _records(text: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
         if n >= 2 and n == _delimiters(text, b0, b1, sep):
             return True
     return False
+
+
+def _stamped(text: str, start: int, end: int) -> bool:
+    first = text[start]
+    if first.isdigit():
+        return _STAMP.match(text, start, end) is not None
+    return first in "ADFJMNOSTW" and _NAMED_STAMP.match(text, start, end) is not None
 
 
 def _delimiters(text: str, start: int, end: int, sep: str) -> int:
@@ -490,18 +500,23 @@ def _code_lines(text: str, start: int, end: int, max_chars: int) -> Iterable[tup
 
 
 def grapheme_cut(text: str, cut: int, lowest: int) -> int:
-    """``cut`` moved back (not below ``lowest``) so that it splits no user-perceived character: never before
-    a combining mark (a Thai tone mark, a decomposed accent or voicing mark), a variation selector, an emoji
-    skin-tone modifier or a zero-width joiner, nor after a joiner (inside an emoji ZWJ sequence)."""
-    while cut > lowest and (_joins_previous(text[cut]) or text[cut - 1] == "\u200d"):
-        cut -= 1
-    return cut
+    """``cut`` moved back (not below ``lowest``) to the nearest boundary between user-perceived characters
+    (Unicode extended grapheme clusters, UAX #29): never inside a Thai syllable's marks, a decomposed accent,
+    a flag, a Hangul jamo syllable or an emoji ZWJ sequence. ``lowest - 1`` must itself be a boundary; a
+    single cluster longer than the whole range is cut at ``cut`` all the same."""
+    if cut <= lowest or cut >= len(text):
+        return cut
+    best = -1
+    # scanning starts at a known boundary; clusters are short, so a little lookahead settles the one at ``cut``
+    for m in _GRAPHEME.finditer(text, lowest - 1, min(len(text), cut + _GRAPHEME_LOOKAHEAD)):
+        if m.end() > cut:
+            break
+        best = m.end()
+    return best if best >= lowest else cut
 
 
-def _joins_previous(ch: str) -> bool:
-    cp = ord(ch)
-    return (unicodedata.category(ch) in ("Mn", "Me", "Mc") or cp == 0x200D or 0xFE00 <= cp <= 0xFE0F
-            or 0xE0100 <= cp <= 0xE01EF or 0x1F3FB <= cp <= 0x1F3FF)
+_GRAPHEME = regex.compile(r"\X")
+_GRAPHEME_LOOKAHEAD = 64
 
 
 def is_fence_line(piece: str) -> bool:
