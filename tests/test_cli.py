@@ -339,7 +339,8 @@ def test_resume_of_a_finished_run_appends_nothing(tmp_path: Path) -> None:
 
     result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "--resume")
 
-    assert result.exit_code == 0  # nothing failed in this run
+    # the status describes the output: it holds the earlier run's failed record (it used to exit 0)
+    assert result.exit_code == 1 and "of which failed" in result.output
     assert out.read_bytes() == before
 
 
@@ -473,3 +474,76 @@ def test_shipped_predictors_reads_cards_and_survives_bad_ones(tmp_path: Path) ->
     assert (found["extractive-lgbm"].kind, found["extractive-lgbm"].compressor) == ("lightgbm", "extractive")
     assert found["extractive-lgbm"].error is None
     assert found["broken"].error is not None and found["broken"].kind is None
+
+
+def test_unwritable_results_and_unreadable_json_are_error_records(tmp_path: Path) -> None:
+    """Metadata nested past the serializer's depth used to crash the run (and every --resume after it);
+    nesting past the parser's depth, 5000-digit integers and 1e400 were untyped or silently null."""
+    deep = "{}"
+    for _ in range(300):
+        deep = '{"a":' + deep + "}"
+    lines = [json.dumps({"id": "r0", "text": prose(1)}).encode(),
+             b'{"id":"r1","text":[{"text":' + json.dumps(prose(2)).encode() + b',"metadata":' + deep.encode() + b"}]}",
+             b'{"id":"r2","x":' + b"[" * 5000 + b"]" * 5000 + b',"text":"hi"}',
+             b'{"id":"r3","text":"hi","n":' + b"9" * 5000 + b"}",
+             b'{"id":"r4","text":"hi","n":1e400}',
+             json.dumps({"id": "r5", "text": prose(3)}).encode()]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    assert invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "-q").exit_code == 1
+    records = read_records(out)
+    assert [r["line"] for r in records] == list(range(6))
+    assert "result" in records[0] and "result" in records[5]
+    assert [r["error"]["code"] for r in records[1:5]] == ["invalid_input"] * 4
+    assert "written as JSON" in records[1]["error"]["message"] and records[1]["id"] == "r1"
+    assert "too deeply" in records[2]["error"]["message"]
+
+
+def test_blank_line_over_the_size_limit_is_no_record(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"id": "a", "text": prose(1)}) + b" " * 300 + b"\n" + jsonl({"id": "b", "text": prose(2)}))
+    out = tmp_path / "out.jsonl"
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "-q", "--max-record-bytes", "100")
+    assert [r["line"] for r in read_records(out)] == [0, 2]  # both over 100 bytes: errors; the blank one no record
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("option", [["--param", "relevance=nope"],
+                                    ["--compressor", "llmlingua2", "--param", "model=/no/such/llmlingua2"],
+                                    ["--endpoint", "http://127.0.0.1:9"]])
+def test_settings_that_fail_on_use_stop_before_any_record(tmp_path: Path, option: list[str]) -> None:
+    """They used to fail every record in turn (an unreachable endpoint after retries each), exit 1."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl({"id": "a", "text": prose(1)}, {"id": "b", "text": prose(2)}))
+    out = tmp_path / "out.jsonl"
+    result = invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "-q", *option)
+    assert result.exit_code == 2 and "cannot run with these options" in result.output
+    assert not out.exists() or out.read_bytes() == b""
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i)} for i in range(3))))
+    out = tmp_path / "out.jsonl"
+    assert invoke("compress", str(src), "-o", str(out), "--floor", "0.9", "-q").exit_code == 0
+    first = out.read_bytes().split(b"\n")[0] + b"\n"
+    out.write_bytes(first)
+    for other in (["--floor", "0.95"], ["--keep-rate", "0.3"], ["--floor", "0.9", "--compressor", "extractive"]):
+        result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", *other)
+        assert result.exit_code == 2 and "earlier run used" in result.output, other
+        assert out.read_bytes() == first
+    assert invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--floor", "0.9").exit_code == 0
+    assert len(read_records(out)) == 3
+
+
+def test_stdin_read_from_the_output_file_is_refused(tmp_path: Path) -> None:
+    """``pocsdk compress - -o f --overwrite < f`` used to empty f and exit 0."""
+    data = jsonl({"id": "a", "text": prose(1)})
+    victim = tmp_path / "victim.jsonl"
+    victim.write_bytes(data)
+    with victim.open("rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "pocsdk", "compress", "-", "-o", str(victim), "--overwrite",
+                               "--keep-rate", "0.5", "-q"], stdin=stdin, capture_output=True, timeout=120)
+    assert proc.returncode == 2 and b"input file" in proc.stderr
+    assert victim.read_bytes() == data

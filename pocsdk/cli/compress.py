@@ -9,6 +9,8 @@ for the output schema.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -130,9 +132,11 @@ def _query(obj: dict[str, Any], field_name: str | None) -> str | None:
 
 @dataclass
 class RunStats:
-    """Totals of one run (records skipped by ``--resume`` are not counted)."""
+    """Totals of one run (records kept by ``--resume`` are counted apart, in ``resumed``)."""
 
     resumed: int = 0
+    resumed_failed: int = 0
+    """Error records among the resumed ones (they count for the exit status)."""
     ok: int = 0
     failed: int = 0
     tokens_in: int = 0
@@ -180,7 +184,14 @@ def run_batch(
     """Compress every line and write its output record at once (constant memory)."""
     for raw in lines:
         record = compress_record(compressor, raw, fields)
-        writer.write(record.to_json_line())
+        try:
+            line = record.to_json_line()
+        except Exception as exc:  # e.g. metadata nested past the serializer's depth: the record fails, not the run
+            error = ErrorInfo(type=type(exc).__name__, code="invalid_input",
+                              message=f"the result cannot be written as JSON: {exc}")
+            record = OutputRecord(id=record.id, line=record.line, error=error)
+            line = record.to_json_line()
+        writer.write(line)
         stats.add(record)
         if on_record is not None:
             on_record(raw, stats)
@@ -222,7 +233,7 @@ def compress_command(
     keep_rate: Annotated[
         Optional[float], typer.Option(help="Keep this fraction of tokens, in (0, 1].")] = None,
     target_tokens: Annotated[
-        Optional[int], typer.Option(help="Compress each record to about this many tokens.")] = None,
+        Optional[int], typer.Option(help="Compress each record to at most this many tokens.")] = None,
     floor: Annotated[
         Optional[float], typer.Option(help="Least relative task performance to keep, in (0, 1].")] = None,
     confidence: Annotated[
@@ -238,7 +249,8 @@ def compress_command(
     api_key: Annotated[
         Optional[str], typer.Option("--api-key", envvar="POCSDK_API_KEY", help="Bearer key for --endpoint.")] = None,
     tokenizer: Annotated[
-        Optional[str], typer.Option(help="'heuristic', 'tiktoken:<encoding>' or 'hf:<local path>'.")] = None,
+        Optional[str], typer.Option(
+            help="'heuristic', 'tiktoken:<encoding>', 'hf:<local path>' or 'hf:<folder>::<file.gguf>'.")] = None,
     text_field: Annotated[
         str, typer.Option(help="Field holding a string or a list of documents (strings or {id, text, metadata}).")
     ] = "text",
@@ -255,8 +267,9 @@ def compress_command(
 ) -> None:
     """Compress each JSON record of IN; write one result or error record per input record to OUT, in order.
 
-    Exit status: 0 when every record succeeded, 1 when any record failed, 2 for bad options, 130 when
-    interrupted (rerun with --resume).
+    Exit status: 0 when every record succeeded, 1 when any record failed (records kept by --resume
+    included), 2 for bad options (checked by compressing a built-in text once before any record), 130
+    when interrupted (rerun with --resume).
     """
     err = Console(stderr=True)
     fields = RecordFields(text=text_field, query=query_field or None, id=id_field, max_bytes=max_record_bytes)
@@ -277,6 +290,8 @@ def compress_command(
         if floor is not None:
             engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
+        _check_resumed_settings(point, compressor, floor)
+        _probe(engine)  # a bad --param, model path or --endpoint fails now, not once per record
         stream, size = open_input(source)
     except (PocError, OSError) as exc:
         _fail(err, exc)
@@ -287,7 +302,7 @@ def compress_command(
             stream.close()
     if not quiet:
         err.print(summary_table(stats))
-    if stats.failed:
+    if stats.failed or stats.resumed_failed:
         raise typer.Exit(EXIT_RECORD_ERRORS)
 
 
@@ -295,7 +310,7 @@ def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, po
          fields: RecordFields, err: Console, *, show_progress: bool) -> RunStats:
     """Skip what a resumed run already wrote, then compress the rest with a progress bar."""
     started = time.perf_counter()
-    stats = RunStats(resumed=point.records)
+    stats = RunStats(resumed=point.records, resumed_failed=point.failed)
     lines = iter_lines(stream, fields.max_bytes)
     try:
         done = skip_done(lines, point, fields)
@@ -321,8 +336,9 @@ def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, po
         err.print(f"interrupted after {stats.resumed + stats.processed} records; rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except OSError as exc:  # the output broke (disk full, gone): what was written stays, resumable
+        then = "" if output == STDIO else ", rerun with --resume once fixed"
         err.print(f"[red]error:[/red] cannot write {escape(output)}: {escape(str(exc))}; "
-                  f"{stats.resumed + stats.processed} records done, rerun with --resume once fixed", highlight=False)
+                  f"{stats.resumed + stats.processed} records done{then}", highlight=False)
         raise typer.Exit(EXIT_RECORD_ERRORS) from None
     stats.seconds = time.perf_counter() - started
     return stats
@@ -331,6 +347,35 @@ def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, po
 def _fail(err: Console, exc: BaseException) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
     raise typer.Exit(EXIT_USAGE) from None
+
+
+_PROBE_TEXT = " ".join(
+    f"Line {i} of the pocsdk start-up check reads a short sentence about river {i} and its bridge." for i in range(24))
+
+
+def _probe(engine: Compressor) -> None:
+    """Compress a small built-in text once, so that settings that only fail when something is compressed (an
+    unknown ``--param`` value, a missing model, an unreachable or refusing ``--endpoint``) stop the run before
+    any record is written (exit 2), instead of failing every record in turn."""
+    try:
+        engine.compress(_PROBE_TEXT, "river bridge", keep_rate=0.5)
+    except PocError as exc:
+        raise ConfigError(f"the compressor cannot run with these options: {exc}") from exc
+
+
+def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None) -> None:
+    """Refuse to append records made with another compressor or floor to an earlier run's output."""
+    result = point.last_result
+    if not result:
+        return
+    earlier = result.get("compressor")
+    if isinstance(earlier, str) and earlier != compressor:
+        raise ConfigError(f"cannot resume: the earlier run used compressor {earlier!r}, this one {compressor!r}")
+    decision = result.get("floor")
+    earlier_floor = decision.get("floor") if isinstance(decision, dict) else None
+    if earlier_floor is not None and earlier_floor != floor:
+        now = "no floor" if floor is None else f"floor {floor}"
+        raise ConfigError(f"cannot resume: the earlier run used floor {earlier_floor}, this one {now}")
 
 
 def _check_paths(source: str, output: str, *, resume: bool, overwrite: bool) -> None:
@@ -343,10 +388,20 @@ def _check_paths(source: str, output: str, *, resume: bool, overwrite: bool) -> 
     out = Path(output)
     if source != STDIO and out.exists() and Path(source).exists() and out.samefile(source):
         raise ConfigError("the output file is the input file")
+    if source == STDIO and out.exists() and _is_stdin(out):
+        raise ConfigError("the output file is the input file (stdin reads it)")
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory")
     if not resume and not overwrite and out.exists() and out.stat().st_size > 0:
         raise ConfigError(f"{out} already has records: pass --resume to continue that run or --overwrite to replace it")
+
+
+def _is_stdin(path: Path) -> bool:
+    try:
+        here, there = os.fstat(sys.stdin.fileno()), path.stat()
+    except (OSError, ValueError, AttributeError):  # no real stdin (a test runner's, a closed one)
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _progress(console: Console, *, enabled: bool) -> Progress:
@@ -368,6 +423,8 @@ def summary_table(stats: RunStats) -> Table:
     table.add_column("value", justify="right")
     if stats.resumed:
         table.add_row("records kept from the earlier run", f"{stats.resumed:,}")
+        if stats.resumed_failed:
+            table.add_row("  of which failed", f"[red]{stats.resumed_failed:,}[/red]")
     table.add_row("records compressed", f"{stats.ok:,}")
     table.add_row("records failed", f"[red]{stats.failed:,}[/red]" if stats.failed else "0")
     for code, n in sorted(stats.errors.items()):

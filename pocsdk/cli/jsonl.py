@@ -10,6 +10,7 @@ finds and a resumed run cuts off before appending.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator
@@ -51,7 +52,10 @@ def iter_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
         consumed += len(chunk)
         ended = chunk.endswith(b"\n")
         if not ended and len(chunk) > max_bytes + 1:  # the line goes on past the limit
-            consumed += _drain_line(stream)
+            skipped, blank = _drain_line(stream)
+            consumed += skipped
+            if blank and not chunk.strip():  # a blank line is no record, however long
+                continue
             yield RawLine(number, b"", consumed, too_large=True)
             continue
         data = (chunk[:-1] if ended else chunk).rstrip(b"\r")  # (not ended: the file's last line)
@@ -62,14 +66,17 @@ def iter_lines(stream: BinaryIO, max_bytes: int) -> Iterator[RawLine]:
             yield RawLine(number, data, consumed)
 
 
-def _drain_line(stream: BinaryIO) -> int:
-    """Skip the rest of an over-long line in bounded chunks; return the bytes skipped."""
+def _drain_line(stream: BinaryIO) -> tuple[int, bool]:
+    """Skip the rest of an over-long line in bounded chunks; return the bytes skipped and whether they
+    were all whitespace."""
     skipped = 0
+    blank = True
     while True:
         more = stream.readline(_CHUNK)
         skipped += len(more)
+        blank = blank and not more.strip()
         if not more or more.endswith(b"\n"):
-            return skipped
+            return skipped, blank
 
 
 def parse_object(data: bytes) -> dict[str, Any]:
@@ -79,9 +86,15 @@ def parse_object(data: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise EncodingError(f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"line is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("line is nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"line is not readable JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidTypeError(f"a record must be a JSON object, got {json_type(obj)}")
     if _SURROGATE_ESCAPE.search(data):
@@ -90,6 +103,13 @@ def parse_object(data: bytes) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise EncodingError("record contains an unpaired surrogate escape (\\ud800-\\udfff)") from None
     return obj
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):  # 1e400: JSON allows it, but it would come back as null
+        raise InvalidInputError(f"line is not valid JSON: {literal[:40]} is too large for a number")
+    return value
 
 
 def _reject_constant(name: str) -> Any:
@@ -123,6 +143,10 @@ class ResumePoint:
     """Input line number of the last complete output record (``None`` when there is none)."""
     last_id: Any = None
     """The id of that record, as written."""
+    failed: int = 0
+    """Error records among them."""
+    last_result: Any = None
+    """The last record's ``result`` object (``None`` when it is an error record)."""
 
 
 def find_resume_point(path: Path) -> ResumePoint:
@@ -149,7 +173,26 @@ def find_resume_point(path: Path) -> ResumePoint:
     line = obj.get("line") if isinstance(obj, dict) else None
     if not isinstance(line, int) or isinstance(line, bool):
         raise ConfigError(f"cannot resume: the last complete line of {path} is not a pocsdk output record")
-    return ResumePoint(records, last_nl + 1, line, obj.get("id"))
+    result = obj.get("result")
+    return ResumePoint(records, last_nl + 1, line, obj.get("id"), _count_errors(path, last_nl + 1),
+                       result if isinstance(result, dict) else None)
+
+
+# An error record as the batch writes it: {"id":...,"line":N,"error":{...}} (ids are strings, integers or null).
+_ERROR_RECORD = re.compile(rb'\{"id":(?:null|-?\d+|"(?:[^"\\]|\\.)*"),"line":\d+,"error":')
+
+
+def _count_errors(path: Path, size: int) -> int:
+    """Error records among the first ``size`` bytes of an output file (one pass, a line at a time)."""
+    count = 0
+    with path.open("rb") as fh:
+        while fh.tell() < size:
+            line = fh.readline()
+            if not line:
+                break
+            if _ERROR_RECORD.match(line):
+                count += 1
+    return count
 
 
 def _line_ending_at(fh: BinaryIO, newline_at: int) -> bytes:

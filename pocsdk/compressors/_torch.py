@@ -157,14 +157,23 @@ def cached_model(key: tuple[Any, ...], load: Callable[[], tuple[Any, Any]], name
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
+            model = name or str(key[1])
+            if _looks_local(model) and not os.path.exists(os.path.expanduser(model)):
+                raise ConfigError(f"cannot load model {model!r}: no such file or directory")
             try:
                 hit = load()
             except (OSError, ValueError) as exc:
                 if isinstance(exc, ConfigError):
                     raise
-                raise ConfigError(f"cannot load model {name or key[1]!r}: {exc}") from exc
+                raise ConfigError(f"cannot load model {model!r}: {exc}") from exc
             _CACHE[key] = hit
         return hit
+
+
+def _looks_local(model: str) -> bool:
+    """A path, not a hub name ("org/name"): absolute, home- or dot-relative, or with more than one slash."""
+    return model.startswith(("/", "~", "./", "../", "\\")) or model.count("/") > 1 or (
+        os.sep != "/" and os.sep in model)
 
 
 def clear_model_cache() -> None:
