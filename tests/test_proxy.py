@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -50,9 +51,10 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
-                                                         "owned_by": "tests"}]}, headers={"x-upstream": "yes"})
+                                                         "owned_by": "tests"}], "query": request.url.query},
+                            headers={"x-upstream": "yes"})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -74,6 +76,10 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
         if body.get("stream") and model == "gzip":  # ignores the proxy's Accept-Encoding: identity
             data = b"".join([chunk async for chunk in _stream(model)])
             return Response(gzip.compress(data), media_type="text/event-stream", headers={"content-encoding": "gzip"})
+        if model == "brotli":  # an encoding the proxy cannot decode (no brotli module here)
+            return Response(b"\x1b\x00\x00", media_type="application/json", headers={"content-encoding": "br"})
+        if model == "inner-proxy":  # answers with stats, as a pocsdk proxy further upstream would
+            extra = {"x-pocsdk-original-tokens": "1", "x-pocsdk-compressed-tokens": "1"}
         if body.get("stream"):
             return StreamingResponse(_stream(model), media_type="text/event-stream", headers={"x-upstream": "yes"})
         echo = {
@@ -81,6 +87,7 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             "received": body, "raw_body": raw.decode(), "headers": dict(request.headers),
+            "query": request.url.query, "header_list": [[k, v] for k, v in request.headers.items()],
         }  # ASCII-escaped JSON: a lone surrogate in what it received must not break the echo
         return Response(json.dumps(echo), media_type="application/json", headers={"x-upstream": "yes", **extra})
 
@@ -88,7 +95,9 @@ def fake_upstream_app(slow_s: float = 2.0) -> FastAPI:
     async def other(path: str, request: Request) -> JSONResponse:
         """Any other endpoint: echo method, path, query, body and headers."""
         return JSONResponse({"method": request.method, "path": path, "query": request.url.query,
-                             "body": (await request.body()).decode(), "headers": dict(request.headers)},
+                             "raw_path": request.scope["raw_path"].decode("latin-1"),
+                             "body": (await request.body()).decode(), "headers": dict(request.headers),
+                             "header_list": [[k, v] for k, v in request.headers.items()]},
                             status_code=201, headers={"x-upstream": "other"})
 
     return app
@@ -656,3 +665,99 @@ def test_floor_header_reaches_the_compressor(proxy: str) -> None:
     assert r.status_code in (200, 501), r.text
     if r.status_code == 501:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_query_strings_reach_the_upstream_on_every_route(proxy: str) -> None:
+    """Chat and model requests used to drop them (Azure-style ``?api-version=`` upstreams could not chat)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": long_text(80, 5) + "\n\nWhich topic?"}]}
+    chat = httpx.post(proxy + "/v1/chat/completions?api-version=2024-06-01", json=body)
+    assert chat.status_code == 200 and chat.json()["query"] == "api-version=2024-06-01"
+    assert httpx.get(proxy + "/v1/models?api-version=1").json()["query"] == "api-version=1"
+    assert httpx.get(proxy + "/v1/models/org/model-1?api-version=1").json()["query"] == "api-version=1"
+    client = _openai(proxy)
+    client = client.with_options(default_query={"api-version": "2024-06-01"})
+    echoed = client.chat.completions.create(model="m", messages=body["messages"])
+    assert echoed.model_extra["query"] == "api-version=2024-06-01"
+
+
+def test_paths_and_repeated_headers_are_forwarded_as_sent(proxy: str) -> None:
+    """``a%2Fb`` used to become two segments, and a repeated header kept only its last value."""
+    r = httpx.get(proxy + "/v1/files/a%2Fb/content", headers=[("openai-beta", "assistants=v2"),
+                                                            ("openai-beta", "realtime=v1")])
+    echo = r.json()
+    assert echo["raw_path"] == "/v1/files/a%2Fb/content"
+    assert [v for k, v in echo["header_list"] if k == "openai-beta"] == ["assistants=v2", "realtime=v1"]
+    body = {"model": "m", "messages": [{"role": "user", "content": long_text(80, 5) + "\n\nWhich topic?"}]}
+    chat = httpx.post(proxy + "/v1/chat/completions", json=body, headers=[("x-tag", "a"), ("x-tag", "b")])
+    assert [v for k, v in chat.json()["header_list"] if k == "x-tag"] == ["a", "b"]
+    assert httpx.get(proxy + "/v1/models/").json()["path"] == "models/"  # forwarded, not "invalid model id"
+
+
+def test_rewritten_body_is_labelled_utf8(proxy: str) -> None:
+    """A UTF-16 request rewritten as UTF-8 used to keep its ``charset=utf-16`` label."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "pocsdk": {"keep_rate": 0.5}}
+    r = httpx.post(proxy + "/v1/chat/completions", content=json.dumps(body).encode("utf-16"),
+                   headers={"content-type": "application/json; charset=utf-16"})
+    assert r.status_code == 200, r.text
+    assert r.json()["headers"]["content-type"] == "application/json"
+    assert json.loads(r.json()["raw_body"])["messages"] == body["messages"]
+
+
+def test_stats_headers_are_numbers_and_not_doubled(proxy: str) -> None:
+    """Behind another pocsdk proxy each stats header came twice; a factor with nothing kept was "inf"."""
+    body = {"model": "inner-proxy", "messages": _rag_messages()}
+    r = httpx.post(proxy + "/v1/chat/completions", json=body)
+    assert r.headers.get_list("x-pocsdk-original-tokens") == [r.headers["x-pocsdk-original-tokens"]]
+    assert int(r.headers["x-pocsdk-original-tokens"]) > 1 and float(r.headers["x-pocsdk-compression-factor"]) > 1
+    from pocsdk.llm.messages import MessagesStats
+
+    nothing_kept = MessagesStats(original_tokens=900, compressed_tokens=0, compression_factor=math.inf).headers()
+    assert "X-Pocsdk-Compression-Factor" not in nothing_kept and nothing_kept["X-Pocsdk-Compressed-Tokens"] == "0"
+
+
+def test_request_options_are_typed_and_agree(proxy: str) -> None:
+    messages = _rag_messages()
+    url = proxy + "/v1/chat/completions"
+    for opts in ({"compress": "false"}, {"compress": 0}, {"floor": "0.5"}, {"keep_rate": True}):
+        r = httpx.post(url, json={"model": "m", "messages": messages, "pocsdk": opts})
+        assert r.status_code == 400, opts
+    both = httpx.post(url, json={"model": "m", "messages": messages, "pocsdk": {"floor": 0.8}},
+                      headers={"X-Pocsdk-Floor": "0.9"})
+    assert both.status_code == 400 and "disagree" in both.json()["error"]["message"]
+    same = httpx.post(url, json={"model": "m", "messages": messages, "pocsdk": {"keep_rate": 0.5}},
+                      headers={"X-Pocsdk-Keep-Rate": "0.5"})
+    assert same.status_code == 200
+
+
+def test_deep_json_is_400_and_undecodable_answers_502(proxy: str) -> None:
+    deep = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = httpx.post(proxy + "/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    body = {"model": "brotli", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(proxy + "/v1/chat/completions", json=body)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_encoding"
+    assert httpx.head(proxy + "/healthz").status_code == 200
+
+
+def test_an_unexpected_error_is_a_500_answer_and_the_connection_lives_on() -> None:
+    """Starlette answers an unexpected exception and re-raises it, and the server then closed the
+    connection: a keep-alive client's next request on it failed."""
+    from pocsdk.server.common import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app, openai_types=True)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/fine")
+    async def fine() -> dict[str, bool]:
+        return {"ok": True}
+
+    with ServerThread(app) as url, httpx.Client() as client:
+        r = client.get(url + "/boom")
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert "a bug" not in r.text
+        for _ in range(3):
+            assert client.get(url + "/fine").json() == {"ok": True}

@@ -114,7 +114,7 @@ def test_token_units_keep_user_perceived_characters_whole(tiny_lm: Path) -> None
     text = unicodedata.normalize("NFD", "Le café à Hà Nội ouvre à huit heures. ") + (
         "\u0e01\u0e48\u0e32\u0e27 \U0001f468\u200d\U0001f469\u200d\U0001f467 \U0001f1ef\U0001f1f5 fin.")
     units = get_compressor("selfinfo", model=str(tiny_lm), granularity="token").score(text).units
-    pieces = [text[s:e] for s, e in zip(units.start.tolist(), units.end.tolist())]
+    pieces = [text[s:e] for s, e in zip(units.start.tolist(), units.end.tolist(), strict=True)]
     assert unicodedata.normalize("NFD", "café") in pieces and unicodedata.normalize("NFD", "Nội") in pieces
     assert "\u0e01\u0e48\u0e32\u0e27" in pieces
     assert "\U0001f468\u200d\U0001f469\u200d\U0001f467" in pieces and "\U0001f1ef\U0001f1f5" in pieces

@@ -464,3 +464,16 @@ def test_cli_batch_against_remote_service(server: Server, tmp_path: Any) -> None
     assert comparable(got[0]["result"]) == comparable(want[0]["result"])
     assert got[1]["error"]["code"] == want[1]["error"]["code"]
     assert got[2]["error"]["code"] == want[2]["error"]["code"] == "empty_context"
+
+
+def test_lone_surrogates_are_answered_and_the_connection_stays_usable(server: Server) -> None:
+    """Valid JSON with an unpaired surrogate escape used to answer 500, after which the server closed the
+    keep-alive connection under the client's next request."""
+    raw = b'{"context": "\\ud800 ' + long_text(40, 3).encode() + b'", "keep_rate": 0.5}'
+    with httpx.Client(headers={**AUTH, "content-type": "application/json"}) as client:
+        r = client.post(server.url + "/v1/compress", content=raw)
+        assert r.status_code == 200, r.text
+        assert b"\\ud800" in r.content and r.json()["compressed_tokens"] > 0
+        for _ in range(3):  # the same connection, at once
+            assert client.post(server.url + "/v1/compress", content=raw).status_code == 200
+    assert httpx.head(server.url + "/healthz").status_code == 200

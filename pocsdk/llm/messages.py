@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import threading
 import time
@@ -82,13 +83,17 @@ class MessagesStats(BaseModel):
     """The slot (text) index of each compressed region."""
 
     def headers(self) -> dict[str, str]:
-        """The ``X-Pocsdk-*`` response headers the proxy sends."""
-        return {
+        """The ``X-Pocsdk-*`` response headers the proxy sends (no factor when nothing was kept: it is
+        infinite, which no number parser reads)."""
+        out = {
             "X-Pocsdk-Original-Tokens": str(self.original_tokens),
             "X-Pocsdk-Compressed-Tokens": str(self.compressed_tokens),
             "X-Pocsdk-Compression-Factor": f"{self.compression_factor:.4f}",
             "X-Pocsdk-Compress-Ms": f"{self.compress_ms:.3f}",
         }
+        if not math.isfinite(self.compression_factor):
+            del out["X-Pocsdk-Compression-Factor"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,11 @@ class MessageCompressor:
             counts = [(d.original_tokens, d.compressed_tokens) for d in result.documents]
             stats.reason = result.reason
             texts = _splice(p, [d.text for d in result.documents])
+            seen: set[int] = set()
+            for i, x in enumerate(p.pieces):  # an emptied text's marker is sent, so it is counted
+                if x.slot not in seen and texts[x.slot] == OMITTED:
+                    counts[i] = (counts[i][0], counts[i][1] + self.counter.count(OMITTED))
+                seen.add(x.slot)
         stats.part_tokens = counts
         stats.part_slots = [x.slot for x in p.pieces] if counts else []
         self._finish(stats, outside, counts, t0)

@@ -226,7 +226,40 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
     app.add_exception_handler(PocError, on_poc_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_unexpected)  # what escapes the middleware below
+    app.add_middleware(_AnswerUnexpected, answer=on_unexpected)
+
+
+class _AnswerUnexpected:
+    """ASGI middleware: an unexpected exception before the response starts gets the 500 body and ends there.
+
+    Starlette's own handler for ``Exception`` answers and then re-raises, and the server then closes the
+    connection, so a keep-alive client's next request on it failed; here the 500 is an answer like any other.
+    """
+
+    def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Awaitable[JSONResponse]]) -> None:
+        self.app = app
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await self.answer(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 # -- auth --------------------------------------------------------------------------------

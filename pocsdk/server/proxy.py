@@ -33,8 +33,9 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.util import find_spec
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from fastapi import FastAPI, Request
@@ -187,19 +188,24 @@ class _Proxy:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- requests ------------------------------------------------------------------------
-    def upstream_headers(self, request: Request) -> dict[str, str]:
-        # The raw ASGI pairs (what ``request.headers.items()`` decodes); a repeated name keeps its last value.
-        out = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]
-               if k.lower() not in _DROP_REQUEST_RAW}
+    def upstream_headers(self, request: Request, content_type: str | None = None) -> list[tuple[str, str]]:
+        """The caller's headers as they came (a repeated name keeps every value), less hop-by-hop ones and
+        our controls; ``content_type`` replaces the caller's (a rewritten body is UTF-8 JSON)."""
+        drop = _DROP_REQUEST_RAW
         # Hop-by-hop headers the caller named in Connection (RFC 9110 7.6.1) end here too.
         if named := request.headers.get("connection"):
-            for name in named.split(","):
-                out.pop(name.strip().lower(), None)
-        out["accept-encoding"] = "identity"
+            drop = drop | {n.strip().lower().encode("latin-1") for n in named.split(",")}
+        if content_type is not None:
+            drop = drop | {b"content-type"}
+        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]
+               if k.lower() not in drop]
+        out.append(("accept-encoding", "identity"))
+        if content_type is not None:
+            out.append(("content-type", content_type))
         if self.settings.upstream_api_key:
-            out["authorization"] = f"Bearer {self.settings.upstream_api_key}"
+            out.append(("authorization", f"Bearer {self.settings.upstream_api_key}"))
         elif not self.auth.enabled and "authorization" in request.headers:
-            out["authorization"] = request.headers["authorization"]
+            out.append(("authorization", request.headers["authorization"]))
         return out
 
     async def compress(self, body: dict[str, Any], mode: dict[str, float]) -> tuple[list[Any], MessagesStats]:
@@ -212,16 +218,24 @@ class _Proxy:
                            code="mode_unavailable") from exc
 
     async def send(self, method: str, path: str | httpx.URL, request: Request, content: bytes | None,
-                   stream: bool = False) -> httpx.Response:
-        """Send to the upstream (``path`` under the base URL, or a prepared URL); read the body unless ``stream``."""
+                   stream: bool = False, content_type: str | None = None) -> httpx.Response:
+        """Send to the upstream (``path`` under the base URL, or a prepared URL) with the caller's query
+        string; read the body unless ``stream``."""
         transport = self.transport()
         headers = httpx.Headers(self._default_headers)  # as AsyncClient.build_request merges them
-        headers.update(self.upstream_headers(request))
+        headers.update(self.upstream_headers(request, content_type))
         url = path if isinstance(path, httpx.URL) else httpx.URL(self.base + path)
+        if (query := request.scope.get("query_string")) and not url.query:  # Azure-style ?api-version=...
+            url = url.copy_with(query=query)
         req = httpx.Request(method, url, content=content, headers=headers, extensions={"timeout": self._timeouts})
         try:
             resp = await transport.handle_async_request(req)
             resp.request = req
+            if not _decodable(resp.headers.get("content-encoding")):
+                await resp.aclose()
+                raise ApiError(502, f"upstream answered in an encoding the proxy cannot decode "
+                               f"({resp.headers['content-encoding']}) although it asked for identity",
+                               code="upstream_encoding")
             if not stream:
                 try:
                     await resp.aread()  # also closes it: the connection goes back to the pool
@@ -243,6 +257,8 @@ def parse_chat_request(raw: bytes) -> dict[str, Any]:
         body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_request")
     messages = body.get("messages")
@@ -300,31 +316,71 @@ def request_mode(body: dict[str, Any], headers: Mapping[str, str]) -> dict[str, 
     if unknown:
         raise ApiError(400, f"unknown pocsdk option(s): {', '.join(sorted(unknown))}", param="pocsdk",
                        code="invalid_request")
+    if "compress" in opts and not isinstance(opts["compress"], bool):
+        raise ApiError(400, f"pocsdk.compress must be true or false, got {opts['compress']!r}",
+                       param="pocsdk.compress", code="invalid_request")
     if opts.get("compress") is False:
         return None
-    mode: dict[str, float] = {}
-    for name, header in (("floor", "x-pocsdk-floor"), ("keep_rate", "x-pocsdk-keep-rate")):
-        raw = opts.get(name, headers.get(header))
-        if raw is None:
-            continue
-        try:
-            value = float(raw) if not isinstance(raw, bool) else math.nan
-        except (TypeError, ValueError):
-            value = math.nan
-        if not 0.0 < value <= 1.0:
-            raise ApiError(400, f"{name} must be a number in (0, 1], got {raw!r}", param=f"pocsdk.{name}",
-                           code="invalid_rate")
-        mode[name] = value
+    body_mode = {name: _rate(opts[name], f"pocsdk.{name}", name) for name in ("floor", "keep_rate")
+                 if opts.get(name) is not None}
+    header_mode = {name: _rate(headers[header], header, name, text=True)
+                   for name, header in (("floor", "x-pocsdk-floor"), ("keep_rate", "x-pocsdk-keep-rate"))
+                   if headers.get(header) is not None}
+    if body_mode and header_mode and body_mode != header_mode:
+        raise ApiError(400, "the pocsdk body field and the X-Pocsdk-* headers disagree: give the mode once",
+                       param="pocsdk", code="invalid_request")
+    mode = body_mode or header_mode
     if len(mode) > 1:
         raise ApiError(400, "give either a floor or a keep rate, not both", param="pocsdk", code="invalid_request")
     return mode
 
 
-def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> dict[str, str]:
-    out = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+def _rate(raw: Any, where: str, name: str, *, text: bool = False) -> float:
+    """A floor or keep rate in (0, 1]: a JSON number in the body, a decimal string in a header."""
+    value = math.nan
+    if (text and isinstance(raw, str)) or (not text and isinstance(raw, (int, float)) and not isinstance(raw, bool)):
+        try:
+            value = float(raw)
+        except ValueError:
+            pass
+    if not 0.0 < value <= 1.0:
+        raise ApiError(400, f"{name} must be a number in (0, 1], got {raw!r}", param=where, code="invalid_rate")
+    return value
+
+
+def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> list[tuple[str, str]]:
+    """The upstream's headers (every value of a repeated one) less hop-by-hop ones, plus our stats, which
+    replace those of a pocsdk proxy further upstream."""
+    drop = _DROP_RESPONSE if stats is None else _DROP_RESPONSE | _STATS_HEADERS
+    out = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in drop]
     if stats is not None:
-        out.update(stats.headers())
+        out.extend(stats.headers().items())
     return out
+
+
+def _response(content: bytes, upstream: httpx.Response, stats: MessagesStats | None) -> Response:
+    out = Response(content, status_code=upstream.status_code)
+    out.raw_headers.extend(_raw(_response_headers(upstream, stats)))
+    return out
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+_STATS_HEADERS = frozenset(h.lower() for h in MessagesStats().headers()) | {"x-pocsdk-compression-factor"}
+
+
+def _decodable(encoding: str | None) -> bool:
+    """Can httpx undo this Content-Encoding? (It passes encodings it does not know through as they are.)"""
+    if not encoding:
+        return True
+    return all(e.strip().lower() in _DECODABLE for e in encoding.split(",") if e.strip())
+
+
+_DECODABLE = frozenset({"identity", "gzip", "deflate"}
+                       | ({"br"} if find_spec("brotli") or find_spec("brotlicffi") else set())
+                       | ({"zstd"} if find_spec("zstandard") else set()))
 
 
 def _model_path(model_id: str) -> str:
@@ -344,6 +400,21 @@ def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise ApiError(400, f"invalid {what} {path!r}", code=code)
     return "/".join(quote(p, safe="") for p in parts) + tail
+
+
+def _raw_path(request: Request, path: str) -> str:
+    """The path under ``/v1/`` as the caller encoded it (``a%2Fb`` stays one segment), checked like
+    :func:`_safe_path` on its decoded segments."""
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes) or not raw.startswith(b"/v1/"):
+        return _safe_path(path, "path")
+    text = raw[len(b"/v1/"):].decode("latin-1")
+    parts = text.split("/")
+    if parts[-1] == "" and len(parts) > 1:  # a trailing slash is kept as it came
+        parts = parts[:-1]
+    if any(unquote(p) in ("", ".", "..") for p in parts) or any(c in text for c in "?#\\"):
+        raise ApiError(400, f"invalid path {path!r}", code="invalid_path")
+    return text
 
 
 def proxy_app_from_env() -> FastAPI:
@@ -380,6 +451,7 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     install_error_handlers(app, openai_types=True)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, openai_types=True)
 
+    @app.head("/healthz", include_in_schema=False)  # load balancers that check with HEAD
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """Liveness of the proxy itself (the upstream is not called)."""
@@ -392,15 +464,16 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         await proxy.auth(request)
         async with proxy.limiter.slot():
             resp = await proxy.send("GET", proxy.models_url, request, None)
-            return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, None))
+            return _response(resp.content, resp, None)
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> Response:
         """Forwarded to the upstream unchanged."""
         await proxy.auth(request)
         async with proxy.limiter.slot():
-            resp = await proxy.send("GET", "/models/" + _model_path(model_id), request, None)
-            return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, None))
+            path = "/models/" + (_model_path(model_id) if model_id else "")
+            resp = await proxy.send("GET", path, request, None)
+            return _response(resp.content, resp, None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -425,9 +498,7 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         if request.method == "POST" and path == "chat/completions/":  # not a way around compression
             return await chat_completions(request)
         await proxy.auth(request)
-        url = proxy.base + "/" + _safe_path(path, "path")
-        if query := request.scope.get("query_string"):
-            url += "?" + query.decode("latin-1")
+        url = proxy.base + "/" + _raw_path(request, path)  # the query string is added by send
         proxy.limiter.check()
         content = await request.body()
         await proxy.limiter.acquire()
@@ -476,14 +547,15 @@ async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Res
         log.info("chat request: %d messages, %s", len(body["messages"]),
                  "no compression" if stats is None else
                  f"{stats.original_tokens}->{stats.compressed_tokens} tokens in {stats.compress_ms:.1f} ms")
+    content_type = "application/json" if content is not raw else None  # _dump writes UTF-8 (or ASCII)
     if body.get("stream") is not True:
-        resp = await proxy.send("POST", proxy.chat_url, request, content)
-        return Response(resp.content, status_code=resp.status_code, headers=_response_headers(resp, stats))
-    resp = await proxy.send("POST", proxy.chat_url, request, content, stream=True)
+        resp = await proxy.send("POST", proxy.chat_url, request, content, content_type=content_type)
+        return _response(resp.content, resp, stats)
+    resp = await proxy.send("POST", proxy.chat_url, request, content, stream=True, content_type=content_type)
     if resp.status_code >= 400:
         data = await resp.aread()
         await resp.aclose()
-        return Response(data, status_code=resp.status_code, headers=_response_headers(resp, stats))
+        return _response(data, resp, stats)
     return _relay(resp, slot, stats)
 
 
@@ -524,6 +596,6 @@ def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> St
         slot.release()
 
     slot.handed_off = True
-    relay = _RelayResponse(chunks(), status_code=resp.status_code, headers=_response_headers(resp, stats),
-                           background=BackgroundTask(cleanup))
+    relay = _RelayResponse(chunks(), status_code=resp.status_code, background=BackgroundTask(cleanup))
+    relay.raw_headers.extend(_raw(_response_headers(resp, stats)))
     return relay

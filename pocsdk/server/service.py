@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from fastapi import Body, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag
+from pydantic_core import PydanticSerializationError
 
 from pocsdk import compressors as _compressors
 from pocsdk._version import __version__
@@ -448,7 +450,21 @@ def _job(item: CompressRequest, defaults: _Modes | None = None) -> _Job:
 
 
 def _json(result: CompressionResult) -> str:
-    return result.model_dump_json()
+    try:
+        return result.model_dump_json()
+    except PydanticSerializationError:  # a lone surrogate (valid JSON escape, not UTF-8): written escaped
+        return json.dumps(_finite(result.model_dump(mode="json")))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: non-finite numbers become ``null``, as ``model_dump_json`` writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _steered_by_predictor(cfg: ServiceConfig, inners: dict[str, TextCompressor]) -> set[str]:
@@ -523,6 +539,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         body = Health(status="draining" if state.draining else "ok", version=__version__,
                       compressors=list(hosted))
         return JSONResponse(body.model_dump(), status_code=503 if state.draining else 200)
+
+    app.head("/healthz", include_in_schema=False)(healthz)  # load balancers that check with HEAD
 
     @app.get("/v1/compressors", response_model=CompressorsResponse, dependencies=secured, tags=["service"],
              responses={401: errors[401]})
