@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -535,6 +536,13 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
         assert out.read_bytes() == first
     assert invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--floor", "0.9").exit_code == 0
     assert len(read_records(out)) == 3
+    # and the other way round: a keep-rate run is resumed neither at a floor nor at another rate
+    assert invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "-q", "--overwrite").exit_code == 0
+    first = out.read_bytes().split(b"\n")[0] + b"\n"
+    out.write_bytes(first)
+    for other in (["--floor", "0.9"], ["--keep-rate", "0.3"]):
+        result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", *other)
+        assert result.exit_code == 2 and "earlier run" in result.output, other
 
 
 def test_stdin_read_from_the_output_file_is_refused(tmp_path: Path) -> None:
@@ -547,3 +555,7 @@ def test_stdin_read_from_the_output_file_is_refused(tmp_path: Path) -> None:
                                "--keep-rate", "0.5", "-q"], stdin=stdin, capture_output=True, timeout=120)
     assert proc.returncode == 2 and b"input file" in proc.stderr
     assert victim.read_bytes() == data
+    with open(os.devnull, "rb") as stdin:  # a device may be both, as in `< /dev/null -o /dev/null`
+        proc = subprocess.run([sys.executable, "-m", "pocsdk", "compress", "-", "-o", os.devnull, "--overwrite",
+                               "--keep-rate", "0.5", "-q"], stdin=stdin, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

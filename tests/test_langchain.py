@@ -123,15 +123,20 @@ def test_modes_and_fields_checked_when_built() -> None:
     from pydantic import ValidationError
 
     for bad in ({"floor": 2.0}, {"keep_rate": 0}, {"target_tokens": 0}, {"confidence": 1.0}, {"min_tokens": 0},
-                {"compressor": "nope"}, {"floor": 0.9, "keep_rate": 0.3}, {"keep_rate": 0.3, "confidence": 0.9},
+                {"compressor": "nope"}, {"keep_rate": 0.3, "confidence": 0.9},
                 {"compressor_params": {"keep_rate": 0.5}, "confidence": 0.9}):
         with pytest.raises(ValidationError):
             PocsdkCompressorRunnable(**bad)
         with pytest.raises(ValidationError):
             PocsdkDocumentCompressor(**bad)
-    r = PocsdkCompressorRunnable(floor=0.9).configurable_fields(keep_rate=ConfigurableField(id="kr"))
-    with pytest.raises(ValueError, match="cleared with None"):
-        r.with_config(configurable={"kr": 0.6}).invoke({"context": text(100, 8, FACT), "question": QUESTION})
+    # a name only a remote service hosts is fine with an endpoint
+    PocsdkCompressorRunnable(compressor="hosted-elsewhere", compressor_params={"endpoint": "http://127.0.0.1:9"})
+    # several modes: the floor wins, then target_tokens, then keep_rate (a keep-rate chain at a per-call floor)
+    inp = {"context": text(100, 8, FACT), "question": QUESTION}
+    r = PocsdkCompressorRunnable(keep_rate=0.3).configurable_fields(floor=ConfigurableField(id="floor"))
+    assert r.with_config(configurable={"floor": 0.9}).invoke(inp)["pocsdk"]["floor"] == 0.9
+    both = PocsdkCompressorRunnable(target_tokens=120, keep_rate=0.9).invoke(inp)["pocsdk"]
+    assert both["compressed_tokens"] <= 120
 
 
 def test_every_mode_reaches_the_compressor() -> None:
@@ -161,6 +166,9 @@ def test_empty_retrieval_passes_through() -> None:
         assert out["pocsdk"]["original_tokens"] == 0
     out = asyncio.run(r.ainvoke({"context": [], "question": QUESTION}))
     assert out["context"] == "" and out["pocsdk"]["reason"] == "empty_context"
+    # contexts the compressor reads are not taken for empty ({"page_content": ...} dicts)
+    out = r.invoke({"context": [{"page_content": text(100, 8, FACT)}], "question": QUESTION})
+    assert FACT in out["context"] and out["pocsdk"]["reason"] != "empty_context"
     # and "question": None falls back to "query"
     out = r.invoke({"context": text(100, 8, FACT), "question": None, "query": QUESTION})
     assert FACT in out["context"]
@@ -222,6 +230,11 @@ def test_runnable_serializes_and_loads() -> None:
     back = loads(dumps(r), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable])
     assert isinstance(back, PocsdkCompressorRunnable)
     assert (back.keep_rate, back.compressor, back.min_tokens) == (0.3, "extractive", 100)
+    remote = PocsdkCompressorRunnable(keep_rate=0.3, compressor_params={"endpoint": "http://x", "api_key": "sk-SECRET"})
+    assert "sk-SECRET" not in dumps(remote)  # written as a secret reference
+    back = loads(dumps(remote), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable],
+                 secrets_map={"POCSDK_API_KEY": "sk-SECRET"})
+    assert back.api_key == "sk-SECRET" and "api_key" not in back.compressor_params
 
 
 async def test_ainvoke_abatch_and_custom_events() -> None:

@@ -113,8 +113,18 @@ def test_cache_off_compresses_every_time_in_the_pool(monkeypatch: pytest.MonkeyP
     ("Use the context.\nQuestion: When did it open? \nContext: Doc one.\n\nDoc two.\nAnswer:",
      ["Question: When did it open?", "\nAnswer:"], "When did it open?"),
     ("**Question:** When?\n**Context:** Doc one.\n\nDoc two.", ["**Question:** When?"], "When?"),
-    # the last labelled question of a few-shot prompt, up to the next label
+    # the last labelled question of a few-shot prompt, with its answer cue
     ("Q: What is 2+2?\nA: 4\n\nQ: What is 3+3?\nA:", ["Q: What is 3+3?", "\nA:"], "What is 3+3?"),
+    # a label alone on its line: the next line asks
+    ("**Question:**\n\nIn which year?\n\nDoc one.\n\nDoc two.", ["**Question:**\n\nIn which year?"],
+     "In which year?"),
+    # a question line followed by data without a blank line: the line only
+    ("Question: Which city?\ncity,pop\nOslo,1\nRome,2", ["Question: Which city?"], "Which city?"),
+    # "Q:" lines inside documents (a FAQ, code) are no question when the text ends by asking
+    ("Doc.\nQ: How do I reset?\nA: Click.\n\n```\nq: int = 3\n```\n\nIn which year was it built?",
+     ["\n\nIn which year was it built?"], "In which year was it built?"),
+    ("```\nQuery: SELECT 1\n```\n\nDoc one.\n\nSummarize.", ["```\nQuery: SELECT 1\n```", "\n\nSummarize."],
+     "Summarize."),
     # unlabelled: the final paragraph, as before
     ("Doc one.\n\nDoc two.\n\nWhen did it open?", ["\n\nWhen did it open?"], "When did it open?"),
     # the question first: it stays and is the query; the final paragraph stays too (it may instruct)
@@ -141,3 +151,13 @@ def test_labelled_question_before_the_context_is_the_query_and_stays() -> None:
     assert content.startswith("Answer from the context.\nQuestion: Which violin?\n")
     assert content.endswith("\nAnswer:") and stats.query == "Which violin?"
     assert stats.compressed_tokens < 0.6 * stats.original_tokens
+
+
+def test_a_question_in_the_middle_splits_a_long_message_that_is_still_compressed() -> None:
+    """Each side used to need min_tokens on its own, so a long message asking in its middle passed through."""
+    before, after = _text(30, 1), _text(30, 2)
+    prompt = f"{before}\nQuestion: Which violin?\n{after}"
+    mc = MessageCompressor(Compressor(compressor="truncate", keep_rate=0.5), MessagePolicy(min_tokens=600))
+    out, stats = mc.compress_messages([{"role": "user", "content": prompt}])
+    assert stats.parts == 2 and "\nQuestion: Which violin?" in out[0]["content"]  # 420 tokens a side
+    assert stats.compressed_tokens < 0.7 * stats.original_tokens

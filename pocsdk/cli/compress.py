@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -39,7 +40,14 @@ from pocsdk.cli.jsonl import (
 )
 from pocsdk.cli.params import PARAM_HELP, parse_params
 from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
-from pocsdk.errors import ConfigError, InputTooLargeError, InvalidInputError, InvalidTypeError, PocError
+from pocsdk.errors import (
+    ConfigError,
+    InputTooLargeError,
+    InvalidInputError,
+    InvalidTypeError,
+    PocError,
+    RemoteError,
+)
 from pocsdk.text.tokens import get_token_counter
 from pocsdk.types import CompressionResult
 
@@ -290,10 +298,15 @@ def compress_command(
         if floor is not None:
             engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
-        _check_resumed_settings(point, compressor, floor)
-        _probe(engine)  # a bad --param, model path or --endpoint fails now, not once per record
+        _check_resumed_settings(point, compressor, floor, keep_rate)
         stream, size = open_input(source)
     except (PocError, OSError) as exc:
+        _fail(err, exc)
+    try:
+        _probe(engine, err)  # a bad --param, model path or --endpoint fails now, not once per record
+    except PocError as exc:
+        if source != STDIO:
+            stream.close()
         _fail(err, exc)
     try:
         stats = _run(engine, stream, size, output, point, fields, err, show_progress=not quiet and err.is_terminal)
@@ -353,18 +366,30 @@ _PROBE_TEXT = " ".join(
     f"Line {i} of the pocsdk start-up check reads a short sentence about river {i} and its bridge." for i in range(24))
 
 
-def _probe(engine: Compressor) -> None:
+_BUSY = frozenset({429, 502, 503, 504})
+"""Statuses of a remote service that is there but busy: the run goes on, its records retry for themselves."""
+
+
+def _probe(engine: Compressor, err: Console) -> None:
     """Compress a small built-in text once, so that settings that only fail when something is compressed (an
     unknown ``--param`` value, a missing model, an unreachable or refusing ``--endpoint``) stop the run before
     any record is written (exit 2), instead of failing every record in turn."""
     try:
         engine.compress(_PROBE_TEXT, "river bridge", keep_rate=0.5)
+    except RemoteError as exc:
+        if exc.status_code in _BUSY:
+            err.print(f"[yellow]warning:[/yellow] the endpoint is busy ({escape(str(exc))}); going on",
+                      highlight=False)
+            return
+        raise ConfigError(f"the compressor cannot run with these options: {exc}") from exc
     except PocError as exc:
         raise ConfigError(f"the compressor cannot run with these options: {exc}") from exc
 
 
-def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None) -> None:
-    """Refuse to append records made with another compressor or floor to an earlier run's output."""
+def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None,
+                            keep_rate: float | None) -> None:
+    """Refuse to append records made with another compressor, floor or keep rate to an earlier run's output
+    (as far as its last result shows them: a token target is not recorded)."""
     result = point.last_result
     if not result:
         return
@@ -373,9 +398,13 @@ def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | 
         raise ConfigError(f"cannot resume: the earlier run used compressor {earlier!r}, this one {compressor!r}")
     decision = result.get("floor")
     earlier_floor = decision.get("floor") if isinstance(decision, dict) else None
-    if earlier_floor is not None and earlier_floor != floor:
+    if earlier_floor != floor:
+        then = "no floor" if earlier_floor is None else f"floor {earlier_floor}"
         now = "no floor" if floor is None else f"floor {floor}"
-        raise ConfigError(f"cannot resume: the earlier run used floor {earlier_floor}, this one {now}")
+        raise ConfigError(f"cannot resume: the earlier run used {then}, this one {now}")
+    requested = result.get("requested_keep_rate")
+    if keep_rate is not None and earlier_floor is None and requested != keep_rate:
+        raise ConfigError(f"cannot resume: the earlier run asked for keep rate {requested}, this one {keep_rate}")
 
 
 def _check_paths(source: str, output: str, *, resume: bool, overwrite: bool) -> None:
@@ -397,11 +426,12 @@ def _check_paths(source: str, output: str, *, resume: bool, overwrite: bool) -> 
 
 
 def _is_stdin(path: Path) -> bool:
+    """Is stdin this regular file? (Devices such as /dev/null may be both.)"""
     try:
         here, there = os.fstat(sys.stdin.fileno()), path.stat()
     except (OSError, ValueError, AttributeError):  # no real stdin (a test runner's, a closed one)
         return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    return stat.S_ISREG(there.st_mode) and (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _progress(console: Console, *, enabled: bool) -> Progress:

@@ -146,7 +146,7 @@ class ResumePoint:
     failed: int = 0
     """Error records among them."""
     last_result: Any = None
-    """The last record's ``result`` object (``None`` when it is an error record)."""
+    """The ``result`` object of the last record that has one (``None`` when all are errors)."""
 
 
 def find_resume_point(path: Path) -> ResumePoint:
@@ -173,18 +173,25 @@ def find_resume_point(path: Path) -> ResumePoint:
     line = obj.get("line") if isinstance(obj, dict) else None
     if not isinstance(line, int) or isinstance(line, bool):
         raise ConfigError(f"cannot resume: the last complete line of {path} is not a pocsdk output record")
-    result = obj.get("result")
-    return ResumePoint(records, last_nl + 1, line, obj.get("id"), _count_errors(path, last_nl + 1),
-                       result if isinstance(result, dict) else None)
+    failed, last_ok = _scan_records(path, last_nl + 1)
+    result = None
+    if last_ok is not None:
+        try:
+            result = json.loads(last_ok).get("result")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            result = None
+    return ResumePoint(records, last_nl + 1, line, obj.get("id"), failed, result if isinstance(result, dict) else None)
 
 
 # An error record as the batch writes it: {"id":...,"line":N,"error":{...}} (ids are strings, integers or null).
 _ERROR_RECORD = re.compile(rb'\{"id":(?:null|-?\d+|"(?:[^"\\]|\\.)*"),"line":\d+,"error":')
 
 
-def _count_errors(path: Path, size: int) -> int:
-    """Error records among the first ``size`` bytes of an output file (one pass, a line at a time)."""
+def _scan_records(path: Path, size: int) -> tuple[int, bytes | None]:
+    """Error records among the first ``size`` bytes of an output file, and the last other record (one pass,
+    a line at a time)."""
     count = 0
+    last_ok: bytes | None = None
     with path.open("rb") as fh:
         while fh.tell() < size:
             line = fh.readline()
@@ -192,7 +199,9 @@ def _count_errors(path: Path, size: int) -> int:
                 break
             if _ERROR_RECORD.match(line):
                 count += 1
-    return count
+            else:
+                last_ok = line
+    return count, last_ok
 
 
 def _line_ending_at(fh: BinaryIO, newline_at: int) -> bytes:

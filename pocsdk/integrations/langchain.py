@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from pocsdk.errors import ConfigError, InvalidTypeError, MissingDependencyError
+from pocsdk.errors import ConfigError, EmptyContextError, InvalidTypeError, MissingDependencyError, PocError
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -57,12 +57,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("the LangChain integration", "langchain", "langchain-core") from exc
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from pocsdk.compressor import Compressor
 from pocsdk.compressors import DEFAULT_COMPRESSOR, available
 from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
-from pocsdk.types import CompressionResult
+from pocsdk.types import CompressionResult, normalize_context
 
 EVENT = "pocsdk_compression"
 DEFAULT_DOCUMENT_MIN_TOKENS = 64
@@ -73,10 +73,11 @@ RunnableInput = Union[Mapping[str, Any], PromptValue, Sequence[Any], str]
 
 DEFAULT_FLOOR = 0.9
 """The floor used when neither a field nor ``compressor_params`` sets a mode."""
-_MODES = ("floor", "keep_rate", "target_tokens")
+_MODES = ("floor", "target_tokens", "keep_rate")
+"""Mode fields in the order they win when several are set."""
 
 
-_SHARED: OrderedDict[tuple[str, str, int], MessageCompressor] = OrderedDict()
+_SHARED: OrderedDict[tuple[str, str, int], tuple[MessageCompressor, dict[str, Any]]] = OrderedDict()
 _SHARED_LOCK = threading.Lock()
 _SHARED_SIZE = 32
 
@@ -84,19 +85,24 @@ _SHARED_SIZE = 32
 def _shared(compressor: str, params: dict[str, Any], min_tokens: int) -> MessageCompressor:
     """One compressor per configuration (an LRU of 32), so per-call configured copies reuse loaded predictors.
 
-    Keyed by the parameters' JSON where the values allow it, else their ``repr`` (objects by identity)."""
-    key = (compressor, json.dumps(params, sort_keys=True, default=repr), min_tokens)
+    Keyed by the parameters' JSON, values that are no JSON (a path, a loaded predictor) by identity; an entry
+    holds its parameters, so an identity is never reused while it is cached."""
+    key = (compressor, json.dumps(params, sort_keys=True, default=_identity), min_tokens)
     with _SHARED_LOCK:
         hit = _SHARED.get(key)
         if hit is not None:
             _SHARED.move_to_end(key)
-            return hit
+            return hit[0]
     built = MessageCompressor(Compressor(compressor=compressor, **params), MessagePolicy(min_tokens=min_tokens))
     with _SHARED_LOCK:
-        _SHARED[key] = built
+        _SHARED[key] = (built, dict(params))
         while len(_SHARED) > _SHARED_SIZE:
             _SHARED.popitem(last=False)
     return built
+
+
+def _identity(value: Any) -> str:
+    return f"<{type(value).__qualname__} at {id(value):#x}>"
 
 
 class _PocsdkFields:
@@ -108,14 +114,23 @@ class _PocsdkFields:
     confidence: float | None
     compressor: str
     compressor_params: dict[str, Any]
+    api_key: str | None
     min_tokens: int
 
+    def _params(self) -> dict[str, Any]:
+        return self.compressor_params if self.api_key is None else {**self.compressor_params, "api_key": self.api_key}
+
     def _messages(self) -> MessageCompressor:
-        return _shared(self.compressor, self.compressor_params, self.min_tokens)
+        return _shared(self.compressor, self._params(), self.min_tokens)
 
     def _mode(self) -> dict[str, Any]:
-        """The per-call mode: the field that is set, else the ``compressor_params``' mode, else the default floor."""
-        mode: dict[str, Any] = {m: getattr(self, m) for m in _MODES if getattr(self, m) is not None}
+        """The per-call mode: the first field set of ``floor``, ``target_tokens``, ``keep_rate`` (so a keep-rate
+        chain runs at a floor configured per call), else the ``compressor_params``' mode, else the default floor."""
+        mode: dict[str, Any] = {}
+        for m in _MODES:
+            if getattr(self, m) is not None:
+                mode[m] = getattr(self, m)
+                break
         if not mode and not any(self.compressor_params.get(m) is not None for m in _MODES):
             mode["floor"] = DEFAULT_FLOOR
         if self.confidence is not None:
@@ -123,13 +138,24 @@ class _PocsdkFields:
         return mode
 
 
+def _move_api_key(cls: Any, data: Any) -> Any:
+    """An ``api_key`` in ``compressor_params`` becomes the field (written as a secret by ``dumps``)."""
+    if isinstance(data, dict) and isinstance(data.get("compressor_params"), dict) \
+            and "api_key" in data["compressor_params"]:
+        params = dict(data["compressor_params"])
+        key = params.pop("api_key")
+        data = {**data, "compressor_params": params, "api_key": data.get("api_key") or key}
+    return data
+
+
 def _check_fields(fields: Any) -> Any:
-    """At most one mode field; a ``confidence`` needs a floor (the field, ``compressor_params``' or the default)."""
-    given = [m for m in _MODES if getattr(fields, m) is not None]
-    if len(given) > 1:
-        raise ConfigError(f"give one of floor, keep_rate or target_tokens, not {' and '.join(given)} (a field "
-                          "made configurable per call must be cleared with None when another one is set)")
-    mode = given[0] if given else next((m for m in _MODES if fields.compressor_params.get(m) is not None), "floor")
+    """A known compressor (any name with a remote ``endpoint``); a ``confidence`` needs a floor (the field,
+    ``compressor_params``' or the default)."""
+    if fields.compressor not in available() and fields.compressor_params.get("endpoint") is None:
+        raise ConfigError(f"unknown compressor {fields.compressor!r}; available: {', '.join(available())}")
+    mode = next((m for m in _MODES if getattr(fields, m) is not None), None)
+    if mode is None:
+        mode = next((m for m in _MODES if fields.compressor_params.get(m) is not None), "floor")
     if fields.confidence is not None and mode != "floor":
         raise ConfigError("confidence applies to a floor: give floor=... (or no mode: the default is a floor)")
     return fields
@@ -139,12 +165,6 @@ def _empty_stats(compressor: str) -> dict[str, Any]:
     """Stats of a context without text: nothing to compress, so it passes through."""
     return {"original_tokens": 0, "compressed_tokens": 0, "keep_rate": 1.0, "compression_factor": 1.0,
             "compressor": compressor, "passthrough": True, "reason": "empty_context", "compress_ms": 0.0}
-
-
-def _check_compressor(name: str) -> str:
-    if name not in available():
-        raise ConfigError(f"unknown compressor {name!r}; available: {', '.join(available())}")
-    return name
 
 
 def result_stats(result: CompressionResult) -> dict[str, Any]:
@@ -195,10 +215,13 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
     """With a floor: the share of inputs on which the floor should hold (the calibrated promise)."""
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
+    api_key: str | None = Field(default=None, repr=False)
+    """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
+    ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     min_tokens: int = Field(default=512, ge=1)
     """Messages with at least this many tokens are compressed (message inputs only)."""
 
-    _check_compressor = field_validator("compressor")(_check_compressor)
+    _move_api_key = model_validator(mode="before")(_move_api_key)
     _check_fields = model_validator(mode="after")(_check_fields)
 
     @classmethod
@@ -207,8 +230,13 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
-        """``langchain_core.load.loads(..., valid_namespaces=["pocsdk"])`` rebuilds it."""
+        """``loads(s, valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable])`` rebuilds it."""
         return ["pocsdk", "integrations", "langchain"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """A remote service's key is written as a secret reference, never as text."""
+        return {"api_key": "POCSDK_API_KEY"}
 
     def invoke(self, input: RunnableInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(self._invoke, input, config, run_type="prompt")
@@ -295,15 +323,15 @@ def _classify(input: Any) -> tuple[str, Any]:
 
 
 def _has_text(context: Any) -> bool:
-    """Does a context (string, Documents, document dicts) hold any non-blank text?"""
-    if isinstance(context, str):
-        return bool(context.strip())
-    if isinstance(context, (list, tuple)):
-        return any(_has_text(d.page_content if isinstance(d, LCDocument) else
-                             d.get("text", "") if isinstance(d, Mapping) else d) for d in context)
-    if isinstance(context, LCDocument):
-        return bool(context.page_content.strip())
-    return True  # anything else: let the compressor say what is wrong with it
+    """Does a context hold any non-blank text, read as the compressor reads it? (A context it cannot read
+    counts as text, so that the compressor reports what is wrong with it.)"""
+    try:
+        docs = normalize_context(_context(context))
+    except EmptyContextError:
+        return False
+    except PocError:
+        return True
+    return any(d.text.strip() for d in docs)
 
 
 def _empty_text(context: Any) -> str:
@@ -386,17 +414,20 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     confidence: float | None = Field(default=None, gt=0, lt=1)
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
+    api_key: str | None = Field(default=None, repr=False)
+    """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
+    ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     min_tokens: int = Field(default=DEFAULT_DOCUMENT_MIN_TOKENS, ge=1)
     """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
     one in ``compressor_params`` wins)."""
     drop_empty: bool = False
 
-    _check_compressor = field_validator("compressor")(_check_compressor)
+    _move_api_key = model_validator(mode="before")(_move_api_key)
     _check_fields = model_validator(mode="after")(_check_fields)
 
     def _messages(self) -> MessageCompressor:
         # Passed on only when set, so a registered compressor without a ``min_tokens`` parameter still works.
-        params = dict(self.compressor_params)
+        params = dict(self._params())
         if self.min_tokens != DEFAULT_DOCUMENT_MIN_TOKENS:
             params.setdefault("min_tokens", self.min_tokens)
         return _shared(self.compressor, params, MessagePolicy().min_tokens)

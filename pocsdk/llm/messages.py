@@ -9,15 +9,15 @@ runnable), so they compress the same prompt the same way:
 * **Otherwise, automatic.** Text of ``user`` / ``tool`` / ``function`` messages with at
   least ``min_tokens`` tokens (default 512) is compressed. ``system``, ``developer`` and
   ``assistant`` messages are never touched automatically.
-* **The question stays verbatim.** In the last user message, a line labelled ``Question:``,
-  ``Query:`` or ``Q:`` (the last one, up to a blank line or the next ``Label:`` line) is the
-  question wherever it stands, and a final answer cue (``Answer:``) stays with it. Without a
-  label, the final paragraph (after the last blank line, else the last line break) is the
-  question; a short first paragraph (at most 600 characters) stays too when it asks and the
+* **The question stays verbatim** (:func:`find_question`). In the last user message, a line
+  labelled ``Question:``, ``Query:`` or ``Q:`` outside code fences is the question wherever it
+  stands, with a final answer cue (``Answer:``), unless the message ends by asking on a later
+  line. Otherwise the final paragraph (after the last blank line, else the last line break) is
+  the question; a short first paragraph (at most 600 characters) stays too when it asks and the
   final paragraph does not (it is then the query), or when neither asks (an instruction such
   as "Summarize the report below."). The question is the query for relevance and is never
-  compressed; the text around it is, each stretch when it is long enough
-  (:func:`find_question`).
+  compressed; the text around it is, when together long enough, except stretches of at most
+  600 characters (instructions around the question).
 * All compressed parts share one budget (one compressor call), so an irrelevant tool
   output may shrink more than a relevant one; a text that loses all its words becomes
   ``[…]`` (:data:`OMITTED`), never an empty string.
@@ -136,11 +136,14 @@ def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: Token
         if role not in policy.roles:
             continue
         keep = question.keep if i == last_user and policy.keep_last_question else []
-        for start, end in _between(keep, len(text)):
-            if end - start < policy.min_tokens or not text[start:end].strip():  # a token is one character or more
-                continue
-            if counter.count(text[start:end]) >= policy.min_tokens:
-                pieces.append(Piece(i, start, end))
+        stretches = [(a, b) for a, b in _between(keep, len(text)) if text[a:b].strip()]
+        if keep:  # around a question, instruction-sized stretches ("Use the context below.") stay verbatim
+            stretches = [(a, b) for a, b in stretches if len(text[a:b].strip()) > MAX_LEAD_CHARS]
+        # the stretches around a question count together: a long message is compressed wherever it asks
+        if sum(b - a for a, b in stretches) < policy.min_tokens:  # a token is one character or more
+            continue
+        if sum(counter.count_many([text[a:b] for a, b in stretches])) >= policy.min_tokens:
+            pieces.extend(Piece(i, a, b) for a, b in stretches)
     return Plan(texts, pieces, query, False)
 
 
@@ -176,29 +179,31 @@ def _question(slots: Sequence[tuple[str, str]]) -> tuple[int, Question]:
 def find_question(text: str) -> Question:
     """The question of a user text, and what stays verbatim with it.
 
-    1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` (the last one), up to a blank line or the next
-       ``Label:`` line, is the question, wherever it stands (``rag-prompt`` style templates put it before the
-       context); a final answer cue (``Answer:``) stays too.
-    2. Otherwise the final paragraph (after the last blank line, else the last line break) is the question, and
-       a short first paragraph stays as well when it asks (``When did ...? Use the report below.``) or when the
-       final paragraph does not (``Summarize the report below.``): then the query is the one that asks.
+    1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` outside code fences (the last one; the next line when
+       the label stands alone) is the question, wherever it stands (``rag-prompt`` style templates put it before
+       the context), with a final answer cue (``Answer:``), unless the text ends by asking after it (its last
+       character before the cue is a question mark, on a later line: a FAQ inside a document is no question).
+    2. When the text ends by asking, the final paragraph (after the last blank line, else the last line break)
+       is the question.
+    3. Otherwise the final paragraph is the question, and a short first paragraph stays as well when it asks
+       (``When did ...? Use the report below.``; it is then the query) or when no paragraph asks (``Summarize
+       the report below.``).
     """
     body_end = len(text.rstrip())
-    labelled = list(_QUESTION_LABEL.finditer(text, 0, body_end))
-    if labelled:
-        m = labelled[-1]
-        end = _paragraph_end(text, m.end(), body_end)
-        line_break = text.find("\n", m.end(), end)
-        nxt = _ANY_LABEL.search(text, line_break + 1, end) if line_break >= 0 else None
-        if nxt is not None:  # "Context:" on the next line ends the question
-            end = nxt.start()
-        span = (m.start(), _rstrip(text, m.start(), end))
-        keep = [span]
-        cue = _ANSWER_CUE.search(text, span[1], body_end)
-        if cue is not None:
-            keep.append((cue.start(), len(text)))
-        return Question(keep, [(m.end(), span[1])])
+    cue = _ANSWER_CUE.search(text, 0, len(text))
+    asked_end = cue.start() if cue is not None else body_end
+    asked_end = _rstrip(text, 0, asked_end)
     final = _question_start(text)
+    label = _last_label(text, body_end)
+    asks = asked_end > 0 and text[asked_end - 1] in "?\uff1f"
+    if asks and (label is None or label[2] < asked_end):
+        return Question([(final, len(text))], [(final, len(text))])
+    if label is not None:
+        start, q_start, q_end = label
+        keep = [(start, q_end)]
+        if cue is not None and cue.start() >= q_end:
+            keep.append((cue.start(), len(text)))
+        return Question(keep, [(q_start, q_end)])
     keep = [(final, len(text))]
     query = [(final, len(text))]
     lead_end = text.find("\n\n")
@@ -210,6 +215,26 @@ def find_question(text: str) -> Question:
             if lead_asks and not final_asks:
                 query = [(0, lead_end)]
     return Question(keep, query)
+
+
+def _last_label(text: str, end: int) -> tuple[int, int, int] | None:
+    """(line start, question start, question end) of the last ``Question:`` line outside code fences."""
+    for m in reversed(list(_QUESTION_LABEL.finditer(text, 0, end))):
+        if text.count("```", 0, m.start()) % 2:  # inside a fenced code block
+            continue
+        line_end = text.find("\n", m.end(), end)
+        line_end = end if line_end < 0 else line_end
+        q_start, q_end = m.end(), _rstrip(text, m.end(), line_end)
+        if q_end <= q_start or not text[q_start:q_end].strip("*_ \t"):  # the label alone: the next line asks
+            nxt = _NEXT_LINE.search(text, line_end, end)
+            if nxt is None:
+                continue
+            q_start, q_end = nxt.start(), nxt.end()
+        return m.start(), q_start, q_end
+    return None
+
+
+_NEXT_LINE = re.compile(r"[^\s].*")
 
 
 def _paragraph_end(text: str, start: int, end: int) -> int:

@@ -81,6 +81,7 @@ _DROP_RESPONSE = frozenset({
     "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "server", "date",
     "set-cookie",
 })
+_DROP_RESPONSE_RAW = frozenset(h.encode("latin-1") for h in _DROP_RESPONSE)
 
 
 class ProxySettings(BaseModel):
@@ -188,7 +189,7 @@ class _Proxy:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- requests ------------------------------------------------------------------------
-    def upstream_headers(self, request: Request, content_type: str | None = None) -> list[tuple[str, str]]:
+    def upstream_headers(self, request: Request, content_type: str | None = None) -> list[tuple[bytes, bytes]]:
         """The caller's headers as they came (a repeated name keeps every value), less hop-by-hop ones and
         our controls; ``content_type`` replaces the caller's (a rewritten body is UTF-8 JSON)."""
         drop = _DROP_REQUEST_RAW
@@ -197,15 +198,15 @@ class _Proxy:
             drop = drop | {n.strip().lower().encode("latin-1") for n in named.split(",")}
         if content_type is not None:
             drop = drop | {b"content-type"}
-        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]
-               if k.lower() not in drop]
-        out.append(("accept-encoding", "identity"))
+        # raw bytes both ways: a header value in UTF-8 (X-Title: café) passes as it came
+        out: list[tuple[bytes, bytes]] = [(k, v) for k, v in request.scope["headers"] if k.lower() not in drop]
+        out.append((b"accept-encoding", b"identity"))
         if content_type is not None:
-            out.append(("content-type", content_type))
+            out.append((b"content-type", content_type.encode("latin-1")))
         if self.settings.upstream_api_key:
-            out.append(("authorization", f"Bearer {self.settings.upstream_api_key}"))
-        elif not self.auth.enabled and "authorization" in request.headers:
-            out.append(("authorization", request.headers["authorization"]))
+            out.append((b"authorization", f"Bearer {self.settings.upstream_api_key}".encode("latin-1")))
+        elif not self.auth.enabled:
+            out.extend((k, v) for k, v in request.scope["headers"] if k.lower() == b"authorization")
         return out
 
     async def compress(self, body: dict[str, Any], mode: dict[str, float]) -> tuple[list[Any], MessagesStats]:
@@ -326,10 +327,7 @@ def request_mode(body: dict[str, Any], headers: Mapping[str, str]) -> dict[str, 
     header_mode = {name: _rate(headers[header], header, name, text=True)
                    for name, header in (("floor", "x-pocsdk-floor"), ("keep_rate", "x-pocsdk-keep-rate"))
                    if headers.get(header) is not None}
-    if body_mode and header_mode and body_mode != header_mode:
-        raise ApiError(400, "the pocsdk body field and the X-Pocsdk-* headers disagree: give the mode once",
-                       param="pocsdk", code="invalid_request")
-    mode = body_mode or header_mode
+    mode = body_mode or header_mode  # the body field wins over the headers (a client's defaults)
     if len(mode) > 1:
         raise ApiError(400, "give either a floor or a keep rate, not both", param="pocsdk", code="invalid_request")
     return mode
@@ -348,27 +346,23 @@ def _rate(raw: Any, where: str, name: str, *, text: bool = False) -> float:
     return value
 
 
-def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> list[tuple[str, str]]:
-    """The upstream's headers (every value of a repeated one) less hop-by-hop ones, plus our stats, which
-    replace those of a pocsdk proxy further upstream."""
-    drop = _DROP_RESPONSE if stats is None else _DROP_RESPONSE | _STATS_HEADERS
-    out = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in drop]
+def _response_headers(upstream: httpx.Response, stats: MessagesStats | None) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers as raw bytes (every value of a repeated one) less hop-by-hop ones, plus our
+    stats, which replace those of a pocsdk proxy further upstream."""
+    drop = _DROP_RESPONSE_RAW if stats is None else _DROP_RESPONSE_RAW | _STATS_HEADERS
+    out = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in drop]
     if stats is not None:
-        out.extend(stats.headers().items())
+        out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in stats.headers().items())
     return out
 
 
 def _response(content: bytes, upstream: httpx.Response, stats: MessagesStats | None) -> Response:
     out = Response(content, status_code=upstream.status_code)
-    out.raw_headers.extend(_raw(_response_headers(upstream, stats)))
+    out.raw_headers.extend(_response_headers(upstream, stats))
     return out
 
 
-def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-
-_STATS_HEADERS = frozenset(h.lower() for h in MessagesStats().headers()) | {"x-pocsdk-compression-factor"}
+_STATS_HEADERS = frozenset(h.lower().encode("latin-1") for h in MessagesStats().headers())
 
 
 def _decodable(encoding: str | None) -> bool:
@@ -405,10 +399,12 @@ def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
 def _raw_path(request: Request, path: str) -> str:
     """The path under ``/v1/`` as the caller encoded it (``a%2Fb`` stays one segment), checked like
     :func:`_safe_path` on its decoded segments."""
+    _safe_path(path, "path")  # the decoded path first: "..%2F" must not climb either
+    prefix = (request.scope.get("root_path", "") + "/v1/").encode("latin-1")
     raw = request.scope.get("raw_path")
-    if not isinstance(raw, bytes) or not raw.startswith(b"/v1/"):
+    if not isinstance(raw, bytes) or not raw.startswith(prefix):
         return _safe_path(path, "path")
-    text = raw[len(b"/v1/"):].decode("latin-1")
+    text = raw[len(prefix):].decode("latin-1")
     parts = text.split("/")
     if parts[-1] == "" and len(parts) > 1:  # a trailing slash is kept as it came
         parts = parts[:-1]
@@ -597,5 +593,5 @@ def _relay(resp: httpx.Response, slot: _Slot, stats: MessagesStats | None) -> St
 
     slot.handed_off = True
     relay = _RelayResponse(chunks(), status_code=resp.status_code, background=BackgroundTask(cleanup))
-    relay.raw_headers.extend(_raw(_response_headers(resp, stats)))
+    relay.raw_headers.extend(_response_headers(resp, stats))
     return relay
