@@ -40,7 +40,9 @@ class Compressor:
     Exactly one of ``keep_rate``, ``target_tokens`` or ``floor`` sets the default mode;
     each call may override it. ``compressor`` is a registry name or a compressor object;
     ``compressor_params`` go to its constructor. ``floor_rule`` is how a ``confidence`` is honoured
-    (:class:`pocsdk.prediction.floor.FloorPolicy`): ``"tradeoff"`` (default) or ``"margin"``.
+    (:class:`pocsdk.prediction.floor.FloorPolicy`): ``"tradeoff"`` (default) or ``"margin"``. ``task``
+    is the task type of the inputs (``qa``, ``summarization``, ...), for predictors that read it
+    (``agnostic``, ``mlp``); by default the task a few-shot calibration was fitted on.
 
     >>> Compressor(keep_rate=0.3).compress(long_text, query="Who won?").text  # doctest: +SKIP
     """
@@ -56,6 +58,7 @@ class Compressor:
         predictor: Any = None,
         calibration: Any = None,
         floor_rule: str | None = None,
+        task: str | None = None,
         tokenizer: Any = None,
         endpoint: str | None = None,
         api_key: str | None = None,
@@ -75,6 +78,9 @@ class Compressor:
         if floor_rule not in (None, "tradeoff", "margin"):
             raise ConfigError(f"floor_rule must be 'tradeoff' or 'margin', got {floor_rule!r}")
         self.floor_rule = floor_rule or "tradeoff"
+        if task is not None and not isinstance(task, str):
+            raise ConfigError(f"task must be a string such as 'qa' or 'summarization', not {type(task).__name__}")
+        self.task = task
         self._remote: RemoteCompressor | None = None
         if endpoint is not None:  # compress on a `pocsdk serve` service (pocsdk.remote)
             from pocsdk.remote import RemoteCompressor
@@ -83,7 +89,7 @@ class Compressor:
                 endpoint, api_key, compressor, keep_rate=self.keep_rate, target_tokens=self.target_tokens,
                 floor=self.floor, confidence=self.confidence,
                 local_only={"predictor": predictor, "calibration": calibration, "tokenizer": tokenizer,
-                            "floor_rule": floor_rule,
+                            "floor_rule": floor_rule, "task": task,
                             "compressor parameters": compressor_params})
         elif api_key is not None:
             raise ConfigError("api_key applies to a remote service: give endpoint=... too")
@@ -283,7 +289,7 @@ class Compressor:
 
                     self._policy = FloorPolicy.for_compressor(
                         self.compressor.name, predictor=self._predictor_spec, calibration=self._calibration_spec,
-                        rule=self.floor_rule,
+                        task=self.task, rule=self.floor_rule,
                     )
                     self._warn_if_unlike_training()
         return self._policy

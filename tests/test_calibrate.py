@@ -203,7 +203,7 @@ def test_cli_end_to_end_and_resume(tmp_path: Path) -> None:
     assert json.loads(res.stdout[res.stdout.index("{"):])["written"] == 4
     assert len(read_labels(out)) == 4
     res = cli.invoke(app, args)
-    assert res.exit_code == 1 and "--resume" in res.output
+    assert res.exit_code == 2 and "--resume" in res.output  # a bad option: 2 (was 1)
     res = cli.invoke(app, [*args, "--resume", "--limit", "2"])
     assert res.exit_code == 0, res.output
     assert len(out.read_text().splitlines()) == 5  # 4 labels + 1 unscorable, no duplicates
@@ -245,3 +245,27 @@ def test_runner_with_llm_judge_on_fake_endpoint(tmp_path: Path) -> None:
     run_calibration(examples(2)[:2], tmp_path / "again.jsonl", judge="llm", judge_options=opts, factors=FACTORS,
                     workers=1, progress=False)
     assert calls["n"] == first  # answered from the cache
+
+
+def test_bad_lines_are_error_lines_and_failures_exit_1(tmp_path: Path) -> None:
+    """One bad line used to stop `pocsdk calibrate` with no output at all, and a run whose every example
+    failed exited 0."""
+    good = examples(3)
+    lines = [good[0].model_dump_json(), '{"id": "no-gold", "context": "Some text here."}', "not json",
+             json.dumps({"id": "bad-doc", "context": [{"title": "x"}], "answers": ["x"]}), good[1].model_dump_json()]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "labels.jsonl"
+    args = ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive", "-o", str(out),
+            "--factors", "1,2,4", "--workers", "1", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 5  # one line per input line
+    errors = {r["id"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) >= {"no-gold", "mixed-3", "bad-doc"}
+    assert "string 'text'" in errors["bad-doc"]["message"] and errors["no-gold"]["code"] == "invalid_input"
+    assert len(read_labels(out)) == 2
+    for bad in (["--compressor", "nope"], ["--judge", "nope"], ["--param", "bogus=1"], ["--factors", "2,1"]):
+        res = CliRunner().invoke(app, [*args, "--overwrite", *bad])
+        assert res.exit_code == 2, (bad, res.output)

@@ -93,10 +93,22 @@ def test_cli_train_calibrate_evaluate(label_files: list[Path], tmp_path: Path) -
     assert (out / "report.json").is_file() and (out / "report.md").is_file()
 
     res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), "--floors", "0.8,1.5", "-o", str(out)])
-    assert res.exit_code == 1 and "floor" in res.output
+    assert res.exit_code == 2 and "floor" in res.output
 
     res = runner.invoke(app, ["train-predictor", "--labels", str(tmp_path / "missing.jsonl"), "-o", str(pdir)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
+
+    # unknown kinds used to evaluate nothing and exit 0; a bad --floors said "could not convert string"
+    for bad in (["--kinds", "foo"], ["--kinds", "agnostic", "--lodo-kinds", "lightgbm"], ["--floors", "0.9,abc"]):
+        res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), "-o", str(out), *bad])
+        assert res.exit_code == 2 and "--" in res.output, bad
+
+    # a few-shot calibration on too few examples to back the confidence says so
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(label_files[1].read_text().splitlines()[:5]) + "\n")
+    res = runner.invoke(app, ["fit-calibration", "--labels", str(few), "--predictor", str(pdir),
+                              "-o", str(tmp_path / "few.json")])
+    assert res.exit_code == 0 and "cannot back a confidence above" in res.stderr
 
 
 def test_cli_cross_dataset_calibration(tmp_path: Path) -> None:
@@ -123,7 +135,7 @@ def test_cli_cross_dataset_calibration(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "p2" / "calibration.json").read_text())["method"] == "holdout"
     res = runner.invoke(app, ["train-predictor", "--labels", *paths, "--calibration", "nope", "-o", str(pdir)])
-    assert res.exit_code == 1 and "cross_dataset" in res.output
+    assert res.exit_code == 2 and "cross_dataset" in res.output
 
 
 def test_cli_lightgbm_balances_labels_files(tmp_path: Path) -> None:
@@ -198,7 +210,7 @@ def test_labels_files_are_datasets_even_when_named_alike(tmp_path: Path) -> None
     dup = _write(tmp_path / "dup.jsonl", [*recs, recs[2]])
     res = CliRunner().invoke(app, ["fit-calibration", "--labels", str(dup), "--predictor", "default",
                                    "-o", str(tmp_path / "c.json")])
-    assert res.exit_code == 1 and "appears twice" in res.output
+    assert res.exit_code == 2 and "appears twice" in res.output
 
 
 @pytest.mark.parametrize("field,value", [("performance", float("nan")), ("performance", float("inf")),
@@ -225,7 +237,7 @@ def test_fit_calibration_refuses_mixed_compressors_and_warns_about_other_grids(t
                    + synthetic_records(20, seed=1, compressor="skim", dataset="b"))
     res = CliRunner().invoke(app, ["fit-calibration", "--labels", str(mixed), "--predictor", "default",
                                    "-o", str(tmp_path / "c.json")])
-    assert res.exit_code == 1 and "mix compressors" in res.output and not (tmp_path / "c.json").exists()
+    assert res.exit_code == 2 and "mix compressors" in res.output and not (tmp_path / "c.json").exists()
     recs = synthetic_records(25, seed=2) + synthetic_records(15, seed=3, factors=(1.0, 2.0, 4.0, 8.0))
     with pytest.warns(LabelsWarning, match="15 of 40 label records are on another factor grid"):
         kept, grid = common_grid(recs)
@@ -254,7 +266,7 @@ def test_retraining_leaves_no_stale_calibration_and_evaluate_checks_it(label_fil
     shutil.copy(b / "calibration.json", a / "calibration.json")  # another model's calibration
     res = runner.invoke(app, ["evaluate", "--labels", str(label_files[1]), "--predictor", str(a), "--floors", "0.9",
                               "-o", str(tmp_path / "rep2")])
-    assert res.exit_code == 1 and "calibration" in res.output
+    assert res.exit_code == 2 and "calibration" in res.output
     # a folder named like a shipped predictor ("agnostic") is that folder, not the shipped one
     own = tmp_path / "agnostic"
     assert runner.invoke(app, ["train-predictor", "--labels", str(label_files[0]), "--kind", "agnostic",

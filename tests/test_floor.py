@@ -282,3 +282,36 @@ def test_shipped_predictor_warns_when_the_compressor_is_configured_unlike_its_tr
         Compressor(floor=0.9, compressor="skim").compress(TEXT, "Which river?")  # defaults: no warning
         Compressor(floor=0.9, compressor="skim", tokenizer="heuristic").compress(TEXT, "Which river?")
         Compressor(keep_rate=0.5, compressor="skim", skim_share=0.5).compress(TEXT, "Which river?")  # no predictor
+
+
+def test_a_task_reading_predictor_predicts_for_the_task_it_was_calibrated_on(scored) -> None:  # type: ignore[no-untyped-def]
+    """Few-shot calibration predicted with the examples' task, the run time with 'other': the agnostic and MLP
+    predictors then chose factors the calibration never vouched for (0-35% met the floor in a review)."""
+    import warnings
+
+    from pocsdk.errors import PredictorMismatchWarning
+    from pocsdk.prediction.predictors import ContextAgnosticPredictor
+
+    easy = synthetic_records(300, seed=1, task="qa", shift=-0.5)
+    hard = synthetic_records(300, seed=2, task="summarization", shift=2.5, dataset="sum")
+    pred = ContextAgnosticPredictor().fit(easy + hard)
+    cal = fit_calibration(pred, synthetic_records(80, seed=3, task="summarization", shift=2.5, dataset="sum2"),
+                          method="few_shot")
+    assert cal.task == "summarization"
+    policy = FloorPolicy(pred, cal, compressor="extractive")
+    assert policy.task == "summarization"
+    named = FloorPolicy(pred, cal, compressor="extractive", task="qa")
+    comp, s = scored
+    chosen = policy.compress(comp, s, 0.8, 0.9).floor
+    as_qa = named.compress(comp, s, 0.8, 0.9).floor
+    assert chosen is not None and as_qa is not None and chosen.chosen_factor < as_qa.chosen_factor
+    mixed = fit_calibration(pred, easy[:100] + hard[:100])  # several tasks: run time must name one
+    assert mixed.task is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FloorPolicy(pred, mixed, compressor="extractive").compress(comp, s, 0.8)  # no promise asked for
+        FloorPolicy(pred, mixed, compressor="extractive", task="qa").compress(comp, s, 0.8, 0.9)
+        unnamed = FloorPolicy(pred, mixed, compressor="extractive")
+        unnamed.compress(comp, s, 0.8, 0.9)
+        unnamed.compress(comp, s, 0.8, 0.9)  # once per policy
+    assert [w.category for w in caught] == [PredictorMismatchWarning]

@@ -223,6 +223,36 @@ def test_llm_judge_cache_hits(tmp_path: Path) -> None:
     assert fake.calls == 4  # the key includes the model
 
 
+def test_llm_judge_retries_empty_answers_and_never_caches_them(tmp_path: Path) -> None:
+    """An endpoint answering "" now and then made examples unscorable for good: the empty reply was scored
+    and cached, so --retry-failed and later runs got it back."""
+    inner = FakeLLM()
+    calls = {"n": 0}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": ""}}]})
+        return inner(request)
+
+    judge = LLMJudge(base_url="http://fake/v1", model="m", api_key="sk-test", backoff=0.0,
+                     transport=httpx.MockTransport(flaky), cache_path=tmp_path / "cache.sqlite")
+    v = judge.judge(ex(answers=["Paris"]), "Paris is the capital.", ["the capital"])
+    assert v.scorable and v.performance == [0.0] and calls["n"] == 4
+
+    def always_empty(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": None}}]})
+
+    silent = LLMJudge(base_url="http://fake/v1", model="m2", api_key="sk-test", backoff=0.0, max_retries=1,
+                      transport=httpx.MockTransport(always_empty), cache_path=tmp_path / "cache.sqlite")
+    calls["n"] = 0
+    assert not silent.judge(ex(answers=["Paris"]), "Paris.", ["x"]).scorable  # nothing to score against
+    assert calls["n"] == 2 * 2  # two contexts, retried once each
+    silent.judge(ex(answers=["Paris"]), "Paris.", ["x"])
+    assert calls["n"] == 2 * 2 * 2  # asked again: nothing empty was cached
+
+
 def test_llm_judge_concurrency_limit() -> None:
     import asyncio
 
@@ -283,3 +313,16 @@ def test_llm_judge_scores_multiple_choice_by_letters() -> None:
     from pocsdk.calibration.llm_judge import TASK_METRICS
 
     assert METRICS[TASK_METRICS["multiple_choice"]] is choice_match
+
+
+def test_retention_finds_answers_in_scripts_without_spaces() -> None:
+    """A Chinese or Japanese answer next to other characters was "not in the full context": unscorable."""
+    from pocsdk.calibration.judges import contains_answer
+
+    zh = normalize_answer("故宫位于北京市中心，是明清两代的皇宫。")
+    ja = normalize_answer("富士山の高さは3776メートルです。")
+    assert contains_answer(zh, normalize_answer("北京")) and contains_answer(ja, normalize_answer("3776メートル"))
+    assert contains_answer(normalize_answer("서울에 있다"), normalize_answer("서울"))
+    assert not contains_answer(normalize_answer("we restart 北京"), "art")  # Latin edges still need spaces
+    v = RetentionJudge().judge(ex(answers=["北京"]), "故宫位于北京市中心。", ["故宫位于北京市中心。", "故宫。"])
+    assert v.scorable and v.performance == [1.0, 0.0]

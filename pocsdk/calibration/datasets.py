@@ -171,7 +171,7 @@ def parse_spec(spec: str) -> DatasetSpec:
 
 # -- registry --------------------------------------------------------------------------------
 
-Loader = Callable[[DatasetSpec, Path], Iterator[Example]]
+Loader = Callable[[DatasetSpec, Path], Iterator[Union[Example, "InvalidExample"]]]
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -201,8 +201,29 @@ def data_root(root: str | Path | None = None) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class InvalidExample:
+    """A dataset line that is no usable example (bad JSON, a missing field): written to the labels as an
+    error line, in place of a label, so every input line has its output line."""
+
+    id: str
+    dataset: str
+    error: dict[str, Any]
+
+
 def load_dataset(spec: str | DatasetSpec, root: str | Path | None = None) -> list[Example]:
-    """Load every example a spec selects; ids are checked to be unique."""
+    """Load every example a spec selects; ids are checked to be unique; a bad line raises."""
+    out: list[Example] = []
+    for ex in load_dataset_lines(spec, root):
+        if isinstance(ex, InvalidExample):
+            raise InvalidInputError(str(ex.error.get("message", "invalid example")))
+        out.append(ex)
+    return out
+
+
+def load_dataset_lines(spec: str | DatasetSpec, root: str | Path | None = None) -> list[Example | InvalidExample]:
+    """:func:`load_dataset` that keeps a bad line (of a ``jsonl`` dataset) as an :class:`InvalidExample`, so
+    that ``pocsdk calibrate`` writes one output line per input line."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     loader = _LOADERS.get(parsed.name)
     if loader is None:
@@ -221,8 +242,10 @@ def load_dataset(spec: str | DatasetSpec, root: str | Path | None = None) -> lis
     return examples
 
 
-def iter_examples_jsonl(path: Path, *, default_task: str = "qa", dataset: str | None = None) -> Iterator[Example]:
-    """Read the generic JSONL format (see the module docstring)."""
+def iter_examples_jsonl(path: Path, *, default_task: str = "qa",
+                        dataset: str | None = None) -> Iterator[Example | InvalidExample]:
+    """Read the generic JSONL format (see the module docstring); a bad line comes back as an
+    :class:`InvalidExample`."""
     if not path.is_file():
         raise InvalidInputError(f"dataset file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -232,13 +255,20 @@ def iter_examples_jsonl(path: Path, *, default_task: str = "qa", dataset: str | 
             if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
+            obj: Any = None
             try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InvalidInputError(f"{where}: not valid UTF-8 JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise InvalidInputError(f"{where}: each line must be a JSON object")
-            yield _example_from_obj(obj, where, lineno, name, default_task)
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                    raise InvalidInputError(f"{where}: not valid UTF-8 JSON: {exc}") from exc
+                if not isinstance(obj, dict):
+                    raise InvalidInputError(f"{where}: each line must be a JSON object")
+                yield _example_from_obj(obj, where, lineno, name, default_task)
+            except InvalidInputError as exc:  # one bad line is one error line of the output, not the end of the run
+                raw_id = obj.get("id") if isinstance(obj, dict) else None
+                ok_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool)
+                yield InvalidExample(id=str(raw_id) if ok_id else f"{name}-{lineno}", dataset=name,
+                                     error=exc.to_dict())
 
 
 def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, default_task: str) -> Example:
@@ -266,6 +296,8 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
             if isinstance(item, str):
                 docs.append({"id": str(i), "text": item})
             elif isinstance(item, dict):
+                if not isinstance(item.get("text"), str):
+                    raise InvalidInputError(f"{where}: context document {i} needs a string 'text' field")
                 docs.append({"id": str(item.get("id", i)), "text": item.get("text"),
                              "metadata": item.get("metadata") or {}})
             else:
@@ -288,7 +320,7 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
         raise InvalidInputError(f"{where}: {loc}: {first['msg']}") from exc
 
 
-def _load_jsonl(spec: DatasetSpec, root: Path) -> Iterator[Example]:
+def _load_jsonl(spec: DatasetSpec, root: Path) -> Iterator[Example | InvalidExample]:
     path = spec.arg or spec.options.get("path")
     if not path:
         raise ConfigError("jsonl dataset needs a path: jsonl:/path/file.jsonl")

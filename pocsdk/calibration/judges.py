@@ -66,8 +66,29 @@ def content_tokens(text: str) -> list[str]:
 
 
 def contains_answer(haystack_norm: str, answer_norm: str) -> bool:
-    """Whole-word containment of a normalised answer in a normalised text."""
-    return bool(answer_norm) and f" {answer_norm} " in f" {haystack_norm} "
+    """Whole-word containment of a normalised answer in a normalised text. Scripts written without spaces
+    between words (Chinese, Japanese, Thai, Korean with its attached particles) have no word edges to
+    require: next to such a character, either side of the match, any position is an edge."""
+    if not answer_norm:
+        return False
+    padded = f" {haystack_norm} "
+    if f" {answer_norm} " in padded:
+        return True
+    if not _NO_SPACE.search(answer_norm) and not _NO_SPACE.search(haystack_norm):
+        return False
+    pos = padded.find(answer_norm)
+    while pos >= 0:
+        before, after = padded[pos - 1], padded[pos + len(answer_norm)]
+        if (before == " " or _NO_SPACE.match(before) or _NO_SPACE.match(answer_norm[0])) and \
+                (after == " " or _NO_SPACE.match(after) or _NO_SPACE.match(answer_norm[-1])):
+            return True
+        pos = padded.find(answer_norm, pos + 1)
+    return False
+
+
+# Characters of scripts that do not put spaces between words.
+_NO_SPACE = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                       "\uac00-\ud7af\uf900-\ufaff]")
 
 
 # -- answer metrics ---------------------------------------------------------------------------

@@ -189,28 +189,41 @@ class LLMJudge:
                 return hit
         async with sem:
             answer = await self._post(client, {"model": self.model, "messages": messages, **params})
-        if self.cache is not None:
+        if self.cache is not None and answer.strip():  # an empty reply is never remembered: ask again next run
             self.cache.put(key, self.model, answer)
         return answer
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+        """The reply's text; errors and empty replies are retried with backoff (an endpoint that keeps
+        replying with nothing gets its empty answer scored, uncached)."""
         last: str = ""
+        empty = False
         for attempt in range(self.max_retries + 1):
             delay = self.backoff * (2**attempt)
             try:
                 self.requests += 1
                 resp = await client.post("/chat/completions", json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last, empty = f"{type(exc).__name__}: {exc}", False
             else:
+                empty = False
                 if resp.status_code == 200:
-                    return _content(resp)
+                    content = _content(resp)
+                    if content.strip():
+                        return content
+                    empty = True
+                    last = "an empty answer"
+                    if attempt < self.max_retries:
+                        await asyncio.sleep(delay)
+                    continue
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in _RETRYABLE:
                     raise RemoteError(f"LLM endpoint answered {last}", status_code=resp.status_code)
                 delay = max(delay, _retry_after(resp))
             if attempt < self.max_retries:
                 await asyncio.sleep(delay)
+        if empty:  # the last attempt, too, answered with nothing
+            return ""
         raise RemoteError(f"LLM endpoint failed after {self.max_retries + 1} attempts: {last}")
 
 

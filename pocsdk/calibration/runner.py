@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pocsdk.calibration.datasets import Example
+from pocsdk.calibration.datasets import Example, InvalidExample
 from pocsdk.calibration.judges import Judge, get_judge
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
 from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
@@ -243,7 +243,7 @@ def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[f
 
 
 def run_calibration(
-    examples: Iterable[Example],
+    examples: Iterable[Example | InvalidExample],
     output: str | Path,
     *,
     compressor: str = DEFAULT_COMPRESSOR,
@@ -279,6 +279,7 @@ def run_calibration(
     skip = done_ids(out, failed) if resume else set()
     retried = len(failed or ())
     todo: list[Example] = []
+    invalid: list[InvalidExample] = []
     seen: set[str] = set()
     total = 0
     for ex in examples:
@@ -287,13 +288,17 @@ def run_calibration(
             raise ConfigError(f"example id {ex.id!r} appears twice in the input")
         seen.add(ex.id)
         if ex.id not in skip:
-            todo.append(ex)
+            (invalid if isinstance(ex, InvalidExample) else todo).append(ex)  # type: ignore[arg-type]
     featurize = load_featurize()
-    stats = RunStats(output=str(out), total=total, skipped=total - len(todo), retried=retried,
+    stats = RunStats(output=str(out), total=total, skipped=total - len(todo) - len(invalid), retried=retried,
                      features="featurize" if featurize is not None else "missing")
     init_args = (compressor, dict(compressor_params or {}), judge, dict(judge_options or {}), grid)
     t0 = time.perf_counter()
     with out.open("a", encoding="utf-8") as fh, _progress(progress, len(todo)) as advance:
+        for bad in invalid:  # input lines that are no example: their error lines first
+            line = json.dumps({"id": bad.id, "dataset": bad.dataset, "error": bad.error}, ensure_ascii=False)
+            fh.write(line + "\n")
+            _count(stats, line)
         for line in _lines(todo, workers, init_args):
             fh.write(line + "\n")
             fh.flush()

@@ -40,11 +40,13 @@ def calibrate(
 ) -> None:
     """Compress each example at every factor, judge it, and write one LabelRecord line per example.
 
+    A line of the dataset that is no usable example, and an example that fails, get an error line. Exit
+    status: 0, 1 when any example failed (rerun with --resume --retry-failed), 2 for bad options.
     The API key of the llm judge comes from $POCSDK_LLM_API_KEY (or $OPENAI_API_KEY), never the command line.
     """
     from rich.console import Console
 
-    from pocsdk.calibration.datasets import load_dataset
+    from pocsdk.calibration.datasets import load_dataset_lines
     from pocsdk.calibration.runner import load_featurize, run_calibration
 
     err = Console(stderr=True)
@@ -60,7 +62,7 @@ def calibrate(
         judge_options = {k: v for k, v in judge_options.items() if v is not None}
     try:
         compressor_params = parse_params(param)
-        examples = load_dataset(dataset, root=data_root or os.environ.get("POCSDK_DATA"))
+        examples = load_dataset_lines(dataset, root=data_root or os.environ.get("POCSDK_DATA"))
         if limit:
             examples = examples[:limit]
         if load_featurize() is None:
@@ -71,7 +73,9 @@ def calibrate(
             judge_options=judge_options, factors=grid,
             workers=workers, resume=resume, overwrite=overwrite, progress=not quiet, retry_failed=retry_failed,
         )
-    except PocError as exc:
+    except PocError as exc:  # raised before any example is labelled: options, the dataset, the output file
         err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(stats.model_dump(), indent=2))
+    if stats.failed:  # written as error lines (unscorable examples are no failure); --resume --retry-failed
+        raise typer.Exit(1)

@@ -230,7 +230,7 @@ def skip_done(lines: Iterator[RawLine], point: ResumePoint, fields: RecordFields
 
 
 _FACADE_OPTIONS = frozenset({"keep_rate", "target_tokens", "floor", "confidence", "compressor", "predictor",
-                             "calibration", "tokenizer", "endpoint", "api_key"})
+                             "calibration", "task", "tokenizer", "endpoint", "api_key"})
 """Compressor() arguments that have their own option; ``--param`` takes the compressor's own."""
 
 
@@ -250,6 +250,9 @@ def compress_command(
         Optional[str], typer.Option(help="With --floor: a shipped predictor name or a predictor directory.")] = None,
     calibration: Annotated[
         Optional[str], typer.Option(help="With --floor: a calibration file for the predictor.")] = None,
+    task: Annotated[
+        Optional[str], typer.Option(help="With --floor: the inputs' task type (qa, summarization, ...), for "
+                                         "predictors that read it; default: the calibration's task.")] = None,
     compressor: Annotated[str, typer.Option(help="Registered compressor name.")] = DEFAULT_COMPRESSOR,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help=PARAM_HELP)] = None,
     endpoint: Annotated[
@@ -287,12 +290,13 @@ def compress_command(
                  if v is not None]
         if len(modes) != 1:
             raise ConfigError("give exactly one of --keep-rate, --target-tokens or --floor")
-        if floor is None and (predictor is not None or calibration is not None or confidence is not None):
-            raise ConfigError("--confidence, --predictor and --calibration apply to --floor")
+        if floor is None and (predictor is not None or calibration is not None or confidence is not None
+                              or task is not None):
+            raise ConfigError("--confidence, --predictor, --calibration and --task apply to --floor")
         if tokenizer is not None:
             get_token_counter(tokenizer)  # fail now, not once per record
         engine = Compressor(keep_rate, target_tokens=target_tokens, floor=floor, confidence=confidence,
-                            compressor=compressor, predictor=predictor, calibration=calibration,
+                            compressor=compressor, predictor=predictor, calibration=calibration, task=task,
                             tokenizer=tokenizer, endpoint=endpoint, api_key=api_key,
                             **parse_params(param, options=_FACADE_OPTIONS))
         if floor is not None:

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from pocsdk.cli.app import app
-from pocsdk.errors import PocError
+from pocsdk.errors import ConfigError, PocError
 
 
 def _labels(first: list[Path], extra: Optional[list[Path]]) -> list[Path]:
@@ -24,10 +24,22 @@ def _labels(first: list[Path], extra: Optional[list[Path]]) -> list[Path]:
 
 
 def _fail(exc: Exception) -> None:
+    """Bad options or inputs (unreadable labels, a wrong predictor, a floor of 1.5) exit 2; other I/O 1."""
     from rich.console import Console
 
     Console(stderr=True).print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1) from None
+    usage = not isinstance(exc, OSError) or isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError))
+    raise typer.Exit(2 if usage else 1) from None
+
+
+def _few_examples_note(n: int) -> str | None:
+    """Split conformal needs (n + 1) * (1 - confidence) >= 1: say which confidences n examples cannot back."""
+    if n >= 19:
+        return None
+    lowest = 1.0 / (n + 1)
+    return (f"{n} examples cannot back a confidence above {1 - lowest:.2f} (about {1 - lowest:.0%}): at higher "
+            "confidences the calibration promises nothing and every input passes through; 9 examples are needed "
+            "for 0.9, 19 for 0.95 (30-100 recommended)")
 
 
 @app.command("train-predictor")
@@ -153,6 +165,10 @@ def fit_calibration_cmd(
     except (PocError, OSError) as exc:
         _fail(exc)
         return
+    if note := _few_examples_note(len(records)):
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {note}", highlight=False)
     typer.echo(json.dumps({"calibration": str(output), "examples": len(records), "predictor": pred.name,
                            "margins_conf_0.9": calib.margins_table([0.8, 0.9, 0.95], 0.9)}, indent=2))
 
@@ -178,7 +194,17 @@ def evaluate_cmd(
 
     command = "pocsdk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        floor_list = [check_unit_interval("floor", float(x)) for x in floors.split(",") if x.strip()]
+        known = ("agnostic", "lightgbm", "mlp")
+        kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+        lodo_list = None if lodo_kinds is None else [k.strip() for k in lodo_kinds.split(",") if k.strip()]
+        if unknown := sorted(set(kind_list) - set(known)):
+            raise ConfigError(f"unknown --kinds {', '.join(unknown)}; known: {', '.join(known)}")
+        if lodo_list is not None and (outside := sorted(set(lodo_list) - set(kind_list))):
+            raise ConfigError(f"--lodo-kinds {', '.join(outside)} not in --kinds {', '.join(kind_list)}")
+        try:
+            floor_list = [check_unit_interval("floor", float(x)) for x in floors.split(",") if x.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"--floors must be comma-separated numbers in (0, 1], got {floors!r}") from exc
         check_unit_interval("confidence", confidence, closed_right=False)
         paths = _labels(labels, more)
         if predictor is not None:
@@ -186,10 +212,7 @@ def evaluate_cmd(
                                               command=command)
         else:
             report = evaluate_files(paths, output, floors=floor_list, confidence=confidence, few_shot=few_shot,
-                                    seed=seed, kinds=[k.strip() for k in kinds.split(",") if k.strip()],
-                                    command=command,
-                                    lodo_kinds=None if lodo_kinds is None else
-                                    [k.strip() for k in lodo_kinds.split(",") if k.strip()])
+                                    seed=seed, kinds=kind_list, command=command, lodo_kinds=lodo_list)
     except ValueError as exc:
         _fail(exc)
         return

@@ -124,6 +124,10 @@ class Calibration(BaseModel):
     created: str = ""
     pocsdk_version: str = __version__
     notes: str = ""
+    task: str | None = None
+    """The task type shared by every calibration example (``None`` when they differ): predictors that read
+    the task (``agnostic``, ``mlp``) predict for it at run time when the caller names none, as they did
+    for the calibration."""
     _cache: dict[tuple[str, float, float, bool, int], float] = PrivateAttr(default_factory=dict)
     _wcache: dict[tuple[str, float, float, bool, int], float] = PrivateAttr(default_factory=dict)
 
@@ -329,7 +333,9 @@ def calibration_from_predictions(records: Sequence[LabelRecord], preds: Sequence
         card_sha = getattr(predictor, "sha256_", None)
         sha = card_sha if isinstance(card_sha, str) and card_sha else model_sha256(predictor)
     compressors = sorted({r.compressor for r in records})
+    tasks = {r.task for r in records}
     return Calibration(
+        task=tasks.pop() if len(tasks) == 1 else None,
         compressor=compressors[0] if len(compressors) == 1 else ",".join(compressors),
         predictor=str(getattr(predictor, "name", type(predictor).__name__)),
         predictor_sha256=sha,

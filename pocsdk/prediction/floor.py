@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from pocsdk.compressors.base import Scored, Selection, TextCompressor, passthrough_selection, render
 from pocsdk.compressors.grid import select_many
-from pocsdk.errors import ArtifactError, ConfigError
+from pocsdk.errors import ArtifactError, ConfigError, PredictorMismatchWarning
 from pocsdk.prediction.conformal import NO_PROMISE, Calibration, model_sha256
 from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff
 from pocsdk.prediction.features import context_features, factor_columns, factor_rows
@@ -88,9 +89,11 @@ class FloorPolicy:
         self.compressor = compressor or predictor.compressor_
         grid = factors if factors is not None else (calibration.factors if calibration else predictor.factors_)
         self.factors = sorted(float(f) for f in grid)
-        self.task = task
+        self.task = task if task is not None else (calibration.task if calibration is not None else None)
         names = getattr(predictor, "feature_names_", None)
         self._needed: list[str] | None = list(names) if isinstance(names, list) else None
+        # warned at the first promise asked for: predictions for 'other' are no calibrated ones
+        self._warn_task = self.task is None and calibration is not None and getattr(predictor, "reads_task", False)
         # pocsdk's own predictors take the feature arrays as they are (no per-factor dicts)
         self._columns = isinstance(predictor, Predictor) and type(predictor).predict is Predictor.predict
         if calibration is not None:
@@ -181,6 +184,13 @@ class FloorPolicy:
         floor = check_unit_interval("floor", floor)
         if confidence is not None:
             confidence = check_unit_interval("confidence", confidence, closed_right=False)
+        if confidence is not None and self._warn_task:
+            self._warn_task = False
+            warnings.warn(
+                f"the {getattr(self.predictor, 'name', type(self.predictor).__name__)} predictor predicts per task "
+                "type, and its calibration was fitted on examples of several tasks with their task named; without "
+                "task=... it predicts for 'other', which the promise does not cover",
+                PredictorMismatchWarning, stacklevel=3)
         t0 = time.perf_counter()
         tradeoff = confidence is not None and self.rule == "tradeoff"
         weight = self.weight(floor, confidence) if tradeoff and confidence is not None else None
@@ -202,7 +212,11 @@ class FloorPolicy:
             i = int(choose(pred, self.factors, floor, margin))
         predict_ms = (time.perf_counter() - t0) * 1000.0
         if i == PASSTHROUGH:
-            if weight is not None:
+            if weight is not None and not np.isfinite(weight):
+                why = (f"the calibration cannot promise floor {floor:g} at confidence {confidence:g} for any "
+                       "compression (too few calibration examples, or none kept the floor when compressed); "
+                       "context passed through unchanged")
+            elif weight is not None:
                 why = (f"the trade-off rule calibrated for floor {floor:g} at confidence {confidence:g} "
                        f"(weight {weight:g}) keeps this input whole; context passed through unchanged")
             elif margin >= NO_PROMISE:

@@ -157,6 +157,12 @@ class Predictor:
     def _feature_names(self) -> list[str]:
         return list(FEATURE_NAMES)
 
+    @property
+    def reads_task(self) -> bool:
+        """Does a prediction depend on the task type it is told? (Then run time must name the task the
+        calibration was fitted with.)"""
+        return "task_code" in self._feature_names()
+
     def _params(self) -> dict[str, Any]:
         return {}
 
