@@ -266,6 +266,10 @@ def test_bad_lines_are_error_lines_and_failures_exit_1(tmp_path: Path) -> None:
     assert set(errors) >= {"no-gold", "mixed-3", "bad-doc"}
     assert "string 'text'" in errors["bad-doc"]["message"] and errors["no-gold"]["code"] == "invalid_input"
     assert len(read_labels(out)) == 2
+    # resuming writes no error line twice, and the status still says that examples failed
+    for more in (["--resume"], ["--resume", "--retry-failed"]):
+        res = CliRunner().invoke(app, [*args, *more])
+        assert res.exit_code == 1 and len(out.read_text().splitlines()) == 5, (more, res.output)
     for bad in (["--compressor", "nope"], ["--judge", "nope"], ["--param", "bogus=1"], ["--factors", "2,1"]):
         res = CliRunner().invoke(app, [*args, "--overwrite", *bad])
         assert res.exit_code == 2, (bad, res.output)

@@ -82,7 +82,7 @@ def test_calibrate_records_the_params_in_the_labels(tmp_path: Path) -> None:
     assert params and all(p["skim_share"] == 0.1 and p["min_tokens"] == 8 for p in params)
     res = CliRunner().invoke(app, [
         "calibrate", "--dataset", f"jsonl:{data}", "-o", str(tmp_path / "x.jsonl"), "--param", "bad"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a bad option
     assert "KEY=VALUE" in res.output
 
 

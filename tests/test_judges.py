@@ -324,5 +324,6 @@ def test_retention_finds_answers_in_scripts_without_spaces() -> None:
     assert contains_answer(zh, normalize_answer("北京")) and contains_answer(ja, normalize_answer("3776メートル"))
     assert contains_answer(normalize_answer("서울에 있다"), normalize_answer("서울"))
     assert not contains_answer(normalize_answer("we restart 北京"), "art")  # Latin edges still need spaces
+    assert not contains_answer(normalize_answer("请问是否需要帮助"), "否")  # one character: whole words only
     v = RetentionJudge().judge(ex(answers=["北京"]), "故宫位于北京市中心。", ["故宫位于北京市中心。", "故宫。"])
     assert v.scorable and v.performance == [1.0, 0.0]

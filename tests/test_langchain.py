@@ -234,7 +234,12 @@ def test_runnable_serializes_and_loads() -> None:
     assert "sk-SECRET" not in dumps(remote)  # written as a secret reference
     back = loads(dumps(remote), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable],
                  secrets_map={"POCSDK_API_KEY": "sk-SECRET"})
-    assert back.api_key == "sk-SECRET" and "api_key" not in back.compressor_params
+    assert back.api_key is not None and back.api_key.get_secret_value() == "sk-SECRET"
+    assert "api_key" not in back.compressor_params and "sk-SECRET" not in repr(remote.model_dump())
+    # a per-call endpoint comes with its own key, which wins over the default's
+    per_call = remote.configurable_fields(compressor_params=ConfigurableField(id="cp"))
+    configured, _ = per_call._prepare({"configurable": {"cp": {"endpoint": "http://y", "api_key": "sk-NEW"}}})
+    assert configured.api_key.get_secret_value() == "sk-NEW"  # type: ignore[attr-defined]
 
 
 async def test_ainvoke_abatch_and_custom_events() -> None:

@@ -123,6 +123,12 @@ def test_cache_off_compresses_every_time_in_the_pool(monkeypatch: pytest.MonkeyP
     # "Q:" lines inside documents (a FAQ, code) are no question when the text ends by asking
     ("Doc.\nQ: How do I reset?\nA: Click.\n\n```\nq: int = 3\n```\n\nIn which year was it built?",
      ["\n\nIn which year was it built?"], "In which year was it built?"),
+    # a retrieved chunk that ends by asking does not outrank a labelled question that asks
+    ("Question: When was it built? \nContext: Built in 1890. Who maintains it? \nAnswer:",
+     ["Question: When was it built?", "\nAnswer:"], "When was it built?"),
+    # an unclosed fence (a chunk cut mid-block) hides no label
+    ("Context: Install with:\n```bash\npip install foo\nQuestion: How do I install foo?\nAnswer:",
+     ["Question: How do I install foo?", "\nAnswer:"], "How do I install foo?"),
     ("```\nQuery: SELECT 1\n```\n\nDoc one.\n\nSummarize.", ["```\nQuery: SELECT 1\n```", "\n\nSummarize."],
      "Summarize."),
     # unlabelled: the final paragraph, as before

@@ -74,8 +74,8 @@ def contains_answer(haystack_norm: str, answer_norm: str) -> bool:
     padded = f" {haystack_norm} "
     if f" {answer_norm} " in padded:
         return True
-    if not _NO_SPACE.search(answer_norm) and not _NO_SPACE.search(haystack_norm):
-        return False
+    if len(answer_norm) < 2 or (not _NO_SPACE.search(answer_norm) and not _NO_SPACE.search(haystack_norm)):
+        return False  # one character (否, 二) is too often part of a longer word to be found inside one
     pos = padded.find(answer_norm)
     while pos >= 0:
         before, after = padded[pos - 1], padded[pos + len(answer_norm)]

@@ -287,8 +287,11 @@ def run_calibration(
         if ex.id in seen:
             raise ConfigError(f"example id {ex.id!r} appears twice in the input")
         seen.add(ex.id)
-        if ex.id not in skip:
-            (invalid if isinstance(ex, InvalidExample) else todo).append(ex)  # type: ignore[arg-type]
+        if isinstance(ex, InvalidExample):
+            if ex.id not in skip and ex.id not in (failed or ()):  # its error line is written once
+                invalid.append(ex)
+        elif ex.id not in skip:
+            todo.append(ex)
     featurize = load_featurize()
     stats = RunStats(output=str(out), total=total, skipped=total - len(todo) - len(invalid), retried=retried,
                      features="featurize" if featurize is not None else "missing")

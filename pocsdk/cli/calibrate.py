@@ -47,7 +47,7 @@ def calibrate(
     from rich.console import Console
 
     from pocsdk.calibration.datasets import load_dataset_lines
-    from pocsdk.calibration.runner import load_featurize, run_calibration
+    from pocsdk.calibration.runner import done_ids, load_featurize, run_calibration
 
     err = Console(stderr=True)
     try:
@@ -77,5 +77,9 @@ def calibrate(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     typer.echo(json.dumps(stats.model_dump(), indent=2))
-    if stats.failed:  # written as error lines (unscorable examples are no failure); --resume --retry-failed
+    failed: set[str] = set()
+    done_ids(output, failed)  # examples whose only lines in the output are failures, this run's or earlier ones
+    if failed:
+        err.print(f"[yellow]{len(failed)} example(s) failed[/yellow]: fix their input lines or rerun with "
+                  "--resume --retry-failed", highlight=False)
         raise typer.Exit(1)

@@ -25,6 +25,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any, Union
 
 from pocsdk.errors import ConfigError, EmptyContextError, InvalidTypeError, MissingDependencyError, PocError
@@ -57,7 +58,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("the LangChain integration", "langchain", "langchain-core") from exc
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from pocsdk.compressor import Compressor
 from pocsdk.compressors import DEFAULT_COMPRESSOR, available
@@ -102,6 +103,8 @@ def _shared(compressor: str, params: dict[str, Any], min_tokens: int) -> Message
 
 
 def _identity(value: Any) -> str:
+    if isinstance(value, PurePath):  # equal paths share one compressor (and its loaded predictor)
+        return f"<path {value}>"
     return f"<{type(value).__qualname__} at {id(value):#x}>"
 
 
@@ -114,11 +117,13 @@ class _PocsdkFields:
     confidence: float | None
     compressor: str
     compressor_params: dict[str, Any]
-    api_key: str | None
+    api_key: SecretStr | None
     min_tokens: int
 
     def _params(self) -> dict[str, Any]:
-        return self.compressor_params if self.api_key is None else {**self.compressor_params, "api_key": self.api_key}
+        if self.api_key is None:
+            return self.compressor_params
+        return {**self.compressor_params, "api_key": self.api_key.get_secret_value()}
 
     def _messages(self) -> MessageCompressor:
         return _shared(self.compressor, self._params(), self.min_tokens)
@@ -143,8 +148,8 @@ def _move_api_key(cls: Any, data: Any) -> Any:
     if isinstance(data, dict) and isinstance(data.get("compressor_params"), dict) \
             and "api_key" in data["compressor_params"]:
         params = dict(data["compressor_params"])
-        key = params.pop("api_key")
-        data = {**data, "compressor_params": params, "api_key": data.get("api_key") or key}
+        key = params.pop("api_key")  # the parameters' own key wins: a per-call endpoint comes with its key
+        data = {**data, "compressor_params": params, "api_key": key if key is not None else data.get("api_key")}
     return data
 
 
@@ -215,7 +220,7 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
     """With a floor: the share of inputs on which the floor should hold (the calibrated promise)."""
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    api_key: str | None = Field(default=None, repr=False)
+    api_key: SecretStr | None = None
     """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     min_tokens: int = Field(default=512, ge=1)
@@ -414,7 +419,7 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     confidence: float | None = Field(default=None, gt=0, lt=1)
     compressor: str = DEFAULT_COMPRESSOR
     compressor_params: dict[str, Any] = Field(default_factory=dict)
-    api_key: str | None = Field(default=None, repr=False)
+    api_key: SecretStr | None = None
     """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     min_tokens: int = Field(default=DEFAULT_DOCUMENT_MIN_TOKENS, ge=1)

@@ -155,8 +155,9 @@ class Question:
     query_spans: list[tuple[int, int]]
 
 
-# "Question: ...", "**Query:** ...", "## Q: ..." at the start of a line.
-_QUESTION_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}(?:question|query|q)[*_]{0,2}[ \t]*[:\uff1a][*_]{0,2}",
+# "Question: ...", "**Query:** ...", "## Q: ...", "问题：..." at the start of a line.
+_QUESTION_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}(?:question|query|q"
+                             r"|\u95ee\u9898|\u554f\u984c|\u8cea\u554f|\uc9c8\ubb38)[*_]{0,2}[ \t]*[:\uff1a][*_]{0,2}",
                              re.IGNORECASE | re.MULTILINE)
 # Any "Label:" line start ("Context:", "Answer:", "Helpful Answer:"), which ends a labelled question.
 _ANY_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}[^\W\d_][^\W\d]*(?:[ \t-][^\W\d_][^\W\d]*){0,2}[*_]{0,2}"
@@ -179,25 +180,26 @@ def _question(slots: Sequence[tuple[str, str]]) -> tuple[int, Question]:
 def find_question(text: str) -> Question:
     """The question of a user text, and what stays verbatim with it.
 
-    1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` outside code fences (the last one; the next line when
-       the label stands alone) is the question, wherever it stands (``rag-prompt`` style templates put it before
-       the context), with a final answer cue (``Answer:``), unless the text ends by asking after it (its last
-       character before the cue is a question mark, on a later line: a FAQ inside a document is no question).
-    2. When the text ends by asking, the final paragraph (after the last blank line, else the last line break)
-       is the question.
-    3. Otherwise the final paragraph is the question, and a short first paragraph stays as well when it asks
+    1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` that asks (holds a question mark) is the question,
+       wherever it stands (``rag-prompt`` style templates put it before the context), with a final answer cue
+       (``Answer:``). Labelled lines inside a closed code fence, and answered ones (``Q: ...`` followed by
+       ``A: <answer>``: a FAQ, a few-shot example), are no question; a label alone on its line takes the
+       next line when that is a short line and no label itself.
+    2. Otherwise, when the text ends by asking (its last character before an answer cue is a question mark),
+       the final paragraph (after the last blank line, else the last line break) is the question.
+    3. Otherwise a labelled line that does not ask (``Question: list the causes``) is the question, as in 1.
+    4. Otherwise the final paragraph is the question, and a short first paragraph stays as well when it asks
        (``When did ...? Use the report below.``; it is then the query) or when no paragraph asks (``Summarize
        the report below.``).
     """
     body_end = len(text.rstrip())
     cue = _ANSWER_CUE.search(text, 0, len(text))
-    asked_end = cue.start() if cue is not None else body_end
-    asked_end = _rstrip(text, 0, asked_end)
+    asked_end = _rstrip(text, 0, cue.start() if cue is not None else body_end)
     final = _question_start(text)
-    label = _last_label(text, body_end)
-    asks = asked_end > 0 and text[asked_end - 1] in "?\uff1f"
-    if asks and (label is None or label[2] < asked_end):
-        return Question([(final, len(text))], [(final, len(text))])
+    labels = _labels(text, body_end)
+    asking = [lab for lab in labels if _asks(text[lab[1]:lab[2]])]
+    ends_asking = asked_end > 0 and text[asked_end - 1] in "?\uff1f"
+    label = asking[-1] if asking else (labels[-1] if labels and not ends_asking else None)
     if label is not None:
         start, q_start, q_end = label
         keep = [(start, q_end)]
@@ -206,10 +208,12 @@ def find_question(text: str) -> Question:
         return Question(keep, [(q_start, q_end)])
     keep = [(final, len(text))]
     query = [(final, len(text))]
+    if ends_asking:
+        return Question(keep, query)
     lead_end = text.find("\n\n")
     if 0 < lead_end < final and lead_end <= MAX_LEAD_CHARS:
-        lead_asks = "?" in text[:lead_end] or "\uff1f" in text[:lead_end]
-        final_asks = "?" in text[final:] or "\uff1f" in text[final:]
+        lead_asks = _asks(text[:lead_end])
+        final_asks = _asks(text[final:])
         if lead_asks or not final_asks:
             keep.insert(0, (0, lead_end))
             if lead_asks and not final_asks:
@@ -217,24 +221,35 @@ def find_question(text: str) -> Question:
     return Question(keep, query)
 
 
-def _last_label(text: str, end: int) -> tuple[int, int, int] | None:
-    """(line start, question start, question end) of the last ``Question:`` line outside code fences."""
-    for m in reversed(list(_QUESTION_LABEL.finditer(text, 0, end))):
-        if text.count("```", 0, m.start()) % 2:  # inside a fenced code block
+def _asks(text: str) -> bool:
+    return "?" in text or "\uff1f" in text
+
+
+def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
+    """(line start, question start, question end) of each ``Question:`` line that may be the question: not
+    inside a closed code fence, not answered on its next line."""
+    out: list[tuple[int, int, int]] = []
+    for m in _QUESTION_LABEL.finditer(text, 0, end):
+        if text.count("```", 0, m.start()) % 2 and "```" in text[m.end():end]:  # inside a closed fence
             continue
         line_end = text.find("\n", m.end(), end)
         line_end = end if line_end < 0 else line_end
         q_start, q_end = m.end(), _rstrip(text, m.end(), line_end)
         if q_end <= q_start or not text[q_start:q_end].strip("*_ \t"):  # the label alone: the next line asks
             nxt = _NEXT_LINE.search(text, line_end, end)
-            if nxt is None:
+            if nxt is None or nxt.end() - nxt.start() > MAX_LEAD_CHARS or _ANY_LABEL.match(text, nxt.start()):
                 continue
             q_start, q_end = nxt.start(), nxt.end()
-        return m.start(), q_start, q_end
-    return None
+        answer = _ANSWER_LINE.match(text, q_end)
+        if answer is not None and answer.group(1).strip("*_ \t"):  # "Q: ...\nA: Click Reset." is answered
+            continue
+        out.append((m.start(), q_start, q_end))
+    return out
 
 
 _NEXT_LINE = re.compile(r"[^\s].*")
+# The line after a question: "A: ...", "Answer: ...", with what follows the label in group 1.
+_ANSWER_LINE = re.compile(r"[ \t]*\n[ \t]*[*_]{0,2}(?:answer|a)[*_]{0,2}[ \t]*[:\uff1a](.*)", re.IGNORECASE)
 
 
 def _paragraph_end(text: str, start: int, end: int) -> int:

@@ -188,8 +188,8 @@ class FloorPolicy:
             self._warn_task = False
             warnings.warn(
                 f"the {getattr(self.predictor, 'name', type(self.predictor).__name__)} predictor predicts per task "
-                "type, and its calibration was fitted on examples of several tasks with their task named; without "
-                "task=... it predicts for 'other', which the promise does not cover",
+                "type and its calibration names no task (it was fitted on several tasks, or made before pocsdk "
+                "recorded one): without task=... it predicts for 'other', which the promise does not cover",
                 PredictorMismatchWarning, stacklevel=3)
         t0 = time.perf_counter()
         tradeoff = confidence is not None and self.rule == "tradeoff"

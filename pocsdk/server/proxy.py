@@ -399,7 +399,8 @@ def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
 def _raw_path(request: Request, path: str) -> str:
     """The path under ``/v1/`` as the caller encoded it (``a%2Fb`` stays one segment), checked like
     :func:`_safe_path` on its decoded segments."""
-    _safe_path(path, "path")  # the decoded path first: "..%2F" must not climb either
+    if any(p in (".", "..") for p in path.split("/")):  # the decoded path first: "..%2F" must not climb either
+        raise ApiError(400, f"invalid path {path!r}", code="invalid_path")
     prefix = (request.scope.get("root_path", "") + "/v1/").encode("latin-1")
     raw = request.scope.get("raw_path")
     if not isinstance(raw, bytes) or not raw.startswith(prefix):
