@@ -156,9 +156,13 @@ class Question:
 
 
 # "Question: ...", "**Query:** ...", "## Q: ...", "问题：..." at the start of a line.
-_QUESTION_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}(?:question|query|q"
-                             r"|\u95ee\u9898|\u554f\u984c|\u8cea\u554f|\uc9c8\ubb38)[*_]{0,2}[ \t]*[:\uff1a][*_]{0,2}",
-                             re.IGNORECASE | re.MULTILINE)
+_LABEL_BODY = (r"[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}"
+               r"(?:question|query|q|\u95ee\u9898|\u554f\u984c|\u8cea\u554f|\uc9c8\ubb38)"
+               r"[*_]{0,2}[ \t]*[:\uff1a][*_]{0,2}")
+_QUESTION_LABEL = re.compile(_LABEL_BODY, re.IGNORECASE)
+# The same after a line break: a pattern that opens with a literal is searched about ten times faster than "^"
+# under MULTILINE (0.02 against 0.24 ms on a 36 kB prompt).
+_QUESTION_LABEL_LINE = re.compile(r"\n" + _LABEL_BODY, re.IGNORECASE)
 # Any "Label:" line start ("Context:", "Answer:", "Helpful Answer:"), which ends a labelled question.
 _ANY_LABEL = re.compile(r"^[ \t]*(?:[#>]+[ \t]*)?[*_]{0,2}[^\W\d_][^\W\d]*(?:[ \t-][^\W\d_][^\W\d]*){0,2}[*_]{0,2}"
                         r"[ \t]*[:\uff1a]", re.MULTILINE)
@@ -193,7 +197,7 @@ def find_question(text: str) -> Question:
        the report below.``).
     """
     body_end = len(text.rstrip())
-    cue = _ANSWER_CUE.search(text, 0, len(text))
+    cue = _ANSWER_CUE.search(text, max(0, body_end - 200), len(text))  # a short last line
     asked_end = _rstrip(text, 0, cue.start() if cue is not None else body_end)
     final = _question_start(text)
     labels = _labels(text, body_end)
@@ -229,12 +233,15 @@ def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
     """(line start, question start, question end) of each ``Question:`` line that may be the question: not
     inside a closed code fence, not answered on its next line."""
     out: list[tuple[int, int, int]] = []
-    for m in _QUESTION_LABEL.finditer(text, 0, end):
-        if text.count("```", 0, m.start()) % 2 and "```" in text[m.end():end]:  # inside a closed fence
+    first = _QUESTION_LABEL.match(text, 0, end)
+    found = [(0, first.end())] if first is not None else []
+    found += [(m.start() + 1, m.end()) for m in _QUESTION_LABEL_LINE.finditer(text, 0, end)]
+    for line_start, label_end in found:
+        if text.count("```", 0, line_start) % 2 and "```" in text[label_end:end]:  # inside a closed fence
             continue
-        line_end = text.find("\n", m.end(), end)
+        line_end = text.find("\n", label_end, end)
         line_end = end if line_end < 0 else line_end
-        q_start, q_end = m.end(), _rstrip(text, m.end(), line_end)
+        q_start, q_end = label_end, _rstrip(text, label_end, line_end)
         if q_end <= q_start or not text[q_start:q_end].strip("*_ \t"):  # the label alone: the next line asks
             nxt = _NEXT_LINE.search(text, line_end, end)
             if nxt is None or nxt.end() - nxt.start() > MAX_LEAD_CHARS or _ANY_LABEL.match(text, nxt.start()):
@@ -243,7 +250,7 @@ def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
         answer = _ANSWER_LINE.match(text, q_end)
         if answer is not None and answer.group(1).strip("*_ \t"):  # "Q: ...\nA: Click Reset." is answered
             continue
-        out.append((m.start(), q_start, q_end))
+        out.append((line_start, q_start, q_end))
     return out
 
 
