@@ -167,3 +167,16 @@ def test_a_question_in_the_middle_splits_a_long_message_that_is_still_compressed
     out, stats = mc.compress_messages([{"role": "user", "content": prompt}])
     assert stats.parts == 2 and "\nQuestion: Which violin?" in out[0]["content"]  # 420 tokens a side
     assert stats.compressed_tokens < 0.7 * stats.original_tokens
+
+
+def test_text_with_more_tokens_than_characters_is_compressed() -> None:
+    """Counting characters as a lower bound of tokens skipped CJK text that holds more tokens than characters."""
+    pytest.importorskip("tiktoken")
+    text = ("\u6545\u5bab\u4f4d\u4e8e\u5317\u4eac\u5e02\u4e2d\u5fc3\uff0c"
+            "\u662f\u660e\u6e05\u4e24\u4ee3\u7684\u7687\u5bab\u3002") * 24
+    mc = MessageCompressor(Compressor(compressor="truncate", keep_rate=0.5, tokenizer="tiktoken:cl100k_base"),
+                           MessagePolicy(min_tokens=512))
+    assert len(text) < 512 <= mc.counter.count(text)
+    _, stats = mc.compress_messages([{"role": "tool", "tool_call_id": "t", "content": text},
+                                     {"role": "user", "content": "Where?"}])
+    assert stats.parts == 1 and stats.compressed_tokens < stats.original_tokens

@@ -140,7 +140,8 @@ def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: Token
         if keep:  # around a question, instruction-sized stretches ("Use the context below.") stay verbatim
             stretches = [(a, b) for a, b in stretches if len(text[a:b].strip()) > MAX_LEAD_CHARS]
         # the stretches around a question count together: a long message is compressed wherever it asks
-        if sum(b - a for a, b in stretches) < policy.min_tokens:  # a token is one character or more
+        # a character is at most 4 UTF-8 bytes, so at most 4 byte-level tokens (CJK text often takes 2-3)
+        if 4 * sum(b - a for a, b in stretches) < policy.min_tokens:
             continue
         if sum(counter.count_many([text[a:b] for a, b in stretches])) >= policy.min_tokens:
             pieces.extend(Piece(i, a, b) for a, b in stretches)
