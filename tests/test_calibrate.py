@@ -270,6 +270,12 @@ def test_bad_lines_are_error_lines_and_failures_exit_1(tmp_path: Path) -> None:
     for more in (["--resume"], ["--resume", "--retry-failed"]):
         res = CliRunner().invoke(app, [*args, *more])
         assert res.exit_code == 1 and len(out.read_text().splitlines()) == 5, (more, res.output)
+    # the bad lines fixed: their old error lines are history, and the status is clean
+    fixed = [good[0].model_dump_json(), good[1].model_dump_json(),
+             json.dumps({"id": "no-gold", "context": good[0].context, "answers": ["Francisco de Orellana"]})]
+    data.write_text("\n".join(fixed) + "\n")
+    res = CliRunner().invoke(app, [*args, "--resume", "--retry-failed"])
+    assert res.exit_code == 0, res.output
     for bad in (["--compressor", "nope"], ["--judge", "nope"], ["--param", "bogus=1"], ["--factors", "2,1"]):
         res = CliRunner().invoke(app, [*args, "--overwrite", *bad])
         assert res.exit_code == 2, (bad, res.output)

@@ -701,6 +701,8 @@ def test_paths_and_repeated_headers_are_forwarded_as_sent(proxy: str) -> None:
         assert httpx.get(proxy + climb).status_code == 400, climb
     url_id = "/v1/files/https%3A%2F%2Fhf.co%2Fx"  # an encoded "//" is no climb
     assert httpx.get(proxy + url_id).json()["raw_path"] == url_id
+    for model in ("/v1/models/org%2Fmodel", "/v1/models/ft:gpt-4o:org::x1"):  # model ids too, as encoded
+        assert httpx.get(proxy + model).json()["raw_path"] == model
     # header values in UTF-8 pass both ways (they were a 500)
     utf8 = httpx.get(proxy + "/v1/files/x", headers=[(b"x-title", "café".encode())]).json()
     assert [v for k, v in utf8["header_list"] if k == "x-title"] == ["cafÃ©"]  # (the echo reads latin-1)

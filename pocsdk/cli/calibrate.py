@@ -79,6 +79,7 @@ def calibrate(
     typer.echo(json.dumps(stats.model_dump(), indent=2))
     failed: set[str] = set()
     done_ids(output, failed)  # examples whose only lines in the output are failures, this run's or earlier ones
+    failed &= {ex.id for ex in examples}  # (a line since fixed has its own id now: its old error line is history)
     if failed:
         err.print(f"[yellow]{len(failed)} example(s) failed[/yellow]: fix their input lines or rerun with "
                   "--resume --retry-failed", highlight=False)

@@ -10,12 +10,14 @@ runnable), so they compress the same prompt the same way:
   least ``min_tokens`` tokens (default 512) is compressed. ``system``, ``developer`` and
   ``assistant`` messages are never touched automatically.
 * **The question stays verbatim** (:func:`find_question`). In the last user message, a line
-  labelled ``Question:``, ``Query:`` or ``Q:`` outside code fences is the question wherever it
-  stands, with a final answer cue (``Answer:``), unless the message ends by asking on a later
-  line. Otherwise the final paragraph (after the last blank line, else the last line break) is
-  the question; a short first paragraph (at most 600 characters) stays too when it asks and the
-  final paragraph does not (it is then the query), or when neither asks (an instruction such
-  as "Summarize the report below."). The question is the query for relevance and is never
+  labelled ``Question:``, ``Query:``, ``Q:`` or ``问题：`` that asks is the question wherever it
+  stands, with a final answer cue (``Answer:``); labelled lines in code fences and answered
+  ones (a FAQ, a few-shot example) do not count, and one that does not ask counts only when
+  the message does not end by asking. Otherwise the final paragraph (after the last blank
+  line, else the last line break) is the question; a short first paragraph (at most 600
+  characters) stays too when it asks (it is then the query when the final paragraph does not
+  ask), or when the final paragraph does not ask (an instruction such as "Summarize the
+  report below."). The question is the query for relevance and is never
   compressed; the text around it is, when together long enough, except stretches of at most
   600 characters (instructions around the question).
 * All compressed parts share one budget (one compressor call), so an irrelevant tool

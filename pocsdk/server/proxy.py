@@ -377,11 +377,6 @@ _DECODABLE = frozenset({"identity", "gzip", "deflate"}
                        | ({"zstd"} if find_spec("zstandard") else set()))
 
 
-def _model_path(model_id: str) -> str:
-    """``model_id`` as path segments under ``/models/`` (see :func:`_safe_path`)."""
-    return _safe_path(model_id, "model id", code="invalid_model")
-
-
 def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
     """``path`` as percent-encoded segments: ids like ``org/model`` pass, but ``..``, ``?`` or ``#`` can't
     steer the request (with the upstream key) outside the upstream's base URL or to another path."""
@@ -396,21 +391,21 @@ def _safe_path(path: str, what: str, code: str = "invalid_path") -> str:
     return "/".join(quote(p, safe="") for p in parts) + tail
 
 
-def _raw_path(request: Request, path: str) -> str:
+def _raw_path(request: Request, path: str, code: str = "invalid_path") -> str:
     """The path under ``/v1/`` as the caller encoded it (``a%2Fb`` stays one segment), checked like
     :func:`_safe_path` on its decoded segments."""
     if any(p in (".", "..") for p in path.split("/")):  # the decoded path first: "..%2F" must not climb either
-        raise ApiError(400, f"invalid path {path!r}", code="invalid_path")
+        raise ApiError(400, f"invalid path {path!r}", code=code)
     prefix = (request.scope.get("root_path", "") + "/v1/").encode("latin-1")
     raw = request.scope.get("raw_path")
     if not isinstance(raw, bytes) or not raw.startswith(prefix):
-        return _safe_path(path, "path")
+        return _safe_path(path, "path", code=code)
     text = raw[len(prefix):].decode("latin-1")
     parts = text.split("/")
     if parts[-1] == "" and len(parts) > 1:  # a trailing slash is kept as it came
         parts = parts[:-1]
     if any(unquote(p) in ("", ".", "..") for p in parts) or any(c in text for c in "?#\\"):
-        raise ApiError(400, f"invalid path {path!r}", code="invalid_path")
+        raise ApiError(400, f"invalid path {path!r}", code=code)
     return text
 
 
@@ -468,7 +463,7 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         """Forwarded to the upstream unchanged."""
         await proxy.auth(request)
         async with proxy.limiter.slot():
-            path = "/models/" + (_model_path(model_id) if model_id else "")
+            path = "/" + _raw_path(request, "models/" + model_id, code="invalid_model")  # as the caller encoded it
             resp = await proxy.send("GET", path, request, None)
             return _response(resp.content, resp, None)
 
