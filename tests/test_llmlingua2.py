@@ -284,6 +284,31 @@ def test_model_problems_are_config_errors(classifiers: dict[str, Path], tmp_path
     AutoTokenizer.from_pretrained(classifiers["bert"]).save_pretrained(three)
     with pytest.raises(ConfigError, match="not an LLMLingua-2 token classifier"):
         get_compressor("llmlingua2", model=str(three), device="cpu").score(prose())
+    # other kinds of checkpoint, and a tokenizer that is missing or belongs to another model: refused too
+    # (a sentence classifier's head ran on every token, a folder without tokenizer files read every word as
+    # unknown, and another model's tokenizer crashed with an IndexError)
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+
+    sentence = tmp_path / "sentence-classifier"
+    AutoModelForSequenceClassification.from_pretrained(classifiers["bert"], num_labels=2).save_pretrained(sentence)
+    AutoTokenizer.from_pretrained(classifiers["bert"]).save_pretrained(sentence)
+    with pytest.raises(ConfigError, match="BertForSequenceClassification"):
+        get_compressor("llmlingua2", model=str(sentence), device="cpu").score(prose())
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(classifiers["bert"], bare)
+    for f in bare.glob("*"):
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            f.unlink()
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(bare, other)
+    vocab = other / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(50))]))
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(other)
+    for folder in (bare, other):
+        with pytest.raises(ConfigError, match=r"do not belong together|cannot load"):
+            get_compressor("llmlingua2", model=str(folder), device="cpu").score(prose())
 
 
 def test_compatible_mode_survives_text_the_model_cannot_read(classifiers: dict[str, Path]) -> None:
@@ -303,3 +328,17 @@ def test_rate_tracks_when_the_joined_text_counts_differently(classifiers: dict[s
         for rate in (0.1, 0.3, 0.5):
             res = render(scored, c.select(scored, rate))
             assert abs(res.keep_rate / rate - 1) <= 0.10, (family, rate, res.keep_rate)
+
+
+def test_text_without_spaces_is_never_compressed_to_nothing(classifiers: dict[str, Path]) -> None:
+    """XLM-R reads a Japanese line as one word of ~46 tokens: at rate 0.1 no word fitted and the output was
+    empty; at 0.3 it kept 0.25. CJK words are cut into pieces of 16 characters, and a threshold that stops
+    short fills the rest of the budget with the words that still fit."""
+    ja = ("\u4eca\u65e5\u306f\u5929\u6c17\u304c\u826f\u3044\u306e\u3067\u3001\u79c1\u305f\u3061\u306f\u516c\u5712"
+          "\u3092\u6563\u6b69\u3057\u307e\u3057\u305f\u3002\u6771\u4eac\u306f\u65e5\u672c\u306e\u9996\u90fd\u3067"
+          "\u3001\u4eba\u53e3\u304c\u3068\u3066\u3082\u591a\u3044\u3067\u3059\u3002\n") * 8
+    c = compressor(classifiers, "xlm-roberta")
+    scored = c.score(ja)
+    for rate in (0.05, 0.1, 0.3):
+        res = render(scored, c.select(scored, rate))
+        assert res.compressed_tokens > 0 and abs(res.keep_rate / rate - 1) <= 0.25, (rate, res.keep_rate)

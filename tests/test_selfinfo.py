@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pocsdk import Compressor
 from pocsdk.compressors import get_compressor, render
 from pocsdk.compressors._torch import split_gguf
 from pocsdk.compressors.selfinfo import _unit_means
@@ -231,3 +232,25 @@ def test_missing_model_is_a_config_error(name: str) -> None:
     c = get_compressor(name, model="/nonexistent/model")
     with pytest.raises(ConfigError, match="cannot load model"):
         c.score(TEXT)
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\t"])
+def test_token_budget_prices_the_whitespace_written(tiny_lm: Path, space: str) -> None:
+    """Words were priced with a plain space before them while the output keeps the text's own (a no-break
+    space or a tab costs other tokens): 0.48 came back for 0.3."""
+    pytest.importorskip("tiktoken")
+    text = (TEXT + " ") * 3
+    text = text.replace(" ", space)
+    c = Compressor(keep_rate=0.3, compressor="selfinfo", model=str(tiny_lm), granularity="token",
+                   tokenizer="tiktoken:cl100k_base")
+    res = c.compress(text)
+    assert abs(res.keep_rate / 0.3 - 1) <= 0.12, res.keep_rate
+
+
+def test_a_keep_marker_inside_a_word_adds_no_space(tiny_lm: Path) -> None:
+    """The markers between two kept pieces of one word were taken for a gap and joined with a space."""
+    text = "Ship ORDER-<keep>123</keep>X today. " + TEXT
+    for rate in (0.3, 0.6):
+        out = Compressor(keep_rate=rate, compressor="selfinfo", model=str(tiny_lm), granularity="token").compress(
+            text).text
+        assert "123" in out and " 123" not in out and "123 " not in out, out[:80]

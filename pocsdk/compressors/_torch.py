@@ -182,6 +182,19 @@ def clear_model_cache() -> None:
         _CACHE.clear()
 
 
+def check_tokenizer_fits(tokenizer: Any, model: Any, name: str) -> None:
+    """The tokenizer and the weights belong together: no token id past the embedding table (an IndexError
+    deep in the forward pass otherwise), and not a tokenizer far smaller than the vocabulary (a folder
+    without its tokenizer files gets a stub that reads every word as unknown)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int) or vocab <= 0:
+        return
+    size = len(tokenizer)
+    if size > vocab or size < vocab // 2:
+        raise ConfigError(f"the tokenizer of {name!r} has {size} entries and the model a vocabulary of {vocab}: "
+                          "they do not belong together (are the tokenizer files missing or from another model?)")
+
+
 def require_fast_tokenizer(tokenizer: Any, model: str) -> None:
     """Character offsets come from fast (Rust) tokenizers only; say so instead of failing later."""
     if not getattr(tokenizer, "is_fast", False):

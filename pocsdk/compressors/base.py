@@ -407,16 +407,20 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
 
 
 def _join(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
-    """Join spans; keep the original whitespace between neighbours, else one break or space."""
+    """Join spans; keep the original whitespace between neighbours (protection markers between them are
+    no gap), else one line break, or the whitespace character before the later span (a tab, a no-break
+    space: what the token budgets priced), else a space."""
     parts: list[str] = []
     prev_end = -1
     for s, e, _ in spans:
         if prev_end >= 0:
             gap = text[prev_end:s]
-            if not gap.strip():
-                parts.append(gap)
+            if not gap.strip() or not strip_markers(gap).strip():
+                parts.append(gap)  # markers in it go with the rest, below
+            elif "\n" in gap:
+                parts.append("\n")
             else:
-                parts.append("\n" if "\n" in gap else " ")
+                parts.append(text[s - 1] if text[s - 1].isspace() else " ")
         parts.append(text[s:e])
         prev_end = e
     return strip_markers("".join(parts))

@@ -28,6 +28,7 @@ from pocsdk.compressors._torch import (
     check_device_available,
     check_quantizable,
     check_quantize,
+    check_tokenizer_fits,
     dtype_kwarg,
     encode_with_offsets,
     import_torch,
@@ -190,6 +191,10 @@ class SelfInfoCompressor(UnitCompressor):
             require_fast_tokenizer(tok, path)
             model, info = transformers.AutoModelForCausalLM.from_pretrained(
                 path, **extra, output_loading_info=True, **dtype_kwarg(transformers, dtype))
+            architectures = list(getattr(model.config, "architectures", None) or [])
+            if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+                raise ConfigError(f"{path!r} holds a {architectures[0]}, not a causal language model")
+            check_tokenizer_fits(tok, model, path)
             untrained = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]
             if untrained:  # e.g. a BERT classifier: a random LM head would score noise without a word
                 raise ConfigError(f"{path!r} is not a causal language model: {len(untrained)} weights would be "

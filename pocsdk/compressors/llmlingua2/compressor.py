@@ -158,7 +158,7 @@ class LLMLingua2Compressor:
 
         words = _words(streams, chunks, probs, table, self.token_to_word, self.force_reserve_digit, compat)
         if not compat:  # llmlingua keeps a long word whole; pocsdk cuts it so the keep rate is still met
-            words = split_long_words(words)
+            words = split_long_words(words, texts=[d.text for d in docs])
         units, unit_of_word, forced_units, layout = self._units(docs, words, counter)
         scored = Scored(
             compressor=self.name, parameters=self.parameters(), documents=docs, query=query, units=units,

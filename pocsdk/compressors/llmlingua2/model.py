@@ -11,6 +11,7 @@ from pocsdk.compressors._torch import (
     cached_model,
     check_device_available,
     check_quantizable,
+    check_tokenizer_fits,
     dtype_kwarg,
     import_torch,
     import_transformers,
@@ -47,7 +48,11 @@ def load_classifier(model: str, device: str, dtype: str, quantize: str, trust_re
         m, info = transformers.AutoModelForTokenClassification.from_pretrained(
             model, trust_remote_code=trust_remote_code, output_loading_info=True, **dtype_kwarg(transformers, dt)
         )
-        untrained = [k for k in info.get("missing_keys", ()) if k.startswith(HEAD)]
+        architectures = list(getattr(m.config, "architectures", None) or [])
+        if architectures and not any(a.endswith("ForTokenClassification") for a in architectures):
+            raise ConfigError(f"{model!r} holds a {architectures[0]}, not an LLMLingua-2 token classifier")
+        check_tokenizer_fits(tok, m, model)
+        untrained = [k for k in info.get("missing_keys", ()) if k.startswith((HEAD, "score"))]
         if untrained or getattr(m.config, "num_labels", 2) != 2:  # a fresh random head would "work" silently
             raise ConfigError(f"{model!r} is not an LLMLingua-2 token classifier (a trained 2-label "
                               f"'{HEAD}' layer): {'its head is missing' if untrained else 'it has '}"

@@ -49,7 +49,7 @@ def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.n
     hi = int(np.searchsorted(csum, budget - used, side="right"))
     if layout is None or layout.break_tokens <= 0:
         keep[cand[:hi]] = True
-        return keep
+        return _fill_tail(cand[hi:], tokens, budget, keep)
 
     def cost(k: int) -> int:
         trial = keep.copy()
@@ -64,6 +64,23 @@ def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.n
         else:
             hi = mid - 1
     keep[cand[:lo]] = True
+    return _fill_tail(cand[lo:], tokens, budget, keep)
+
+
+def _fill_tail(rest: np.ndarray, tokens: np.ndarray, budget: int, keep: np.ndarray) -> np.ndarray:
+    """When the next word by score is too long for what the budget has left (a CJK line that a subword
+    tokenizer reads as one word) and more than a tenth of the budget is unspent, take the following words
+    that still fit, in score order, rather than stop short (or return nothing)."""
+    left = budget - int(tokens[keep].sum())
+    if left <= 0.1 * budget or not len(rest):
+        return keep
+    for i in rest.tolist():
+        t = int(tokens[i])
+        if t <= left:
+            keep[i] = True
+            left -= t
+            if left <= 0:
+                break
     return keep
 
 

@@ -13,7 +13,7 @@ from pocsdk.text.tokens import TokenCounter
 
 
 def in_context(text: str, start: np.ndarray, end: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Word texts as they cost tokens in running text, with the space or line break before them,
+    """Word texts as they cost tokens in running text, with the whitespace or line break before them,
     plus per word the number of line breaks before its start and before its end.
 
     " word" is one cl100k token where "word" alone may be two, and a kept word that opens a line
@@ -24,7 +24,9 @@ def in_context(text: str, start: np.ndarray, end: np.ndarray) -> tuple[list[str]
     if text and len(start):
         prev_end = np.r_[0, end[:-1]]
         has_gap = start > prev_end
-        lead[has_gap & _space_mask(text)[np.maximum(start - 1, 0)]] = " "
+        spaced = np.flatnonzero(has_gap & _space_mask(text)[np.maximum(start - 1, 0)])
+        # the whitespace the joined output writes before the word: a tab or a no-break space costs other tokens
+        lead[spaced] = [text[i - 1] for i in start[spaced].tolist()]
         nl = np.array([m.start() for m in re.finditer("\n", text)], dtype=np.int64)
         if len(nl):
             nl_start = np.searchsorted(nl, start)

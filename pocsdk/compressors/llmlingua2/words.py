@@ -81,16 +81,31 @@ of this many characters, each with the word's probability: one long unit that do
 would otherwise stop the threshold, keeping far less than asked (or nothing)."""
 
 
-def split_long_words(w: _Words, max_chars: int = LONG_WORD_CHARS) -> _Words:
-    """``w`` with every word longer than ``max_chars`` characters cut into consecutive pieces."""
+LONG_CJK_WORD_CHARS = 16
+"""The same for words in scripts without spaces (Chinese, Japanese, Thai, Korean): a character there costs
+one to three tokens, so a 64-character piece could outgrow a whole budget."""
+_NO_SPACE = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                       "\uac00-\ud7af\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+
+
+def split_long_words(w: _Words, max_chars: int = LONG_WORD_CHARS, texts: list[str] | None = None,
+                     max_cjk_chars: int = LONG_CJK_WORD_CHARS) -> _Words:
+    """``w`` with every word longer than ``max_chars`` characters cut into consecutive pieces (longer than
+    ``max_cjk_chars`` when ``texts``, the documents' texts, show it holds a character of a script without
+    spaces)."""
     length = w.end - w.start
-    pieces = np.maximum(1, -(-length // max_chars))  # ceil, at least one piece (empty words stay one)
+    limit = np.full(len(length), max_chars, dtype=np.int64)
+    if texts is not None:
+        for i in np.flatnonzero(length > max_cjk_chars).tolist():
+            if _NO_SPACE.search(texts[int(w.doc[i])], int(w.start[i]), int(w.end[i])):
+                limit[i] = max_cjk_chars
+    pieces = np.maximum(1, -(-length // limit))  # ceil, at least one piece (empty words stay one)
     if not (pieces > 1).any():
         return w
     rep = np.repeat(np.arange(len(length)), pieces)
     k = np.arange(len(rep)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece index within its word
-    start = w.start[rep] + k * max_chars
-    end = np.minimum(start + max_chars, w.end[rep])
+    start = w.start[rep] + k * limit[rep]
+    end = np.minimum(start + limit[rep], w.end[rep])
     text = [w.text[i] for i in rep.tolist()] if w.text else []
     return _Words(w.doc[rep], w.chunk[rep], start, end, w.prob[rep], w.prob_raw[rep], w.forced[rep], text)
 
