@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pocsdk import Compressor
 from pocsdk.compressors import (
     CPU_COMPRESSORS,
     TextCompressor,
@@ -250,3 +251,14 @@ def test_registry() -> None:
     for name in CPU_COMPRESSORS:
         c = get_compressor(name)
         assert c.name == name and isinstance(c, TextCompressor)
+
+
+def test_sentence_joins_use_a_space_not_the_dropped_texts_whitespace() -> None:
+    """Word-level compressors write the whitespace before a kept piece (their budgets price it); sentence
+    joins of the default compressors stay a plain space, whatever separated the dropped sentences."""
+    filler = "\t".join(f"Filler sentence number {i} talks about the weather in town." for i in range(40))
+    text = "The treasure is buried under the old lighthouse.\t" + filler + "\tThe key is under the mat."
+    for name in ("extractive",):
+        out = Compressor(keep_rate=0.1, compressor=name).compress(text, "treasure key lighthouse mat").text
+        assert "The key is under the mat." in out and "number 39" not in out, (name, out[-120:])
+        assert "\tThe key" not in out, (name, out[-120:])  # adjacent kept sentences keep their tab

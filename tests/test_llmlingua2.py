@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,31 @@ def test_text_without_spaces_is_never_compressed_to_nothing(classifiers: dict[st
     for rate in (0.05, 0.1, 0.3):
         res = render(scored, c.select(scored, rate))
         assert res.compressed_tokens > 0 and abs(res.keep_rate / rate - 1) <= 0.25, (rate, res.keep_rate)
+
+
+def test_threshold_fill_counts_the_line_breaks_it_adds() -> None:
+    """The fill after a short threshold prefix ignored the line breaks joins insert: 49 tokens for 40."""
+    from pocsdk.compressors.llmlingua2.selection import Layout, fit_threshold
+
+    n = 20
+    tokens = np.array([12, *([4] * (n - 1))], dtype=np.int64)  # the best word is long; the others are short
+    layout = Layout(doc=np.zeros(n, dtype=np.int64), nl_start=np.arange(n), nl_end=np.arange(n),
+                    own_break=np.zeros(n, dtype=bool), break_tokens=1)  # every word on a line of its own
+    order = np.arange(n)
+    for budget in (10, 25, 40):
+        keep = fit_threshold(order, tokens, budget, np.zeros(n, dtype=bool), layout)
+        assert int(tokens[keep].sum()) + layout.extra_tokens(keep) <= budget, budget
+        assert keep.any()
+
+
+def test_thai_words_are_cut_between_whole_characters() -> None:
+    from pocsdk.compressors.llmlingua2.words import _Words, split_long_words
+
+    thai = "\u0e01\u0e48\u0e32\u0e27\u0e19\u0e49\u0e33\u0e02\u0e49\u0e32\u0e27" * 6  # marks on many letters
+    w = _Words(doc=np.zeros(1, dtype=np.int64), chunk=np.zeros(1, dtype=np.int64), start=np.array([0]),
+               end=np.array([len(thai)]), prob=np.ones(1), prob_raw=np.ones(1), forced=np.zeros(1, dtype=bool),
+               text=[])
+    out = split_long_words(w, texts=[thai])
+    assert len(out.start) > 1 and out.start[0] == 0 and out.end[-1] == len(thai)
+    assert (out.start[1:] == out.end[:-1]).all()
+    assert all(unicodedata.category(thai[i]) != "Mn" for i in out.start.tolist())

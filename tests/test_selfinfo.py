@@ -254,3 +254,29 @@ def test_a_keep_marker_inside_a_word_adds_no_space(tiny_lm: Path) -> None:
         out = Compressor(keep_rate=rate, compressor="selfinfo", model=str(tiny_lm), granularity="token").compress(
             text).text
         assert "123" in out and " 123" not in out and "123 " not in out, out[:80]
+
+
+def test_checkpoints_auto_loads_as_causal_lms_are_accepted(tiny_lm: Path, tmp_path: Path) -> None:
+    """A tokenizer with one special token past the embedding table (Gemma 3 ships one) and an architecture
+    named "...ForConditionalGeneration" (Gemma 3 again) were refused by a too strict check."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    extra = tmp_path / "extra-special-token"
+    shutil.copytree(tiny_lm, extra)
+    tok = AutoTokenizer.from_pretrained(extra)
+    tok.add_special_tokens({"additional_special_tokens": ["<image_soft_token>"]})
+    tok.save_pretrained(extra)
+    cfg = json.loads((extra / "config.json").read_text())
+    cfg["architectures"] = ["Gemma3ForConditionalGeneration"]
+    (extra / "config.json").write_text(json.dumps(cfg))
+    res = Compressor(keep_rate=0.5, compressor="selfinfo", model=str(extra)).compress(TEXT)
+    assert 0 < res.compressed_tokens < res.original_tokens
+    classifier = tmp_path / "sequence-classifier"  # (another folder: loaded models are cached by path)
+    shutil.copytree(tiny_lm, classifier)
+    cfg["architectures"] = ["LlamaForSequenceClassification"]  # a head that scores no next token: refused
+    (classifier / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="not a causal language model"):
+        Compressor(keep_rate=0.5, compressor="selfinfo", model=str(classifier)).compress(TEXT)

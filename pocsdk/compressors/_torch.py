@@ -186,13 +186,19 @@ def check_tokenizer_fits(tokenizer: Any, model: Any, name: str) -> None:
     """The tokenizer and the weights belong together: no token id past the embedding table (an IndexError
     deep in the forward pass otherwise), and not a tokenizer far smaller than the vocabulary (a folder
     without its tokenizer files gets a stub that reads every word as unknown)."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if not isinstance(vocab, int) or vocab <= 0:
+    rows = None
+    try:
+        rows = int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, ValueError):
+        rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(rows, int) or rows <= 0:
         return
-    size = len(tokenizer)
-    if size > vocab or size < vocab // 2:
-        raise ConfigError(f"the tokenizer of {name!r} has {size} entries and the model a vocabulary of {vocab}: "
-                          "they do not belong together (are the tokenizer files missing or from another model?)")
+    base = getattr(tokenizer, "vocab_size", None)  # without added special tokens, which plain text never yields
+    base = base if isinstance(base, int) and base > 0 else len(tokenizer)
+    if base > rows or len(tokenizer) < rows // 2:
+        raise ConfigError(f"the tokenizer of {name!r} has {len(tokenizer)} entries and the model {rows} embedding "
+                          "rows: they do not belong together (are the tokenizer files missing or from another "
+                          "model?)")
 
 
 def require_fast_tokenizer(tokenizer: Any, model: str) -> None:

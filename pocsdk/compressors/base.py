@@ -316,7 +316,13 @@ def passthrough_selection(scored: Scored, keep_rate: float, reason: str) -> Sele
 def _kept_texts(scored: Scored, selection: Selection) -> tuple[list[list[tuple[int, int, SpanKind]]], list[str]]:
     """Per document, the kept spans and the text they join into (what :func:`render` returns)."""
     spans_by_doc = _selected_spans(scored, selection)
-    return spans_by_doc, [_join(doc.text, spans_by_doc[i]) for i, doc in enumerate(scored.documents)]
+    source = bool(scored.extras.get(SOURCE_WHITESPACE))
+    return spans_by_doc, [_join(doc.text, spans_by_doc[i], source) for i, doc in enumerate(scored.documents)]
+
+
+SOURCE_WHITESPACE = "join_with_source_whitespace"
+"""``Scored.extras`` flag of word-level compressors: joins of pieces apart on one line write the whitespace
+character before the later piece (a tab, a no-break space), as their word budgets priced it."""
 
 
 def rendered_tokens(scored: Scored, selection: Selection) -> int:
@@ -406,10 +412,10 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
     return out
 
 
-def _join(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
+def _join(text: str, spans: Sequence[tuple[int, int, str]], source_whitespace: bool = False) -> str:
     """Join spans; keep the original whitespace between neighbours (protection markers between them are
-    no gap), else one line break, or the whitespace character before the later span (a tab, a no-break
-    space: what the token budgets priced), else a space."""
+    no gap), else one line break, else a space (with ``source_whitespace``, the whitespace character
+    before the later span)."""
     parts: list[str] = []
     prev_end = -1
     for s, e, _ in spans:
@@ -420,7 +426,7 @@ def _join(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
             elif "\n" in gap:
                 parts.append("\n")
             else:
-                parts.append(text[s - 1] if text[s - 1].isspace() else " ")
+                parts.append(text[s - 1] if source_whitespace and text[s - 1].isspace() else " ")
         parts.append(text[s:e])
         prev_end = e
     return strip_markers("".join(parts))

@@ -39,7 +39,7 @@ from pocsdk.compressors._torch import (
     resolve_dtype,
     split_gguf,
 )
-from pocsdk.compressors.base import Scored, UnitCompressor, Units
+from pocsdk.compressors.base import SOURCE_WHITESPACE, Scored, UnitCompressor, Units
 from pocsdk.compressors.llmlingua2.shared import _blank_markers, count_words, in_context, score_stats
 from pocsdk.errors import ConfigError
 from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE, clauses
@@ -51,6 +51,10 @@ HUB_MODEL = "HuggingFaceTB/SmolLM2-135M"
 Granularity = Literal["sentence", "phrase", "token"]
 # Words with their combining marks (``regex``'s \w includes them), else one user-perceived character: an
 # accent, a Thai tone mark or an emoji sequence is never a "word" of its own.
+_NOT_GENERATIVE = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
+                   "ForMultipleChoice", "ForNextSentencePrediction", "ForPreTraining")
+"""Heads that score no next token (the architectures AutoModelForCausalLM loads end in many other ways:
+``ForCausalLM``, ``LMHeadModel``, ``ForConditionalGeneration``, ...)."""
 _WORD = regex.compile(r"\w+(?:['’]\w+)*|(?!\s)\X")
 
 
@@ -125,6 +129,8 @@ class SelfInfoCompressor(UnitCompressor):
             all_scores.append(si)
             rel[sel] = _unit_means(u.start[sel], u.end[sel], start, si)
         token_scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+        if self.granularity != "sentence":  # words and phrases are priced with the whitespace before them
+            scored.extras[SOURCE_WHITESPACE] = True
         scored.extras.update(
             score_kind="self_information",
             token_scores=token_scores.astype(np.float32),
@@ -192,7 +198,7 @@ class SelfInfoCompressor(UnitCompressor):
             model, info = transformers.AutoModelForCausalLM.from_pretrained(
                 path, **extra, output_loading_info=True, **dtype_kwarg(transformers, dtype))
             architectures = list(getattr(model.config, "architectures", None) or [])
-            if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            if architectures and all(a.endswith(_NOT_GENERATIVE) for a in architectures):
                 raise ConfigError(f"{path!r} holds a {architectures[0]}, not a causal language model")
             check_tokenizer_fits(tok, model, path)
             untrained = [k for k in info.get("missing_keys", ()) if not k.endswith("lm_head.weight")]

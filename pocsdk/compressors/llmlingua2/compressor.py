@@ -13,6 +13,7 @@ import numpy as np
 from pocsdk.compressors._torch import Quantize, check_quantize
 from pocsdk.compressors.base import (
     DEFAULT_MAX_INPUT_CHARS,
+    SOURCE_WHITESPACE,
     Scored,
     Selection,
     Units,
@@ -166,6 +167,7 @@ class LLMLingua2Compressor:
         )
         token_scores = np.concatenate(probs) if probs else np.zeros(0)
         token_scores = token_scores[~np.isnan(token_scores)]
+        scored.extras[SOURCE_WHITESPACE] = True  # words are priced with the whitespace before them
         scored.extras.update(
             score_kind="keep_probability",
             token_scores=token_scores.astype(np.float32),

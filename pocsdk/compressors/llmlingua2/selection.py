@@ -49,7 +49,7 @@ def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.n
     hi = int(np.searchsorted(csum, budget - used, side="right"))
     if layout is None or layout.break_tokens <= 0:
         keep[cand[:hi]] = True
-        return _fill_tail(cand[hi:], tokens, budget, keep)
+        return _fill_tail(cand[hi:], tokens, budget, keep, None)
 
     def cost(k: int) -> int:
         trial = keep.copy()
@@ -64,18 +64,21 @@ def fit_threshold(order: np.ndarray, tokens: np.ndarray, budget: int, keep: np.n
         else:
             hi = mid - 1
     keep[cand[:lo]] = True
-    return _fill_tail(cand[lo:], tokens, budget, keep)
+    return _fill_tail(cand[lo:], tokens, budget, keep, layout)
 
 
-def _fill_tail(rest: np.ndarray, tokens: np.ndarray, budget: int, keep: np.ndarray) -> np.ndarray:
+def _fill_tail(rest: np.ndarray, tokens: np.ndarray, budget: int, keep: np.ndarray,
+               layout: Layout | None) -> np.ndarray:
     """When the next word by score is too long for what the budget has left (a CJK line that a subword
     tokenizer reads as one word) and more than a tenth of the budget is unspent, take the following words
-    that still fit, in score order, rather than stop short (or return nothing)."""
-    left = budget - int(tokens[keep].sum())
+    that still fit, in score order, rather than stop short (or return nothing). Line breaks the joins
+    insert count: those already spent, and for each added word one more at most."""
+    per_break = layout.break_tokens if layout is not None and layout.break_tokens > 0 else 0
+    left = budget - int(tokens[keep].sum()) - (layout.extra_tokens(keep) if per_break and layout else 0)
     if left <= 0.1 * budget or not len(rest):
         return keep
     for i in rest.tolist():
-        t = int(tokens[i])
+        t = int(tokens[i]) + per_break
         if t <= left:
             keep[i] = True
             left -= t

@@ -15,6 +15,7 @@ import numpy as np
 
 from pocsdk.compressors.llmlingua2.shared import _space_mask
 from pocsdk.compressors.llmlingua2.windows import _TokenStream
+from pocsdk.text.segment import grapheme_cut
 
 
 @dataclass
@@ -102,12 +103,39 @@ def split_long_words(w: _Words, max_chars: int = LONG_WORD_CHARS, texts: list[st
     pieces = np.maximum(1, -(-length // limit))  # ceil, at least one piece (empty words stay one)
     if not (pieces > 1).any():
         return w
+    if texts is not None:  # cut between user-perceived characters (a Thai tone mark stays with its letter)
+        return _split_at_graphemes(w, limit, texts)
     rep = np.repeat(np.arange(len(length)), pieces)
     k = np.arange(len(rep)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece index within its word
     start = w.start[rep] + k * limit[rep]
     end = np.minimum(start + limit[rep], w.end[rep])
     text = [w.text[i] for i in rep.tolist()] if w.text else []
     return _Words(w.doc[rep], w.chunk[rep], start, end, w.prob[rep], w.prob_raw[rep], w.forced[rep], text)
+
+
+def _split_at_graphemes(w: _Words, limit: np.ndarray, texts: list[str]) -> _Words:
+    long_words = np.flatnonzero(w.end - w.start > limit)
+    cuts: dict[int, list[tuple[int, int]]] = {}
+    for i in long_words.tolist():  # few: a Python walk over their pieces
+        text, a, b, cap = texts[int(w.doc[i])], int(w.start[i]), int(w.end[i]), int(limit[i])
+        out: list[tuple[int, int]] = []
+        while b - a > cap:
+            cut = grapheme_cut(text, a + cap, a + 1)
+            out.append((a, cut))
+            a = cut
+        out.append((a, b))
+        cuts[i] = out
+    counts = np.ones(len(w.start), dtype=np.int64)
+    counts[long_words] = [len(cuts[i]) for i in long_words.tolist()]
+    rep = np.repeat(np.arange(len(counts)), counts)
+    start, end = w.start[rep].copy(), w.end[rep].copy()
+    first = np.cumsum(counts) - counts
+    for i, pieces in cuts.items():
+        at = int(first[i])
+        start[at:at + len(pieces)] = [a for a, _ in pieces]
+        end[at:at + len(pieces)] = [b for _, b in pieces]
+    text_list = [w.text[i] for i in rep.tolist()] if w.text else []
+    return _Words(w.doc[rep], w.chunk[rep], start, end, w.prob[rep], w.prob_raw[rep], w.forced[rep], text_list)
 
 
 def _words(streams: list[_TokenStream], chunks: list[tuple[int, int, int]], probs: list[np.ndarray],
