@@ -279,3 +279,21 @@ def test_bad_lines_are_error_lines_and_failures_exit_1(tmp_path: Path) -> None:
     for bad in (["--compressor", "nope"], ["--judge", "nope"], ["--param", "bogus=1"], ["--factors", "2,1"]):
         res = CliRunner().invoke(app, [*args, "--overwrite", *bad])
         assert res.exit_code == 2, (bad, res.output)
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    """Two runs appending to one labels file interleaved their lines and labelled examples twice."""
+    import fcntl
+
+    data = write_jsonl(tmp_path / "toy.jsonl", examples(2))
+    out = tmp_path / "labels.jsonl"
+    out.write_text("")
+    with out.open("a") as held:  # another run holds the file
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = CliRunner().invoke(app, ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
+                                       "-o", str(out), "--factors", "1,2", "--workers", "1", "--quiet", "--resume"])
+        assert res.exit_code == 2 and "another run is writing" in res.output
+    assert out.read_text() == ""
+    res = CliRunner().invoke(app, ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
+                                   "-o", str(out), "--factors", "1,2", "--workers", "1", "--quiet", "--resume"])
+    assert res.exit_code in (0, 1) and out.read_text()  # free again: it runs

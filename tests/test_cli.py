@@ -540,9 +540,14 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     assert invoke("compress", str(src), "-o", str(out), "--keep-rate", "0.5", "-q", "--overwrite").exit_code == 0
     first = out.read_bytes().split(b"\n")[0] + b"\n"
     out.write_bytes(first)
-    for other in (["--floor", "0.9"], ["--keep-rate", "0.3"]):
+    for other in (["--floor", "0.9"], ["--keep-rate", "0.3"], ["--keep-rate", "0.5", "--param", "skim_share=0.2"]):
         result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", *other)
         assert result.exit_code == 2 and "earlier run" in result.output, other
+    # a floor run resumed at another confidence, too
+    assert invoke("compress", str(src), "-o", str(out), "--floor", "0.9", "-q", "--overwrite").exit_code == 0
+    out.write_bytes(out.read_bytes().split(b"\n")[0] + b"\n")
+    result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--floor", "0.9", "--confidence", "0.9")
+    assert result.exit_code == 2 and "confidence" in result.output
 
 
 def test_stdin_read_from_the_output_file_is_refused(tmp_path: Path) -> None:

@@ -298,6 +298,7 @@ def run_calibration(
     init_args = (compressor, dict(compressor_params or {}), judge, dict(judge_options or {}), grid)
     t0 = time.perf_counter()
     with out.open("a", encoding="utf-8") as fh, _progress(progress, len(todo)) as advance:
+        _lock(fh, out)
         for bad in invalid:  # input lines that are no example: their error lines first
             line = json.dumps({"id": bad.id, "dataset": bad.dataset, "error": bad.error}, ensure_ascii=False)
             fh.write(line + "\n")
@@ -309,6 +310,19 @@ def run_calibration(
             advance()
     stats.seconds = round(time.perf_counter() - t0, 2)
     return stats
+
+
+def _lock(fh: Any, out: Path) -> None:
+    """One run writes an output at a time: a second one would interleave lines and label examples twice.
+    (An advisory lock, released when the file closes; where ``fcntl`` is missing, nothing is locked.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"another run is writing {out}: wait for it, or write to another file") from None
 
 
 def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...]) -> Iterable[str]:

@@ -8,6 +8,7 @@ for the output schema.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -302,7 +303,9 @@ def compress_command(
         if floor is not None:
             engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
-        _check_resumed_settings(point, compressor, floor, keep_rate)
+        described = getattr(engine.compressor, "parameters", None)  # a registered compressor may not say
+        local = json.loads(json.dumps(described(), default=str)) if endpoint is None and callable(described) else None
+        _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local)
         stream, size = open_input(source)
     except (PocError, OSError) as exc:
         _fail(err, exc)
@@ -390,10 +393,11 @@ def _probe(engine: Compressor, err: Console) -> None:
         raise ConfigError(f"the compressor cannot run with these options: {exc}") from exc
 
 
-def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None,
-                            keep_rate: float | None) -> None:
-    """Refuse to append records made with another compressor, floor or keep rate to an earlier run's output
-    (as far as its last result shows them: a token target is not recorded)."""
+def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None, keep_rate: float | None,
+                            confidence: float | None = None, parameters: dict[str, Any] | None = None) -> None:
+    """Refuse to append records made with another compressor, floor, confidence, keep rate or compressor
+    parameters to an earlier run's output (as far as its last result shows them: a token target is not
+    recorded, and a remote service's parameters are the service's)."""
     result = point.last_result
     if not result:
         return
@@ -406,9 +410,16 @@ def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | 
         then = "no floor" if earlier_floor is None else f"floor {earlier_floor}"
         now = "no floor" if floor is None else f"floor {floor}"
         raise ConfigError(f"cannot resume: the earlier run used {then}, this one {now}")
+    earlier_confidence = decision.get("confidence") if isinstance(decision, dict) else None
+    if earlier_floor is not None and earlier_confidence != confidence:
+        raise ConfigError(f"cannot resume: the earlier run used confidence {earlier_confidence}, this one {confidence}")
     requested = result.get("requested_keep_rate")
     if keep_rate is not None and earlier_floor is None and requested != keep_rate:
         raise ConfigError(f"cannot resume: the earlier run asked for keep rate {requested}, this one {keep_rate}")
+    earlier_params = result.get("parameters")
+    if parameters is not None and isinstance(earlier_params, dict) and earlier_params != parameters:
+        changed = sorted(k for k in set(earlier_params) | set(parameters) if earlier_params.get(k) != parameters.get(k))
+        raise ConfigError(f"cannot resume: the earlier run used other compressor parameters ({', '.join(changed)})")
 
 
 def _check_paths(source: str, output: str, *, resume: bool, overwrite: bool) -> None:
