@@ -327,3 +327,14 @@ def test_retention_finds_answers_in_scripts_without_spaces() -> None:
     assert not contains_answer(normalize_answer("请问是否需要帮助"), "否")  # one character: whole words only
     v = RetentionJudge().judge(ex(answers=["北京"]), "故宫位于北京市中心。", ["故宫位于北京市中心。", "故宫。"])
     assert v.scorable and v.performance == [1.0, 0.0]
+
+
+def test_retention_refuses_option_letters() -> None:
+    """Gold "B" was matched as any word "b" (non-monotone labels), and "A" normalised to nothing."""
+    for letters in (["B"], ["a"], ["(C)"], ["D."]):
+        v = RetentionJudge().judge(ex(answers=letters), "Option B is the bridge, a tower, (C) and D.", ["B"])
+        assert not v.scorable and "reference" in (v.reason or ""), letters
+    with_text = Example(id="mc", dataset="t", task="multiple_choice", context="x", answers=["B"],
+                        reference="The bridge opened in 1931.")
+    assert RetentionJudge().judge(with_text, "The bridge opened in 1931.", ["The bridge opened in 1931."]).scorable
+    assert RetentionJudge().judge(ex(answers=["Paris"]), "Paris is big.", ["Paris"]).scorable

@@ -260,6 +260,10 @@ def is_short(answers: Sequence[str]) -> bool:
     return bool(answers) and all(len(a.split()) <= SHORT_ANSWER_WORDS for a in answers)
 
 
+_OPTION_LETTER = re.compile(r"\s*\(?[A-Za-z]\)?[.:]?\s*")
+"""A gold answer that is only an option letter ("B", "(c)", "D."): retention cannot judge it."""
+
+
 class RetentionJudge:
     """Offline proxy: does the gold the full context supports survive compression? (formula above)"""
 
@@ -270,6 +274,9 @@ class RetentionJudge:
             return Judgement(scorable=False, reason=f"task {example.task}: gold is not supported by the context")
         if example.metadata.get("unanswerable"):
             return Judgement(scorable=False, reason="unanswerable question")
+        if example.reference is None and example.answers and all(_OPTION_LETTER.fullmatch(a) for a in example.answers):
+            return Judgement(scorable=False, reason="multiple-choice letters say nothing about what the context "
+                                                    "must keep: give the correct option's text as 'reference'")
         answers = [a for a in example.answers if normalize_answer(a)]
         if example.reference is None and is_short(answers):
             return self._span(answers, full_context, compressed)
