@@ -129,6 +129,9 @@ def test_cache_off_compresses_every_time_in_the_pool(monkeypatch: pytest.MonkeyP
     # an unclosed fence (a chunk cut mid-block) hides no label
     ("Context: Install with:\n```bash\npip install foo\nQuestion: How do I install foo?\nAnswer:",
      ["Question: How do I install foo?", "\nAnswer:"], "How do I install foo?"),
+    # an answered FAQ pair first is no question: the final instruction is the query
+    ("Q: How do I reset?\nA: Click Reset.\n\nDoc one.\n\nSummarize the answers.",
+     ["Q: How do I reset?\nA: Click Reset.", "\n\nSummarize the answers."], "Summarize the answers."),
     ("```\nQuery: SELECT 1\n```\n\nDoc one.\n\nSummarize.", ["```\nQuery: SELECT 1\n```", "\n\nSummarize."],
      "Summarize."),
     # unlabelled: the final paragraph, as before

@@ -219,7 +219,7 @@ def find_question(text: str) -> Question:
         return Question(keep, query)
     lead_end = text.find("\n\n")
     if 0 < lead_end < final and lead_end <= MAX_LEAD_CHARS:
-        lead_asks = _asks(text[:lead_end])
+        lead_asks = _asks(text[:lead_end]) and not _answered(text, lead_end)  # a FAQ pair asks nothing
         final_asks = _asks(text[final:])
         if lead_asks or not final_asks:
             keep.insert(0, (0, lead_end))
@@ -230,6 +230,16 @@ def find_question(text: str) -> Question:
 
 def _asks(text: str) -> bool:
     return "?" in text or "\uff1f" in text
+
+
+def _answered(text: str, end: int) -> bool:
+    """Does ``text[:end]`` open with a labelled question answered on its next line ("Q: ...?\nA: Click.")?"""
+    label = _QUESTION_LABEL.match(text, 0, end)
+    if label is None:
+        return False
+    line_end = text.find("\n", label.end(), end)
+    answer = _ANSWER_LINE.match(text, line_end, end) if line_end >= 0 else None
+    return answer is not None and bool(answer.group(1).strip("*_ \t"))
 
 
 def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
