@@ -317,3 +317,56 @@ def test_speed_benchmark_runs_on_tiny_shape(tmp_path: Path, monkeypatch: pytest.
     assert by_mode["memosight"].final_kv_entries < by_mode["vanilla"].final_kv_entries
     assert by_mode["oracle-fs"].forward_passes < by_mode["memosight"].forward_passes
     assert json.loads((tmp_path / "rows.json").read_text())[0]["mode"] == "vanilla"
+
+
+def test_inputs_and_settings_are_checked(tmp_path: Path) -> None:
+    """Malformed training records, ratios that grow the cache, non-string questions, a broken memosight.json
+    and a missing model folder gave raw exceptions or were accepted."""
+    from pocsdk.errors import ConfigError, InvalidInputError, InvalidTypeError
+    from pocsdk.reasoning.memosight.model import load_model
+    from pocsdk.reasoning.memosight.session import trained_defaults
+    from pocsdk.reasoning.memosight.training import read_traces
+
+    good = json.dumps({"question": "q", "reasoning": "a\n\nb", "answer": "c"})
+    for bad_line, where in (("{bad json", ":2"), (json.dumps({"question": "q", "reasoning": 123}), ":2"),
+                            (json.dumps({"conversations": "oops"}), ":2"),
+                            (json.dumps({"question": None, "reasoning": "a\n\nb"}), ":2")):
+        f = tmp_path / "traces.jsonl"
+        f.write_text(good + "\n" + bad_line + "\n")
+        with pytest.raises(InvalidInputError, match=where):
+            read_traces(f)
+    f.write_text(json.dumps({"examples": [json.loads(good), json.loads(good)]}, indent=2))
+    assert len(read_traces(f)) == 2 and len(read_traces(f, limit=1)) == 1
+    with pytest.raises(ConfigError):
+        read_traces(f, limit=0)
+    for ratio in (float("nan"), 0.5, 1.0):
+        with pytest.raises(ConfigError, match="compression_ratio"):
+            DecodeConfig(compression_ratio=ratio).validate()
+    with pytest.raises(ConfigError):
+        DecodeConfig(max_new_tokens=2.5).validate()  # type: ignore[arg-type]
+    model, tok, _ = make_model("llama", seed=3)
+    session = ReasoningSession(model, tok, tokens=TOKENS)
+    with pytest.raises(InvalidTypeError):
+        session.generate(["w1"], max_new_tokens=2)  # type: ignore[arg-type]
+    plain = session.generate("w1 w2", compression_ratio=None, max_new_tokens=6)
+    assert plain.stats.kv_saving == pytest.approx(0.0)  # a plain cache never holds the last token either
+    for meta in ("[1]", '{"ratios": 4, "window": -3}'):
+        (tmp_path / "memosight.json").write_text(meta)
+        assert trained_defaults(str(tmp_path)) == {}
+    with pytest.raises(ConfigError, match="cannot load model"):
+        load_model(str(tmp_path / "nope"))
+
+
+def test_new_token_rows_start_at_the_mean_in_a_padded_table() -> None:
+    """A table with spare rows (Qwen pads its vocabulary) kept random rows for the new tokens."""
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok) + 64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg)
+    first = len(tok)
+    ids = add_special_tokens(tok, model, TOKENS)
+    emb = model.get_input_embeddings().weight
+    mean = emb[:first].mean(dim=0)
+    torch.testing.assert_close(emb[ids.splitter], mean)
+    assert emb.shape[0] == first + 64  # no resize: the spare rows took the new tokens

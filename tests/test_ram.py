@@ -317,6 +317,43 @@ def test_save_load_round_trip(tok, tmp_path: Path) -> None:  # type: ignore[no-u
     (tmp_path / "bad.bin").write_bytes(b"x")
     with pytest.raises(ArtifactError):
         load_ram(tmp_path / "bad.bin", decoder=fresh, tokenizer=tok)
+    # damaged checkpoint folders are ArtifactErrors (they were SafetensorError, KeyError, AttributeError)
+    import shutil
+
+    meta = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
+    for name, damage in (("list", lambda d: (d / CONFIG_FILE).write_text("[1]")),
+                         ("no-config", lambda d: (d / CONFIG_FILE).write_text(json.dumps(
+                             {k: v for k, v in meta.items() if k != "config"}))),
+                         ("weights", lambda d: (d / WEIGHTS_FILE).write_bytes(b"not safetensors"))):
+        bad = tmp_path / f"bad-{name}"
+        shutil.copytree(tmp_path / "ck", bad)
+        damage(bad)
+        with pytest.raises(ArtifactError):
+            load_ram(bad, decoder=fresh, tokenizer=tok)
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    (empty / "m.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(ArtifactError, match="lists no parameters"):
+        load_ram(empty, decoder=fresh, tokenizer=tok)
+
+
+def test_query_template_and_training_settings_checked_up_front(tmp_path: Path) -> None:
+    """Extra braces failed inside prompt_ids (IndexError, KeyError); a negative learning rate and bad JSON lines
+    reached torch and json as tracebacks."""
+    from pocsdk.compressors.ram.training import TrainConfig, read_examples
+    from pocsdk.errors import InvalidInputError
+
+    for template in ("Q {query} {0}", "{query} {x}", "{query} {"):
+        with pytest.raises(ConfigError, match="query_template"):
+            RAMConfig(query_template=template)
+    assert RAMConfig(query_template="{{json}} {query}").query_template
+    for bad in ({"lr": -1.0}, {"lr": float("nan")}, {"max_context_tokens": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)  # type: ignore[arg-type]
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "q", "answers": ["a"], "ctxs": [{"text": "t"}]}\n{bad json\n')
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2"):
+        read_examples(data)
 
 
 def _official_state(tok) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]

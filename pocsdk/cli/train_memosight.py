@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from pocsdk.cli.train import train_app
-from pocsdk.errors import PocError
+from pocsdk.errors import ConfigError, PocError
 
 
 @train_app.command("memosight")
@@ -54,7 +54,10 @@ def train_memosight_command(
             train,
         )
 
-        ratio_list = tuple(float(r) for r in ratios.split(",") if r.strip())
+        try:
+            ratio_list = tuple(float(r) for r in ratios.split(",") if r.strip())
+        except ValueError:
+            raise ConfigError(f"--ratios must be comma-separated numbers, got {ratios!r}") from None
         cfg = TrainConfig(ratios=ratio_list, lm_weight=lm_weight, mtp_weight=mtp_weight,
                           max_offset=None if max_offset < 0 else max_offset, window=window, steps=steps, lr=lr,
                           grad_accum=grad_accum, batch_size=batch_size, max_length=max_length,

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
-from pocsdk.errors import ConfigError, MissingDependencyError
+from pocsdk.errors import ConfigError, MissingDependencyError, PocError
 
 _CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
@@ -163,7 +163,7 @@ def cached_model(key: tuple[Any, ...], load: Callable[[], tuple[Any, Any]], name
             try:
                 hit = load()
             except (OSError, ValueError) as exc:
-                if isinstance(exc, ConfigError):
+                if isinstance(exc, PocError):  # a ConfigError or an ArtifactError names its own culprit
                     raise
                 raise ConfigError(f"cannot load model {model!r}: {exc}") from exc
             _CACHE[key] = hit

@@ -91,10 +91,17 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read RAM checkpoint config {path}: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a pocsdk RAM checkpoint (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"{path} is not a pocsdk RAM checkpoint (format {found!r})")
+    try:
+        newer = int(meta.get("version", 0)) > VERSION
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{path}: 'version' must be an integer, got {meta.get('version')!r}") from None
+    if newer:
         raise ArtifactError(f"{path} has version {meta['version']}, newer than this pocsdk reads ({VERSION})")
+    if not isinstance(meta.get("config"), dict):
+        raise ArtifactError(f"{path}: 'config' must be an object of RAM settings")
     return meta
 
 
@@ -131,6 +138,9 @@ def load_ram(
                                                   ("context_prefix", context_prefix)) if v is not None}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and _is_official(ckpt):
+        if encoder_layers is not None and encoder_layers != official_encoder_layers(list(_shard_names(
+                official_files(ckpt), None if not ckpt.name.endswith(".safetensors.index.json") else ckpt))):
+            raise ConfigError(f"the official checkpoint has its own number of encoder layers, not {encoder_layers}")
         model = load_official(ckpt, backbone, gguf_file=gguf_file, segment_tokens=segment_tokens, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, decoder=decoder, tokenizer=tokenizer)
         model.ram_config = replace(model.ram_config, **prompts)
@@ -138,7 +148,12 @@ def load_ram(
     if ckpt is not None and ckpt.is_file():
         raise ArtifactError(f"{ckpt}: only .safetensors files or pocsdk RAM checkpoint folders are read (no pickles)")
     meta = read_meta(ckpt) if ckpt is not None else None
-    cfg = RAMConfig.from_dict(meta["config"]) if meta else RAMConfig()
+    try:
+        cfg = RAMConfig.from_dict(meta["config"]) if meta else RAMConfig()
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ArtifactError(f"{ckpt}: its RAM settings cannot be read ({exc})") from exc
     if encoder_layers is not None:
         if meta and encoder_layers != cfg.encoder_layers:
             raise ConfigError(f"checkpoint was trained with encoder_layers={cfg.encoder_layers}, not {encoder_layers}")
@@ -158,7 +173,10 @@ def load_ram(
     if ckpt is not None:
         from safetensors.torch import load_file
 
-        state = load_file(str(ckpt / WEIGHTS_FILE), device="cpu")
+        try:
+            state = load_file(str(ckpt / WEIGHTS_FILE), device="cpu")
+        except Exception as exc:  # missing, truncated or not safetensors at all (SafetensorError)
+            raise ArtifactError(f"{ckpt / WEIGHTS_FILE}: cannot read the RAM weights ({exc})") from exc
         _load_exact(model, state, str(ckpt))
         if any(k.startswith("decoder.") for k in state):
             model.source["decoder_weights"] = True  # so that saving it again keeps them
@@ -233,6 +251,8 @@ def official_files(path: str | Path) -> list[Path]:
             raise ArtifactError(f"{path}: not a safetensors index ({exc!r})") from exc
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ArtifactError(f"{path}: 'weight_map' must map parameter names to shard file names")
+        if not weight_map:
+            raise ArtifactError(f"{path}: 'weight_map' lists no parameters")
         shards = []
         for name in sorted(set(weight_map.values())):
             shard = path.parent / name

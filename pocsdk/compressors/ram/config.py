@@ -60,6 +60,11 @@ class RAMConfig:
             raise ConfigError("segment_tokens must be at least 2 (a one-token segment cannot be compressed)")
         if "{query}" not in self.query_template:
             raise ConfigError("query_template must contain '{query}'")
+        try:
+            self.query_template.format(query="")
+        except (KeyError, IndexError, ValueError) as exc:  # other fields, or unbalanced braces
+            raise ConfigError(f"query_template may hold no field but {{query}} (double other braces): "
+                              f"{exc!r}") from None
         if self.kept_embeddings not in ("decoder", "encoder"):
             raise ConfigError(f"kept_embeddings must be 'decoder' or 'encoder', got {self.kept_embeddings!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:

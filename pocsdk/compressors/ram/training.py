@@ -70,6 +70,10 @@ class TrainConfig:
                               "trains) gets no gradient: use a keep ratio below 1")
         if self.steps < 1 or self.grad_accum < 1:
             raise ConfigError("steps and grad_accum must be >= 1")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.max_context_tokens < 1:
+            raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
 
 
 @dataclass
@@ -93,7 +97,10 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InvalidInputError(f"{p}:{lineno}: not valid JSON ({exc})") from None
                 try:
                     ctxs = row["ctxs"]
                     docs = [(c.get("title") + " " if c.get("title") else "") + c["text"] for c in ctxs]

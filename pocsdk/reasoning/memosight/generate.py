@@ -18,6 +18,7 @@ Batch size 1, greedy only (no sampling, no repetition penalty).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,8 +57,15 @@ class DecodeConfig:
     stop_at_eos: bool = True
 
     def validate(self) -> None:
-        if self.compression_ratio is not None and self.compression_ratio <= 0:
-            raise ConfigError("compression_ratio must be > 0 (or None for no compression)")
+        r = self.compression_ratio
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)
+                              or r <= 1):
+            raise ConfigError(f"compression_ratio must be a number above 1 (or None for no compression), got {r!r}"
+                              " (a ratio of 1 or less grows the cache)")
+        for name in ("window", "draft_tokens", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
         if self.window < 0 or self.draft_tokens < 0 or self.max_new_tokens < 1:
             raise ConfigError("window and draft_tokens must be >= 0, max_new_tokens >= 1")
         if self.force_split_every is not None and self.force_split_every < 2:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pocsdk.compressors._torch import import_torch, import_transformers, split_gguf
+from pocsdk.errors import ConfigError, PocError
 from pocsdk.reasoning.memosight.data import FORESIGHT, Layout
 
 FEATURE = "MemoSight"
@@ -187,10 +188,15 @@ def load_model(
     kw: dict[str, Any] = {"trust_remote_code": False}
     if gguf:
         kw["gguf_file"] = gguf
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
     torch_dtype = resolve_dtype(dtype or ("bfloat16" if device.startswith("cuda") else "float32"), device, FEATURE)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype, attn_implementation=attn_implementation, **kw)
+    try:  # a missing folder, an empty one, no network for a hub name: the user's setting, not a crash
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, attn_implementation=attn_implementation, **kw)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PocError):
+            raise
+        raise ConfigError(f"cannot load model {base!r}: {exc}") from exc
     if gguf:
         drop_gguf_quantizer(model)
     model.to(device)

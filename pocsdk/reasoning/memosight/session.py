@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pocsdk.errors import ConfigError, InvalidRateError
+from pocsdk.errors import ConfigError, InvalidRateError, InvalidTypeError
 from pocsdk.reasoning.memosight.data import format_prompt, split_output
 from pocsdk.reasoning.memosight.generate import DecodeConfig, DecodeResult, decode
 from pocsdk.reasoning.memosight.tokens import SpecialTokens, TokenIds, add_special_tokens, resolve_token_ids
@@ -86,7 +86,7 @@ class ReasoningResult(BaseModel):
 def make_stats(res: DecodeResult, ratio: float | None, source: str) -> ReasoningStats:
     """Stats from raw decoder counters."""
     gen = len(res.output_ids)
-    uncompressed = res.prompt_tokens + gen
+    uncompressed = res.prompt_tokens + max(0, gen - 1)  # a plain cache never holds the last token generated
     return ReasoningStats(
         prompt_tokens=res.prompt_tokens, generated_tokens=gen, forward_passes=res.forward_passes,
         tokens_per_forward=gen / max(1, res.forward_passes), drafted_tokens=res.drafted,
@@ -122,10 +122,15 @@ def trained_defaults(path: str) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    if not isinstance(meta, dict):
+        return {}
     out: dict[str, Any] = {}
-    if isinstance(meta.get("window"), int):
-        out["window"] = meta["window"]
-    ratios = [r for r in meta.get("ratios") or [] if isinstance(r, (int, float)) and r > 1]
+    window = meta.get("window")
+    if isinstance(window, int) and not isinstance(window, bool) and window >= 0:
+        out["window"] = window
+    listed = meta.get("ratios")
+    ratios = [r for r in (listed if isinstance(listed, list) else [])
+              if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 1]
     if ratios:
         out["compression_ratio"] = float(min(ratios))
     return out
@@ -193,6 +198,8 @@ class ReasoningSession:
         force_split_every: int | None = None,
     ) -> ReasoningResult:
         """Answer ``question`` greedily with step compression and foresight drafting."""
+        if not isinstance(question, str):
+            raise InvalidTypeError(f"question must be a string, got {type(question).__name__}")
         ratio, source = self._ratio(floor, compression_ratio)
         if ratio is None:
             source = "none" if source == "explicit" else source

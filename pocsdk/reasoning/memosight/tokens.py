@@ -72,28 +72,31 @@ def add_special_tokens(tokenizer: Any, model: Any | None = None, tokens: Special
     tokens = tokens or SpecialTokens()
     vocab = tokenizer.get_vocab()
     new = [n for n in tokens.names() if n not in vocab]
+    first_new = len(tokenizer)
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     if model is not None:
-        _resize(model, len(tokenizer))
+        _resize(model, len(tokenizer), first_new if new else len(tokenizer))
     return resolve_token_ids(tokenizer, tokens)
 
 
-def _resize(model: Any, size: int) -> None:
-    """Resize embeddings to ``size`` rows, initialising added rows with the mean row."""
+def _resize(model: Any, size: int, first_new: int | None = None) -> None:
+    """Make room for ``size`` rows; the rows of the new tokens (from ``first_new``) start at the mean of
+    the rows before them, also when a padded table already had room (Qwen pads its vocabulary)."""
     import torch
 
-    emb = model.get_input_embeddings()
-    old = int(emb.weight.shape[0])
-    if old >= size:
+    old = int(model.get_input_embeddings().weight.shape[0])
+    first_new = min(old, size) if first_new is None else first_new
+    if old < size:
+        model.resize_token_embeddings(size, mean_resizing=False)
+    if first_new >= size:
         return
-    model.resize_token_embeddings(size, mean_resizing=False)
     with torch.no_grad():
         inp = model.get_input_embeddings().weight
-        inp[old:] = inp[:old].mean(dim=0, keepdim=True)
+        inp[first_new:size] = inp[:first_new].mean(dim=0, keepdim=True)
         out = model.get_output_embeddings()
         if out is not None and out.weight.data_ptr() != inp.data_ptr():
-            out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+            out.weight[first_new:size] = out.weight[:first_new].mean(dim=0, keepdim=True)
             bias = getattr(out, "bias", None)
             if bias is not None:
-                bias[old:] = bias[:old].mean()
+                bias[first_new:size] = bias[:first_new].mean()

@@ -117,16 +117,38 @@ def parse_record(rec: dict[str, Any], split: str = "blank_line") -> Trace | None
 def read_traces(path: str | Path, limit: int | None = None, split: str = "blank_line") -> list[Trace]:
     """Traces from a .jsonl / .jsonl.gz file or a JSON list; records without reasoning are skipped."""
     p = Path(path)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or None for all), got {limit}")
     opener: Callable[..., Any] = gzip.open if p.suffix == ".gz" else open
     with opener(p, "rt", encoding="utf-8") as fh:
         text = fh.read()
-    stripped = text.lstrip()
-    records = json.loads(text) if stripped.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
-    if isinstance(records, dict):
-        records = records.get("examples", [])
+    records: list[tuple[str, Any]] = []  # (where, record)
+    whole: Any = None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None  # JSON Lines after all
+    if isinstance(whole, dict) and isinstance(whole.get("examples"), list):
+        whole = whole["examples"]
+    if isinstance(whole, list):
+        records = [(f"{p} record {i}", rec) for i, rec in enumerate(whole)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{p}:{lineno}", json.loads(line)))
+            except ValueError as exc:
+                raise InvalidInputError(f"{p}:{lineno}: not valid JSON ({exc})") from None
     out: list[Trace] = []
-    for rec in records:
-        tr = parse_record(rec, split) if isinstance(rec, dict) else None
+    for where, rec in records:
+        try:
+            tr = parse_record(rec, split) if isinstance(rec, dict) else None
+        except (TypeError, AttributeError, KeyError) as exc:
+            raise InvalidInputError(f"{where}: not a reasoning record ({exc})") from None
+        if tr is not None and not isinstance(tr.question, str):
+            raise InvalidInputError(f"{where}: the question must be a string")
         if tr is not None and tr.steps:
             out.append(tr)
         if limit is not None and len(out) >= limit:
