@@ -230,6 +230,20 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
     app.add_middleware(_AnswerUnexpected, answer=on_unexpected)
 
 
+class ResponseStarted:
+    """An ASGI ``send`` that notes whether the response has started: after that, an error can no longer be
+    answered with a body of its own."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class _AnswerUnexpected:
     """ASGI middleware: an unexpected exception before the response starts gets the 500 body and ends there.
 
@@ -245,18 +259,11 @@ class _AnswerUnexpected:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = ResponseStarted(send)
         try:
             await self.app(scope, receive, tracked)
         except Exception as exc:
-            if started:
+            if tracked.started:
                 raise
             response = await self.answer(Request(scope, receive), exc)
             await response(scope, receive, send)
@@ -326,7 +333,7 @@ class BodySizeLimit:
                     await self._reject(scope, receive, send)
                     return
         seen = 0
-        started = False
+        tracked = ResponseStarted(send)
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -337,16 +344,10 @@ class BodySizeLimit:
                     raise _BodyTooLarge(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except _BodyTooLarge:
-            if started:
+            if tracked.started:
                 raise
             await self._reject(scope, receive, send)
 
