@@ -303,9 +303,11 @@ def compress_command(
         if floor is not None:
             engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
         point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
-        described = getattr(engine.compressor, "parameters", None)  # a registered compressor may not say
-        local = json.loads(json.dumps(described(), default=str)) if endpoint is None and callable(described) else None
-        _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local)
+        if resume:
+            described = getattr(engine.compressor, "parameters", None)  # a registered compressor may not say
+            local = json.loads(json.dumps(described(), default=str)) if endpoint is None and callable(described) \
+                else None
+            _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local)
         stream, size = open_input(source)
     except (PocError, OSError) as exc:
         _fail(err, exc)

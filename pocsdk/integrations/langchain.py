@@ -330,6 +330,8 @@ def _classify(input: Any) -> tuple[str, Any]:
 def _has_text(context: Any) -> bool:
     """Does a context hold any non-blank text, read as the compressor reads it? (A context it cannot read
     counts as text, so that the compressor reports what is wrong with it.)"""
+    if isinstance(context, str):  # the common case, without building documents the compressor builds again
+        return bool(context.strip())
     try:
         docs = normalize_context(_context(context))
     except EmptyContextError:
