@@ -201,6 +201,8 @@ def test_retry_after_formats() -> None:
     assert retry_after_seconds({"retry-after": "2"}) == 2.0
     future = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= (retry_after_seconds({"retry-after": future}) or 0) <= 31
+    asctime = time.asctime(time.gmtime(time.time() + 30))  # HTTP's third date format: GMT without a zone
+    assert 25 <= (retry_after_seconds({"retry-after": asctime}) or 0) <= 31
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
 
@@ -255,17 +257,135 @@ def test_stream_of_a_server_that_ignored_stream_true() -> None:
 
 
 def test_requests_that_can_never_be_sent_are_not_retried(stub_server: str) -> None:
-    """A key with a trailing newline or a URL without a scheme fails at once and says why, not 'cannot reach'."""
+    """A key with a trailing newline or a URL without a scheme fails at once and says why, not 'cannot reach';
+    the key itself never appears in the error (it would end up in logs and error trackers)."""
     slow = RetryPolicy(max_retries=3, backoff=1.0)
     started = time.monotonic()
-    with pytest.raises(LLMError, match="could not be sent"):
-        LLMClient(stub_server, "sk-1\n", model="stub", retry=slow).chat("x")
-    with pytest.raises(LLMError, match="could not be sent"):
-        asyncio.run(AsyncLLMClient(stub_server, "sk-1\n", model="stub", retry=slow).chat("x"))
+    for client_class in (LLMClient, AsyncLLMClient):
+        for key, kind in (("sk-SECRET1\n", "line break"), ("sk-SECRET1\x00", "control"), ("sk-SÉCRET1", "non-ASCII")):
+            with pytest.raises(InvalidTypeError, match=f"API key contains a {kind}") as error:
+                client_class(stub_server, key, model="stub", retry=slow)  # type: ignore[operator]
+            assert "SECRET1" not in str(error.value) and "CRET1" not in repr(error.value)
+        with pytest.raises(InvalidTypeError, match="header 'X-Team' contains a line break"):
+            client_class(stub_server, "k", model="stub", headers={"X-Team": "a\r\nInjected: 1"})  # type: ignore[operator]
     for url in (stub_server.removeprefix("http://"), "ftp://upstream.test/v1"):
         with pytest.raises(LLMError, match="could not be sent"):
             asyncio.run(AsyncLLMClient(url, "k", model="m", retry=slow).chat("x"))
     assert time.monotonic() - started < 1.0
+
+
+def both(script: Script, call: str = "chat", **kw: Any) -> list[Any]:
+    """The outcome (a value or the exception) of the same call on both twins."""
+    sync, aclient = clients(script, **kw)
+    out: list[Any] = []
+    for run in (lambda: getattr(sync, call)("x") if call == "chat" else "".join(sync.stream("x")),
+                lambda: asyncio.run(aclient.chat("x")) if call == "chat" else asyncio.run(_joined(aclient))):
+        try:
+            out.append(run())
+        except Exception as exc:  # the outcome is what is compared
+            out.append(exc)
+    return out
+
+
+async def _joined(aclient: AsyncLLMClient) -> str:
+    return "".join([d async for d in aclient.stream("x")])
+
+
+def test_answers_that_are_no_chat_completion_stream_are_errors_not_empty_text() -> None:
+    """A wrong base URL (an HTML page, an http->https redirect, a plain-text error) must not stream as ''."""
+    cases = [
+        ((200, b"<html><body>Welcome</body></html>", {"content-type": "text/html"}),
+         "text/html without a single event"),
+        ((200, b"upstream says no", {"content-type": "text/plain"}), "text/plain without a single event"),
+        ((301, b"", {"location": "https://upstream.test/v1/chat/completions"}),
+         "HTTP 301: redirect to https://upstream.test/v1/chat/completions"),
+    ]
+    for step, message in cases:
+        script = Script(step)
+        for outcome in both(script, "stream"):
+            assert isinstance(outcome, LLMError) and message in str(outcome), (step, outcome)
+        assert len(script.requests) == 2  # a redirect is not retried (nor followed: the request carries the key)
+
+
+def test_unreadable_bodies_are_llm_errors_and_cut_error_bodies_still_retry() -> None:
+    """A 503 whose body is cut off is retried like any 503; a 200 with a broken gzip body is an LLMError."""
+    class CutBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"error": '
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+        async def __aiter__(self) -> Any:
+            yield b'{"error": '
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) % 2:
+            return httpx.Response(503, stream=CutBody())
+        return httpx.Response(200, json=completion("ok"))
+
+    transport = httpx.MockTransport(handler)
+    client = LLMClient("http://upstream.test/v1", "k", model="m", retry=FAST, transport=transport)
+    assert "".join(client.stream("x")) == "ok" and client.chat("x").content == "ok"
+    aclient = AsyncLLMClient("http://upstream.test/v1", "k", model="m", retry=FAST, transport=transport)
+    assert asyncio.run(_joined(aclient)) == "ok"
+    assert asyncio.run(aclient.chat("x")).content == "ok"
+    assert len(calls) == 8
+    broken_gzip = Script((200, b"not gzip at all", {"content-encoding": "gzip", "content-type": "application/json"}))
+    for outcome in both(broken_gzip):
+        assert isinstance(outcome, LLMError) and "could not be read" in str(outcome)
+
+
+def test_errors_sent_with_200_keep_their_message_and_code() -> None:
+    body = {"error": {"message": "This model's maximum context length is 8192 tokens",
+                      "code": "context_length_exceeded"}}
+    for script in (Script((200, body, {})), Script((400, body, {}))):
+        for outcome in both(script) + both(Script((200, body, {"content-type": "application/json"})), "stream"):
+            assert isinstance(outcome, LLMError) and "maximum context length" in str(outcome)
+            assert outcome.server_code == "context_length_exceeded"
+
+
+def test_retry_statuses_is_the_exact_set_retried() -> None:
+    script = Script((500, {"error": {"message": "boom"}}, {}))
+    only_429 = RetryPolicy(max_retries=3, backoff=0.0, retry_statuses=frozenset({429}))
+    outcomes = both(script, retry=only_429)
+    assert all(isinstance(o, LLMError) and o.status_code == 500 for o in outcomes)
+    assert len(script.requests) == 2
+    assert RetryPolicy().should_retry_status(529) and not RetryPolicy().should_retry_status(404)
+
+
+def test_malformed_model_lists_and_null_stream_errors() -> None:
+    for body in ([{"id": "a"}], {"data": None}, {"object": "list"}):
+        sync, aclient = clients(Script((200, body, {})))
+        with pytest.raises(LLMError, match="malformed model list"):
+            sync.models()
+        with pytest.raises(LLMError, match="malformed model list"):
+            asyncio.run(aclient.models())
+    stream = (b'data: {"error": null, "choices":[{"index":0,"delta":{"content":"fine"}}]}\n\n'
+              b"data: [DONE]\n\n")
+    assert both(Script((200, stream, {"content-type": "text/event-stream"})), "stream") == ["fine", "fine"]
+    bom = "\ufeffdata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"héllo\"}}]}\n\ndata: [DONE]\n\n"
+    assert both(Script((200, bom.encode(), {"content-type": "text/event-stream"})), "stream") == ["héllo", "héllo"]
+
+
+def test_passwords_in_the_base_url_stay_out_of_repr_and_errors() -> None:
+    url = "http://svc:hunter2@127.0.0.1:9/v1"
+    fail = RetryPolicy(max_retries=0)
+    for client in (LLMClient(url, "k", model="m", retry=fail), AsyncLLMClient(url, "k", model="m", retry=fail)):
+        assert "hunter2" not in repr(client) and "svc:***@" in repr(client)
+    with pytest.raises(LLMError) as error:
+        LLMClient(url, "k", model="m", retry=fail).chat("x")
+    assert "hunter2" not in str(error.value) and "svc:***@127.0.0.1" in str(error.value)
+
+
+def test_complete_inserts_a_context_holding_placeholders_verbatim() -> None:
+    from pocsdk.llm.complete import build_messages
+
+    context = "The template is 'Find documents about {query} in {context}'."
+    messages = build_messages(context, "lighthouses", system=None, template="Context:\n{context}\n\nQuestion: {query}")
+    assert messages[-1]["content"] == f"Context:\n{context}\n\nQuestion: lighthouses"
 
 
 def test_header_overrides_replace_whatever_their_case() -> None:
@@ -293,9 +413,9 @@ def test_async_client_outlives_its_event_loops(stub_server: str) -> None:
 
 
 def test_streams_ending_in_done_reuse_the_connection_and_never_stall() -> None:
-    """OpenAI and vLLM end every stream with [DONE]: the async client reads the body's end, so three
-    streams use one connection, not three. A server that keeps the stream open after [DONE] costs
-    neither twin more than a moment (the sync one closes at once, the async one waits 0.25 s at most)."""
+    """OpenAI and vLLM end every stream with [DONE]: both twins read the body's end, so three streams use
+    one connection, not three (the sync twin in a background thread). A server that keeps the stream open
+    after [DONE] costs neither twin more than a moment (the async one waits 0.25 s at most)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -337,6 +457,11 @@ def test_streams_ending_in_done_reuse_the_connection_and_never_stall() -> None:
     try:
         assert asyncio.run(three()) == ["a"] * 3
         assert len(ports) == 3 and len(set(ports)) == 1
+        with LLMClient(url, "k", model="m") as sync:
+            for _ in range(3):
+                assert "".join(sync.stream("x")) == "a"
+                time.sleep(0.05)  # the drain thread hands the connection back
+        assert len(ports) == 6 and len(set(ports[3:])) == 1
         hang.set()
         started = time.monotonic()
         with LLMClient(url, "k", model="m") as sync:

@@ -55,7 +55,12 @@ def test_delta_stream_unterminated_tail_and_errors() -> None:
     s = DeltaStream()
     assert s.feed_line('data: {"choices":[{"delta":{"content":"end"}}]}') is None
     assert s.finish() == "end"
-    assert DeltaStream().finish() is None
+    with pytest.raises(LLMError, match="text/html without a single event"):
+        DeltaStream().finish({"content-type": "text/html"})
+    s = DeltaStream()
+    s.feed_line(": keep-alive")
+    with pytest.raises(LLMError, match="no content type without a single event"):
+        s.finish()
     s = DeltaStream()
     s.feed_line('data: {"error":{"message":"boom"}}')
     with pytest.raises(LLMError, match="LLM stream error: boom"):

@@ -85,35 +85,81 @@ def chat_payload(
 
 
 def auth_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Request headers; a value that HTTP cannot carry is refused here, naming the header, never the value
+    (a key read from a file with its newline would otherwise end up, whole, in an error message)."""
     headers = {"accept": "application/json"}
     if api_key:
+        _check_header_value("the API key", api_key)
         headers["authorization"] = f"Bearer {api_key}"
     if extra:  # header names are case-insensitive: an "Authorization" given here replaces the key's
+        for k, v in extra.items():
+            _check_header_value(f"header {str(k)!r}", v)
         headers.update({str(k).lower(): v for k, v in extra.items()})
     return headers
 
 
-def error_from_response(status: int, body: bytes) -> LLMError:
-    """An :class:`LLMError` carrying the server's message when the body is OpenAI-style JSON."""
+def _check_header_value(what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"{what} must be a string, got {type(value).__name__}")
+    bad = next((c for c in value if not (" " <= c <= "~" or c == "\t")), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else "a control character" if ord(bad) < 0x20 or bad == "\x7f" \
+            else "a non-ASCII character"
+        raise InvalidTypeError(f"{what} contains {kind} (U+{ord(bad):04X}), which HTTP headers cannot carry; "
+                               "strip it (a key read from a file keeps its newline)")
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: for messages and ``repr``, never for requests."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(username=parsed.username, password="***"))
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> LLMError:
+    """An :class:`LLMError` carrying the server's message (and ``server_code``) when the body is OpenAI-style
+    JSON; a redirect names where it points, since the base URL is then what needs changing."""
     parsed: Any = None
     message = body[:500].decode("utf-8", "replace")
     try:
         parsed = json.loads(body) if body else None
     except ValueError:
         parsed = None
+    code = ""
     if isinstance(parsed, dict):
-        err = parsed.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message = err["message"]
-        elif isinstance(err, str):
-            message = err
-        elif isinstance(parsed.get("detail"), str):
-            message = parsed["detail"]
-    return LLMError(f"LLM endpoint answered HTTP {status}: {message}", status_code=status, body=parsed or message)
+        message, code = _error_message(parsed, message)
+    if 300 <= status < 400 and headers is not None and headers.get("location"):
+        message = f"redirect to {headers['location']} (set the base URL to it). {message}".strip()
+    error = LLMError(f"LLM endpoint answered HTTP {status}: {message}", status_code=status, body=parsed or message)
+    error.server_code = code
+    return error
+
+
+def _error_message(parsed: Mapping[str, Any], default: str) -> tuple[str, str]:
+    """The message and code of an OpenAI-style ``{"error": ...}`` body (or a FastAPI ``detail``)."""
+    err = parsed.get("error")
+    if isinstance(err, dict):
+        code = err.get("code")
+        message = err.get("message")
+        return (message if isinstance(message, str) else default), (str(code) if code is not None else "")
+    if isinstance(err, str):
+        return err, ""
+    if isinstance(parsed.get("detail"), str):
+        return parsed["detail"], ""
+    return default, ""
 
 
 def parse_chat(data: Any) -> ChatResult:
     """Parse a ``chat.completion`` object; a malformed one raises :class:`LLMError`."""
+    if isinstance(data, dict) and data.get("error") and "choices" not in data:  # an error sent with a 2xx status
+        text, code = _error_message(data, json.dumps(data)[:500])
+        error = LLMError(f"LLM endpoint answered an error: {text}", body=data)
+        error.server_code = code
+        raise error
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -148,7 +194,10 @@ def parse_chat_body(body: bytes) -> ChatResult:
 def parse_models_body(body: bytes) -> list[str]:
     """Model ids from a ``GET /models`` response body."""
     data = parse_json(body)
-    return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+    models = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        raise LLMError(f"malformed model list: expected {{\"data\": [...]}}, got {body[:200]!r}")
+    return [str(m.get("id")) for m in models if isinstance(m, dict)]
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -169,18 +218,23 @@ class Retrying:
     def after_transport_error(self, exc: Exception) -> float:
         """Seconds to wait after a connection error; raises when retries are spent, or at once when
         the request could never be sent (a URL without http(s), a header value with a newline)."""
+        url = display_url(self.base_url)
         if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
-            raise LLMError(f"request to {self.base_url} could not be sent (check the base URL and the API key "
-                           f"or headers for stray characters): {exc!r}") from exc
+            # the exception's text may quote a header value, the key included: name its type only
+            raise LLMError(f"request to {url} could not be sent (check the base URL and the API key "
+                           f"or headers for stray characters): {type(exc).__name__}") from exc
+        if not isinstance(exc, httpx.TransportError):  # a body httpx cannot decode: sending again won't help
+            raise LLMError(f"the answer of {url} could not be read: {exc!r}") from exc
         if self.attempt >= self.policy.max_retries:
-            raise LLMError(f"cannot reach {self.base_url}: {exc!r}") from exc
+            raise LLMError(f"cannot reach {url}: {exc!r}") from exc
         return self._next(self.policy.delay(self.attempt))
 
     def after_error_status(self, status: int, headers: Mapping[str, str], body: bytes) -> float:
-        """Seconds to wait after an HTTP error answer (status >= 400); raises when it is final."""
+        """Seconds to wait after an answer that is no success (status >= 300); raises when it is final.
+        A redirect is final: the request carries the key, and the base URL is what needs fixing."""
         if self.attempt < self.policy.max_retries and self.policy.should_retry_status(status):
             return self._next(self.policy.delay(self.attempt, headers))
-        raise error_from_response(status, body)
+        raise error_from_response(status, body, headers)
 
     def _next(self, delay: float) -> float:
         self.attempt += 1
@@ -196,10 +250,14 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self._first = True
         self.done = False
 
     def feed_line(self, line: str) -> str | None:
         """Feed one line (without its newline); returns an event's data when an event ends."""
+        if self._first:  # the SSE spec drops one byte-order mark at the start of the stream
+            self._first = False
+            line = line.removeprefix("\ufeff")
         if line == "":
             if not self._data:
                 return None
@@ -230,7 +288,7 @@ def delta_from_event(data: str) -> object:
         chunk = json.loads(data)
     except ValueError as exc:
         raise LLMError(f"malformed stream event: {data[:200]!r}") from exc
-    if isinstance(chunk, dict) and "error" in chunk:
+    if isinstance(chunk, dict) and chunk.get("error"):  # "error": null is no error
         err = chunk["error"]
         msg = err.get("message") if isinstance(err, dict) else str(err)
         raise LLMError(f"LLM stream error: {msg}", body=chunk)
@@ -266,20 +324,29 @@ class DeltaStream:
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self.done = False
+        self.events = 0
 
     def feed_line(self, line: str) -> str | None:
         data = self._sse.feed_line(line)
         if data is None:
             return None
+        self.events += 1
         delta = delta_from_event(data)
         if is_done(delta):
             self.done = True
             return None
         return str(delta) if delta else None
 
-    def finish(self) -> str | None:
+    def finish(self, headers: Mapping[str, str] | None = None) -> str | None:
+        """The delta of an unterminated last event; a body without a single event is an error (an HTML page
+        or a plain-text answer from a wrong base URL must not read as an empty completion)."""
         tail = self._sse.flush()
         if tail is None:
+            if not self.events:
+                kind = (headers or {}).get("content-type") or "no content type"
+                raise LLMError(f"the LLM endpoint answered {kind} without a single event, not a chat completion "
+                               "stream (check the base URL)")
             return None
+        self.events += 1
         delta = delta_from_event(tail)
         return delta if isinstance(delta, str) and delta else None

@@ -8,6 +8,7 @@ one pooled httpx client (the async one, one per event loop); close it (or use ``
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
@@ -58,7 +59,7 @@ class _ClientBase:
         return _core.Retrying(self.retry, self.base_url)
 
     def __repr__(self) -> str:  # never show the key
-        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"
+        return f"{type(self).__name__}(base_url={_core.display_url(self.base_url)!r}, model={self.model!r})"
 
 
 class LLMClient(_ClientBase):
@@ -92,6 +93,7 @@ class LLMClient(_ClientBase):
         """Yield text deltas as they arrive (retries only happen before the first byte)."""
         payload = self._payload(messages, model, params, stream=True)
         resp = self._send(payload, stream=True)
+        owned = True  # False once a drain thread closes it
         try:
             if _core.is_json_answer(resp.headers):  # the server ignored stream=True: one answer, one delta
                 if text := _core.parse_chat_body(resp.read()).content:
@@ -101,16 +103,19 @@ class LLMClient(_ClientBase):
             lines = resp.iter_lines()
             for line in lines:
                 delta = deltas.feed_line(line)
-                if deltas.done:  # closed unread: a blocking read here could stall on a server that
-                    return       # keeps the stream open after [DONE] (the async twin reads a bounded tail)
+                if deltas.done:  # the body's end is read in the background, so the connection goes back
+                    _drain_in_background(resp, lines)  # to the pool without the caller waiting for it
+                    owned = False
+                    return
                 if delta:
                     yield delta
-            if tail := deltas.finish():
+            if tail := deltas.finish(resp.headers):
                 yield tail
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
         finally:
-            resp.close()
+            if owned:
+                resp.close()
 
     def models(self) -> list[str]:
         """Model ids the endpoint lists under ``GET /models``."""
@@ -124,13 +129,17 @@ class LLMClient(_ClientBase):
             try:
                 request = self._http.build_request(method, path, json=payload)
                 resp = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:
                 time.sleep(retrying.after_transport_error(exc))
                 continue
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
-            body = resp.read()
-            resp.close()
+            try:  # a cut-off error body still leaves the status to decide on
+                body = resp.read()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                resp.close()
             time.sleep(retrying.after_error_status(resp.status_code, resp.headers, body))
 
     def close(self) -> None:
@@ -188,7 +197,7 @@ class AsyncLLMClient(_ClientBase):
                     return
                 if delta:
                     yield delta
-            if tail := deltas.finish():
+            if tail := deltas.finish(resp.headers):
                 yield tail
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
@@ -208,13 +217,17 @@ class AsyncLLMClient(_ClientBase):
             try:
                 request = http.build_request(method, path, json=payload)
                 resp = await http.send(request, stream=stream)
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:
                 await asyncio.sleep(retrying.after_transport_error(exc))
                 continue
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
-            body = await resp.aread()
-            await resp.aclose()
+            try:  # a cut-off error body still leaves the status to decide on
+                body = await resp.aread()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await resp.aclose()
             await asyncio.sleep(retrying.after_error_status(resp.status_code, resp.headers, body))
 
     async def aclose(self) -> None:
@@ -226,6 +239,29 @@ class AsyncLLMClient(_ClientBase):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+def _drain_in_background(resp: httpx.Response, lines: Iterator[str], seconds: float = 0.25) -> None:
+    """Sync twin of :func:`_drain`: a worker thread reads what follows ``[DONE]`` and closes the response.
+
+    Blocking reads cannot be bounded from outside, so the caller does not wait for them: a server that
+    keeps the stream open after ``[DONE]`` holds one connection (until its read timeout), never the caller.
+    """
+    def rest() -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            for _ in lines:
+                if time.monotonic() > deadline:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            try:
+                resp.close()
+            except httpx.HTTPError:
+                pass
+
+    threading.Thread(target=rest, name="pocsdk-llm-drain", daemon=True).start()
 
 
 async def _drain(lines: AsyncIterator[str], seconds: float = 0.25) -> None:

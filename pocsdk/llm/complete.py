@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pocsdk.errors import InvalidTypeError
@@ -33,7 +34,9 @@ def build_messages(compressed: str, query: str, *, system: str | None, template:
     """The prompt: an optional system message and one user message with context and question."""
     if "{context}" not in template or "{query}" not in template:
         raise InvalidTypeError("template must contain {context} and {query}")
-    user = template.replace("{context}", compressed).replace("{query}", query)
+    # one pass: a context that itself contains "{query}" is sent as compressed, never filled in
+    fill = {"context": compressed, "query": query}
+    user = re.sub(r"\{(context|query)\}", lambda m: fill[m[1]], template)
     msgs: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     msgs.append({"role": "user", "content": user})
     return msgs

@@ -6,6 +6,7 @@ caller can see and change exactly how long and how often a request may run.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
@@ -78,11 +79,12 @@ class RetryPolicy(BaseModel):
     backoff: float = Field(default=0.5, ge=0.0)
     max_backoff: float = Field(default=8.0, ge=0.0)
     max_retry_after: float = Field(default=60.0, ge=0.0)
-    retry_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+    retry_statuses: frozenset[int] = frozenset({408, 409, 429, *range(500, 600)})
+    """The statuses retried, exactly: ``frozenset({429})`` never re-sends after a 5xx."""
     jitter: bool = True
 
     def should_retry_status(self, status: int) -> bool:
-        return status in self.retry_statuses or status >= 500
+        return status in self.retry_statuses
 
     def delay(self, attempt: int, headers: Mapping[str, str] | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -115,6 +117,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # asctime dates carry no zone; HTTP dates are always GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - time.time())
 
 
