@@ -16,19 +16,20 @@ made a subclass of ``RemoteError`` too, so ``except EmptyContextError`` works ei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
 import httpx
 
 from pocsdk import errors as _errors
-from pocsdk._aio import close_with_loop
+from pocsdk._aio import LoopBoundClient
 from pocsdk._version import __version__
 from pocsdk.errors import ConfigError, InvalidTypeError, PocError, RemoteError
 from pocsdk.types import (
@@ -43,6 +44,8 @@ from pocsdk.types import (
 
 API_KEY_ENV = "POCSDK_API_KEY"
 MAX_INPUTS_PER_REQUEST = 64
+SERVER_MAX_INPUTS = 256
+"""``pocsdk serve``'s limit of inputs per request (``pocsdk.server.service.MAX_INPUTS_PER_REQUEST``)."""
 MAX_CONCURRENT_CHUNKS = 4
 _MODES = ("keep_rate", "target_tokens", "floor")
 
@@ -130,15 +133,20 @@ class RemoteCompressor:
                                               confidence=confidence), strict=False)
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=10.0)
         self.retry = retry or RetryPolicy()
-        if max_inputs_per_request < 1:
-            raise ConfigError("max_inputs_per_request must be >= 1")
+        if not 1 <= max_inputs_per_request <= SERVER_MAX_INPUTS:
+            raise ConfigError(f"max_inputs_per_request must be in [1, {SERVER_MAX_INPUTS}] (the service's limit per "
+                              f"request), not {max_inputs_per_request!r}")
         self.max_inputs_per_request = max_inputs_per_request
         self._transport = transport
         self._async_transport = async_transport
         self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
-        self._aclient_loop: asyncio.AbstractEventLoop | None = None
-        self._aclient_closer: AsyncGenerator[None, None] | None = None
+        self._aclients = self._loop_clients()
+
+    def _loop_clients(self) -> LoopBoundClient:
+        """One pooled async client per event loop (threads each running a loop share this object)."""
+        timeout, transport = self.timeout, self._async_transport
+        return LoopBoundClient(lambda: httpx.AsyncClient(timeout=timeout, transport=transport),
+                               owns_transport=transport is None)
 
     @classmethod
     def for_facade(cls, endpoint: str, api_key: str | None, compressor: Any, *, keep_rate: float | None,
@@ -180,12 +188,17 @@ class RemoteCompressor:
         return out
 
     async def acompress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
-        """Async twin of :meth:`compress_many`; up to four chunks go concurrently."""
-        gate = asyncio.Semaphore(MAX_CONCURRENT_CHUNKS)
+        """Async twin of :meth:`compress_many`; up to four chunks go concurrently.
+
+        Once the server has refused a batch as larger than its capacity, the inputs in flight are
+        kept to the size that fitted, so the chunks do not crowd each other out into 429s. The
+        first failure cancels the other chunks' requests, as the sync twin stops at it.
+        """
+        gate = _InputGate(MAX_CONCURRENT_CHUNKS)
 
         async def one(chunk: dict[str, Any]) -> list[CompressionResult]:
             try:
-                async with gate:
+                async with gate.admit(len(chunk["inputs"])):
                     part: list[CompressionResult] = await self._adrive(
                         self._exchange("POST", "/v1/compress", chunk, batch=True))
                 return _one_per_input(chunk, part)
@@ -193,15 +206,23 @@ class RemoteCompressor:
                 halves = _halves(chunk, exc)
                 if halves is None:
                     raise
-                first, second = await asyncio.gather(one(halves[0]), one(halves[1]))
-                return first + second
+                if getattr(exc, "server_code", "") == "batch_too_large":
+                    gate.learn(len(halves[0]["inputs"]))
+                return await one(halves[0]) + await one(halves[1])  # one after the other, as in the sync twin
 
-        parts = await asyncio.gather(*(one(chunk) for chunk in self._chunks(items, overrides)))
+        tasks = [asyncio.ensure_future(one(chunk)) for chunk in self._chunks(items, overrides)]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [r for part in parts for r in part]
 
     def health(self) -> dict[str, Any]:
-        """The server's ``/healthz`` answer."""
-        data: dict[str, Any] = self._drive(self._exchange("GET", "/healthz", None))
+        """The server's ``/healthz`` answer, ``{"status": "draining", ...}`` (a 503) included; not retried."""
+        data: dict[str, Any] = self._drive(self._exchange("GET", "/healthz", None, health=True))
         return data
 
     def compressors(self) -> dict[str, Any]:
@@ -223,11 +244,11 @@ class RemoteCompressor:
             self._client = None
 
     async def aclose(self) -> None:
+        """Close the pooled clients (the running loop's at once, other loops' with their loops); like
+        :meth:`close`, the object stays usable and opens new ones when called again."""
         self.close()
-        if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
-            self._aclient_closer = None
+        clients, self._aclients = self._aclients, self._loop_clients()
+        await clients.aclose()
 
     def __enter__(self) -> RemoteCompressor:
         return self
@@ -286,17 +307,31 @@ class RemoteCompressor:
         content = None
         if payload is not None:
             try:
-                content = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+                try:
+                    content = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: valid as a JSON escape, as the server writes it
+                    content = json.dumps(payload, allow_nan=False).encode("ascii")
             except (TypeError, ValueError) as exc:
                 raise InvalidTypeError(f"input is not JSON-serialisable (check document metadata): {exc}") from None
             headers["Content-Type"] = "application/json"
         return httpx.Request(method, self._url(path), content=content, headers=headers,
                              extensions={"timeout": self.timeout.as_dict()})
 
-    def _exchange(self, method: str, path: str, payload: Any, *,
-                  batch: bool = False) -> Generator[_Step, httpx.Response | None, Any]:
+    def _exchange(self, method: str, path: str, payload: Any, *, batch: bool = False,
+                  health: bool = False) -> Generator[_Step, httpx.Response | None, Any]:
         """Yield requests to send and pauses to take; return the decoded answer or raise a typed error."""
         request = self._request(method, path, payload)
+        if health:  # its 503 is an answer (draining), not a reason to ask again
+            response = yield request
+            assert response is not None
+            if response.status_code == 503:
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and "status" in data:
+                    return data
+            return _decode(response, path, batch)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -337,15 +372,7 @@ class RemoteCompressor:
             return stop.value
 
     async def _adrive(self, gen: Generator[_Step, httpx.Response | None, T]) -> T:
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aclient_loop is not loop:  # a client is bound to its event loop
-            self._aclient = httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport)
-            self._aclient_loop = loop
-            # Closed when its loop ends (asyncio.run, a Celery task, a test): the loop closes the async
-            # generators it has seen, which gives the client's sockets back instead of leaking one per loop.
-            self._aclient_closer = close_with_loop(self._aclient)
-            await anext(self._aclient_closer)
-        client = self._aclient
+        client = await self._aclients.get()
         try:
             step = next(gen)
             while True:
@@ -361,6 +388,36 @@ class RemoteCompressor:
                     step = gen.send(None)
         except StopIteration as stop:
             return stop.value
+
+
+class _InputGate:
+    """Admits chunks of a concurrent ``acompress_many``: at most ``chunks`` at once and, once the server
+    has shown its capacity (``learn``), at most that many inputs in flight (a lone chunk always goes)."""
+
+    def __init__(self, chunks: int) -> None:
+        self._chunks = chunks
+        self._capacity = math.inf
+        self._running = 0
+        self._inputs = 0
+        self._changed = asyncio.Condition()
+
+    def learn(self, capacity: int) -> None:
+        self._capacity = min(self._capacity, capacity)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, n: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._running == 0 or (
+                self._running < self._chunks and self._inputs + n <= self._capacity))
+            self._running += 1
+            self._inputs += n
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._running -= 1
+                self._inputs -= n
+                self._changed.notify_all()
 
 
 def _merge_modes(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:

@@ -564,3 +564,9 @@ def test_stdin_read_from_the_output_file_is_refused(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-m", "pocsdk", "compress", "-", "-o", os.devnull, "--overwrite",
                                "--keep-rate", "0.5", "-q"], stdin=stdin, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_servers_check_the_log_level_before_loading_anything() -> None:
+    for command in (["serve"], ["proxy", "--upstream", "http://127.0.0.1:9/v1"]):
+        result = invoke(*command, "--log-level", "bogus")
+        assert result.exit_code == 2 and "'bogus' is not one of critical, error" in result.output

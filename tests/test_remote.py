@@ -172,23 +172,61 @@ def test_floor_mode_passes_through(server: Server) -> None:
     assert got.floor is not None and same(got, expected)
 
 
+def made_clients(remote: RemoteCompressor) -> list[httpx.AsyncClient]:
+    """Record the async clients ``remote`` makes from now on."""
+    made: list[httpx.AsyncClient] = []
+    factory = remote._aclients._factory
+
+    def record() -> httpx.AsyncClient:
+        made.append(factory())
+        return made[-1]
+
+    remote._aclients._factory = record
+    return made
+
+
 def test_async_client_is_closed_when_its_event_loop_ends(server: Server) -> None:
     # asyncio.run per call (scripts, Celery tasks, tests): each loop's client must not outlive it with open sockets
     remote = RemoteCompressor(server.url, api_key=KEY, keep_rate=0.5)
-    clients = []
+    clients = made_clients(remote)
     for _ in range(3):
         asyncio.run(remote.acompress(long_text(), "harvest"))
-        assert remote._aclient is not None
-        clients.append(remote._aclient)
     assert len({id(c) for c in clients}) == 3 and all(c.is_closed for c in clients)
 
     async def in_one_loop() -> bool:  # within a loop the client stays open and is reused
         await remote.acompress(long_text(), "harvest")
-        first = remote._aclient
         await remote.acompress(long_text(), "harvest")
-        return first is remote._aclient and first is not None and not first.is_closed
+        return len(clients) == 4 and not clients[-1].is_closed
 
     assert asyncio.run(in_one_loop())
+
+
+def test_one_client_serves_event_loops_in_several_threads(server: Server) -> None:
+    """Threads each running their own loop share one RemoteCompressor: no thread closes another's client
+    under its requests (they failed with a bare RuntimeError, 'the client has been closed')."""
+    import threading
+
+    remote = RemoteCompressor(server.url, api_key=KEY, keep_rate=0.5)
+    failures: list[BaseException] = []
+    done: list[int] = []
+
+    async def many() -> None:
+        for i in range(15):
+            await remote.acompress(long_text(8, i), "harvest")
+            done.append(1)
+
+    def worker() -> None:
+        try:
+            asyncio.run(many())
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and len(done) == 45
 
 
 def test_compress_many_splits_batches_the_server_finds_too_large() -> None:
@@ -248,3 +286,89 @@ def test_misspelt_options_and_closing_match_the_local_facade(server: Server) -> 
     assert asyncio.run(run()) > 0
     with Compressor(keep_rate=0.5) as local:  # a local one has nothing to close, and says nothing
         assert local.compress(long_text()).compressed_tokens > 0
+
+
+class CapacityEight:
+    """An async mock of a service with room for 8 inputs at once: 413 ``batch_too_large`` for a larger batch,
+    429 when the inputs in flight would pass 8, else results after a pause."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.in_flight = 0
+        self.statuses: list[int] = []
+        self.finished = 0
+        self.fail_first = fail_first
+        self.local = Compressor(keep_rate=0.5)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        import json
+
+        inputs = json.loads(request.content)["inputs"]
+        if self.fail_first and not self.statuses:
+            return self.answer(500, {"error": {"message": "boom", "type": "InternalError", "code": "internal_error"}})
+        if len(inputs) > 8:
+            return self.answer(413, {"error": {"message": "too many", "type": "InputTooLargeError",
+                                               "code": "batch_too_large"}})
+        if self.in_flight + len(inputs) > 8:
+            return self.answer(429, {"error": {"message": "busy", "type": "Overloaded", "code": "overloaded"}},
+                               {"retry-after": "0.2"})
+        self.in_flight += len(inputs)
+        try:
+            await asyncio.sleep(0.05 if not self.fail_first else 1.0)
+        finally:
+            self.in_flight -= len(inputs)
+        self.finished += 1
+        results = [self.local.compress(i["context"]).model_dump(mode="json") for i in inputs]
+        return self.answer(200, {"results": results})
+
+    def answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+        self.statuses.append(status)
+        return httpx.Response(status, json=body, headers=headers)
+
+
+def test_acompress_many_keeps_to_the_capacity_a_split_revealed() -> None:
+    """After a batch_too_large, the async twin no longer sends chunks that crowd each other out into 429s
+    (it ran out of retries where the sync twin, one chunk at a time, succeeded)."""
+    server = CapacityEight()
+    remote = RemoteCompressor("http://svc.test", keep_rate=0.5, retry=RetryPolicy(attempts=2, backoff_s=0.2),
+                              async_transport=httpx.MockTransport(server))
+    items = [long_text(6, i) for i in range(100)]  # two chunks of 64 and 36
+    results = asyncio.run(remote.acompress_many(items))
+    assert [r.original_tokens for r in results] == [server.local.compress(i).original_tokens for i in items]
+    assert 429 not in server.statuses
+
+
+def test_acompress_many_cancels_the_other_chunks_when_one_fails() -> None:
+    server = CapacityEight(fail_first=True)
+    remote = RemoteCompressor("http://svc.test", keep_rate=0.5, max_inputs_per_request=2,
+                              async_transport=httpx.MockTransport(server))
+
+    async def run() -> set[asyncio.Task[Any]]:
+        with pytest.raises(RemoteError, match="boom"):
+            await remote.acompress_many([long_text(6, i) for i in range(8)])
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    started = __import__("time").monotonic()
+    assert asyncio.run(run()) == set()
+    assert __import__("time").monotonic() - started < 0.9 and server.finished == 0
+
+
+def test_health_returns_the_draining_answer_without_retrying() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(503, json={"status": "draining", "version": "x", "compressors": ["extractive"]})
+
+    remote = RemoteCompressor("http://svc.test", transport=httpx.MockTransport(handler))
+    assert remote.health()["status"] == "draining" and len(calls) == 1
+
+
+def test_remote_accepts_what_the_local_sdk_accepts(server: Server) -> None:
+    """A lone surrogate (the local SDK and the server take it) was refused by the client as 'not
+    JSON-serialisable'; more inputs per request than the service takes is a ConfigError up front."""
+    text = "Broken \ud800 byte here. " + long_text(30, 2)
+    remote = Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5)
+    assert same(remote.compress(text, "harvest"), Compressor(keep_rate=0.5).compress(text, "harvest"))
+    assert len(remote.compress_many([text, long_text(5, 1)])) == 2
+    with pytest.raises(ConfigError, match=r"max_inputs_per_request must be in \[1, 256\]"):
+        RemoteCompressor(server.url, max_inputs_per_request=1000)

@@ -477,3 +477,70 @@ def test_lone_surrogates_are_answered_and_the_connection_stays_usable(server: Se
         for _ in range(3):  # the same connection, at once
             assert client.post(server.url + "/v1/compress", content=raw).status_code == 200
     assert httpx.head(server.url + "/healthz").status_code == 200
+
+
+def test_limits_answer_typed_errors_that_clients_can_act_on() -> None:
+    """Metadata nested too deep for the answer to be written is a 422 before any work (it was a 500 after it);
+    a batch over 256 inputs is a 413 batch_too_large, which clients split on (a 422 they could not act on);
+    a body over the limit carries the CORS headers like every other answer."""
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["extractive"], api_key=None, max_body_bytes=200_000,
+                                   cors_origins=["https://app.example"]))
+
+    def nested(depth: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(depth - 1):
+            value = {"k": value}
+        return value
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            origin = {"origin": "https://app.example"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=origin) as client:
+                doc = {"text": long_text(20), "metadata": nested(64)}
+                ok = await client.post("/v1/compress", json={"context": [doc], "keep_rate": 0.5})
+                deep = await client.post("/v1/compress", json={"context": [{**doc, "metadata": nested(300)}],
+                                                               "keep_rate": 0.5})
+                many = await client.post("/v1/compress", json={"inputs": [{"context": "a b c"}] * 257,
+                                                               "keep_rate": 0.5})
+                big = await client.post("/v1/compress", json={"context": "word " * 60_000, "keep_rate": 0.5})
+                return [ok, deep, many, big]
+
+    ok, deep, many, big = asyncio.run(run())
+    assert ok.status_code == 200 and ok.json()["documents"][0]["metadata"] == nested(64)
+    assert deep.status_code == 422
+    assert deep.json()["error"]["message"].startswith("context.0.metadata: Value error, metadata is nested more")
+    assert many.status_code == 413 and many.json()["error"]["code"] == "batch_too_large"
+    assert big.status_code == 413 and big.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_compression_time_counts_the_batched_scoring() -> None:
+    """pocsdk_compress_seconds left out score_batch (a model's forward pass): 0.5 s of scoring read as ~0."""
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["batch-stub"], api_key=None, batch_window_ms=100, max_batch=8))
+    inner = app.state.pocsdk.hosted["batch-stub"].inner
+    plain = inner.score_batch
+
+    def slow(pairs: list[tuple[Any, str | None]]) -> list[Scored]:
+        time.sleep(0.4)
+        return plain(pairs)
+
+    inner.score_batch = slow
+    app.state.pocsdk.hosted["batch-stub"].score_batch = slow
+
+    async def run() -> str:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                answers = await asyncio.gather(*(client.post("/v1/compress", json={
+                    "context": long_text(30, i), "keep_rate": 0.4}) for i in range(4)))
+                assert all(a.status_code == 200 for a in answers)
+                return (await client.get("/metrics")).text
+
+    metrics = asyncio.run(run())
+    total = next(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith('pocsdk_compress_seconds_sum{compressor="batch-stub"}'))
+    assert total >= 0.35

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import typer
 
+LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def log_level(value: str) -> str:
+    """Option callback: one of uvicorn's log levels, checked before anything loads (a typo was a KeyError
+    once the models had loaded)."""
+    if value.lower() not in LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value.lower()
+
 app = typer.Typer(
     name="pocsdk",
     help="Performance-oriented context compression: state a performance floor, not a ratio.",

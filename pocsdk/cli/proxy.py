@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pocsdk.cli.app import app
+from pocsdk.cli.app import app, log_level
 from pocsdk.compressors import DEFAULT_COMPRESSOR
 
 
@@ -31,7 +31,7 @@ def proxy(
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body (413 beyond)."),
     timeout: float = typer.Option(300.0, help="Seconds of upstream silence before 504."),
     cache_size: int = typer.Option(256, help="Compressed prompts remembered for exact repeats (0: off)."),
-    log_level: str = typer.Option("info", help="uvicorn log level (prompts are never logged)."),
+    log_level: str = typer.Option("info", help="uvicorn log level (prompts are never logged).", callback=log_level),
     workers: int = typer.Option(1, min=1, help="Worker processes sharing the port: compression holds the GIL, so "
                                 "one process compresses on one core; limits and the prompt cache are per worker."),
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from pocsdk.cli.app import app
+from pocsdk.cli.app import app, log_level
 from pocsdk.cli.params import PARAM_HELP, parse_params
 from pocsdk.errors import PocError
 
@@ -43,7 +43,7 @@ def serve(
     import_module: Annotated[list[str] | None, typer.Option(
         "--import", help="Import this module first, e.g. one that registers custom compressors.")] = None,
     graceful_timeout: Annotated[int, typer.Option(help="Seconds to finish in-flight work on shutdown.")] = 30,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.", callback=log_level)] = "info",
     access_log: Annotated[bool, typer.Option(help="Log one line per request (method, path, status).")] = False,
 ) -> None:
     """Serve POST /v1/compress, GET /v1/compressors, /healthz and /metrics."""

@@ -176,6 +176,11 @@ def status_for(exc: PocError) -> int:
     return 500
 
 
+def _union_tag(part: object) -> bool:
+    """A location part naming a union branch (``list[union[str,DocumentIn]]``, ``DocumentIn``), not a field."""
+    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
 def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc: Collection[str] = ()) -> None:
     """Make every error on ``app`` answer with the shared JSON body (never an HTML page).
 
@@ -203,8 +208,10 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in hidden)
+        # the deepest error first: of a union's branches, the one that got furthest is the one meant (a document
+        # list with a bad field, not "context: Input should be a valid string")
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in hidden and not _union_tag(p))
         msg = f"{loc}: {first.get('msg', 'invalid request')}" if loc else str(first.get("msg", "invalid request"))
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more)"

@@ -29,7 +29,17 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import Body, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+    field_validator,
+)
 from pydantic_core import PydanticSerializationError
 
 from pocsdk import compressors as _compressors
@@ -61,6 +71,7 @@ from pocsdk.types import CompressionResult
 log = logging.getLogger("pocsdk.server")
 
 MAX_INPUTS_PER_REQUEST = 256
+MAX_METADATA_DEPTH = 64
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -115,6 +126,26 @@ class DocumentIn(BaseModel):
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("metadata")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # refused before compressing: the result could not be written back (pydantic's serialiser stops
+        # at a depth of about 250), and a 500 after the work is done helps no one
+        if _nesting(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+        return value
+
+
+def _nesting(value: Any) -> int:
+    """Nesting depth of JSON-like data, without recursion (the input decides how deep it goes)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
 
 Context = Union[str, list[Union[str, DocumentIn]]]
 # Strict numbers: true or "0.3" are refused, as the local facade refuses them (not read as 1.0 or 0.3).
@@ -162,7 +193,8 @@ class BatchRequest(_Modes):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: Annotated[list[CompressRequest], Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)]
+    inputs: Annotated[list[CompressRequest], Field(min_length=1)]
+    """At most ``MAX_INPUTS_PER_REQUEST``; more is a 413 ``batch_too_large``, which clients split on."""
 
 
 class BatchResponse(BaseModel):
@@ -278,20 +310,24 @@ class Hosted:
     def run_batch(self, jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
         """Score the jobs (in one call when the compressor can), then finish each through the facade."""
         scored: list[Scored] | None = None
+        share = 0.0  # each input's part of the batched scoring, counted in its compression time
         if self.score_batch is not None and len(jobs) > 1:
+            t0 = time.perf_counter()
             try:
                 scored = list(self.score_batch([(j.context, j.query) for j in jobs]))
                 if len(scored) != len(jobs):
                     scored = None
             except Exception:  # one bad input (or a batch-only failure): score one by one,
                 scored = None  # so only that input fails, not every client's request in the batch
+            if scored is not None:
+                share = (time.perf_counter() - t0) / len(jobs)
         out: list[CompressionResult | BaseException] = []
         for i, job in enumerate(jobs):
             t0 = time.perf_counter()
             token = _PRESCORED.set(scored[i] if scored is not None else None)
             try:
                 res = self.facade.compress(job.context, job.query, **job.mode)
-                self.metrics.compress_seconds.labels(self.name).observe(time.perf_counter() - t0)
+                self.metrics.compress_seconds.labels(self.name).observe(time.perf_counter() - t0 + share)
                 out.append(res)
             except Exception as exc:
                 out.append(exc)
@@ -521,10 +557,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     )
     app.state.pocsdk = state
     install_error_handlers(app, hide_loc=("single", "batch"))
-    if cfg.cors_origins:
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    if cfg.cors_origins:  # added after (so around) the body limit: its 413 carries the CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(_RequestMetrics, metrics=metrics)
     secured = [Depends(auth)]
     errors: dict[int | str, dict[str, Any]] = {
@@ -559,6 +595,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     async def compress(body: Annotated[CompressBody, Body()]) -> Response:
         """Compress one context, or a batch ``{"inputs": [...]}``; results are the SDK's ``CompressionResult``."""
         if isinstance(body, BatchRequest):
+            if len(body.inputs) > MAX_INPUTS_PER_REQUEST:
+                raise ApiError(413, f"a batch of {len(body.inputs)} inputs is over the limit of "
+                                    f"{MAX_INPUTS_PER_REQUEST} per request; split it", type="InputTooLargeError",
+                               code="batch_too_large", param="inputs")
             jobs = [(state.get(item.compressor or body.compressor), _job(item, body)) for item in body.inputs]
         else:
             jobs = [(state.get(body.compressor), _job(body))]
