@@ -713,3 +713,76 @@ def test_loops_closed_without_shutting_down_are_pruned() -> None:
             loop.close()
         asyncio.run(shared.get())
     assert len(shared._clients) <= 1 and len(shared._closers) <= 1
+
+
+def test_hf_local_llm_chat_and_stream_agree_on_models_with_other_end_tokens(tmp_path: Path) -> None:
+    """A tokenizer whose eos is the document end while the generation config ends turns with another token
+    (Llama 3, Phi-3, Gemma), plus a repetition penalty in the generation config (Qwen2.5): chat and stream
+    ran different decoders (the stream went on past the turn end, inventing turns). Also: many concurrent
+    streams take turns (8 deadlocked asyncio's default thread pool on 2 cores), stop strings, and bad
+    requests raise before any generation."""
+    pytest.importorskip("transformers")
+    from pocsdk.errors import InvalidInputError, MissingDependencyError
+    from pocsdk.llm import HFLocalLLM
+    from pocsdk.llm.hf import ContextLengthError, convert_gguf, smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    source = convert_gguf(gguf, MODEL_CACHE / gguf.stem)
+    variant = tmp_path / "variant"
+    variant.mkdir()
+    for f in source.iterdir():  # weights linked, settings copied and edited
+        (variant / f.name).symlink_to(f) if f.suffix == ".safetensors" else (variant / f.name).write_bytes(
+            f.read_bytes())
+    tok_cfg = json.loads((variant / "tokenizer_config.json").read_text())
+    gen_cfg = json.loads((variant / "generation_config.json").read_text())
+    tok_cfg["eos_token"] = "<|endoftext|>"
+    gen_cfg.update(eos_token_id=[0, 2], repetition_penalty=1.3)
+    (variant / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    (variant / "generation_config.json").write_text(json.dumps(gen_cfg))
+    llm = HFLocalLLM(variant, threads=2)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = llm.chat(messages, max_tokens=40)
+    parts: list[str] = []
+    stream = llm.stream(messages, max_tokens=40)
+    while True:
+        try:
+            parts.append(next(stream))
+        except StopIteration as stop:
+            finish = stop.value
+            break
+    assert "".join(parts) == chat.content and finish == chat.finish_reason == "stop"
+    assert "user" not in chat.content and chat.usage.completion_tokens < 40
+
+    cut = llm.chat(messages, max_tokens=40, stop=["Paris"])
+    assert cut.finish_reason == "stop" and "Paris" not in cut.content and chat.content.startswith(cut.content)
+    assert "".join(llm.stream(messages, max_tokens=40, stop="Paris")) == cut.content
+
+    async def eight() -> list[str]:
+        async def one() -> str:
+            return "".join([d async for d in llm.astream(messages, max_tokens=3)])
+        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(8))), 120)
+
+    assert len(set(asyncio.run(eight()))) == 1
+    with pytest.raises(InvalidInputError, match="max_tokens must be a positive integer"):
+        llm.stream(messages, max_tokens=0)  # raised when called, before the first delta
+    with pytest.raises(InvalidInputError, match="stop must be"):
+        llm.chat(messages, stop=[""])
+    with pytest.raises(ContextLengthError, match="context window is 8192 tokens"):
+        llm.stream([{"role": "user", "content": "word " * 9000}])
+
+
+def test_openai_compat_server_refuses_what_it_cannot_do_and_reports_stream_failures(stub_server: str) -> None:
+    url = stub_server + "/chat/completions"
+    base = {"model": "stub", "messages": [{"role": "user", "content": "one two"}]}
+    for extra, param in (({"max_tokens": 0}, "max_tokens"), ({"max_completion_tokens": -1}, "max_completion_tokens"),
+                         ({"n": 3}, "n")):
+        answer = httpx.post(url, json={**base, **extra})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+    # the stub fails only once streaming (as a model whose stream is a plain generator does): an error event
+    broken = httpx.post(url, json={**base, "messages": [{"role": "user"}], "stream": True})
+    assert broken.status_code == 200 and b'data: {"error"' in broken.content and b"[DONE]" not in broken.content
+    with LLMClient(stub_server, "k", model="stub") as llm, pytest.raises(LLMError, match="internal error"):
+        "".join(llm.stream([{"role": "user"}]))

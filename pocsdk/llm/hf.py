@@ -11,11 +11,18 @@ import asyncio
 import importlib.util
 import threading
 from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocsdk.compressors._torch import cache_kwarg, output_cache
-from pocsdk.errors import ConfigError, MissingDependencyError
+from pocsdk.compressors._torch import (
+    cache_kwarg,
+    check_device_available,
+    output_cache,
+    resolve_device,
+    resolve_dtype,
+)
+from pocsdk.errors import ConfigError, InvalidInputError, InvalidTypeError, MissingDependencyError
 from pocsdk.llm._core import MessagesLike, normalize_messages
 from pocsdk.llm.types import ChatResult, Usage
 
@@ -73,8 +80,10 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 class HFLocalLLM:
     """Greedy chat with a local causal LM. ``path`` is a model folder or a ``.gguf`` file.
 
-    Generation is serialised by a lock (one model, one forward pass at a time); the async
-    methods run it in a worker thread.
+    ``chat`` and ``stream`` run the same plain greedy loop (no sampling, no penalties from the model's
+    generation config), stop at any of the model's end tokens and at ``stop`` strings, so both give the same
+    text and finish reason. The lock is held per forward pass, not across a stream's yields, so any number
+    of streams (and ``chat`` calls inside a stream's loop) take turns instead of waiting on each other.
     """
 
     def __init__(
@@ -99,6 +108,9 @@ class HFLocalLLM:
             p, gguf_file = p.parent, p.name
         if not p.exists():
             raise ConfigError(f"model path {str(p)!r} does not exist")
+        device = resolve_device(device, "HFLocalLLM")
+        check_device_available(device, "HFLocalLLM")
+        torch_dtype = resolve_dtype(_DTYPE_ALIASES.get(dtype, dtype), device, "HFLocalLLM")
         if threads:
             torch.set_num_threads(threads)
         self.model = model or (Path(gguf_file).stem if gguf_file else p.name)
@@ -110,66 +122,34 @@ class HFLocalLLM:
         self.max_new_tokens = max_new_tokens
         self._torch = torch
         self._tok: Any = AutoTokenizer.from_pretrained(str(p), **kwargs)
-        lm: Any = AutoModelForCausalLM.from_pretrained(str(p), dtype=getattr(torch, dtype), **kwargs)
+        lm: Any = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype, **kwargs)
         self._lm: Any = lm.to(device)
         self._lm.eval()
         self._device = device
         if not getattr(self._tok, "chat_template", None):
             self._tok.chat_template = CHATML_TEMPLATE
+        self._stop_ids = _end_tokens(self._tok, self._lm)
+        self._window = getattr(self._lm.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
 
     # -- the LLMClient interface ---------------------------------------------------------
     def chat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
-        """Greedy completion; ``max_tokens`` (or ``max_new_tokens``) bounds its length."""
-        ids = self._encode(messages)
-        limit = self._limit(params)
-        with self._lock, self._torch.inference_mode():
-            out = self._lm.generate(ids, attention_mask=self._torch.ones_like(ids), max_new_tokens=limit,
-                                    do_sample=False, pad_token_id=self._pad_id())
-        new = out[0, ids.shape[1]:]
-        text = self._tok.decode(new, skip_special_tokens=True)
-        finish = "length" if new.shape[0] >= limit and int(new[-1]) != self._tok.eos_token_id else "stop"
-        n_in, n_out = int(ids.shape[1]), int(new.shape[0])
-        return ChatResult(content=text, model=self.model, finish_reason=finish,
+        """Greedy completion; ``max_tokens`` (or ``max_new_tokens``) bounds its length, ``stop`` (a string or a
+        list of up to 4) ends it early."""
+        run = self._start(messages, params)
+        text = "".join(self._deltas(run))
+        n_in, n_out = run.prompt_tokens, run.completion_tokens
+        return ChatResult(content=text, model=self.model, finish_reason=run.finish,
                           usage=Usage(prompt_tokens=n_in, completion_tokens=n_out, total_tokens=n_in + n_out))
 
     def stream(self, messages: MessagesLike, model: str | None = None,
                **params: Any) -> Generator[str, None, str]:
         """Yield text deltas (decoded incrementally, so multi-byte characters never split).
 
-        The generator's return value is the finish reason (``"stop"`` or ``"length"``), so a
-        server relaying the stream can report it as :meth:`chat` does.
+        Bad messages or parameters raise here, before the first delta, so a server can answer 400 instead
+        of a broken stream. The generator's return value is the finish reason (``"stop"`` or ``"length"``).
         """
-        ids = self._encode(messages)
-        limit = self._limit(params)
-        finish = "length"
-        with self._lock:
-            past = None
-            generated: list[int] = []
-            emitted = ""
-            step_ids = ids
-            for _ in range(limit):
-                # inference mode per step, not around the yields: it is per thread, and astream and the
-                # local server resume this generator in whichever worker thread is free
-                with self._torch.inference_mode():
-                    out = self._lm(input_ids=step_ids, use_cache=True, **cache_kwarg(self._lm, past))
-                    past = output_cache(out)
-                    token = int(out.logits[0, -1].argmax())
-                if token == self._tok.eos_token_id:
-                    finish = "stop"
-                    break
-                generated.append(token)
-                step_ids = self._torch.tensor([[token]], device=self._device)
-                text = self._tok.decode(generated, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-                    continue
-                if len(text) > len(emitted):
-                    yield text[len(emitted):]
-                    emitted = text
-            text = self._tok.decode(generated, skip_special_tokens=True) if generated else ""
-            if len(text) > len(emitted):  # what a cut-off character left pending: chat() returns it too
-                yield text[len(emitted):]
-        return finish
+        return self._deltas(self._start(messages, params))
 
     async def achat(self, messages: MessagesLike, model: str | None = None, **params: Any) -> ChatResult:
         """Async twin of :meth:`chat` (worker thread)."""
@@ -177,7 +157,7 @@ class HFLocalLLM:
 
     async def astream(self, messages: MessagesLike, model: str | None = None, **params: Any) -> AsyncIterator[str]:
         """Async twin of :meth:`stream`: each delta is produced in a worker thread."""
-        it = self.stream(messages, model, **params)
+        it = await asyncio.to_thread(self.stream, messages, model, **params)
         sentinel = object()
         while True:
             delta = await asyncio.to_thread(next, it, sentinel)
@@ -189,24 +169,129 @@ class HFLocalLLM:
         return len(self._tok(text, add_special_tokens=False)["input_ids"])
 
     # -- internals -----------------------------------------------------------------------
+    def _start(self, messages: MessagesLike, params: dict[str, Any]) -> _Run:
+        """Check and encode one request (everything that can be the caller's fault happens here)."""
+        stops = _stop_strings(params.get("stop"))
+        ids = self._encode(messages)
+        n_in = int(ids.shape[1])
+        limit = self._limit(params)
+        if self._window is not None:
+            if n_in >= self._window:
+                raise ContextLengthError(f"the prompt has {n_in} tokens; this model's context window is "
+                                         f"{self._window} tokens")
+            limit = min(limit, self._window - n_in)
+        return _Run(ids=ids, limit=limit, stops=stops, prompt_tokens=n_in)
+
+    def _deltas(self, run: _Run) -> Generator[str, None, str]:
+        generated: list[int] = []
+        emitted = ""
+        step_ids, past = run.ids, None
+        for _ in range(run.limit):
+            # the lock and inference mode per step, never around a yield: other streams (in other worker
+            # threads, or this one's caller) take turns with this one
+            with self._lock, self._torch.inference_mode():
+                out = self._lm(input_ids=step_ids, use_cache=True, **cache_kwarg(self._lm, past))
+                past = output_cache(out)
+                token = int(out.logits[0, -1].argmax())
+            run.completion_tokens += 1
+            if token in self._stop_ids:
+                run.finish = "stop"
+                break
+            generated.append(token)
+            step_ids = self._torch.tensor([[token]], device=self._device)
+            text = self._tok.decode(generated, skip_special_tokens=True)
+            cut = _first_stop(text, run.stops)
+            if cut is not None:
+                run.finish = "stop"
+                if cut > len(emitted):
+                    yield text[len(emitted):cut]
+                return run.finish
+            if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                continue
+            safe = len(text) - _stop_prefix(text, run.stops)  # a stop string may be starting: hold it back
+            if safe > len(emitted):
+                yield text[len(emitted):safe]
+                emitted = text[:safe]
+        text = self._tok.decode(generated, skip_special_tokens=True) if generated else ""
+        if len(text) > len(emitted):  # what a cut-off character or a held-back stop prefix left pending
+            yield text[len(emitted):]
+        return run.finish
+
     def _encode(self, messages: MessagesLike) -> Any:
         msgs = [{"role": m["role"], "content": _text_of(m.get("content"))} for m in normalize_messages(messages)]
-        ids = self._tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        import jinja2
+
+        try:
+            ids = self._tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+        except jinja2.TemplateError as exc:  # e.g. a template that takes no system message, or strict turns
+            raise InvalidInputError(f"the model's chat template refused these messages: {exc}") from exc
         return ids["input_ids"].to(self._device)
 
     def _limit(self, params: dict[str, Any]) -> int:
-        raw = params.get("max_tokens") or params.get("max_completion_tokens") or params.get("max_new_tokens")
-        limit = int(raw) if raw else self.max_new_tokens
-        if limit < 1:
-            raise ConfigError(f"max_tokens must be positive, got {limit}")
-        return limit
-
-    def _pad_id(self) -> int:
-        pad = self._tok.pad_token_id
-        return int(pad if pad is not None else self._tok.eos_token_id)
+        for key in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
+            raw = params.get(key)
+            if raw is not None:
+                if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+                    raise InvalidInputError(f"{key} must be a positive integer, got {raw!r}")
+                return raw
+        return self.max_new_tokens
 
     def __repr__(self) -> str:
         return f"HFLocalLLM(model={self.model!r})"
+
+
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
+
+
+class ContextLengthError(InvalidInputError):
+    """A prompt longer than the model's context window."""
+
+    code = "context_length_exceeded"
+
+
+@dataclass
+class _Run:
+    """One generation: its prompt, bounds and (filled in as it runs) outcome."""
+
+    ids: Any
+    limit: int
+    stops: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish: str = "length"
+
+
+def _end_tokens(tok: Any, lm: Any) -> frozenset[int]:
+    """Every token that ends a turn: the tokenizer's end token and the generation config's list (Llama 3,
+    Phi-3 and Gemma end turns with a token other than the tokenizer's ``eos``)."""
+    ids: set[int] = set()
+    for value in (tok.eos_token_id, getattr(getattr(lm, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value if isinstance(v, int))
+    return frozenset(ids)
+
+
+def _stop_strings(stop: Any) -> tuple[str, ...]:
+    """OpenAI's ``stop``: a string or a list of up to 4 non-empty strings."""
+    if stop is None:
+        return ()
+    values = [stop] if isinstance(stop, str) else stop
+    if not isinstance(values, list) or len(values) > 4 or not all(isinstance(v, str) and v for v in values):
+        raise InvalidInputError("stop must be a non-empty string or a list of up to 4 of them")
+    return tuple(values)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that begins a stop string (0 when none does)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
 def _text_of(content: Any) -> str:
@@ -215,5 +300,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidTypeError("a text content part's 'text' must be a string")
+        return "".join(texts)
     return str(content)

@@ -4,7 +4,8 @@ Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (plain and ``stream:
 so pocsdk's proxy, clients and examples can run against a real model offline; the tests
 use it with SmolLM2-135M as the proxy's upstream. Not a production inference server:
 generation runs one request at a time in a worker thread, decodes greedily (``temperature``,
-``top_p``, ``seed`` and ``stop`` are ignored; ``max_tokens`` is honoured up to a cap).
+``top_p`` and ``seed`` are ignored; ``max_tokens``, 64 when absent, is honoured up to a cap; ``stop`` is
+honoured; ``n`` above 1 is refused; ``stream_options.include_usage`` adds no usage chunk).
 
     python -m pocsdk.server.openai_compat --model PATH[.gguf] --port 8001
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
+import logging
+import os
 import threading
 import time
 import uuid
@@ -23,8 +27,11 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from pocsdk.errors import PocError
 from pocsdk.llm.types import ChatResult
-from pocsdk.server.common import ApiError, BodySizeLimit, install_error_handlers
+from pocsdk.server.common import ApiError, BodySizeLimit, install_error_handlers, resolve_api_key
+
+log = logging.getLogger("pocsdk.server")
 
 
 class LocalChatModel(Protocol):
@@ -44,8 +51,11 @@ def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key
     app.add_middleware(BodySizeLimit, max_bytes=8 * 1024 * 1024, openai_types=True)
     gen_lock = asyncio.Lock()
 
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
     def check_auth(request: Request) -> None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
+        if expected is not None and not hmac.compare_digest(given, expected):
             raise ApiError(401, "invalid API key", code="invalid_api_key")
 
     @app.get("/v1/models")
@@ -63,18 +73,26 @@ def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key
             raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from exc
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_request")
-        # Only the length is honoured: local models decode greedily (temperature, top_p, seed do not apply).
-        raw_limit = body.get("max_completion_tokens") or body.get("max_tokens") or 64
-        if isinstance(raw_limit, bool) or not isinstance(raw_limit, int):
-            raise ApiError(400, f"max_tokens must be an integer, got {raw_limit!r}", param="max_tokens",
+        # Length and stop strings are honoured: local models decode greedily (temperature, top_p, seed do not apply).
+        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        raw_limit = body.get(key)
+        if raw_limit is None:
+            raw_limit = 64
+        if isinstance(raw_limit, bool) or not isinstance(raw_limit, int) or raw_limit < 1:
+            raise ApiError(400, f"{key} must be a positive integer, got {raw_limit!r}", param=key,
                            code="invalid_request")
-        params = {"max_tokens": max(1, min(raw_limit, max_tokens_cap))}
+        if body.get("n") not in (None, 1):
+            raise ApiError(400, "n must be 1: this server generates one choice", param="n", code="invalid_request")
+        params: dict[str, Any] = {"max_tokens": min(raw_limit, max_tokens_cap)}
+        if body.get("stop") is not None:
+            params["stop"] = body["stop"]
         messages = body["messages"]
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.get("stream") is True:
-            return StreamingResponse(_sse(llm, messages, params, cid, created, gen_lock),
-                                     media_type="text/event-stream")
+            # started here, not in the response: bad messages get a 400, not a 200 and a cut stream
+            it = await asyncio.to_thread(llm.stream, messages, None, **params)
+            return StreamingResponse(_sse(llm, it, cid, created, gen_lock), media_type="text/event-stream")
         async with gen_lock:
             result = await asyncio.to_thread(llm.chat, messages, None, **params)
         return JSONResponse({
@@ -87,7 +105,7 @@ def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key
     return app
 
 
-async def _sse(llm: LocalChatModel, messages: Any, params: dict[str, Any], cid: str, created: int,
+async def _sse(llm: LocalChatModel, it: Iterator[str], cid: str, created: int,
                lock: asyncio.Lock) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": llm.model,
@@ -96,12 +114,17 @@ async def _sse(llm: LocalChatModel, messages: Any, params: dict[str, Any], cid: 
 
     async with lock:
         yield chunk({"role": "assistant", "content": ""}, None)
-        it = llm.stream(messages, None, **params)
-        while True:
-            done, value = await asyncio.to_thread(_advance, it)
-            if done:
-                break
-            yield chunk({"content": value}, None)
+        try:
+            while True:
+                done, value = await asyncio.to_thread(_advance, it)
+                if done:
+                    break
+                yield chunk({"content": value}, None)
+        except Exception as exc:  # the status is sent: an error event is the only way left to say so
+            log.error("generation failed mid-stream: %s", type(exc).__name__, exc_info=exc)
+            message = str(exc) if isinstance(exc, PocError) else "internal error while generating"
+            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n".encode()
+            return
         yield chunk({}, value if isinstance(value, str) else "stop")
         yield b"data: [DONE]\n\n"
 
@@ -166,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from pocsdk.llm.hf import HFLocalLLM, smollm2_gguf
+    from pocsdk.server.common import API_KEY_ENV, is_loopback
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--model", help="model folder or .gguf file")
@@ -174,10 +198,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8001)
     ap.add_argument("--max-tokens-cap", type=int, default=512)
     ap.add_argument("--convert-cache", default=None, help="folder to keep GGUF conversions in")
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="float32", help="auto, float32, float16 or bfloat16")
+    ap.add_argument("--api-key", default=None, help="key callers must send (default $POCSDK_API_KEY)")
+    ap.add_argument("--no-auth", action="store_true", help="no key (default, and allowed, on loopback only)")
     args = ap.parse_args(argv)
+    no_auth = args.no_auth or (is_loopback(args.host) and not args.api_key and not os.environ.get(API_KEY_ENV))
+    try:  # a key is required off loopback, as for pocsdk serve and pocsdk proxy
+        api_key = resolve_api_key(args.api_key, no_auth=no_auth, host=args.host)
+    except PocError as exc:
+        ap.error(str(exc))
     path = smollm2_gguf() if args.smollm2 or not args.model else args.model
-    llm = HFLocalLLM(path, convert_cache=args.convert_cache)
-    uvicorn.run(create_openai_app(llm, max_tokens_cap=args.max_tokens_cap), host=args.host, port=args.port)
+    llm = HFLocalLLM(path, convert_cache=args.convert_cache, device=args.device, dtype=args.dtype)
+    uvicorn.run(create_openai_app(llm, max_tokens_cap=args.max_tokens_cap, api_key=api_key), host=args.host,
+                port=args.port)
 
 
 if __name__ == "__main__":
