@@ -70,12 +70,14 @@ class FloorDecision(BaseModel):
     floor: float
     confidence: float | None = None
     predicted_performance: float
-    """Predicted relative performance at the chosen factor (after any calibration margin)."""
+    """Predicted relative performance at the chosen factor (after any calibration margin); 1.0 when the context
+    is passed through whole (the predictions over the grid are in ``predictions``)."""
     chosen_factor: float
     """Grid factor the search chose (1.0 means no compression); the result's ``compression_factor`` is what it
     achieved, which can be less when protected text or whole units hold it back (the reason then says so)."""
     met: bool
-    """False when no compression meets the floor and the context is passed through."""
+    """False when the search found no compression that meets the floor and passed the context through; an input
+    passed through before the search (too short to compress) keeps the floor trivially: True, and ``reason`` says so."""
     reason: str
     predictor: str
     margin: float = 0.0
@@ -240,11 +242,16 @@ def _to_document(item: object, index: int) -> Document:
         if not isinstance(text, str):
             raise InvalidTypeError(f"document {index} needs a string 'text' field")
         raw_id = item.get("id", index)
-        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+        if not isinstance(raw_id, (str, numbers.Integral)) or isinstance(raw_id, bool):
             raise InvalidTypeError(f"document {index} has an id that is not a string or integer")
+        if isinstance(raw_id, numbers.Integral):
+            raw_id = int(raw_id)  # numpy and pandas integers too: "3", not "np.int64(3)"
         metadata = item.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise InvalidTypeError(f"document {index} has metadata that is not a mapping")
+        bad_key = next((k for k in metadata if not isinstance(k, str)), None)
+        if bad_key is not None:
+            raise InvalidTypeError(f"document {index} has a metadata key that is not a string: {bad_key!r}")
         return Document(id=str(raw_id), text=text, metadata=dict(metadata))
     if isinstance(item, (bytes, bytearray, memoryview)):
         raise InvalidTypeError(f"document {index} is {type(item).__name__}: decode it to str first")

@@ -570,3 +570,21 @@ def test_servers_check_the_log_level_before_loading_anything() -> None:
     for command in (["serve"], ["proxy", "--upstream", "http://127.0.0.1:9/v1"]):
         result = invoke(*command, "--log-level", "bogus")
         assert result.exit_code == 2 and "'bogus' is not one of critical, error" in result.output
+
+
+def test_info_lists_the_predictors_a_floor_would_use_and_survives_odd_cards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$POCSDK_PREDICTORS moves where a floor looks for predictors; info listed the repo's ones regardless.
+    A card with markup in its kind, or nested too deep to parse, crashed the human output."""
+    odd = tmp_path / "skim"
+    odd.mkdir()
+    (odd / "card.json").write_text(json.dumps({"schema": "pocsdk.predictor", "kind": "[/x]", "compressor": "[b]"}))
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "card.json").write_text("[" * 100_000 + "]" * 100_000)
+    monkeypatch.setenv("POCSDK_PREDICTORS", str(tmp_path))
+    assert {p.name for p in shipped_predictors()} == {"skim", "deep"}
+    result = invoke("info")
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.stdout and "RecursionError" in result.stdout
+    assert "extractive/agnostic" not in result.stdout

@@ -80,6 +80,14 @@ def test_fit_save_load_and_per_task(tmp_path: Path) -> None:
     path = cal.save(tmp_path / "calib.json")
     back = Calibration.load(path)
     assert back.margin(0.9, 0.9) == m and back.margin(0.9, 0.9, task="qa") == cal.margin(0.9, 0.9, task="qa")
+    # task names are matched as the predictors read them: "QA " is the "qa" table, not the pooled one
+    assert back.n("QA ") == back.n("qa") == 200 and back.margin(0.9, 0.9, " Qa") == back.margin(0.9, 0.9, "qa")
+    assert back.weight(0.9, 0.9, "QA") == back.weight(0.9, 0.9, "qa")
+    raw = json.loads(path.read_text())
+    raw["groups"]["qa"]["predicted"][0][0] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="non-finite predicted"):
+        Calibration.load(tmp_path / "nan.json")
     with pytest.raises(InvalidRateError):
         back.margin(1.2, 0.9)
     with pytest.raises(InvalidRateError):

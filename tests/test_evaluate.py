@@ -99,7 +99,8 @@ def test_cli_train_calibrate_evaluate(label_files: list[Path], tmp_path: Path) -
     assert res.exit_code == 2
 
     # unknown kinds used to evaluate nothing and exit 0; a bad --floors said "could not convert string"
-    for bad in (["--kinds", "foo"], ["--kinds", "agnostic", "--lodo-kinds", "lightgbm"], ["--floors", "0.9,abc"]):
+    for bad in (["--kinds", "foo"], ["--kinds", "agnostic", "--lodo-kinds", "lightgbm"], ["--floors", "0.9,abc"],
+                ["--floors", ","]):
         res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), "-o", str(out), *bad])
         assert res.exit_code == 2 and "--" in res.output, bad
 

@@ -71,6 +71,16 @@ def test_passthrough_when_no_factor_meets(scored) -> None:  # type: ignore[no-un
     assert res.floor is not None and not res.floor.met and res.floor.chosen_factor == 1.0
     assert "passed through" in res.floor.reason
     assert res.compressed_tokens == res.original_tokens and res.text == TEXT
+    # the whole context comes back: its performance is 1.0 (the grid's predictions are in `predictions`)
+    off_grid = FloorPolicy(StubPredictor([0.8] * 5), compressor="extractive", factors=GRID)  # type: ignore[arg-type]
+    assert res.floor.predicted_performance == 1.0 == off_grid.compress(comp, s, 0.9).floor.predicted_performance
+
+
+@pytest.mark.parametrize("curve", [[0.9], [0.9, 0.8], [1.0] * 6])
+def test_a_custom_predictor_must_predict_one_value_per_factor(scored, curve: list[float]) -> None:  # type: ignore[no-untyped-def]
+    comp, s = scored
+    with pytest.raises(ArtifactError, match=f"returned {len(curve)} predictions for a grid of 5 factors"):
+        _policy(curve).compress(comp, s, 0.9)
 
 
 def test_floor_one_passes_through_unless_predicted_perfect(scored) -> None:  # type: ignore[no-untyped-def]

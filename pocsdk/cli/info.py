@@ -76,9 +76,12 @@ class InfoReport(BaseModel):
 
 
 def predictor_dirs() -> list[Path]:
-    """Where shipped predictors live: the installed ``pocsdk/_predictors``, then the repo's ``predictors/``."""
-    package = Path(__file__).resolve().parents[1]
-    return [d for d in (package / "_predictors", package.parent / "predictors") if d.is_dir()]
+    """Where the floor search looks for shipped predictors (``$POCSDK_PREDICTORS``, the wheel's
+    ``pocsdk/_predictors`` or the repo's ``predictors/``): the same folder, so info lists what a floor uses."""
+    from pocsdk.prediction.floor import predictors_root
+
+    root = predictors_root()
+    return [root] if root.is_dir() else []
 
 
 def shipped_predictors(dirs: list[Path] | None = None) -> list[ShippedPredictor]:
@@ -96,8 +99,8 @@ def shipped_predictors(dirs: list[Path] | None = None) -> list[ShippedPredictor]
 def _read_card(name: str, path: Path) -> ShippedPredictor:
     try:
         raw: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return ShippedPredictor(name=name, path=str(path), error=f"unreadable card: {exc}")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # info never fails on a bad card
+        return ShippedPredictor(name=name, path=str(path), error=f"unreadable card: {type(exc).__name__}: {exc}")
     if not isinstance(raw, dict) or raw.get("schema") != CARD_SCHEMA:
         return ShippedPredictor(name=name, path=str(path), error=f"not a {CARD_SCHEMA} card")
     return ShippedPredictor(
@@ -175,7 +178,7 @@ def info_command(
     for col in ("name", "kind", "compressor", "note"):
         preds.add_column(col)
     for p in report.predictors:
-        preds.add_row(escape(p.name), p.kind or "", p.compressor or "", escape(p.error or ""))
+        preds.add_row(escape(p.name), escape(p.kind or ""), escape(p.compressor or ""), escape(p.error or ""))
     if report.predictors:
         console.print(preds)
     else:

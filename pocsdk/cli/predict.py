@@ -203,6 +203,8 @@ def evaluate_cmd(
             raise ConfigError(f"--lodo-kinds {', '.join(outside)} not in --kinds {', '.join(kind_list)}")
         try:
             floor_list = [check_unit_interval("floor", float(x)) for x in floors.split(",") if x.strip()]
+            if not floor_list:
+                raise ValueError("no floor")
         except ValueError as exc:
             raise ConfigError(f"--floors must be comma-separated numbers in (0, 1], got {floors!r}") from exc
         check_unit_interval("confidence", confidence, closed_right=False)

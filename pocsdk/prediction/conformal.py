@@ -135,7 +135,7 @@ class Calibration(BaseModel):
         """The margin for ``floor`` at ``confidence`` (per task when it has its own table)."""
         floor = check_unit_interval("floor", floor)
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
-        group = task if task is not None and task in self.groups else "*"
+        group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._cache:
             self._cache[key] = self._conservative(
@@ -149,12 +149,22 @@ class Calibration(BaseModel):
         """
         floor = check_unit_interval("floor", floor)
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
-        group = task if task is not None and task in self.groups else "*"
+        group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._wcache:
             self._wcache[key] = self._conservative(
                 group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))
         return self._wcache[key]
+
+    def _group(self, task: str | None) -> str:
+        """The table for ``task``, matched as the predictors read task names (case and outer spaces ignored:
+        "Retrieval" got the pooled table while the predictor predicted for "retrieval"); else the pooled one."""
+        if task is None:
+            return "*"
+        if task in self.groups:
+            return task
+        wanted = task.strip().lower()
+        return next((g for g in self.groups if g != "*" and g.strip().lower() == wanted), "*")
 
     def _conservative(self, group: str, fit: Callable[[np.ndarray, np.ndarray], float]) -> float:
         """``fit`` on the group's table; with ``per_dataset``, the largest value over its sources too.
@@ -171,7 +181,7 @@ class Calibration(BaseModel):
         return value
 
     def n(self, task: str | None = None) -> int:
-        group = task if task is not None and task in self.groups else "*"
+        group = self._group(task)
         return len(self.groups[group].predicted)
 
     def save(self, path: str | Path) -> Path:
@@ -206,8 +216,9 @@ class Calibration(BaseModel):
                 any(b <= a for a, b in zip(cal.factors, cal.factors[1:], strict=False)):
             raise ArtifactError(f"{p}: factors must be a non-empty ascending grid of finite numbers >= 1")
         for name, t in cal.groups.items():
-            if not all(math.isfinite(v) for row in t.actual for v in row):
-                raise ArtifactError(f"{p}: group {name!r} has non-finite actual performance")
+            for what, table in (("actual", t.actual), ("predicted", t.predicted)):
+                if not all(math.isfinite(v) for row in table for v in row):  # NaN would pass every test
+                    raise ArtifactError(f"{p}: group {name!r} has non-finite {what} performance")
             rows = (row for tbl in (t.predicted, t.actual) for row in tbl)
             if len(t.predicted) != len(t.actual) or any(len(row) != m for row in rows):
                 raise ArtifactError(f"{p}: group {name!r} does not match the factor grid")

@@ -176,7 +176,12 @@ class FloorPolicy:
             pred = self.predictor.predict_columns(ctx, self.factors, columns)
         else:  # any object with ``predict``: the documented per-factor dicts
             pred = self.predictor.predict(ctx, self.factors, [factor_rows(columns)])
-        return np.asarray(pred, dtype=np.float64).reshape(-1)
+        out = np.asarray(pred, dtype=np.float64).reshape(-1)
+        if out.shape[0] != len(self.factors):  # a custom predictor's bug, named instead of an IndexError later
+            name = getattr(self.predictor, "name", type(self.predictor).__name__)
+            raise ArtifactError(f"predictor {name!r} returned {out.shape[0]} predictions for a grid of "
+                                f"{len(self.factors)} factors; predict must return one per factor")
+        return out
 
     def compress(self, compressor: TextCompressor, scored: Scored, floor: float,
                  confidence: float | None = None) -> CompressionResult:
@@ -227,7 +232,7 @@ class FloorPolicy:
                        f"{f' with margin {margin:.3f}' if margin else ''}; context passed through unchanged")
             result = render(scored, passthrough_selection(scored, 1.0, FLOOR_NOT_MET), requested_keep_rate=1.0)
             decision = FloorDecision(
-                floor=floor, confidence=confidence, predicted_performance=float(pred[0]) if len(pred) else 1.0,
+                floor=floor, confidence=confidence, predicted_performance=1.0,  # the whole context comes back
                 chosen_factor=1.0, met=False, reason=why, predictor=name, margin=margin, rule=rule, weight=weight,
                 grid=self.factors, predictions=[float(p) for p in pred],
             )
