@@ -3,8 +3,12 @@
 For checking that a change costs nothing measurable. Each run is its own process, alternating
 between the builds, so both meet the same machine state:
 
-    git archive <commit> pocsdk | tar -x -C /tmp/old
+    mkdir -p /tmp/old && git archive <commit> pocsdk | tar -x -C /tmp/old
     python benchmarks/overhead_ab.py --old /tmp/old --rounds 6
+
+Each run starts in its build's folder (``python -c`` puts the working directory first on ``sys.path``,
+so a run started in this checkout would import this build whatever ``PYTHONPATH`` says) and reports
+where it imported pocsdk from; a run that imported the wrong build stops the script.
 
 Prints, per compressor and size, the median (min) over the runs of each run's median of
 ``--calls`` calls, CPU ms, one core (``taskset -c 0`` when available).
@@ -31,7 +35,7 @@ from pocsdk.compressors import get_compressor
 from pocsdk.text.tokens import get_token_counter
 corpus, query, _ = overhead.load_corpus()
 counter = get_token_counter("tiktoken:cl100k_base")
-out = {{}}
+out = {{"__file__": pocsdk.__file__}}
 for n in {sizes!r}:
     text = overhead.cut_to_tokens(corpus, n, counter)
     for name in {compressors!r}:
@@ -59,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                           calls=args.calls)
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    old_tree = args.old.resolve()
+    if not (old_tree / "pocsdk" / "__init__.py").is_file():
+        ap.error(f"--old {args.old} holds no pocsdk package")
     for _ in range(args.rounds):
-        for build, path in (("old", args.old), ("new", REPO)):
+        for build, path in (("old", old_tree), ("new", REPO)):
             env = {**os.environ, "PYTHONPATH": str(path), "HF_HUB_OFFLINE": "1"}
             done = subprocess.run([*pin, sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                  check=True)
-            runs[build].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                                  check=True, cwd=path)
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            imported = Path(run.pop("__file__")).resolve()
+            if path not in imported.parents:
+                raise SystemExit(f"the {build} run imported pocsdk from {imported}, not from {path}")
+            runs[build].append(run)
     for key in runs["old"][0]:
         old = [r[key] for r in runs["old"]]
         new = [r[key] for r in runs["new"]]

@@ -15,10 +15,18 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def main(tree: str) -> None:
-    sys.path.insert(0, tree)
+    root = Path(tree).resolve()
+    if not (root / "pocsdk" / "__init__.py").is_file():
+        raise SystemExit(f"{tree} holds no pocsdk package (usage: plan_ab.py SOURCE_TREE)")
+    sys.path.insert(0, str(root))
+    import pocsdk
+
+    if root not in Path(pocsdk.__file__).resolve().parents:
+        raise SystemExit(f"imported pocsdk from {pocsdk.__file__}, not from {root}")
     from pocsdk.llm.messages import MessagePolicy, plan
     from pocsdk.text.tokens import get_token_counter
 
@@ -41,4 +49,6 @@ def main(tree: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):
+        raise SystemExit(__doc__)
     main(sys.argv[1] if len(sys.argv) > 1 else ".")

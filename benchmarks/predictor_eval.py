@@ -25,18 +25,24 @@ import sys
 import time
 from pathlib import Path
 
+from pocsdk.calibration.datasets import data_root
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
 from pocsdk.compressors import get_compressor
 from pocsdk.prediction.features import featurize
 
-NQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "lost_in_the_middle" / "nq-open-oracle.jsonl.gz"
+NQ_FILE = Path("lost_in_the_middle") / "nq-open-oracle.jsonl.gz"
+
+
+def nq_file() -> Path:
+    """The NQ-open file under the data root (``$POCSDK_DATA`` or ``../shared/data``)."""
+    return data_root() / NQ_FILE
 SYNTH_DATASETS = {"nq_1doc": 0, "nq_5docs": 4, "nq_20docs": 19}
 
 
-def synthetic_labels(compressor_name: str, n: int, seed: int = 0, nq_path: Path = NQ) -> list[LabelRecord]:
+def synthetic_labels(compressor_name: str, n: int, seed: int = 0, nq_path: Path | None = None) -> list[LabelRecord]:
     """``n`` synthetic label records per pseudo-dataset (gold answer survives = 1, else 0)."""
     rng = random.Random(seed)
-    with gzip.open(nq_path, "rt", encoding="utf-8") as fh:
+    with gzip.open(nq_path or nq_file(), "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for _, line in zip(range(4 * n + 200), fh, strict=False)]
     passages = [f"{r['ctxs'][0]['title']}\n{r['ctxs'][0]['text']}" for r in rows]
     comp = get_compressor(compressor_name)
@@ -117,7 +123,7 @@ def _cmd_timing(args: argparse.Namespace) -> int:
 
     from pocsdk.prediction.floor import FloorPolicy
 
-    with gzip.open(NQ, "rt", encoding="utf-8") as fh:
+    with gzip.open(nq_file(), "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for _, line in zip(range(args.n + args.docs), fh, strict=False)]
     passages = [f"{r['ctxs'][0]['title']}\n{r['ctxs'][0]['text']}" for r in rows]
     result: dict[str, dict[str, float]] = {}

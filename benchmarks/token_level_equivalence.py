@@ -9,12 +9,22 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-tree = sys.argv[1]
-sys.path.insert(0, tree)
-sys.path.insert(1, "/work/main/benchmarks")
+if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+    raise SystemExit(__doc__)
+tree = Path(sys.argv[1]).resolve()
+if not (tree / "pocsdk" / "__init__.py").is_file():
+    raise SystemExit(f"{sys.argv[1]} holds no pocsdk package")
+sys.path.insert(0, str(tree))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 import token_level as tl  # noqa: E402
+
+import pocsdk  # noqa: E402
+
+if tree not in Path(pocsdk.__file__).resolve().parents:
+    raise SystemExit(f"imported pocsdk from {pocsdk.__file__}, not from {tree}")
 
 from pocsdk.compressors import get_compressor, render  # noqa: E402
 from pocsdk.testing.peers import make_random_token_classifier  # noqa: E402

