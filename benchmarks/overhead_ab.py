@@ -63,14 +63,22 @@ def main(argv: list[str] | None = None) -> int:
                           calls=args.calls)
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    # the old build looks for the data next to its own folder: tell it where this build found them
+    from pocsdk.testing.peers import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        ap.error("real data not found: set POCSDK_DATA to the shared/data folder")
     old_tree = args.old.resolve()
     if not (old_tree / "pocsdk" / "__init__.py").is_file():
         ap.error(f"--old {args.old} holds no pocsdk package")
     for _ in range(args.rounds):
         for build, path in (("old", old_tree), ("new", REPO)):
-            env = {**os.environ, "PYTHONPATH": str(path), "HF_HUB_OFFLINE": "1"}
+            env = {**os.environ, "PYTHONPATH": str(path), "HF_HUB_OFFLINE": "1", "POCSDK_DATA": str(data)}
             done = subprocess.run([*pin, sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                  check=True, cwd=path)
+                                  cwd=path)
+            if done.returncode:
+                raise SystemExit(f"the {build} run failed:\n{done.stderr[-3000:]}")
             run = json.loads(done.stdout.strip().splitlines()[-1])
             imported = Path(run.pop("__file__")).resolve()
             if path not in imported.parents:

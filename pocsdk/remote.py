@@ -21,6 +21,7 @@ import email.utils
 import json
 import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ SERVER_MAX_INPUTS = 256
 """``pocsdk serve``'s limit of inputs per request (``pocsdk.server.service.MAX_INPUTS_PER_REQUEST``)."""
 MAX_CONCURRENT_CHUNKS = 4
 _MODES = ("keep_rate", "target_tokens", "floor")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 T = TypeVar("T")
 _Step = Union[httpx.Request, float]  # send this request, or sleep this many seconds
@@ -197,6 +199,13 @@ class RemoteCompressor:
         gate = _InputGate(MAX_CONCURRENT_CHUNKS)
 
         async def one(chunk: dict[str, Any]) -> list[CompressionResult]:
+            inputs = chunk["inputs"]
+            if len(inputs) > gate.capacity:  # cut to the capacity already shown, not sent whole to get a 413
+                size = int(gate.capacity)
+                out: list[CompressionResult] = []
+                for i in range(0, len(inputs), size):
+                    out += await one({**chunk, "inputs": inputs[i:i + size]})
+                return out
             try:
                 async with gate.admit(len(chunk["inputs"])):
                     part: list[CompressionResult] = await self._adrive(
@@ -307,10 +316,11 @@ class RemoteCompressor:
         content = None
         if payload is not None:
             try:
+                text = json.dumps(payload, allow_nan=False, ensure_ascii=False)
                 try:
-                    content = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate: valid as a JSON escape, as the server writes it
-                    content = json.dumps(payload, allow_nan=False).encode("ascii")
+                    content = text.encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates: sent as JSON escapes, as the server writes them back
+                    content = _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode("utf-8")
             except (TypeError, ValueError) as exc:
                 raise InvalidTypeError(f"input is not JSON-serialisable (check document metadata): {exc}") from None
             headers["Content-Type"] = "application/json"
@@ -322,7 +332,10 @@ class RemoteCompressor:
         """Yield requests to send and pauses to take; return the decoded answer or raise a typed error."""
         request = self._request(method, path, payload)
         if health:  # its 503 is an answer (draining), not a reason to ask again
-            response = yield request
+            try:
+                response = yield request
+            except httpx.TransportError as exc:
+                raise RemoteError(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}") from exc
             assert response is not None
             if response.status_code == 503:
                 try:
@@ -401,8 +414,13 @@ class _InputGate:
         self._inputs = 0
         self._changed = asyncio.Condition()
 
+    @property
+    def capacity(self) -> float:
+        """Inputs the server has shown it takes at once (``inf`` until a split shows it)."""
+        return self._capacity
+
     def learn(self, capacity: int) -> None:
-        self._capacity = min(self._capacity, capacity)
+        self._capacity = min(self._capacity, max(1, capacity))
 
     @contextlib.asynccontextmanager
     async def admit(self, n: int) -> AsyncIterator[None]:

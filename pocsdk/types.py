@@ -249,9 +249,9 @@ def _to_document(item: object, index: int) -> Document:
         metadata = item.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise InvalidTypeError(f"document {index} has metadata that is not a mapping")
-        bad_key = next((k for k in metadata if not isinstance(k, str)), None)
-        if bad_key is not None:
-            raise InvalidTypeError(f"document {index} has a metadata key that is not a string: {bad_key!r}")
+        bad_keys = [k for k in metadata if not isinstance(k, str)]
+        if bad_keys:  # a list, not next(..., None): None itself is a bad key
+            raise InvalidTypeError(f"document {index} has a metadata key that is not a string: {bad_keys[0]!r}")
         return Document(id=str(raw_id), text=text, metadata=dict(metadata))
     if isinstance(item, (bytes, bytearray, memoryview)):
         raise InvalidTypeError(f"document {index} is {type(item).__name__}: decode it to str first")

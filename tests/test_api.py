@@ -218,8 +218,9 @@ def test_documents_and_document_objects() -> None:
     # ids from numpy or pandas are integers too; a metadata key that is not a string is a typed error, not
     # a pydantic ValidationError that `except PocError` misses
     assert [d.id for d in normalize_context([{"id": np.int64(3), "text": "a"}])] == ["3"]
-    with pytest.raises(InvalidTypeError, match="metadata key that is not a string: 1"):
-        Compressor(keep_rate=0.3).compress([{"text": TEXT, "metadata": {1: "x"}}])
+    for key in (1, None):
+        with pytest.raises(InvalidTypeError, match=f"metadata key that is not a string: {key}"):
+            Compressor(keep_rate=0.3).compress([{"text": TEXT, "metadata": {key: "x"}}])
 
 
 async def test_acompress_matches_compress() -> None:

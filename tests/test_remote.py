@@ -331,10 +331,12 @@ def test_acompress_many_keeps_to_the_capacity_a_split_revealed() -> None:
     server = CapacityEight()
     remote = RemoteCompressor("http://svc.test", keep_rate=0.5, retry=RetryPolicy(attempts=2, backoff_s=0.2),
                               async_transport=httpx.MockTransport(server))
-    items = [long_text(6, i) for i in range(100)]  # two chunks of 64 and 36
+    items = [long_text(6, i) for i in range(300)]  # five chunks of up to 64
     results = asyncio.run(remote.acompress_many(items))
     assert [r.original_tokens for r in results] == [server.local.compress(i).original_tokens for i in items]
     assert 429 not in server.statuses
+    # 64 -> 32 -> 16 -> 8 shows the capacity; later chunks are cut to it before sending, not sent to get a 413
+    assert server.statuses.count(413) == 3
 
 
 def test_acompress_many_cancels_the_other_chunks_when_one_fails() -> None:
@@ -363,6 +365,11 @@ def test_health_returns_the_draining_answer_without_retrying() -> None:
     assert remote.health()["status"] == "draining" and len(calls) == 1
 
 
+def test_health_of_an_unreachable_server_is_a_remote_error() -> None:
+    with pytest.raises(RemoteError, match="cannot reach"):
+        RemoteCompressor("http://127.0.0.1:9", retry=FAST).health()
+
+
 def test_remote_accepts_what_the_local_sdk_accepts(server: Server) -> None:
     """A lone surrogate (the local SDK and the server take it) was refused by the client as 'not
     JSON-serialisable'; more inputs per request than the service takes is a ConfigError up front."""
@@ -370,5 +377,8 @@ def test_remote_accepts_what_the_local_sdk_accepts(server: Server) -> None:
     remote = Compressor(endpoint=server.url, api_key=KEY, keep_rate=0.5)
     assert same(remote.compress(text, "harvest"), Compressor(keep_rate=0.5).compress(text, "harvest"))
     assert len(remote.compress_many([text, long_text(5, 1)])) == 2
+    # only the surrogate is escaped: the rest of a non-ASCII body stays UTF-8 (escaping it all doubled CJK)
+    body = RemoteCompressor(server.url)._request("POST", "/v1/compress", {"context": "日本語 \ud800"}).content
+    assert body == '{"context": "日本語 \\ud800"}'.encode()
     with pytest.raises(ConfigError, match=r"max_inputs_per_request must be in \[1, 256\]"):
         RemoteCompressor(server.url, max_inputs_per_request=1000)

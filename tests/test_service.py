@@ -506,9 +506,18 @@ def test_limits_answer_typed_errors_that_clients_can_act_on() -> None:
                 many = await client.post("/v1/compress", json={"inputs": [{"context": "a b c"}] * 257,
                                                                "keep_rate": 0.5})
                 big = await client.post("/v1/compress", json={"context": "word " * 60_000, "keep_rate": 0.5})
-                return [ok, deep, many, big]
+                raw = '{"context": [{"text": "a b c", "metadata": {"k\\ud800": 1}}], "keep_rate": 0.5}'
+                surrogate_key = await client.post("/v1/compress", content=raw.encode(),
+                                                  headers={"content-type": "application/json"})
+                unknown = await client.post("/v1/compress", json={"context": "a b c", "Query": "q", "keep_rate": 0.5})
+                no_text = await client.post("/v1/compress", json={"context": [{"txt": "a"}], "keep_rate": 0.5})
+                return [ok, deep, many, big, surrogate_key, unknown, no_text]
 
-    ok, deep, many, big = asyncio.run(run())
+    ok, deep, many, big, surrogate_key, unknown, no_text = asyncio.run(run())
+    # a key with a lone surrogate came back as U+FFFD, silently; an unknown field is named whatever its case
+    assert surrogate_key.status_code == 422 and "lone surrogate" in surrogate_key.json()["error"]["message"]
+    assert unknown.json()["error"]["message"] == "Query: Extra inputs are not permitted"
+    assert no_text.json()["error"]["message"].startswith("context.0.text: Field required")
     assert ok.status_code == 200 and ok.json()["documents"][0]["metadata"] == nested(64)
     assert deep.status_code == 422
     assert deep.json()["error"]["message"].startswith("context.0.metadata: Value error, metadata is nested more")

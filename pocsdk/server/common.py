@@ -176,9 +176,18 @@ def status_for(exc: PocError) -> int:
     return 500
 
 
-def _union_tag(part: object) -> bool:
-    """A location part naming a union branch (``list[union[str,DocumentIn]]``, ``DocumentIn``), not a field."""
-    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+
+
+def _union_tag(part: object, last: bool) -> bool:
+    """A location part naming a union branch that pydantic added (``list[union[str,DocumentIn]]``, a model
+    name such as ``DocumentIn`` inside the path, a scalar type such as ``str``), not a field the caller sent:
+    the last part of a location is the field itself (an unknown key ``Query`` stays), unless it is a scalar tag."""
+    if not isinstance(part, str):
+        return False
+    if part in _SCALAR_TAGS or "[" in part:
+        return True
+    return not last and part[:1].isupper() and part.isidentifier()
 
 
 def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc: Collection[str] = ()) -> None:
@@ -211,7 +220,9 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
         # the deepest error first: of a union's branches, the one that got furthest is the one meant (a document
         # list with a bad field, not "context: Input should be a valid string")
         first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in hidden and not _union_tag(p))
+        parts = list(first.get("loc", ()))
+        loc = ".".join(str(p) for i, p in enumerate(parts)
+                       if p not in hidden and not _union_tag(p, last=i == len(parts) - 1))
         msg = f"{loc}: {first.get('msg', 'invalid request')}" if loc else str(first.get("msg", "invalid request"))
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more)"

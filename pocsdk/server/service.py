@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -72,6 +73,7 @@ log = logging.getLogger("pocsdk.server")
 
 MAX_INPUTS_PER_REQUEST = 256
 MAX_METADATA_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -128,23 +130,32 @@ class DocumentIn(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _not_too_deep(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # refused before compressing: the result could not be written back (pydantic's serialiser stops
-        # at a depth of about 250), and a 500 after the work is done helps no one
-        if _nesting(value) > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+    def _writable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # refused before compressing: the result could not be written back (pydantic's serialiser stops at a
+        # depth of about 250, and turns lone surrogates in keys into U+FFFD), and a 500 or a silently changed
+        # key after the work is done helps no one
+        problem = _metadata_problem(value, MAX_METADATA_DEPTH)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
-def _nesting(value: Any) -> int:
-    """Nesting depth of JSON-like data, without recursion (the input decides how deep it goes)."""
-    deepest, stack = 0, [(value, 1)]
+def _metadata_problem(value: dict[str, Any], limit: int) -> str | None:
+    """Why ``value`` cannot round-trip, or ``None``; iterative (the input decides how deep it goes), visiting
+    containers only and stopping at the first problem."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
+        if depth > limit:
+            return f"metadata is nested more than {limit} levels deep"
+        if isinstance(item, dict):
+            if any(isinstance(k, str) and _SURROGATE.search(k) for k in item):
+                return "a metadata key holds a lone surrogate (invalid UTF-16), which JSON cannot carry in a key"
+            children = item.values()
+        else:
+            children = item
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return None
 
 
 Context = Union[str, list[Union[str, DocumentIn]]]
