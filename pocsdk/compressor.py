@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 
 
+RATE_TOLERANCE = 0.10
+"""For inputs of 200 tokens or more the achieved keep rate stays within this share above the requested one
+(below it, protected text aside, selection already stays)."""
+
+
 class Compressor:
     """Compress contexts at a fixed rate, to a token target, or under a performance floor.
 
@@ -129,6 +134,11 @@ class Compressor:
         else:
             if mode == "keep_rate":
                 result = self._at_rate(scored, value)
+                if result.original_tokens >= 200 and result.keep_rate > value * (1 + RATE_TOLERANCE):
+                    # the units' prices leave out the whitespace between them, which tiktoken counts: in
+                    # indented or tabbed text the output overshoots; cut it to the rate, as a budget is
+                    result = self._within_target(scored, max(1, int(value * result.original_tokens)))
+                    result.requested_keep_rate = value
             else:
                 result = self._within_target(scored, int(value))
         result.timings.total_ms = (time.perf_counter() - t0) * 1000.0

@@ -269,7 +269,7 @@ def test_acompress_many_stops_the_rest_when_one_input_fails() -> None:
         return score(context, query)
 
     comp.compressor.score = counting  # type: ignore[method-assign]
-    items: list[Any] = [{"context": 42}] + [TEXT] * 60
+    items: list[Any] = [{"context": 42}] + [TEXT] * 200
 
     async def in_a_long_lived_loop() -> int:  # (asyncio.run would cancel the leftovers when it ends)
         with pytest.raises(InvalidTypeError):
@@ -277,7 +277,8 @@ def test_acompress_many_stops_the_rest_when_one_input_fails() -> None:
         await asyncio.sleep(0.5)
         return len(calls)
 
-    assert asyncio.run(in_a_long_lived_loop()) < 30  # the thread pool had started a few; the rest never ran
+    # the thread pool had started some (more on a busy machine); the rest never ran
+    assert asyncio.run(in_a_long_lived_loop()) < 100
     with pytest.raises(InvalidTypeError):
         comp.compress_many(items)
 

@@ -208,6 +208,39 @@ def test_skim_reports_skimmed_excerpts_and_never_cuts_negated_sentences() -> Non
         assert piece == neg or piece not in neg
 
 
+LONG_NEGATED = ("The medication is safe and effective for adults of all ages, including patients with mild kidney "
+                "disease, patients with controlled high blood pressure, patients with type 2 diabetes, patients "
+                "recovering from surgery, patients taking common antibiotics, and patients over the age of seventy "
+                "who live independently at home, according to the results of three large randomised trials "
+                "conducted in Europe and North America between 2015 and 2021, but it is not safe for children under "
+                "twelve or for women who are pregnant.")
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_a_negated_sentence_over_the_unit_size_is_never_kept_in_part(name: str) -> None:
+    """A 516-character sentence was cut at its commas into pieces kept apart: at low rates the output said the
+    medication was safe for adults, and nothing about children."""
+    assert len(LONG_NEGATED) > 480
+    text = LONG_NEGATED + "\n\n" + make_text(60, seed=5, paragraphs=6)
+    comp = get_compressor(name)
+    scored = comp.score(text, "Which trials in Europe tested the medication on adults with diabetes?")
+    for rate in [i / 50 for i in range(1, 40)]:
+        out = render(scored, comp.select(scored, rate)).text
+        assert ("safe and effective for adults" in out) == ("not safe for children" in out), (rate, out[:120])
+
+
+@pytest.mark.parametrize("name", CPU_COMPRESSORS)
+def test_keep_rate_holds_with_tiktoken_on_indented_lines(name: str) -> None:
+    """Whitespace between kept units is not in the units' prices; tiktoken counts it, so tab-indented lines
+    came back at +27-40% of the rate. The facade cuts such an output back to the rate."""
+    words = "river castle engine orchard harbor glacier violin comet market forest".split()
+    text = "\n".join(f"\t\t\t\t{words[i % 10]} {i}." for i in range(300))
+    comp = get_compressor(name, tokenizer="tiktoken:cl100k_base")
+    for rate in (0.1, 0.3, 0.5):
+        res = Compressor(keep_rate=rate, compressor=comp).compress(text, "orchard")
+        assert res.keep_rate <= rate * 1.10 and res.requested_keep_rate == rate, (rate, res.keep_rate)
+
+
 def test_input_size_limit_is_configurable() -> None:
     text = make_text(40)
     with pytest.raises(InputTooLargeError):

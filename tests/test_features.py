@@ -23,6 +23,7 @@ from pocsdk.prediction.features import (
     LOWER_NOT_SIMPLE,
     PER_FACTOR_FEATURES,
     TASKS,
+    context_features,
     featurize,
     query_presence,
     task_code,
@@ -219,3 +220,12 @@ def test_query_presence_on_unusual_units(text: str, spans: list[tuple[int, int]]
         kind=np.zeros(n, dtype=np.int8))
     scored = dataclasses.replace(scored, units=units)
     assert np.array_equal(query_presence(scored), _presence_by_hand(scored))
+
+
+def test_text_features_of_a_text_with_a_lone_surrogate() -> None:
+    """The redundancy features encoded the sample as strict UTF-8: a lone surrogate (accepted by every
+    compressor) raised UnicodeEncodeError for predictors that read them."""
+    comp = get_compressor("skim")
+    text = "The lighthouse \ud83d was built in 1901 by the harbour board. " * 30
+    ctx = context_features(comp.score(text, "when"), None, None)
+    assert 0 < ctx["zlib_ratio"] < 1

@@ -371,3 +371,17 @@ def test_thai_words_are_cut_between_whole_characters() -> None:
     assert len(out.start) > 1 and out.start[0] == 0 and out.end[-1] == len(thai)
     assert (out.start[1:] == out.end[:-1]).all()
     assert all(unicodedata.category(thai[i]) != "Mn" for i in out.start.tolist())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lone_surrogates_are_compressed_not_a_tokenizer_type_error(classifiers: dict[str, Path], family: str) -> None:
+    """Hugging Face tokenizers refuse strings holding a lone surrogate (a bare TypeError, and a UnicodeEncodeError
+    in the word masks); the rest of pocsdk accepts them, so these read it as U+FFFD with the offsets intact."""
+    text = prose(4).replace("museum", "mus\ud83deum")
+    assert "\ud83d" in text
+    for tokenizer in (None, "tiktoken:cl100k_base"):
+        c = compressor(classifiers, family, tokenizer=tokenizer)
+        scored = c.score(text, "museum")
+        res = render(scored, c.select(scored, 0.3))
+        assert 0 < res.compressed_tokens < res.original_tokens
+        assert all(text[sp.start:sp.end] for _, sp in res.kept_spans)

@@ -102,6 +102,10 @@ def test_hf_tokenizer_from_local_gguf(no_network: None) -> None:
     texts = ["Paris is the capital of France.", "", "我们今天去公园。"]
     assert counter.count_many(texts) == [counter.count(t) for t in texts]
     assert counter.count_many([]) == []
+    # a lone surrogate (accepted everywhere else in pocsdk) reads as U+FFFD, not a tokenizer TypeError
+    broken = "Paris \ud83d is the capital."
+    assert counter.count(broken) == counter.count("Paris \ufffd is the capital.")
+    assert counter.count_many([broken]) == [counter.count(broken)]
 
 
 @settings(max_examples=300, deadline=None)

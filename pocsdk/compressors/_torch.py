@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 from pocsdk.errors import ConfigError, MissingDependencyError, PocError
+from pocsdk.text.tokens import without_surrogates
 
 _CACHE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
@@ -208,7 +209,9 @@ def require_fast_tokenizer(tokenizer: Any, model: str) -> None:
 
 
 def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of ``text`` without special tokens, any length, no warnings."""
+    """Token ids and character offsets of ``text`` without special tokens, any length, no warnings (lone
+    surrogates read as U+FFFD, one character for one, so the offsets still index ``text``)."""
+    text = without_surrogates(text)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and backend.truncation is None:
         enc = backend.encode(text, add_special_tokens=False)

@@ -1,4 +1,9 @@
-"""Baseline: keep the beginning of the context until the budget is spent."""
+"""Baseline: fill the budget in reading order.
+
+Not a hard cut at one point: a unit that does not fit is skipped and later, shorter units still fill what
+is left (as every unit compressor fills its budget), so the output can hold sentences from after the first
+gap. The budget is used as fully as by the other compressors, which keeps the baseline comparable.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from pocsdk.compressors.base import (
 
 @dataclass
 class TruncateCompressor(UnitCompressor):
-    """Keeps units in reading order (protected ones always) until the budget is spent."""
+    """Keeps units in reading order (protected ones always), skipping those that no longer fit."""
 
     name: ClassVar[str] = "truncate"
 

@@ -99,13 +99,16 @@ def auth_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[s
 
 
 def _check_header_value(what: str, value: object) -> None:
+    raw = isinstance(value, (bytes, bytearray))
+    if isinstance(value, (bytes, bytearray)):  # httpx sends bytes as they are, high bytes (obs-text) included:
+        value = bytes(value).decode("latin-1")  # only control bytes are refused
     if not isinstance(value, str):
         raise InvalidTypeError(f"{what} must be a string, got {type(value).__name__}")
-    bad = next((c for c in value if not (" " <= c <= "~" or c == "\t")), None)
+    bad = next((c for c in value if not (" " <= c <= "~" or c == "\t" or (raw and c >= "\x80"))), None)
     if bad is not None:
         kind = "a line break" if bad in "\r\n" else "a control character" if ord(bad) < 0x20 or bad == "\x7f" \
             else "a non-ASCII character"
-        raise InvalidTypeError(f"{what} contains {kind} (U+{ord(bad):04X}), which HTTP headers cannot carry; "
+        raise InvalidTypeError(f"{what} contains {kind} (U+{ord(bad):04X}), which this client cannot send; "
                                "strip it (a key read from a file keeps its newline)")
 
 
@@ -288,7 +291,7 @@ def delta_from_event(data: str) -> object:
         chunk = json.loads(data)
     except ValueError as exc:
         raise LLMError(f"malformed stream event: {data[:200]!r}") from exc
-    if isinstance(chunk, dict) and chunk.get("error"):  # "error": null is no error
+    if isinstance(chunk, dict) and chunk.get("error") is not None:  # "error": null is no error
         err = chunk["error"]
         msg = err.get("message") if isinstance(err, dict) else str(err)
         raise LLMError(f"LLM stream error: {msg}", body=chunk)

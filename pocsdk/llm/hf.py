@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import operator
 import threading
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
@@ -115,8 +116,10 @@ class HFLocalLLM:
         if threads:
             torch.set_num_threads(threads)
         self.model = model or (Path(gguf_file).stem if gguf_file else p.name)
-        if gguf_file and importlib.util.find_spec("gguf") is None:  # transformers' own message names torch too
-            raise MissingDependencyError("loading a GGUF file", "neural", "gguf")
+        converted = convert_cache is not None and gguf_file is not None and \
+            (Path(convert_cache) / Path(gguf_file).stem / "config.json").is_file()
+        if gguf_file and not converted and importlib.util.find_spec("gguf") is None:  # transformers' own
+            raise MissingDependencyError("loading a GGUF file", "neural", "gguf")  # message names torch too
         if gguf_file and convert_cache is not None:
             p, gguf_file = convert_gguf(p / gguf_file, Path(convert_cache) / Path(gguf_file).stem), None
         kwargs: dict[str, Any] = {"local_files_only": True}
@@ -235,9 +238,13 @@ class HFLocalLLM:
         for key in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
             raw = params.get(key)
             if raw is not None:
-                if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+                try:  # any integer type (numpy's too), never a bool or a float
+                    limit = operator.index(raw) if not isinstance(raw, bool) else 0
+                except TypeError:
+                    limit = 0
+                if limit < 1:
                     raise InvalidInputError(f"{key} must be a positive integer, got {raw!r}")
-                return raw
+                return limit
         return self.max_new_tokens
 
     def __repr__(self) -> str:

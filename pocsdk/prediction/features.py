@@ -175,7 +175,7 @@ def context_features(scored: Scored, task: str | None = None,
     ctx_words = sample.lower().split()
     q_terms = terms(scored.query) if scored.query else []
     q_types = set(q_terms)
-    raw = sample.encode("utf-8")
+    raw = sample.encode("utf-8", "surrogatepass")  # lone surrogates are accepted everywhere else
 
     return {
         "log_original_tokens": math.log1p(total),

@@ -91,7 +91,8 @@ def create_openai_app(llm: LocalChatModel, *, max_tokens_cap: int = 512, api_key
         created = int(time.time())
         if body.get("stream") is True:
             # started here, not in the response: bad messages get a 400, not a 200 and a cut stream
-            it = await asyncio.to_thread(llm.stream, messages, None, **params)
+            async with gen_lock:  # a model whose stream() starts generating at once runs one at a time too
+                it = await asyncio.to_thread(llm.stream, messages, None, **params)
             return StreamingResponse(_sse(llm, it, cid, created, gen_lock), media_type="text/event-stream")
         async with gen_lock:
             result = await asyncio.to_thread(llm.chat, messages, None, **params)

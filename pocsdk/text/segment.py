@@ -20,6 +20,8 @@ from itertools import chain, pairwise
 import numpy as np
 import regex
 
+from pocsdk.text.protect import has_negation
+
 # Unit kinds, stored as small ints in arrays.
 SENTENCE, CODE, TABLE_ROW, LIST_ITEM, HEADING, FRAGMENT = range(6)
 KIND_NAMES = ("sentence", "code", "table_row", "list_item", "heading", "fragment")
@@ -85,6 +87,11 @@ _CLAUSE_BREAK = re.compile(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*")
 _SPACE = re.compile(r"\s+")
 
 MAX_UNIT_CHARS = 480
+
+
+NEGATED_MAX_FACTOR = 4
+"""A sentence carrying a negation stays one unit up to this many times ``max_unit_chars``: cut at its clause
+punctuation, its pieces would be kept or dropped apart ("safe for adults" without "but not for children")."""
 
 
 def segment(text: str, max_unit_chars: int = MAX_UNIT_CHARS) -> list[Unit]:
@@ -281,7 +288,7 @@ def _segment_prose(
                 spans = [(ls, le)]
             for j, (s, e) in enumerate(spans):
                 k = kind if j == 0 else SENTENCE
-                if e - s > max_chars:
+                if e - s > max_chars and not (e - s <= NEGATED_MAX_FACTOR * max_chars and has_negation(text, s, e)):
                     piece_kind = FRAGMENT if k == SENTENCE else k
                     rows.extend((fs, fe, para, piece_kind) for fs, fe in _split_long(text, s, e, max_chars))
                 else:

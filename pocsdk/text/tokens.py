@@ -226,12 +226,22 @@ class HFTokenCounter:
             raise ConfigError(f"cannot load a Hugging Face tokenizer from {self.name[3:]!r}: {exc}") from exc
 
     def count(self, text: str) -> int:
-        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+        return len(self._tok(without_surrogates(text), add_special_tokens=False)["input_ids"])
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        return [len(ids) for ids in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+        clean = [without_surrogates(t) for t in texts]
+        return [len(ids) for ids in self._tok(clean, add_special_tokens=False)["input_ids"]]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, one character for one (offsets stay valid): Hugging Face
+    tokenizers refuse strings holding them with a bare ``TypeError``, while the rest of pocsdk accepts them."""
+    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def _load_tiktoken(encoding: str) -> Any:

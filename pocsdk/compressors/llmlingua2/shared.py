@@ -39,7 +39,7 @@ def in_context(text: str, start: np.ndarray, end: np.ndarray) -> tuple[list[str]
 
 def _space_mask(text: str) -> np.ndarray:
     """Per character: is it whitespace (``str.isspace``), vectorised over code points."""
-    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     mask = (cp == 32) | ((cp >= 9) & (cp <= 13)) | ((cp >= 28) & (cp <= 31))
     high = np.flatnonzero(cp > 127)
     if len(high):
