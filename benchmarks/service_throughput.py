@@ -210,8 +210,9 @@ def section(args: argparse.Namespace, levels: list[Level], local_ms: float, toke
         f"{args.keep_rate}, one context of about {tokens} tokens (heuristic counter; synthetic prose, "
         f"{args.distinct} distinct inputs) plus a query per request; "
         f"{args.requests} requests per level after {args.warmup} warm-up requests. *batched*: "
-        f"`--batch-window-ms {args.window_ms:g} --max-batch {args.max_batch}` (the CPU compressor has no "
-        "`score_batch`, so a batch runs its items one by one in one worker thread); *unbatched*: "
+        f"`--batch-window-ms {args.window_ms:g} --max-batch {args.max_batch}` (a compressor without "
+        "`score_batch`, as the CPU ones, runs one input at a time in one worker thread, each answered when done); "
+        "*unbatched*: "
         "`--batch-window-ms 0` (each request in a 4-thread pool). In-process `Compressor.compress` on the same "
         f"inputs: median {local_ms:.1f} ms. Client and server share the machine.",
         "",

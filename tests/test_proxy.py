@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -780,3 +781,57 @@ def test_an_unexpected_error_is_a_500_answer_and_the_connection_lives_on() -> No
         assert "a bug" not in r.text
         for _ in range(3):
             assert client.get(url + "/fine").json() == {"ok": True}
+
+
+def test_callers_that_leave_while_queued_free_their_place_and_never_reach_the_upstream() -> None:
+    """A queued caller that gave up kept its queue place (new callers got 429) and was still compressed and
+    sent upstream, billed, for no one. Retry-After reflects how long slots are really held."""
+    calls: list[str] = []
+    app = fake_upstream_app(slow_s=1.5)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Response:
+        if request.method == "POST":
+            calls.append(json.loads(await request.body()).get("model", ""))
+        return await call_next(request)
+
+    with ServerThread(app) as up, _proxy(up, max_concurrent=2, max_queue=2, cache_size=0) as url:
+        def ask(model: str, timeout: float) -> Any:
+            with httpx.Client(timeout=timeout) as client:
+                try:
+                    return client.post(url + "/v1/chat/completions", json={"model": model, "messages": [
+                        {"role": "user", "content": "hi?"}]})
+                except httpx.TimeoutException as exc:
+                    return exc
+
+        async def run() -> tuple[list[Any], dict[str, Any], Any]:
+            holders = [asyncio.ensure_future(asyncio.to_thread(ask, "slow", 10)) for _ in range(2)]
+            await asyncio.sleep(0.3)
+            leavers = await asyncio.gather(*(asyncio.to_thread(ask, "leaver", 0.3) for _ in range(2)))
+            await asyncio.sleep(0.1)
+            health = httpx.get(url + "/healthz").json()
+            newcomer = await asyncio.to_thread(ask, "newcomer", 10)
+            await asyncio.gather(*holders)
+            return leavers, health, newcomer
+
+        leavers, health, newcomer = asyncio.run(run())
+        assert all(isinstance(x, httpx.TimeoutException) for x in leavers)
+        assert health["waiting"] == 0 and newcomer.status_code == 200
+        time.sleep(0.5)
+        assert "leaver" not in calls and calls.count("slow") == 2
+        # slots held ~1.5 s now feed the limiter: a refused caller is told to wait longer than the 1 s floor
+        with ServerThread(fake_upstream_app(slow_s=3.0)) as up2, _proxy(up2, max_concurrent=1, max_queue=0,
+                                                                          cache_size=0, read_timeout_s=10) as url2:
+            body = {"model": "slow", "messages": [{"role": "user", "content": "hi?"}]}
+            httpx.post(url2 + "/v1/chat/completions", json=body, timeout=10)  # one hold observed
+
+            async def two() -> list[httpx.Response]:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    first = asyncio.ensure_future(client.post(url2 + "/v1/chat/completions", json=body))
+                    await asyncio.sleep(0.3)
+                    refused = await client.post(url2 + "/v1/chat/completions", json=body)
+                    return [await first, refused]
+
+            done, refused = asyncio.run(two())
+            assert done.status_code == 200 and refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 2

@@ -553,3 +553,40 @@ def test_compression_time_counts_the_batched_scoring() -> None:
     total = next(float(line.split()[-1]) for line in metrics.splitlines()
                  if line.startswith('pocsdk_compress_seconds_sum{compressor="batch-stub"}'))
     assert total >= 0.35
+
+
+def test_work_nobody_waits_for_is_skipped_refused_or_answered_503() -> None:
+    """Under overload the service compressed inputs whose callers already had their 504 (goodput 0.8/s against
+    a capacity of 25/s in a review). Now: a batch skips jobs whose caller stopped waiting, a request the queue
+    ahead could not serve within the timeout is a 429 at once, a compressor without score_batch answers each
+    input when done (not at the end of a batch of 32), and work cancelled at shutdown answers a JSON 503."""
+    from pocsdk.server.service import ServiceConfig, _Abandoned, _Job, create_app
+
+    app = create_app(ServiceConfig(compressors=["slow-stub", "batch-stub"], api_key=None, request_timeout_s=2.0))
+    state = app.state.pocsdk
+    slow, batched = state.hosted["slow-stub"], state.hosted["batch-stub"]
+    assert slow.runner.max_batch == 1 and batched.runner.max_batch == ServiceConfig.max_batch
+
+    jobs = [_Job(context=long_text(20, i), query=None, mode={"keep_rate": 0.5}) for i in range(3)]
+    jobs[1].abandoned = True
+    out = slow.run_batch(jobs)
+    assert isinstance(out[1], _Abandoned) and all(not isinstance(o, BaseException) for o in (out[0], out[2]))
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                slow.seconds_per_input = 5.0  # the queue ahead would outlast the 2 s timeout
+                refused = await client.post("/v1/compress", json={"compressor": "slow-stub",
+                                                                  "context": long_text(20), "keep_rate": 0.5})
+                slow.seconds_per_input = 0.0
+                request = asyncio.ensure_future(client.post("/v1/compress", json={
+                    "compressor": "slow-stub", "context": long_text(20), "query": "sleep:1", "keep_rate": 0.5}))
+                await asyncio.sleep(0.3)
+                request.cancel()  # the app runs in this task here: what uvicorn does when --graceful-timeout ends
+                return refused, await request
+
+    refused, cancelled = asyncio.run(run())
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "over the 2 s timeout" in refused.json()["error"]["message"]
+    assert cancelled.status_code == 503 and cancelled.json()["error"]["code"] == "shutting_down"

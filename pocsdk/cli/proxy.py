@@ -32,6 +32,8 @@ def proxy(
     timeout: float = typer.Option(300.0, help="Seconds of upstream silence before 504."),
     cache_size: int = typer.Option(256, help="Compressed prompts remembered for exact repeats (0: off)."),
     log_level: str = typer.Option("info", help="uvicorn log level (prompts are never logged).", callback=log_level),
+    graceful_timeout: int = typer.Option(30, min=0, help="Seconds open requests and streams get to finish on "
+                                         "shutdown (SIGTERM); then they are cut."),
     workers: int = typer.Option(1, min=1, help="Worker processes sharing the port: compression holds the GIL, so "
                                 "one process compresses on one core; limits and the prompt cache are per worker."),
 ) -> None:
@@ -68,11 +70,12 @@ def proxy(
     # No access log and no X-Forwarded-* rewriting (the proxy never uses the client's address):
     # both cost CPU on every request. uvicorn picks uvloop and httptools when installed.
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
+        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False,
+                    timeout_graceful_shutdown=graceful_timeout)
         return
     # Worker processes build their own app from the settings (keys included) in their environment, which
     # only this process and its children see.
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     os.environ[HOST_ENV] = host
     uvicorn.run("pocsdk.server.proxy:proxy_app_from_env", factory=True, workers=workers, host=host, port=port,
-                log_level=log_level, access_log=False, proxy_headers=False)
+                log_level=log_level, access_log=False, proxy_headers=False, timeout_graceful_shutdown=graceful_timeout)

@@ -99,6 +99,10 @@ class ResidualTable(BaseModel):
         return [np.flatnonzero(src == s) for s, c in Counter(self.sources).items() if c >= min_rows]
 
 
+_CACHE_SIZE = 1024
+"""Margins and weights remembered per calibration (each costs about 0.1 s to fit)."""
+
+
 class Calibration(BaseModel):
     """Margins for the calibrated promise; saved as JSON."""
 
@@ -138,6 +142,8 @@ class Calibration(BaseModel):
         group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._cache:
+            if len(self._cache) >= _CACHE_SIZE:  # callers varying floor or confidence per request: bounded
+                self._cache.clear()
             self._cache[key] = self._conservative(
                 group, lambda p, a: decision_margin(p, a, self.factors, floor, confidence, self.delta_grid))
         return self._cache[key]
@@ -152,6 +158,8 @@ class Calibration(BaseModel):
         group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
         if key not in self._wcache:
+            if len(self._wcache) >= _CACHE_SIZE:
+                self._wcache.clear()
             self._wcache[key] = self._conservative(
                 group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))
         return self._wcache[key]

@@ -414,6 +414,10 @@ class ConcurrencyLimiter:
         """Record how long a slot was held (``slot`` does this itself)."""
         self._hold_s = 0.8 * self._hold_s + 0.2 * max(0.0, seconds)
 
+    def free(self, weight: int = 1) -> bool:
+        """Would :meth:`acquire` take ``weight`` slots at once, without waiting?"""
+        return not self._waiters and self._active + weight <= self.max_concurrent
+
     def check(self, weight: int = 1) -> None:
         """Raise :class:`Overloaded` now if :meth:`acquire` would: a caller refused anyway is refused
         before its body is read (a server that reads first buffers every rejected upload)."""

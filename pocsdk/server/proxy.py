@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -475,8 +476,10 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         # is room: a caller that will be refused is refused before its body is buffered.
         proxy.limiter.check()
         raw = await request.body()
-        await proxy.limiter.acquire()
-        slot = _Slot(proxy.limiter)
+        try:
+            slot = await _acquire_while_connected(proxy.limiter, request)
+        except _ClientGone:
+            return Response(status_code=499)  # nobody reads it
         try:
             return await _chat(proxy, request, raw, slot)
         finally:
@@ -493,8 +496,10 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         url = proxy.base + "/" + _raw_path(request, path)  # the query string is added by send
         proxy.limiter.check()
         content = await request.body()
-        await proxy.limiter.acquire()
-        slot = _Slot(proxy.limiter)
+        try:
+            slot = await _acquire_while_connected(proxy.limiter, request)
+        except _ClientGone:
+            return Response(status_code=499)
         try:
             resp = await proxy.send(request.method, httpx.URL(url), request, content or None, stream=True)
             return _relay(resp, slot, None)
@@ -512,11 +517,47 @@ class _Slot:
         self.limiter = limiter
         self.handed_off = False
         self._released = False
+        self._taken = time.perf_counter()
 
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.limiter.observe(time.perf_counter() - self._taken)  # feeds Retry-After with real hold times
             self.limiter.release()
+
+
+class _ClientGone(Exception):
+    """The caller disconnected while waiting for a slot."""
+
+
+async def _acquire_while_connected(limiter: ConcurrencyLimiter, request: Request) -> _Slot:
+    """A slot, unless the caller leaves first: a queued caller that gave up must not keep its place, nor be
+    compressed and sent upstream (billed) for no one. The body is read, so the next message is the disconnect."""
+    if limiter.free():  # the common case: no wait, nothing to watch
+        await limiter.acquire()
+        return _Slot(limiter)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    taking = asyncio.ensure_future(limiter.acquire())
+    watching = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({taking, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if not taking.done():
+        taking.cancel()
+        await asyncio.gather(taking, return_exceptions=True)
+    if taking.done() and not taking.cancelled() and taking.exception() is None:
+        if watching.done() and not watching.cancelled():  # took a slot just as the caller left: give it back
+            limiter.release()
+            raise _ClientGone()
+        return _Slot(limiter)
+    if taking.cancelled():
+        raise _ClientGone()
+    raise taking.exception()  # type: ignore[misc]
 
 
 async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Response:

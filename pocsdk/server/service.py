@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import Body, Depends, FastAPI
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import (
@@ -280,6 +280,12 @@ class _Job:
     context: Any
     query: str | None
     mode: dict[str, Any]
+    abandoned: bool = False
+    """Set when its caller stopped waiting (504, cancelled): a batch already running skips it."""
+
+
+class _Abandoned(RuntimeError):
+    """The result of a job nobody waits for any more (never sent to anyone)."""
 
 
 class Hosted:
@@ -297,11 +303,22 @@ class Hosted:
         self.config = config
         self.runner = self._new_runner()
         self._closed = False
+        self.seconds_per_input = 0.0
+        """Recent compression time per input (moving average), for the admission estimate."""
         metrics.track_queue(name, lambda: float(self.runner.depth))
+
+    def expected_wait(self, more: int) -> float:
+        """Seconds until ``more`` new inputs would be done, from the queue ahead of them."""
+        workers = 1 if self.config.batch_window_ms > 0 else self.config.unbatched_workers
+        return (self.runner.depth + more) * self.seconds_per_input / workers
 
     def _new_runner(self) -> Batcher[_Job, CompressionResult] | DirectRunner[_Job, CompressionResult]:
         cfg = self.config
         if cfg.batch_window_ms > 0:
+            if self.score_batch is None:
+                # nothing to share between inputs: one at a time in arrival order, each answered when done
+                # (a batch answers all at its end, so early inputs waited for the last and met 504s)
+                return Batcher(self.run_batch, window_s=0.0, max_batch=1, name=self.name, on_batch=self._on_batch)
             return Batcher(self.run_batch, window_s=cfg.batch_window_ms / 1000.0, max_batch=cfg.max_batch,
                            name=self.name, on_batch=self._on_batch)
         return DirectRunner(self.run_batch, workers=cfg.unbatched_workers, name=self.name, on_batch=self._on_batch)
@@ -318,8 +335,12 @@ class Hosted:
         self._closed = True
         await self.runner.close()
 
-    def run_batch(self, jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
-        """Score the jobs (in one call when the compressor can), then finish each through the facade."""
+    def run_batch(self, all_jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
+        """Score the jobs (in one call when the compressor can), then finish each through the facade; a job
+        whose caller has stopped waiting (timed out, gone) is skipped, before scoring and between inputs."""
+        out: list[CompressionResult | BaseException] = [_Abandoned()] * len(all_jobs)
+        live = [i for i, j in enumerate(all_jobs) if not j.abandoned]
+        jobs = [all_jobs[i] for i in live]
         scored: list[Scored] | None = None
         share = 0.0  # each input's part of the batched scoring, counted in its compression time
         if self.score_batch is not None and len(jobs) > 1:
@@ -332,16 +353,20 @@ class Hosted:
                 scored = None  # so only that input fails, not every client's request in the batch
             if scored is not None:
                 share = (time.perf_counter() - t0) / len(jobs)
-        out: list[CompressionResult | BaseException] = []
         for i, job in enumerate(jobs):
+            if job.abandoned:
+                continue
             t0 = time.perf_counter()
             token = _PRESCORED.set(scored[i] if scored is not None else None)
             try:
                 res = self.facade.compress(job.context, job.query, **job.mode)
-                self.metrics.compress_seconds.labels(self.name).observe(time.perf_counter() - t0 + share)
-                out.append(res)
+                spent = time.perf_counter() - t0 + share
+                self.metrics.compress_seconds.labels(self.name).observe(spent)
+                self.seconds_per_input = spent if not self.seconds_per_input else \
+                    0.8 * self.seconds_per_input + 0.2 * spent
+                out[live[i]] = res
             except Exception as exc:
-                out.append(exc)
+                out[live[i]] = exc
             finally:
                 _PRESCORED.reset(token)
         return out
@@ -437,17 +462,48 @@ class ServiceState:
             raise UnknownCompressorError(
                 f"compressor {key!r} is not hosted here; hosted: {', '.join(self.hosted)}") from None
 
+    def _check_wait(self, jobs: list[tuple[Hosted, _Job]]) -> None:
+        """429 now for work the queue ahead could not let finish within the request timeout: it would be
+        computed only to be answered 504, crowding out requests that could still be served."""
+        timeout = self.config.request_timeout_s
+        if not math.isfinite(timeout):
+            return
+        counts: dict[str, int] = {}
+        for h, _ in jobs:
+            counts[h.name] = counts.get(h.name, 0) + 1
+        wait = max(self.hosted[name].expected_wait(n) for name, n in counts.items())
+        if wait > timeout:
+            raise ApiError(429, f"the queue ahead would take about {wait:.1f} s, over the {timeout:g} s timeout; "
+                                "retry later", type="Overloaded", code="overloaded",
+                           headers={"Retry-After": str(max(1, math.ceil(wait - timeout)))})
+
     async def compress(self, jobs: list[tuple[Hosted, _Job]]) -> list[CompressionResult]:
         if self.draining:
             raise ApiError(503, "server is shutting down", type="Unavailable", code="shutting_down",
                            headers={"Retry-After": "1"})
         weight = len(jobs)
+        self._check_wait(jobs)
         await self.limiter.acquire(weight)
         t0 = time.perf_counter()
+        timeout = self.config.request_timeout_s
+
+        async def one(h: Hosted, job: _Job) -> CompressionResult:
+            try:
+                return await h.runner.submit(job, timeout)
+            except BaseException:
+                job.abandoned = True  # timed out or cancelled: a batch that holds it skips it
+                raise
+
         try:
-            timeout = self.config.request_timeout_s
-            outcomes = await asyncio.gather(*(h.runner.submit(job, timeout) for h, job in jobs),
-                                            return_exceptions=True)
+            outcomes = await asyncio.gather(*(one(h, job) for h, job in jobs), return_exceptions=True)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when --graceful-timeout runs out; its own answer would be
+            # a plain-text 500, so answer what a client can act on (retry elsewhere) while the socket is open
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
+            if uncancel is not None:
+                uncancel()
+            raise ApiError(503, "server is shutting down", type="Unavailable", code="shutting_down",
+                           headers={"Retry-After": "1"}) from None
         finally:
             self.limiter.observe(time.perf_counter() - t0)
             self.limiter.release(weight)
@@ -463,12 +519,36 @@ class ServiceState:
         return results
 
 
+def _warm_up(facade: Compressor) -> None:
+    """One floor compression before the port opens: the first floor request would otherwise load the predictor
+    and fit the (0.9, 0.9) calibration, about a second, and meet a short ``--timeout`` with a 504."""
+    try:
+        facade.compress("Warm-up sentence about nothing in particular. " * 40, "warm up?", floor=0.9,
+                        confidence=0.9)
+    except (PocError, ImportError) as exc:  # no predictor for this compressor: floor requests answer the same
+        log.info("floor warm-up skipped: %s", exc)
+
+
+async def _abandon_on_disconnect(request: Request, jobs: list[_Job]) -> None:
+    """Mark the jobs abandoned when the client goes away (the body is read, so the next message is the
+    disconnect): a batch that holds them skips them instead of compressing for no one."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            for job in jobs:
+                job.abandoned = True
+            return
+
+
 def _api_error(exc: BaseException, where: str | None) -> ApiError:
     prefix = f"{where}: " if where else ""
     if isinstance(exc, BatchTimeout):
         return ApiError(504, f"{prefix}compression did not finish in time ({exc})", type="Timeout", code="timeout",
                         param=where)
-    if isinstance(exc, BatcherClosed):
+    if isinstance(exc, _Abandoned):  # the client left; nobody reads this answer
+        return ApiError(499, f"{prefix}the client closed the request", type="ClientClosed", code="client_closed",
+                        param=where)
+    if isinstance(exc, (BatcherClosed, asyncio.CancelledError)):  # closing, or cancelled at shutdown
         return ApiError(503, f"{prefix}server is shutting down", type="Unavailable", code="shutting_down",
                         param=where, headers={"Retry-After": "1"})
     if isinstance(exc, PocError):
@@ -544,6 +624,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor if name in steered else None)
         if name in steered and cfg.predictor not in PREDICTOR_NAMES:
             facade.prepare()  # a bad artifact fails here, before the port opens, not on every floor request
+        _warm_up(facade)
         hosted[name] = Hosted(name, facade, inner, cfg, metrics)
     state = ServiceState(cfg, hosted, metrics)
     auth = BearerAuth(cfg.api_key)
@@ -603,7 +684,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         responses={200: {"model": Union[CompressionResult, BatchResponse],
                          "description": "a CompressionResult, or {results: [...]} for a batch"}, **errors},
     )
-    async def compress(body: Annotated[CompressBody, Body()]) -> Response:
+    async def compress(body: Annotated[CompressBody, Body()], request: Request) -> Response:
         """Compress one context, or a batch ``{"inputs": [...]}``; results are the SDK's ``CompressionResult``."""
         if isinstance(body, BatchRequest):
             if len(body.inputs) > MAX_INPUTS_PER_REQUEST:
@@ -613,7 +694,11 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             jobs = [(state.get(item.compressor or body.compressor), _job(item, body)) for item in body.inputs]
         else:
             jobs = [(state.get(body.compressor), _job(body))]
-        results = await state.compress(jobs)
+        watcher = asyncio.get_running_loop().create_task(_abandon_on_disconnect(request, [job for _, job in jobs]))
+        try:
+            results = await state.compress(jobs)
+        finally:
+            watcher.cancel()
         if isinstance(body, BatchRequest):
             content = '{"results":[' + ",".join(_json(r) for r in results) + "]}"
         else:
