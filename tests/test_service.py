@@ -572,21 +572,24 @@ def test_work_nobody_waits_for_is_skipped_refused_or_answered_503() -> None:
     out = slow.run_batch(jobs)
     assert isinstance(out[1], _Abandoned) and all(not isinstance(o, BaseException) for o in (out[0], out[2]))
 
-    async def run() -> tuple[httpx.Response, httpx.Response]:
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                slow.seconds_per_input = 5.0  # the queue ahead would outlast the 2 s timeout
-                refused = await client.post("/v1/compress", json={"compressor": "slow-stub",
-                                                                  "context": long_text(20), "keep_rate": 0.5})
-                slow.seconds_per_input = 0.0
-                request = asyncio.ensure_future(client.post("/v1/compress", json={
-                    "compressor": "slow-stub", "context": long_text(20), "query": "sleep:1", "keep_rate": 0.5}))
+                body = {"compressor": "slow-stub", "context": long_text(20), "keep_rate": 0.5}
+                sleeper = asyncio.ensure_future(client.post("/v1/compress", json={**body, "query": "sleep:1"}))
                 await asyncio.sleep(0.3)
-                request.cancel()  # the app runs in this task here: what uvicorn does when --graceful-timeout ends
-                return refused, await request
+                slow.seconds_per_input = 5.0  # the input ahead would outlast the 2 s timeout
+                refused = await client.post("/v1/compress", json=body)
+                sleeper.cancel()  # the app runs in this task here: what uvicorn does when --graceful-timeout ends
+                cancelled = await sleeper
+                await asyncio.sleep(1.0)  # the cancelled input finishes in the worker
+                slow.seconds_per_input = 100.0  # nothing queued: an estimate alone never locks inputs out
+                alone = await client.post("/v1/compress", json=body)
+                return refused, cancelled, alone
 
-    refused, cancelled = asyncio.run(run())
+    refused, cancelled, alone = asyncio.run(run())
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert "over the 2 s timeout" in refused.json()["error"]["message"]
     assert cancelled.status_code == 503 and cancelled.json()["error"]["code"] == "shutting_down"
+    assert alone.status_code == 200

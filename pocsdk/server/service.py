@@ -307,10 +307,11 @@ class Hosted:
         """Recent compression time per input (moving average), for the admission estimate."""
         metrics.track_queue(name, lambda: float(self.runner.depth))
 
-    def expected_wait(self, more: int) -> float:
-        """Seconds until ``more`` new inputs would be done, from the queue ahead of them."""
+    def expected_wait(self) -> float:
+        """Seconds the queue ahead would take before a new input starts (0 with nothing queued, so an input is
+        never refused on the estimate alone: one slow input must not lock every later one out)."""
         workers = 1 if self.config.batch_window_ms > 0 else self.config.unbatched_workers
-        return (self.runner.depth + more) * self.seconds_per_input / workers
+        return self.runner.depth * self.seconds_per_input / workers
 
     def _new_runner(self) -> Batcher[_Job, CompressionResult] | DirectRunner[_Job, CompressionResult]:
         cfg = self.config
@@ -468,10 +469,7 @@ class ServiceState:
         timeout = self.config.request_timeout_s
         if not math.isfinite(timeout):
             return
-        counts: dict[str, int] = {}
-        for h, _ in jobs:
-            counts[h.name] = counts.get(h.name, 0) + 1
-        wait = max(self.hosted[name].expected_wait(n) for name, n in counts.items())
+        wait = max(h.expected_wait() for h, _ in jobs)
         if wait > timeout:
             raise ApiError(429, f"the queue ahead would take about {wait:.1f} s, over the {timeout:g} s timeout; "
                                 "retry later", type="Overloaded", code="overloaded",
