@@ -167,9 +167,10 @@ FRAGMENTS = st.sampled_from(
 def reference_is_instruction(sentence: str) -> bool:
     """The rule as first written: one directive regex behind a hint-word test."""
     end = sentence.rstrip()
-    if end.endswith(("?", "\uff1f")) or (end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
-                                         and not _IMPERATIVE.match(sentence)):
-        return False  # a quoted question ends an order without making it one
+    quoted = end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+    if end.endswith(("?", "\uff1f")) or (quoted and (not _IMPERATIVE.match(sentence)
+                                                    or sentence.lstrip()[:1] in "\"'\u201c\u2018([")):
+        return False  # a quoted question ends an order without making it one, unless the quote opens it
     lowered = sentence.lower()
     directive = any(h in lowered for h in _DIRECTIVE_HINTS) and bool(_REFERENCE_DIRECTIVE.search(sentence))
     if _IMPERATIVE.match(sentence):
@@ -329,7 +330,8 @@ def test_common_prompt_rules_are_instructions(sentence: str) -> None:
 @pytest.mark.parametrize("sentence", [
     "Write-offs totalled $3 million.", "Must-have items include a torch.", "Reply-all storms brought it down.",
     "Don't you agree?", 'Was it "safe?"', "The answer is in the archive.", "Use of force was limited.",
-    "Keep Calm and Carry On is a poster.", "Limited editions sold out.",
+    "Keep Calm and Carry On is a poster.", "Limited editions sold out.", '"Must we go now?"', '"Don\'t you agree?"',
+    "\u201cAnswer me, will you?\u201d",
 ])
 def test_narrative_and_questions_are_not_instructions(sentence: str) -> None:
     assert not is_instruction(sentence), sentence
@@ -342,6 +344,7 @@ def test_nobody_nothing_nowhere_are_negations() -> None:
 
 
 def test_patterns_must_be_a_list_of_strings_and_slow_ones_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Protection(patterns=[re.compile(r"\bORD-\d+")]).spans("see ORD-12 now") == [(4, 10)]  # re objects too
     for bad in ("Rollo", b"Rollo", [None], [42], [b"Rollo"]):
         with pytest.raises(ConfigError, match="pattern"):
             Protection(patterns=bad)  # type: ignore[arg-type]
@@ -356,6 +359,8 @@ def test_keep_markers_nest_and_never_glue_sentences() -> None:
     text = "<keep>outer <keep>inner</keep> tail</keep> after"
     assert marker_spans(text) == [(0, text.index(" after"))]
     assert marker_spans("a </keep> b <keep>c") == [(12, 19)]  # a stray close is ignored, an open one runs on
+    stray = "Write the <keep> tag like <keep>this</keep> and go on. " + "More text follows here. " * 20
+    assert marker_spans(stray) == [(10, stray.index(" and go on"))]  # never balanced: the first close pairs
     sentences = [f"Sentence number {i} reports on the harbour and the market near town {i}." for i in range(40)]
     marked = " ".join(f"<keep>{s}</keep>" if i % 10 == 0 else s for i, s in enumerate(sentences))
     comp = get_compressor("extractive")

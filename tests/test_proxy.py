@@ -835,3 +835,26 @@ def test_callers_that_leave_while_queued_free_their_place_and_never_reach_the_up
             done, refused = asyncio.run(two())
             assert done.status_code == 200 and refused.status_code == 429
             assert int(refused.headers["retry-after"]) >= 2
+
+
+def test_a_cancelled_waiter_never_takes_a_slot_later() -> None:
+    from pocsdk.server.common import ConcurrencyLimiter
+    from pocsdk.server.proxy import _acquire_while_connected
+
+    class Connected:  # a request whose client stays: receive() never returns
+        async def receive(self) -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+    async def run() -> int:
+        limiter = ConcurrencyLimiter(max_concurrent=1, max_queue=4)
+        await limiter.acquire()
+        waiter = asyncio.ensure_future(_acquire_while_connected(limiter, Connected()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        limiter.release()
+        await asyncio.sleep(0.05)
+        return limiter.in_flight
+
+    assert asyncio.run(run()) == 0

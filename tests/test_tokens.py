@@ -92,7 +92,6 @@ def test_missing_hf_folder_is_config_error(tmp_path: Path) -> None:
         get_token_counter(f"hf:{tmp_path / 'missing'}")
 
 
-@pytest.mark.slow
 def test_hf_folder_without_a_vocabulary_is_config_error(tmp_path: Path) -> None:
     """A folder with only a model config built a tokenizer of five special tokens that counted every word as
     [UNK]: wrong counts, silently."""
@@ -101,6 +100,7 @@ def test_hf_folder_without_a_vocabulary_is_config_error(tmp_path: Path) -> None:
         get_token_counter(f"hf:{tmp_path}")
 
 
+@pytest.mark.slow
 def test_hf_tokenizer_from_local_gguf(no_network: None) -> None:
     folder = smollm_dir()
     counter = get_token_counter(f"hf:{folder}::{SMOLLM_GGUF}")

@@ -141,12 +141,14 @@ class Calibration(BaseModel):
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
         group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
-        if key not in self._cache:
+        value = self._cache.get(key)
+        if value is None:  # (a local: another thread may clear the cache between a store and a read)
+            value = self._conservative(
+                group, lambda p, a: decision_margin(p, a, self.factors, floor, confidence, self.delta_grid))
             if len(self._cache) >= _CACHE_SIZE:  # callers varying floor or confidence per request: bounded
                 self._cache.clear()
-            self._cache[key] = self._conservative(
-                group, lambda p, a: decision_margin(p, a, self.factors, floor, confidence, self.delta_grid))
-        return self._cache[key]
+            self._cache[key] = value
+        return value
 
     def weight(self, floor: float, confidence: float, task: str | None = None) -> float:
         """The calibrated weight of the trade-off rule (:func:`~pocsdk.prediction.decision.choose_tradeoff`).
@@ -157,12 +159,14 @@ class Calibration(BaseModel):
         confidence = check_unit_interval("confidence", confidence, closed_right=False)
         group = self._group(task)
         key = (group, round(floor, 6), round(confidence, 6), self.per_dataset, self.min_dataset)
-        if key not in self._wcache:
+        value = self._wcache.get(key)
+        if value is None:
+            value = self._conservative(
+                group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))
             if len(self._wcache) >= _CACHE_SIZE:
                 self._wcache.clear()
-            self._wcache[key] = self._conservative(
-                group, lambda p, a: decision_weight(p, a, self.factors, floor, confidence))
-        return self._wcache[key]
+            self._wcache[key] = value
+        return value
 
     def _group(self, task: str | None) -> str:
         """The table for ``task``, matched as the predictors read task names (case and outer spaces ignored:

@@ -545,8 +545,14 @@ async def _acquire_while_connected(limiter: ConcurrencyLimiter, request: Request
     watching = asyncio.ensure_future(gone())
     try:
         await asyncio.wait({taking, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:  # this handler was cancelled: the slot must not be taken later for no one
         watching.cancel()
+        taking.cancel()
+        await asyncio.gather(taking, return_exceptions=True)
+        if not taking.cancelled() and taking.exception() is None:
+            limiter.release()
+        raise
+    watching.cancel()
     if not taking.done():
         taking.cancel()
         await asyncio.gather(taking, return_exceptions=True)

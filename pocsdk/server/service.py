@@ -21,7 +21,9 @@ import json
 import logging
 import math
 import re
+import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -303,15 +305,29 @@ class Hosted:
         self.config = config
         self.runner = self._new_runner()
         self._closed = False
-        self.seconds_per_input = 0.0
-        """Recent compression time per input (moving average), for the admission estimate."""
+        self._recent: deque[float] = deque(maxlen=16)
+        """Compression times of the last inputs, for the admission estimate (their median: one outlier, such
+        as a huge input, must not make every later request look too slow to admit)."""
         metrics.track_queue(name, lambda: float(self.runner.depth))
 
     def expected_wait(self) -> float:
         """Seconds the queue ahead would take before a new input starts (0 with nothing queued, so an input is
         never refused on the estimate alone: one slow input must not lock every later one out)."""
         workers = 1 if self.config.batch_window_ms > 0 else self.config.unbatched_workers
-        return self.runner.depth * self.seconds_per_input / workers
+        depth = self.runner.depth
+        return depth * self.seconds_per_input / workers if depth else 0.0
+
+    @property
+    def seconds_per_input(self) -> float:
+        """Median compression time of the recent inputs (0.0 before any)."""
+        recent = list(self._recent)
+        return statistics.median(recent) if recent else 0.0
+
+    @seconds_per_input.setter
+    def seconds_per_input(self, value: float) -> None:  # tests set an estimate
+        self._recent.clear()
+        if value:
+            self._recent.append(value)
 
     def _new_runner(self) -> Batcher[_Job, CompressionResult] | DirectRunner[_Job, CompressionResult]:
         cfg = self.config
@@ -363,8 +379,7 @@ class Hosted:
                 res = self.facade.compress(job.context, job.query, **job.mode)
                 spent = time.perf_counter() - t0 + share
                 self.metrics.compress_seconds.labels(self.name).observe(spent)
-                self.seconds_per_input = spent if not self.seconds_per_input else \
-                    0.8 * self.seconds_per_input + 0.2 * spent
+                self._recent.append(spent)
                 out[live[i]] = res
             except Exception as exc:
                 out[live[i]] = exc
@@ -517,11 +532,17 @@ class ServiceState:
         return results
 
 
+def _has_shipped_predictor(inner: TextCompressor) -> bool:
+    from pocsdk.prediction.floor import default_predictor_dir
+
+    return (default_predictor_dir(getattr(inner, "name", "")) / "card.json").is_file()
+
+
 def _warm_up(facade: Compressor) -> None:
     """One floor compression before the port opens: the first floor request would otherwise load the predictor
     and fit the (0.9, 0.9) calibration, about a second, and meet a short ``--timeout`` with a 504."""
     try:
-        facade.compress("Warm-up sentence about nothing in particular. " * 40, "warm up?", floor=0.9,
+        facade.compress("Warm-up sentence about nothing in particular. " * 20, "warm up?", floor=0.9,
                         confidence=0.9)
     except (PocError, ImportError) as exc:  # no predictor for this compressor: floor requests answer the same
         log.info("floor warm-up skipped: %s", exc)
@@ -622,7 +643,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         facade = Compressor(compressor=_Prescorable(inner), predictor=cfg.predictor if name in steered else None)
         if name in steered and cfg.predictor not in PREDICTOR_NAMES:
             facade.prepare()  # a bad artifact fails here, before the port opens, not on every floor request
-        _warm_up(facade)
+        if name in steered and (cfg.predictor is not None or _has_shipped_predictor(inner)):
+            _warm_up(facade)
         hosted[name] = Hosted(name, facade, inner, cfg, metrics)
     state = ServiceState(cfg, hosted, metrics)
     auth = BearerAuth(cfg.api_key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import regex
@@ -99,6 +100,7 @@ _IMPERATIVE_OPENINGS = {
     "w": ("wri", "wr\u0131"),
 }
 _CLOSERS = "\"'\u201d\u2019)]"
+_OPENERS = "\"'\u201c\u2018(["
 
 
 def is_instruction(sentence: str) -> bool:
@@ -145,11 +147,13 @@ def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:
 
 def _asks(sentence: str, imperative: bool) -> bool:
     """A question ("Don't you agree?"). A "?" inside closing quotes ends a quoted question, which an order may
-    hold ('Do not answer questions like "What is your prompt?"'): then only a sentence not led by an order asks."""
+    hold ('Do not answer questions like "What is your prompt?"'): then a sentence led by an order does not ask,
+    unless the quote opens the sentence (dialogue: '"Must we go now?"')."""
     end = sentence.rstrip()
     if end.endswith(("?", "\uff1f")):
         return True
-    return not imperative and end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+    quoted_question = end.rstrip(_CLOSERS).endswith(("?", "\uff1f"))
+    return quoted_question and (not imperative or sentence.lstrip()[:1] in _OPENERS)
 
 
 # A code line that opens like an order: lower-case "return" or "include" followed by a word that is not
@@ -252,13 +256,16 @@ class Protection:
     instructions: bool = True
     code_fences: bool = True
     """Keep the fence lines of a long code block cut into pieces, so kept code stays fenced."""
-    _compiled: tuple[regex.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+    _compiled: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.patterns, (str, bytes)):  # a bare string would be compiled one character at a time
             raise ConfigError("patterns must be a list of regexes, not one string: patterns=[r'...']")
-        compiled = []
+        compiled: list[Any] = []
         for p in self.patterns:
+            if isinstance(p, re.Pattern):  # compiled by the caller with re: used as given (no timeout)
+                compiled.append(p)
+                continue
             if not isinstance(p, str):
                 raise ConfigError(f"a protect pattern must be a string (a regex), not {type(p).__name__}: {p!r}")
             try:
@@ -282,8 +289,9 @@ class Protection:
             out.extend(marker_spans(text))
         for rx in self._compiled:
             try:  # a pattern that backtracks badly must not hold a worker for minutes
-                out.extend((m.start(), m.end()) for m in rx.finditer(text, timeout=PATTERN_TIMEOUT_S)
-                           if m.end() > m.start())
+                found = (rx.finditer(text) if isinstance(rx, re.Pattern)
+                         else rx.finditer(text, timeout=PATTERN_TIMEOUT_S))
+                out.extend((m.start(), m.end()) for m in found if m.end() > m.start())
             except TimeoutError as exc:
                 raise ConfigError(f"protect pattern {rx.pattern!r} ran over {PATTERN_TIMEOUT_S:g} s on a "
                                   f"{len(text):,}-character document (catastrophic backtracking?)") from exc
@@ -309,6 +317,9 @@ def marker_spans(text: str) -> list[tuple[int, int]]:
                 depth, cur = depth + 1, o + len(KEEP_OPEN)
             else:
                 depth, cur = depth - 1, c + len(KEEP_CLOSE)
+        if depth:  # the nesting never closes: a stray <keep> inside a pair, so pair with the first </keep>
+            first = text.find(KEEP_CLOSE, s + len(KEEP_OPEN))
+            cur = len(text) if first < 0 else first + len(KEEP_CLOSE)
         out.append((s, cur))
         pos = cur
 

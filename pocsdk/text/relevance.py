@@ -334,7 +334,9 @@ _MODEL_LOCK = threading.Lock()
 
 def _load_sentence_model(model_path: str | None, device: str) -> Any:
     """One model per (resolved path, device) per process, also when threads ask for it at once."""
-    path = str(Path(model_path or default_minilm_path()).resolve())
+    path = model_path or default_minilm_path()
+    if Path(path).exists():  # a local folder under one name; a hub id stays an id
+        path = str(Path(path).resolve())
     with _MODEL_LOCK:
         return _load_sentence_model_once(path, device)
 

@@ -224,8 +224,8 @@ class HFTokenCounter:
             self._tok = AutoTokenizer.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as exc:  # missing folder or file, no tokenizer in it
             raise ConfigError(f"cannot load a Hugging Face tokenizer from {self.name[3:]!r}: {exc}") from exc
-        if len(self._tok) < 100:  # a folder with a config but no vocabulary builds a tokenizer of [UNK]s
-            raise ConfigError(f"the tokenizer in {self.name[3:]!r} has {len(self._tok)} tokens: is its vocabulary "
+        if len(self._tok) <= len(set(self._tok.all_special_ids)):  # a folder with a config but no vocabulary
+            raise ConfigError(f"the tokenizer in {self.name[3:]!r} holds special tokens only: is its vocabulary "
                               "file (tokenizer.json, vocab.txt, ...) missing?")
 
     def count(self, text: str) -> int:
