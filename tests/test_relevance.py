@@ -82,6 +82,12 @@ def test_minilm_ranks_a_paraphrase_above_unrelated_sentences() -> None:
     assert scores[0] > 2 * max(scores[1:].max(), 0.05)
     central = get_relevance("minilm").score(units, None)
     assert central.shape == (4,) and (central >= 0).all()
+    # a unit over the model's 256 word pieces is read in windows: an answer at its end counts (it was cut off)
+    filler = " ".join(f"The committee reviewed budget item number {i} and approved it." for i in range(40))
+    answer = "The cat napped on the warm windowsill all afternoon."
+    long_scores = get_relevance("minilm").score([filler, filler + " " + answer, units[1]], query)
+    assert long_scores[1] > long_scores[0] + 0.2
+    assert get_relevance("minilm").score(units, query).tolist() == scores.tolist()  # short units: as before
 
 
 # -- the vectorised BM25 is the per-term formula, bit for bit ---------------------------------------------

@@ -311,13 +311,49 @@ class EmbeddingRelevance:
         if not units:
             return np.zeros(0)
         model = _load_sentence_model(self.model_path, self.device)
-        emb = np.asarray(model.encode(list(units), batch_size=self.batch_size, normalize_embeddings=True))
+        # the model reads a bounded number of word pieces: a longer unit is read in windows, and scores as its
+        # best window (text past the limit was ignored, so an answer at a long unit's end never counted)
+        limit = max(16, int(getattr(model, "max_seq_length", 256) or 256) - 2)
+        texts, owner = _windows(list(units), getattr(model, "tokenizer", None), limit)
+        emb = np.asarray(model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True))
         if query and query.strip():
             target = np.asarray(model.encode([query], normalize_embeddings=True))[0]
-        else:
-            mean = emb.mean(axis=0)
+        else:  # centrality: each unit as the mean of its windows
+            per_unit = np.zeros((len(units), emb.shape[1]))
+            np.add.at(per_unit, owner, emb)
+            per_unit /= np.maximum(np.linalg.norm(per_unit, axis=1, keepdims=True), 1e-12)
+            mean = per_unit.mean(axis=0)
             target = mean / (np.linalg.norm(mean) or 1.0)
-        return np.clip(emb @ target, 0.0, None)
+        best = np.full(len(units), -np.inf)
+        np.maximum.at(best, owner, emb @ target)
+        return np.clip(best, 0.0, None)
+
+
+_WINDOW_MIN_CHARS = 200
+"""Units shorter than this are never over the limit (a word piece holds at least one character...
+except for the rare ones that hold none; a unit under it is read whole, as before)."""
+
+
+def _windows(units: list[str], tokenizer: Any, limit: int) -> tuple[list[str], np.ndarray]:
+    """Texts to embed and, for each, the unit it belongs to: a unit over ``limit`` word pieces is cut into
+    consecutive windows of ``limit`` pieces (at piece boundaries, by the tokenizer's offsets)."""
+    long_ones = [i for i, u in enumerate(units) if len(u) > _WINDOW_MIN_CHARS]
+    cuts: dict[int, list[str]] = {}
+    if tokenizer is not None and long_ones:
+        enc = tokenizer([units[i] for i in long_ones], add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)
+        for i, offsets in zip(long_ones, enc["offset_mapping"], strict=True):
+            if len(offsets) > limit:
+                text = units[i]
+                starts = [offsets[k][0] for k in range(0, len(offsets), limit)]
+                cuts[i] = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, u in enumerate(units):
+        pieces = cuts.get(i, [u])
+        texts.extend(pieces)
+        owner.extend([i] * len(pieces))
+    return texts, np.asarray(owner, dtype=np.int64)
 
 
 def default_minilm_path() -> str:
