@@ -21,7 +21,6 @@ import email.utils
 import json
 import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pocsdk import errors as _errors
 from pocsdk._aio import LoopBoundClient
 from pocsdk._version import __version__
 from pocsdk.errors import ConfigError, InvalidTypeError, PocError, RemoteError
+from pocsdk.text.tokens import LONE_SURROGATE
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
@@ -49,7 +49,6 @@ SERVER_MAX_INPUTS = 256
 """``pocsdk serve``'s limit of inputs per request (``pocsdk.server.service.MAX_INPUTS_PER_REQUEST``)."""
 MAX_CONCURRENT_CHUNKS = 4
 _MODES = ("keep_rate", "target_tokens", "floor")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 T = TypeVar("T")
 _Step = Union[httpx.Request, float]  # send this request, or sleep this many seconds
@@ -320,7 +319,7 @@ class RemoteCompressor:
                 try:
                     content = text.encode("utf-8")
                 except UnicodeEncodeError:  # lone surrogates: sent as JSON escapes, as the server writes them back
-                    content = _SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode("utf-8")
+                    content = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode("utf-8")
             except (TypeError, ValueError) as exc:
                 raise InvalidTypeError(f"input is not JSON-serialisable (check document metadata): {exc}") from None
             headers["Content-Type"] = "application/json"

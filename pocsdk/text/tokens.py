@@ -238,13 +238,14 @@ class HFTokenCounter:
         return [len(ids) for ids in self._tok(clean, add_special_tokens=False)["input_ids"]]
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate code point standing alone in a str (JSON can escape it; UTF-8 cannot encode it)."""
 
 
 def without_surrogates(text: str) -> str:
     """``text`` with each lone surrogate as U+FFFD, one character for one (offsets stay valid): Hugging Face
     tokenizers refuse strings holding them with a bare ``TypeError``, while the rest of pocsdk accepts them."""
-    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
+    return LONE_SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def _load_tiktoken(encoding: str) -> Any:
