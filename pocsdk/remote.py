@@ -46,7 +46,7 @@ from pocsdk.types import (
 API_KEY_ENV = "POCSDK_API_KEY"
 MAX_INPUTS_PER_REQUEST = 64
 SERVER_MAX_INPUTS = 256
-"""``pocsdk serve``'s limit of inputs per request (``pocsdk.server.service.MAX_INPUTS_PER_REQUEST``)."""
+"""``pocsdk serve``'s limit of inputs per request (``pocsdk.server.service_models.MAX_INPUTS_PER_REQUEST``)."""
 MAX_CONCURRENT_CHUNKS = 4
 _MODES = ("keep_rate", "target_tokens", "floor")
 

@@ -26,22 +26,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    StrictInt,
-    StrictStr,
-    Tag,
-    field_validator,
-)
 from pydantic_core import PydanticSerializationError
 
 from pocsdk import compressors as _compressors
@@ -68,13 +57,21 @@ from pocsdk.server.common import (
     status_for,
 )
 from pocsdk.server.metrics import ServiceMetrics
-from pocsdk.text.tokens import LONE_SURROGATE
+from pocsdk.server.service_models import (
+    MAX_INPUTS_PER_REQUEST,
+    BatchRequest,
+    BatchResponse,
+    CompressBody,
+    CompressorInfo,
+    CompressorsResponse,
+    CompressRequest,
+    Health,
+    _Modes,
+)
 from pocsdk.types import CompressionResult
 
 log = logging.getLogger("pocsdk.server")
 
-MAX_INPUTS_PER_REQUEST = 256
-MAX_METADATA_DEPTH = 64
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -117,132 +114,6 @@ class ServiceConfig:
             raise ConfigError("api_key is empty: give a key, or None to turn authentication off")
         if self.device not in ("auto", "cuda", "cpu") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cuda, cuda:N or cpu, not {self.device!r}")
-
-
-# -- request and response models ---------------------------------------------------------
-class DocumentIn(BaseModel):
-    """One document; ``id`` (default: its position) and ``metadata`` come back in the result."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: StrictStr | StrictInt | None = None
-    text: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("metadata")
-    @classmethod
-    def _writable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # refused before compressing: the result could not be written back (pydantic's serialiser stops at a
-        # depth of about 250, and turns lone surrogates in keys into U+FFFD), and a 500 or a silently changed
-        # key after the work is done helps no one
-        problem = _metadata_problem(value, MAX_METADATA_DEPTH)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-
-def _metadata_problem(value: dict[str, Any], limit: int) -> str | None:
-    """Why ``value`` cannot round-trip, or ``None``; iterative (the input decides how deep it goes), visiting
-    containers only and stopping at the first problem."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return f"metadata is nested more than {limit} levels deep"
-        if isinstance(item, dict):
-            if any(isinstance(k, str) and LONE_SURROGATE.search(k) for k in item):
-                return "a metadata key holds a lone surrogate (invalid UTF-16), which JSON cannot carry in a key"
-            children = item.values()
-        else:
-            children = item
-        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
-    return None
-
-
-Context = Union[str, list[Union[str, DocumentIn]]]
-# Strict numbers: true or "0.3" are refused, as the local facade refuses them (not read as 1.0 or 0.3).
-Rate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)]
-Confidence = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False, strict=True)]
-
-
-def _no_bool_or_text(value: Any) -> Any:
-    if isinstance(value, (bool, str)):
-        raise ValueError("must be a number")
-    return value
-
-
-TokenCount = Annotated[int, BeforeValidator(_no_bool_or_text), Field(ge=1)]
-"""A whole number of tokens; 300.0 is accepted (as locally), true and "300" are not."""
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class _Modes(BaseModel):
-    keep_rate: Rate | None = None
-    """Fraction of tokens to keep, in (0, 1]."""
-    target_tokens: TokenCount | None = None
-    floor: Rate | None = None
-    """Performance floor: the least relative task performance to keep, in (0, 1]."""
-    confidence: Confidence | None = None
-    compressor: Name | None = None
-    """A hosted compressor's name (default: the first one hosted)."""
-
-    def mode(self) -> dict[str, Any]:
-        return {k: v for k in ("keep_rate", "target_tokens", "floor", "confidence")
-                if (v := getattr(self, k)) is not None}
-
-
-class CompressRequest(_Modes):
-    """Compress one context. Give at most one of ``keep_rate``, ``target_tokens``, ``floor``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    context: Context
-    query: str | None = None
-
-
-class BatchRequest(_Modes):
-    """Compress many inputs in one request; top-level fields are defaults for every input."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: Annotated[list[CompressRequest], Field(min_length=1)]
-    """At most ``MAX_INPUTS_PER_REQUEST``; more is a 413 ``batch_too_large``, which clients split on."""
-
-
-class BatchResponse(BaseModel):
-    """One result per input, in order."""
-
-    results: list[CompressionResult]
-
-
-def _kind(value: Any) -> str:
-    return "batch" if isinstance(value, dict) and "inputs" in value else "single"
-
-
-CompressBody = Annotated[
-    Union[Annotated[CompressRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
-    Discriminator(_kind),
-]
-
-
-class CompressorInfo(BaseModel):
-    name: str
-    default: bool
-    batched: bool
-    """True when the compressor scores a batch in one call (``score_batch``)."""
-    queue_depth: int
-    parameters: dict[str, Any]
-
-
-class CompressorsResponse(BaseModel):
-    default: str
-    compressors: list[CompressorInfo]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "draining"]
-    version: str
-    compressors: list[str]
 
 
 # -- hosting -----------------------------------------------------------------------------
