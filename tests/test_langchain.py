@@ -242,6 +242,52 @@ def test_runnable_serializes_and_loads() -> None:
     assert configured.api_key.get_secret_value() == "sk-NEW"  # type: ignore[attr-defined]
 
 
+def test_paths_in_compressor_params_serialize_as_text(tmp_path: Path) -> None:
+    """A Path was written as "not_implemented", which loads refused."""
+    from langchain_core.load import dumps, loads
+
+    predictor = REPO / "predictors" / "skim"
+    r = PocsdkCompressorRunnable(floor=0.9, compressor="skim", compressor_params={"predictor": predictor})
+    back = loads(dumps(r), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable])
+    assert back.compressor_params == {"predictor": str(predictor)}
+    docs = text(40, 2, FACT)
+    assert back.invoke({"context": docs, "question": QUESTION})["context"] == r.invoke(
+        {"context": docs, "question": QUESTION})["context"]
+
+
+def test_message_parts_are_read_as_one_message() -> None:
+    """The question part before a document part is the query; a message split in parts counts as a whole."""
+    r = PocsdkCompressorRunnable(keep_rate=0.3, compressor="extractive", min_tokens=100)
+    doc = "\n\n".join(text(30, 20 + k, FACT if k == 1 else "") for k in range(4))
+    msg = HumanMessage(content=[{"type": "text", "text": QUESTION}, {"type": "text", "text": doc}])
+    recorder = Recorder()
+    out = r.invoke([msg], config={"callbacks": [recorder]})[0]
+    assert out.content[0] == {"type": "text", "text": QUESTION} and FACT in out.content[1]["text"]
+    assert len(out.content[1]["text"]) < 0.5 * len(doc)
+    parts = [text(20, s) for s in (1, 2, 3)]  # under 512 tokens each, about 800 together
+    tool = ToolMessage(content=[{"type": "text", "text": p} for p in parts], tool_call_id="t")
+    out = PocsdkCompressorRunnable(keep_rate=0.3, compressor="extractive").invoke([tool, HumanMessage(QUESTION)])[0]
+    assert sum(len(b["text"]) for b in out.content) < 0.5 * sum(map(len, parts))
+
+
+def test_message_lists_come_back_as_the_kind_they_came_in() -> None:
+    """OpenAI-style dicts came back as message objects, which a following raw OpenAI call cannot send."""
+    r = PocsdkCompressorRunnable(keep_rate=0.3, compressor="extractive", min_tokens=100)
+    long_tool = text(40, 3)
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    inputs = [{"role": "system", "content": "Be brief."},
+              {"role": "assistant", "content": None, "tool_calls": calls},
+              {"role": "tool", "tool_call_id": "c1", "content": long_tool},
+              ("human", "Short aside."),
+              QUESTION]
+    out = r.invoke(inputs)
+    assert out[0] is inputs[0] and out[1] is inputs[1] and out[3] == inputs[3] and out[4] == QUESTION
+    assert out[2]["role"] == "tool" and out[2]["tool_call_id"] == "c1" and set(out[2]) == {"role", "tool_call_id",
+                                                                                          "content"}
+    assert isinstance(out[2]["content"], str) and len(out[2]["content"]) < 0.5 * len(long_tool)
+    assert asyncio.run(r.ainvoke(inputs)) == out
+
+
 async def test_ainvoke_abatch_and_custom_events() -> None:
     r = PocsdkCompressorRunnable(keep_rate=0.3, min_tokens=200)
     inputs = [{"context": text(80, s, FACT), "question": QUESTION} for s in range(3)]
@@ -277,6 +323,16 @@ def test_document_compressor_one_output_per_input() -> None:
         assert s["total"]["compressed_tokens"] < s["total"]["original_tokens"]
     async_out = asyncio.run(PocsdkDocumentCompressor(keep_rate=0.3).acompress_documents(docs, QUESTION))
     assert [d.page_content for d in async_out] == [d.page_content for d in out]
+
+
+def test_document_compressor_keeps_metadata_pocsdk_could_not_read() -> None:
+    """LangChain allows metadata keys that are not strings; they made compression fail."""
+    docs = [Document(page_content=text(30, s, FACT if s == 1 else ""), metadata={1: "one", "src": s}) for s in range(3)]
+    out = PocsdkDocumentCompressor(keep_rate=0.3, compressor="extractive").compress_documents(docs, QUESTION)
+    assert [d.metadata[1] for d in out] == ["one"] * 3 and [d.metadata["src"] for d in out] == [0, 1, 2]
+    assert sum(len(d.page_content) for d in out) < 0.5 * sum(len(d.page_content) for d in docs)
+    assert PocsdkCompressorRunnable(keep_rate=0.3, compressor="extractive").invoke(
+        {"context": docs, "question": QUESTION})["pocsdk"]["compressed_tokens"] > 0
 
 
 def test_document_compressor_accepts_repeated_and_missing_ids() -> None:
@@ -341,6 +397,9 @@ def test_chat_model_adapter_sync_and_async() -> None:
     assert msg.content == "ok:ello world" and msg.usage_metadata["total_tokens"] == 7
     assert client.calls[0][0][0] == {"role": "system", "content": "s"} and client.calls[0][2] == {"max_tokens": 5}
     assert asyncio.run(llm.ainvoke("hi")).content == "ok:hi"
+    parts = [{"type": "text", "text": "Summarize:"}, {"type": "text", "text": "The report."}]
+    llm.invoke([HumanMessage(content=parts)])  # type: ignore[arg-type]
+    assert client.calls[-1][0] == [{"role": "user", "content": "Summarize:\nThe report."}]  # parts not glued
 
 
 # -- examples ------------------------------------------------------------------------------

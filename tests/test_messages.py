@@ -183,3 +183,67 @@ def test_text_with_more_tokens_than_characters_is_compressed() -> None:
     _, stats = mc.compress_messages([{"role": "tool", "tool_call_id": "t", "content": text},
                                      {"role": "user", "content": "Where?"}])
     assert stats.parts == 1 and stats.compressed_tokens < stats.original_tokens
+
+
+FACT = "The treasure is buried under the old lighthouse."
+
+
+def _report(seed: int) -> str:
+    """Four paragraphs of filler with the fact in the second."""
+    paragraphs = [_text(30, seed + k) for k in range(4)]
+    paragraphs[1] = f"{paragraphs[1]} {FACT}"
+    return "\n\n".join(paragraphs)
+
+
+def _bm25(keep_rate: float) -> MessageCompressor:
+    return MessageCompressor(Compressor(compressor="extractive", keep_rate=keep_rate), MessagePolicy(min_tokens=100))
+
+
+def test_a_question_part_before_a_document_part_is_the_query() -> None:
+    """The question was looked up in the last text part only, so the document's last paragraph became the query."""
+    content = [{"type": "text", "text": "Where is the treasure buried?"}, {"type": "text", "text": _report(3)}]
+    out, stats = _bm25(0.3).compress_messages([{"role": "user", "content": content}])
+    assert stats.query == "Where is the treasure buried?"
+    assert out[0]["content"][0] == content[0] and FACT in out[0]["content"][1]["text"]
+    assert stats.compressed_tokens < 0.6 * stats.original_tokens
+
+
+@pytest.mark.parametrize("tail", ["", " \n"])
+def test_a_blank_last_user_message_does_not_hide_the_question(tail: str) -> None:
+    messages = [{"role": "user", "content": f"{_report(5)}\n\nWhere is the treasure buried?"},
+                {"role": "user", "content": tail}]
+    out, stats = _bm25(0.1).compress_messages(messages)
+    assert stats.query == "Where is the treasure buried?"
+    assert out[0]["content"].endswith("\n\nWhere is the treasure buried?") and FACT in out[0]["content"]
+    assert out[1]["content"] == tail
+
+
+def test_min_tokens_counts_a_message_split_in_text_parts_as_a_whole() -> None:
+    parts = [_text(20, s) for s in (1, 2, 3)]  # about 270 tokens each, 800 together
+    mc = MessageCompressor(Compressor(compressor="truncate", keep_rate=0.3), MessagePolicy(min_tokens=512))
+    assert all(mc.counter.count(p) < 512 for p in parts)
+    tool = {"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "text": p} for p in parts]}
+    _, stats = mc.compress_messages([tool, {"role": "user", "content": "Which harbor?"}])
+    assert stats.parts == 3 and stats.compressed_tokens < 0.5 * stats.original_tokens
+    # separate messages of the same size stay separate
+    single = [{"role": "tool", "tool_call_id": f"t{i}", "content": p} for i, p in enumerate(parts)]
+    _, stats = mc.compress_messages([*single, {"role": "user", "content": "Which harbor?"}])
+    assert stats.parts == 0 and stats.passthrough
+
+
+def test_windows_line_breaks_find_the_same_question() -> None:
+    from pocsdk.llm.messages import find_question
+
+    for text in ("Doc one.\n\nDoc two.\n\nWhere is it?\nAnswer in one word.",
+                 "Where is it? Use the report.\n\nDoc one.\n\nDoc two.",
+                 "Use the context.\nQuestion: When did it open?\nContext: Doc one.\n\nDoc two.\nAnswer:"):
+        lf, crlf = find_question(text), find_question(text.replace("\n", "\r\n"))
+        windows = text.replace("\n", "\r\n")
+        assert [windows[a:b] for a, b in crlf.keep] == [text[a:b].replace("\n", "\r\n") for a, b in lf.keep]
+        assert [windows[a:b] for a, b in crlf.query_spans] == [
+            text[a:b].replace("\n", "\r\n") for a, b in lf.query_spans]
+    prompt = f"{_report(7)}\n\nWhere is the treasure buried?\nAnswer in one word.".replace("\n", "\r\n")
+    out, stats = _bm25(0.1).compress_messages([{"role": "user", "content": prompt}])
+    assert stats.query == "Where is the treasure buried?\r\nAnswer in one word."
+    assert out[0]["content"].endswith("\r\n\r\nWhere is the treasure buried?\r\nAnswer in one word.")
+    assert FACT in out[0]["content"]

@@ -144,12 +144,15 @@ class _PocsdkFields:
 
 
 def _move_api_key(cls: Any, data: Any) -> Any:
-    """An ``api_key`` in ``compressor_params`` becomes the field (written as a secret by ``dumps``)."""
-    if isinstance(data, dict) and isinstance(data.get("compressor_params"), dict) \
-            and "api_key" in data["compressor_params"]:
-        params = dict(data["compressor_params"])
+    """An ``api_key`` in ``compressor_params`` becomes the field (written as a secret by ``dumps``); paths in
+    ``compressor_params`` become text, which ``dumps`` writes and ``loads`` reads back."""
+    if not (isinstance(data, dict) and isinstance(data.get("compressor_params"), dict)):
+        return data
+    params = {k: str(v) if isinstance(v, PurePath) else v for k, v in data["compressor_params"].items()}
+    data = {**data, "compressor_params": params}
+    if "api_key" in params:
         key = params.pop("api_key")  # the parameters' own key wins: a per-call endpoint comes with its key
-        data = {**data, "compressor_params": params, "api_key": key if key is not None else data.get("api_key")}
+        data["api_key"] = key if key is not None else data.get("api_key")
     return data
 
 
@@ -205,7 +208,8 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
       the same dict with ``context`` replaced by the compressed text and ``"pocsdk"``
       holding the stats (``"query"`` is accepted for ``"question"``);
     * ``ChatPromptValue`` / list of messages -> the same kind, long user/tool messages
-      compressed (``response_metadata["pocsdk"]`` on each one changed);
+      compressed (``response_metadata["pocsdk"]`` on each one changed); items of a list come
+      back as they came (OpenAI-style dicts as dicts, ``(role, text)`` pairs as pairs);
     * ``StringPromptValue`` / ``str`` -> the same kind, compressed as one user message
       (its last paragraph is the question and stays verbatim).
     """
@@ -262,8 +266,8 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
             stats = result_stats(result)
             dispatch_custom_event(EVENT, stats)
             return {**input, "context": result.text, "pocsdk": stats}  # type: ignore[dict-item]
-        slots = [(role, text) for role, text, _ in payload]
-        texts, mstats = self._messages().compress_slots(slots, **self._mode())
+        slots, groups = _split(payload)
+        texts, mstats = self._messages().compress_slots(slots, **self._mode(), messages=groups)
         dispatch_custom_event(EVENT, _messages_stats(mstats))
         return _rebuild(kind, input, payload, texts, mstats)
 
@@ -279,8 +283,8 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
             stats = result_stats(result)
             await adispatch_custom_event(EVENT, stats)
             return {**input, "context": result.text, "pocsdk": stats}  # type: ignore[dict-item]
-        slots = [(role, text) for role, text, _ in payload]
-        texts, mstats = await self._messages().acompress_slots(slots, **self._mode())
+        slots, groups = _split(payload)
+        texts, mstats = await self._messages().acompress_slots(slots, **self._mode(), messages=groups)
         await adispatch_custom_event(EVENT, _messages_stats(mstats))
         return _rebuild(kind, input, payload, texts, mstats)
 
@@ -350,8 +354,10 @@ def _context(context: Any) -> Any:
     if isinstance(context, (list, tuple)):
         # Positional ids: retrievers may repeat ids (two stores merged, one chunk found twice), and outputs
         # are matched to inputs by position and keep their own ``id``.
-        return [{"id": f"lc-{i}", "text": d.page_content, "metadata": dict(d.metadata)}
-                if isinstance(d, LCDocument) else d for i, d in enumerate(context)]
+        # Metadata stays with the LangChain documents (the outputs copy it from them): pocsdk never reads it,
+        # and LangChain allows what pocsdk's documents refuse (keys that are not strings).
+        return [{"id": f"lc-{i}", "text": d.page_content} if isinstance(d, LCDocument) else d
+                for i, d in enumerate(context)]
     if isinstance(context, LCDocument):
         return context.page_content
     return context
@@ -370,6 +376,11 @@ def _message_slots(messages: Sequence[BaseMessage]) -> list[tuple[str, str, tupl
                 elif isinstance(block, str):
                     slots.append((role, block, (i, j)))
     return slots
+
+
+def _split(payload: list[tuple[str, str, tuple[int, int | None]]]) -> tuple[list[tuple[str, str]], list[int]]:
+    """``(role, text)`` slots and each one's message index."""
+    return [(role, text) for role, text, _ in payload], [where[0] for _, _, where in payload]
 
 
 def _rebuild(kind: str, input: Any, slots: list[tuple[str, str, tuple[int, int | None]]], texts: list[str],
@@ -403,7 +414,23 @@ def _rebuild(kind: str, input: Any, slots: list[tuple[str, str, tuple[int, int |
         messages[i] = m.model_copy(update={"content": content, "response_metadata": meta})
     if kind == "chat_prompt":
         return ChatPromptValue(messages=messages)
-    return messages
+    return [_same_kind(item, messages[i], changed.get(i)) for i, item in enumerate(input)]
+
+
+def _same_kind(item: Any, message: BaseMessage, content: Any) -> Any:
+    """An input list's item as it came (an OpenAI-style dict, a ``(role, text)`` pair, a string), its text
+    replaced when compressed; message objects come back as the compressed copy (with their stats)."""
+    if isinstance(item, BaseMessage) or content is None:
+        return message if isinstance(item, BaseMessage) else item
+    if isinstance(item, Mapping):
+        return {**item, "content": content}
+    if isinstance(item, str):
+        return content
+    if isinstance(item, tuple):
+        return (item[0], content)
+    if isinstance(item, list):
+        return [item[0], content]
+    return message
 
 
 class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
@@ -513,8 +540,9 @@ class PocsdkChatModel(BaseChatModel):
 def _text(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
-    return "".join(b if isinstance(b, str) else str(b.get("text", "")) for b in message.content
-                   if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
+    # parts are separate blocks of text: joined with a line break, not glued into one word
+    return "\n".join(b if isinstance(b, str) else str(b.get("text", "")) for b in message.content
+                     if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
 
 
 def _lc_result(result: Any) -> LCChatResult:

@@ -7,9 +7,11 @@ runnable), so they compress the same prompt the same way:
   marked regions are compressed (any role, system included) and the tags are removed.
   An unclosed ``<compress>`` runs to the end of that text.
 * **Otherwise, automatic.** Text of ``user`` / ``tool`` / ``function`` messages with at
-  least ``min_tokens`` tokens (default 512) is compressed. ``system``, ``developer`` and
-  ``assistant`` messages are never touched automatically.
-* **The question stays verbatim** (:func:`find_question`). In the last user message, a line
+  least ``min_tokens`` tokens (default 512; a message's text parts count together) is
+  compressed. ``system``, ``developer`` and ``assistant`` messages are never touched
+  automatically.
+* **The question stays verbatim** (:func:`find_question`). In the last user message that has
+  text (its text parts read together, joined by a blank line), a line
   labelled ``Question:``, ``Query:``, ``Q:`` or ``问题：`` that asks is the question wherever it
   stands, with a final answer cue (``Answer:``); labelled lines in code fences and answered
   ones (a FAQ, a few-shot example) do not count, and one that does not ask counts only when
@@ -28,6 +30,7 @@ runnable), so they compress the same prompt the same way:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import math
 import re
@@ -116,13 +119,14 @@ class Plan:
     explicit: bool
 
 
-def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: TokenCounter) -> Plan:
-    """Choose the regions to compress. ``slots`` are ``(role, text)`` pairs in prompt order."""
-    last_user, question = _question(slots)
-    query = None
-    if question.query_spans:
-        clean = " ".join(slots[last_user][1][a:b] for a, b in question.query_spans)
-        query = clean.replace(COMPRESS_OPEN, "").replace(COMPRESS_CLOSE, "").strip()[-MAX_QUERY_CHARS:] or None
+def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: TokenCounter,
+         messages: Sequence[int] | None = None) -> Plan:
+    """Choose the regions to compress. ``slots`` are ``(role, text)`` pairs in prompt order; ``messages`` gives
+    each slot's message (several text parts of one message share it; default: one message per slot)."""
+    groups = list(range(len(slots))) if messages is None else list(messages)
+    if len(groups) != len(slots):
+        raise ValueError(f"{len(groups)} message indices for {len(slots)} slots")
+    keeps, query = _question(slots, groups)
     explicit = any(COMPRESS_OPEN in text for _, text in slots)
     if explicit:
         texts: list[str] = []
@@ -133,20 +137,26 @@ def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: Token
             pieces.extend(Piece(i, s, e) for s, e in regions if clean[s:e].strip())
         return Plan(texts, pieces, query, True)
     texts = [t for _, t in slots]
-    pieces = []
+    by_message: dict[int, list[tuple[int, list[tuple[int, int]]]]] = {}
     for i, (role, text) in enumerate(slots):
         if role not in policy.roles:
             continue
-        keep = question.keep if i == last_user and policy.keep_last_question else []
+        keep = keeps.get(i, []) if policy.keep_last_question else []
         stretches = [(a, b) for a, b in _between(keep, len(text)) if text[a:b].strip()]
         if keep:  # around a question, instruction-sized stretches ("Use the context below.") stay verbatim
             stretches = [(a, b) for a, b in stretches if len(text[a:b].strip()) > MAX_LEAD_CHARS]
-        # the stretches around a question count together: a long message is compressed wherever it asks
-        # a character is at most 4 UTF-8 bytes, so at most 4 byte-level tokens (CJK text often takes 2-3)
-        if 4 * sum(b - a for a, b in stretches) < policy.min_tokens:
+        by_message.setdefault(groups[i], []).append((i, stretches))
+    pieces = []
+    for parts in by_message.values():
+        # a message counts as a whole (its text parts and the stretches around its question together): a long
+        # message is compressed however it is split. A character is at most 4 UTF-8 bytes, so at most 4
+        # byte-level tokens (CJK text often takes 2-3): the cheap bound skips counting short messages.
+        spans = [(i, a, b) for i, stretches in parts for a, b in stretches]
+        if 4 * sum(b - a for _, a, b in spans) < policy.min_tokens:
             continue
-        if sum(counter.count_many([text[a:b] for a, b in stretches])) >= policy.min_tokens:
-            pieces.extend(Piece(i, a, b) for a, b in stretches)
+        if sum(counter.count_many([slots[i][1][a:b] for i, a, b in spans])) >= policy.min_tokens:
+            pieces.extend(Piece(i, a, b) for i, a, b in spans)
+    pieces.sort(key=lambda x: (x.slot, x.start))
     return Plan(texts, pieces, query, False)
 
 
@@ -176,16 +186,41 @@ MAX_LEAD_CHARS = 600
 """A first paragraph up to this long may be the question or the instruction ("When did ...? Use the report below.")."""
 
 
-def _question(slots: Sequence[tuple[str, str]]) -> tuple[int, Question]:
-    """(index of the last user slot or -1, where its question is)."""
-    for i in range(len(slots) - 1, -1, -1):
-        if slots[i][0] == "user":
-            return i, find_question(slots[i][1])
-    return -1, Question([], [])
+PART_SEPARATOR = "\n\n"
+"""How the text parts of one message are read together when looking for its question."""
+
+
+def _question(slots: Sequence[tuple[str, str]], groups: Sequence[int]) -> tuple[dict[int, list[tuple[int, int]]],
+                                                                               str | None]:
+    """Where the question is: kept spans per slot, and the query. The question is looked for in the last user
+    message that has text, its text parts read together (a question part before a document part counts)."""
+    last = next((groups[i] for i in range(len(slots) - 1, -1, -1)
+                 if slots[i][0] == "user" and slots[i][1].strip()), None)
+    if last is None:
+        return {}, None
+    members = [i for i in range(len(slots)) if groups[i] == last and slots[i][0] == "user"]
+    starts: list[int] = []
+    pos = 0
+    for i in members:
+        starts.append(pos)
+        pos += len(slots[i][1]) + len(PART_SEPARATOR)
+    joined = PART_SEPARATOR.join(slots[i][1] for i in members)
+    q = find_question(joined)
+    keeps: dict[int, list[tuple[int, int]]] = {}
+    for i, start in zip(members, starts, strict=True):
+        end = start + len(slots[i][1])
+        spans = [(max(a, start) - start, min(b, end) - start) for a, b in q.keep if a < end and b > start]
+        if spans:
+            keeps[i] = spans
+    query = None
+    if q.query_spans:
+        clean = " ".join(joined[a:b] for a, b in q.query_spans)
+        query = clean.replace(COMPRESS_OPEN, "").replace(COMPRESS_CLOSE, "").strip()[-MAX_QUERY_CHARS:] or None
+    return keeps, query
 
 
 def find_question(text: str) -> Question:
-    """The question of a user text, and what stays verbatim with it.
+    """The question of a user text, and what stays verbatim with it (``\\r\\n`` line breaks read as ``\\n``).
 
     1. A line labelled ``Question:`` / ``Query:`` / ``Q:`` that asks (holds a question mark) is the question,
        wherever it stands (``rag-prompt`` style templates put it before the context), with a final answer cue
@@ -199,6 +234,20 @@ def find_question(text: str) -> Question:
        (``When did ...? Use the report below.``; it is then the query) or when no paragraph asks (``Summarize
        the report below.``).
     """
+    if "\r" not in text:
+        return _find_question_lf(text)
+    # Windows line breaks: read with "\n" only, then map the spans back (each "\r\n" shortened the text by one)
+    crlf = [m.start() for m in re.finditer("\r\n", text)]
+    norm_at = [c - k for k, c in enumerate(crlf)]  # where each "\r\n"'s "\n" stands in the normalised text
+    q = _find_question_lf(text.replace("\r\n", "\n"))
+
+    def back(pos: int) -> int:  # the same for starts and exclusive ends: a span never splits "\r\n"
+        return pos + bisect.bisect_left(norm_at, pos)
+
+    return Question([(back(a), back(b)) for a, b in q.keep], [(back(a), back(b)) for a, b in q.query_spans])
+
+
+def _find_question_lf(text: str) -> Question:
     body_end = len(text.rstrip())
     cue = _ANSWER_CUE.search(text, max(0, body_end - 200), len(text))  # a short last line
     asked_end = _rstrip(text, 0, cue.start() if cue is not None else body_end)
@@ -352,18 +401,21 @@ class MessageCompressor:
     # -- text slots ----------------------------------------------------------------------
     def compress_slots(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
                        floor: float | None = None, target_tokens: int | None = None,
-                       confidence: float | None = None) -> tuple[list[str], MessagesStats]:
+                       confidence: float | None = None,
+                       messages: Sequence[int] | None = None) -> tuple[list[str], MessagesStats]:
         """New texts for ``(role, text)`` slots (unchanged ones verbatim) and the stats.
 
         The mode arguments override the :class:`~pocsdk.Compressor`'s own for this call (``target_tokens``
-        budgets the compressed parts, not the text around them)."""
+        budgets the compressed parts, not the text around them). ``messages`` gives each slot's message index
+        when a message has several text parts (they are counted, and searched for the question, together)."""
         t0 = time.perf_counter()
         mode = _mode(keep_rate, floor, target_tokens, confidence)
-        key = self._key(slots, mode) if self.cache_size else b""
-        return self._compress_keyed(slots, mode, key, t0)
+        key = self._key(slots, mode, messages) if self.cache_size else b""
+        return self._compress_keyed(slots, mode, key, t0, messages)
 
-    def _compress_keyed(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any],
-                        key: bytes, t0: float | None = None) -> tuple[list[str], MessagesStats]:
+    def _compress_keyed(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any], key: bytes,
+                        t0: float | None = None, messages: Sequence[int] | None = None
+                        ) -> tuple[list[str], MessagesStats]:
         """:meth:`compress_slots` with the cache key already computed (``b""`` when the cache is off)."""
         if t0 is None:
             t0 = time.perf_counter()
@@ -373,7 +425,7 @@ class MessageCompressor:
             stats = cached.model_copy(update={"cached": True})
             stats.compress_ms = (time.perf_counter() - t0) * 1000.0
             return list(texts), stats
-        p = plan(slots, self.policy, self.counter)
+        p = plan(slots, self.policy, self.counter, messages)
         stats = MessagesStats(explicit=p.explicit, query=p.query, parts=len(p.pieces))
         outside = self._outside_tokens(p)
         counts: list[tuple[int, int]] = []
@@ -399,10 +451,11 @@ class MessageCompressor:
 
     async def acompress_slots(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
                               floor: float | None = None, target_tokens: int | None = None,
-                              confidence: float | None = None) -> tuple[list[str], MessagesStats]:
+                              confidence: float | None = None,
+                              messages: Sequence[int] | None = None) -> tuple[list[str], MessagesStats]:
         """Async twin of :meth:`compress_slots` (worker thread)."""
         return await asyncio.to_thread(self.compress_slots, slots, keep_rate=keep_rate, floor=floor,
-                                       target_tokens=target_tokens, confidence=confidence)
+                                       target_tokens=target_tokens, confidence=confidence, messages=messages)
 
     def is_cheap(self, slots: Sequence[tuple[str, str]], max_chars: int = 2048) -> bool:
         """True when compressing these slots needs no worker thread (cached, or too short to compress)."""
@@ -412,18 +465,19 @@ class MessageCompressor:
         return False
 
     def cached(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
-               floor: float | None = None) -> bool:
+               floor: float | None = None, messages: Sequence[int] | None = None) -> bool:
         """Is this exact prompt (and mode) in the cache? A hash, no compression."""
         if not self.cache_size:
             return False
-        return self._has(self._key(slots, _mode(keep_rate, floor)))
+        return self._has(self._key(slots, _mode(keep_rate, floor), messages))
 
     # -- OpenAI-style message dicts --------------------------------------------------------
     def compress_messages(self, messages: Sequence[Mapping[str, Any]], *, keep_rate: float | None = None,
                           floor: float | None = None) -> tuple[list[dict[str, Any]], MessagesStats]:
         """Compress OpenAI chat messages; other fields and non-text content parts are kept as is."""
         slots, where = openai_slots(messages)
-        texts, stats = self.compress_slots(slots, keep_rate=keep_rate, floor=floor)
+        groups = [i for i, _ in where]
+        texts, stats = self.compress_slots(slots, keep_rate=keep_rate, floor=floor, messages=groups)
         return rebuild_openai(messages, where, [t for _, t in slots], texts), stats
 
     async def acompress_messages(self, messages: Sequence[Mapping[str, Any]], *, keep_rate: float | None = None,
@@ -435,14 +489,16 @@ class MessageCompressor:
         so the event loop does those itself.
         """
         slots, where = openai_slots(messages)
+        groups = [i for i, _ in where]
         t0 = time.perf_counter()
         mode = _mode(keep_rate, floor)
-        key = self._key(slots, mode) if self.cache_size else b""  # hashed once per request
+        key = self._key(slots, mode, groups) if self.cache_size else b""  # hashed once per request
         if self.is_cheap(slots) or self._has(key):
-            texts, stats = self._compress_keyed(slots, mode, key, t0)
+            texts, stats = self._compress_keyed(slots, mode, key, t0, groups)
         else:  # the worker checks the cache again: an identical prompt may have finished meanwhile
             loop = asyncio.get_running_loop()
-            texts, stats = await loop.run_in_executor(executor, lambda: self._compress_keyed(slots, mode, key))
+            texts, stats = await loop.run_in_executor(
+                executor, lambda: self._compress_keyed(slots, mode, key, None, groups))
         return rebuild_openai(messages, where, [t for _, t in slots], texts), stats
 
     # -- internals -----------------------------------------------------------------------
@@ -468,8 +524,10 @@ class MessageCompressor:
         stats.compression_factor = factor_from_keep_rate(stats.keep_rate)
         stats.compress_ms = (time.perf_counter() - t0) * 1000.0
 
-    def _key(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any]) -> bytes:
-        h = hashlib.sha256(repr((sorted(mode.items()), len(slots))).encode())
+    def _key(self, slots: Sequence[tuple[str, str]], mode: dict[str, Any],
+             messages: Sequence[int] | None = None) -> bytes:
+        grouping = None if messages is None else [int(m) for m in messages]
+        h = hashlib.sha256(repr((sorted(mode.items()), len(slots), grouping)).encode())
         for role, text in slots:
             for part in (role, text):
                 b = part.encode("utf-8", "surrogatepass")
