@@ -297,3 +297,96 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
                                    "-o", str(out), "--factors", "1,2", "--workers", "1", "--quiet", "--resume"])
     assert res.exit_code in (0, 1) and out.read_text()  # free again: it runs
+
+
+def _long_examples(path: Path, n: int) -> Path:
+    text = " ".join(SENTENCES * 40)
+    return write_jsonl(path, [Example(id=f"x{i}", dataset="toy", task="qa", context=text,
+                                      query="Who first descended the Amazon river?",
+                                      answers=["Francisco de Orellana"]) for i in range(n)])
+
+
+def test_a_killed_run_leaves_no_worker_holding_the_output(tmp_path: Path) -> None:
+    """The pool workers inherited the locked output: after the run was killed (OOM, SIGKILL) they lived on
+    and every --resume was refused as "another run is writing"."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _long_examples(tmp_path / "toy.jsonl", 400)
+    out = tmp_path / "labels.jsonl"
+    args = [sys.executable, "-m", "pocsdk", "calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
+            "-o", str(out), "--factors", "1,2,4", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert out.read_text().count("\n") < 400, "the run finished before it was killed"
+    res = CliRunner().invoke(app, ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
+                                   "-o", str(out), "--factors", "1,2,4", "--workers", "1", "--quiet", "--resume"])
+    assert res.exit_code == 0, res.output
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"x{i}" for i in range(400))
+    time.sleep(1.5)
+    for pid in workers:  # the orphans noticed and left
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), pid
+
+
+def test_overwrite_never_removes_a_running_runs_output(tmp_path: Path) -> None:
+    """--overwrite deleted the file before taking the lock, so the running run wrote into a deleted file."""
+    import fcntl
+
+    data = write_jsonl(tmp_path / "toy.jsonl", examples(2))
+    out = tmp_path / "labels.jsonl"
+    out.write_text('{"id": "kept"}\n')
+    with out.open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = CliRunner().invoke(app, ["calibrate", "--dataset", f"jsonl:{data}", "--compressor", "extractive",
+                                       "-o", str(out), "--factors", "1,2", "--workers", "1", "--quiet",
+                                       "--overwrite"])
+        assert res.exit_code == 2 and "another run is writing" in res.output
+    assert out.read_text() == '{"id": "kept"}\n'
+    stats = run_calibration(examples(2), out, compressor="extractive", factors=[1.0, 2.0], workers=1,
+                            progress=False, overwrite=True)
+    assert stats.written == 3 and "\"kept\"" not in out.read_text()
+
+
+def test_a_refused_run_leaves_no_empty_output(tmp_path: Path) -> None:
+    out = tmp_path / "labels.jsonl"
+    twice = [*examples(1), *examples(1)]
+    with pytest.raises(ConfigError, match="appears twice"):
+        run_calibration(twice, out, compressor="extractive", factors=[1.0, 2.0], workers=1, progress=False)
+    assert not out.exists()
+
+
+def test_resume_refuses_other_compressor_parameters_or_judge_model(tmp_path: Path) -> None:
+    """Labels of two configurations ended up in one file, which then trained one predictor."""
+    import httpx
+
+    out = tmp_path / "labels.jsonl"
+    run_calibration(examples(2), out, compressor="extractive", compressor_params={"min_tokens": 16},
+                    factors=[1.0, 2.0], workers=1, progress=False)
+    with pytest.raises(ConfigError, match="other compressor parameters"):
+        run_calibration(examples(4), out, compressor="extractive", compressor_params={"min_tokens": 32},
+                        factors=[1.0, 2.0], workers=1, progress=False, resume=True)
+    stats = run_calibration(examples(4), out, compressor="extractive", compressor_params={"min_tokens": 16},
+                            factors=[1.0, 2.0], workers=1, progress=False, resume=True)
+    assert stats.written == 2
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Francisco de Orellana"}}]})
+
+    def opts(model: str) -> dict[str, Any]:
+        return {"base_url": "http://fake/v1", "model": model, "backoff": 0.0, "transport": httpx.MockTransport(handler)}
+
+    llm_out = tmp_path / "llm.jsonl"
+    run_calibration(examples(1)[:1], llm_out, judge="llm", judge_options=opts("a"), factors=[1.0, 2.0], workers=1,
+                    progress=False)
+    with pytest.raises(ConfigError, match="judged by the model 'a'"):
+        run_calibration(examples(2)[:2], llm_out, judge="llm", judge_options=opts("b"), factors=[1.0, 2.0],
+                        workers=1, progress=False, resume=True)

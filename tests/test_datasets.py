@@ -122,6 +122,9 @@ def test_nq_mixed_structure(nq: list[Example], shared_data: Path) -> None:
         for d in e.context:
             if not d.metadata["gold"]:
                 assert not any(f" {a} " in f" {normalize_answer(d.text)} " for a in answers if a)
+        # NQ holds one passage under several questions: it was picked up to four times as a distractor
+        texts = [normalize_answer(d.text) for d in e.context]
+        assert len(set(texts)) == len(texts), f"{e.id}: a passage appears twice"
     counts = Counter(len(e.context) for e in nq)
     assert len(counts) >= 10, "document counts vary"
     positions = [e.metadata["gold_position"] for e in nq]
@@ -176,10 +179,14 @@ def test_leval(shared_data: Path) -> None:
     assert len(by_task) == 15 and by_task["gsm100"] == 100 and by_task["coursera"] == 172
     for e in ex:
         assert e.query
-        if e.task == "multiple_choice":
+        if e.task == "multiple_choice" and e.metadata["leval_task"] != "sci_fi":
             assert e.answers and e.reference
         if e.task == "summarization":
             assert e.reference and not e.answers
+    # sci_fi asks True or False: the statement is the query, so it is no reference (retention would score the
+    # query's own words, which query-aware compressors keep); the truth value is the answer
+    sci_fi = [e for e in ex if e.metadata["leval_task"] == "sci_fi"]
+    assert len(sci_fi) == 64 and all(e.reference is None and e.answers in (["True"], ["False"]) for e in sci_fi)
     gsm = [e for e in ex if e.metadata["leval_task"] == "gsm100"]
     assert all(e.task == "few_shot" and "Let's think step by step" in str(e.context) for e in gsm)
     two = load_dataset("leval:tasks=coursera,tpo", root=shared_data)
@@ -205,3 +212,23 @@ def test_kv(shared_data: Path) -> None:
         assert e.answers[0] in e.context and e.metadata["n_keys"] == 75
     assert len({e.metadata["gold_index"] for e in ex}) > 20
     assert len(load_dataset("kv:keys=140,n=3", root=shared_data)) == 3
+
+
+def test_misspelt_options_and_stray_arguments_are_errors(tmp_path: Path) -> None:
+    """Typos loaded the defaults silently: nq_mixed:ndocs=3 gave 5-20 documents, nq_mixed:5 every example."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"context": "Paris is in France.", "query": "Where?", "answers": ["France"]}) + "\n")
+    for spec, match in [("nq_mixed:ndocs=3", "no option ndocs"), ("squad_articles:windows=0", "no option windows"),
+                        ("kv:key=140", "no option key"), ("multi_news:seed=1", "no option seed"),
+                        ("nq_mixed:5", "positional"), (f"jsonl:{data},tsk=qa", "no option tsk")]:
+        with pytest.raises(ConfigError, match=match):
+            load_dataset(spec, root=tmp_path)
+    assert len(load_dataset(f"jsonl:{data},task=qa,n=1")) == 1
+
+
+def test_null_task_and_dataset_fall_back_to_the_defaults(tmp_path: Path) -> None:
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"context": "Paris is in France.", "query": "Where?", "answers": ["France"],
+                                "task": None, "dataset": None}) + "\n")
+    (e,) = load_dataset(f"jsonl:{data},task=retrieval")
+    assert e.task == "retrieval" and e.dataset == "mine"

@@ -247,9 +247,12 @@ def test_llm_judge_retries_empty_answers_and_never_caches_them(tmp_path: Path) -
     silent = LLMJudge(base_url="http://fake/v1", model="m2", api_key="sk-test", backoff=0.0, max_retries=1,
                       transport=httpx.MockTransport(always_empty), cache_path=tmp_path / "cache.sqlite")
     calls["n"] = 0
-    assert not silent.judge(ex(answers=["Paris"]), "Paris.", ["x"]).scorable  # nothing to score against
+    # no answer for the full context is a failure (which --retry-failed reruns), not an unscorable example
+    with pytest.raises(RemoteError, match="answered the full context with nothing"):
+        silent.judge(ex(answers=["Paris"]), "Paris.", ["x"])
     assert calls["n"] == 2 * 2  # two contexts, retried once each
-    silent.judge(ex(answers=["Paris"]), "Paris.", ["x"])
+    with pytest.raises(RemoteError):
+        silent.judge(ex(answers=["Paris"]), "Paris.", ["x"])
     assert calls["n"] == 2 * 2 * 2  # asked again: nothing empty was cached
 
 
@@ -265,7 +268,8 @@ def test_llm_judge_concurrency_limit() -> None:
         active["now"] -= 1
         return httpx.Response(200, json={"choices": [{"message": {"content": "Paris"}}]})
 
-    judge = LLMJudge(base_url="http://fake/v1", model="m", concurrency=2, transport=httpx.MockTransport(handler))
+    judge = LLMJudge(base_url="http://fake/v1", model="m", api_key="sk-test", concurrency=2,
+                     transport=httpx.MockTransport(handler))
     v = judge.judge(ex(answers=["Paris"]), "Paris 0", [f"Paris {i}" for i in range(1, 8)])
     assert v.performance == [1.0] * 7
     assert active["peak"] == 2
@@ -338,3 +342,61 @@ def test_retention_refuses_option_letters() -> None:
                         reference="The bridge opened in 1931.")
     assert RetentionJudge().judge(with_text, "The bridge opened in 1931.", ["The bridge opened in 1931."]).scorable
     assert RetentionJudge().judge(ex(answers=["Paris"]), "Paris is big.", ["Paris"]).scorable
+
+
+def test_truth_values_are_scored_by_their_first_truth_word() -> None:
+    """A True/False gold went through answer_match: "False, it is not true" matched the gold True."""
+    from pocsdk.calibration.judges import choice_match
+
+    assert choice_match("True.", ["True"]) == 1.0
+    assert choice_match("False, it is not true.", ["True"]) == 0.0
+    assert choice_match("no", ["No"]) == 1.0 and choice_match("B", ["B"]) == 1.0
+
+
+def test_truth_value_golds_get_a_true_false_prompt_and_no_retention_score() -> None:
+    """L-Eval sci_fi asked for "the letter(s) of the correct option(s)" of a True/False question, and its
+    retention labels measured the question's own words."""
+    tf = ex(task="multiple_choice", answers=["False"], query="Humans travel to Sirius, True or False?")
+    assert build_messages(tf, "ctx")[-1]["content"].endswith("Answer True or False only.")
+    assert metric_for(tf) == "choice"
+    verdict = RetentionJudge().judge(tf, "Humans travel to Sirius. It is true.", ["Humans travel."])
+    assert not verdict.scorable and "truth value" in (verdict.reason or "")
+
+
+def test_llm_judge_limit_is_shared_by_concurrent_calls_and_runs_inside_a_loop() -> None:
+    import asyncio
+    import threading
+
+    state = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+    inner = FakeLLM()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.01)
+        with lock:
+            state["now"] -= 1
+        return inner(request)
+
+    judge = LLMJudge(base_url="http://fake/v1", model="m", api_key="sk-test", concurrency=2,
+                     transport=httpx.MockTransport(handler))
+
+    async def five() -> None:
+        await asyncio.gather(*(judge.ajudge(ex(answers=["Paris"]), "Paris is the capital.", ["a", "b", "c"])
+                               for _ in range(5)))
+        # the sync shell inside a running loop (a notebook) runs in a thread instead of failing
+        assert judge.judge(ex(answers=["Paris"]), "Paris is the capital.", ["x"]).scorable
+
+    asyncio.run(five())
+    assert state["peak"] == 2  # was 10: each call had its own limit
+
+
+def test_llm_judge_refuses_a_url_without_scheme_and_keys_answers_by_endpoint(tmp_path: Path) -> None:
+    from pocsdk.calibration.llm_judge import AnswerCache
+
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        LLMJudge(base_url="localhost:8000/v1", model="m")
+    messages = [{"role": "user", "content": "q"}]
+    assert AnswerCache.key("m", messages, {}, "http://a/v1") != AnswerCache.key("m", messages, {}, "http://b/v1")

@@ -10,21 +10,26 @@ Built-in datasets (files under the data root: ``root=...``, ``$POCSDK_DATA`` or 
 * ``nq_mixed:n=1500,docs=5-20,hard=0.5,seed=0`` -- NQ-Open questions; each gold passage is mixed
   with passages of *other* questions as distractors (``docs`` = total documents, an int or a range),
   a share ``hard`` of them the passages most similar to the question by BM25, the rest random. The
-  gold position is uniform over the list. Distractors never contain a gold answer. Task ``multi_doc_qa``.
+  gold position is uniform over the list. Distractors never contain a gold answer, and no passage text
+  appears twice in one example (NQ holds the same passage under several questions). Task ``multi_doc_qa``.
 * ``squad_articles:n=600,window=16,unanswerable=0,seed=0`` -- SQuAD 2.0 dev: the question's paragraph
   inside a window of ``window`` consecutive paragraphs of its article (0 = the whole article), at a
   random position. ``unanswerable=1`` adds unanswerable questions (``metadata.unanswerable``, no answers),
-  ``unanswerable=only`` keeps only them. Task ``qa``.
+  ``unanswerable=only`` keeps only them (unscorable by both judges: there is no gold). Task ``qa``.
 * ``leval:tasks=coursera,quality`` -- L-Eval; one example per instruction. Multiple-choice answers
   keep the letters in ``answers`` and the correct option text in ``reference``; ``gsm100`` is a
-  16-shot prompt (task ``few_shot``, context = the demonstrations). Default: all 15 tasks.
+  16-shot prompt (task ``few_shot``, context = the demonstrations). ``sci_fi`` asks True or False
+  about the document's world: ``answers`` holds the truth value and there is no ``reference`` (the
+  statement is the question itself), so only the ``llm`` judge scores it. Default: all 15 tasks.
 * ``multi_news:n=200,query=`` -- LongBench multi_news, one document per "Passage i:"; task
   ``summarization``, ``reference`` = the summary, query None unless ``query=...`` is given.
 * ``kv:keys=75,n=500`` -- key-value retrieval (75 or 140 keys); context = the JSON object, one
   record per line; query "Extract the value for key X"; task ``retrieval``.
 * ``jsonl:/path/file.jsonl`` (or ``jsonl:path=...,task=qa``) -- your own data, see below.
 
-Every spec accepts ``n`` (keep the first n examples after the dataset's own seeded sampling).
+Every spec accepts ``n`` (keep the first n examples after the dataset's own seeded sampling) and
+``root``; an option a dataset does not read is an error (``nq_mixed:ndocs=3`` would otherwise
+silently load 5-20 documents).
 
 Generic JSONL format (one JSON object a line; blank lines ignored)::
 
@@ -33,7 +38,7 @@ Generic JSONL format (one JSON object a line; blank lines ignored)::
      "query": "question or null",      # optional
      "answers": ["gold", "alias"] | "gold",   # short or long gold answers, and/or
      "reference": "reference text",    # a reference (e.g. a summary)
-     "task": "qa",                     # optional; default from the spec option task=, else "qa"
+     "task": "qa",                     # optional (null too); default from the spec option task=, else "qa"
      "metadata": {...}}                # optional, kept in the labels
 
 At least one of ``answers`` or ``reference`` is required. A bad line raises
@@ -47,7 +52,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -173,11 +178,36 @@ def parse_spec(spec: str) -> DatasetSpec:
 
 Loader = Callable[[DatasetSpec, Path], Iterator[Union[Example, "InvalidExample"]]]
 _LOADERS: dict[str, Loader] = {}
+_OPTIONS: dict[str, tuple[frozenset[str], bool]] = {}
+COMMON_OPTIONS = frozenset({"n", "root"})
+"""Options every dataset takes: ``n`` (the first n examples) and ``root`` (the data folder)."""
 
 
-def register_dataset(name: str, loader: Loader) -> None:
-    """Register a loader: ``loader(spec, data_root)`` yields examples."""
+def register_dataset(name: str, loader: Loader, options: Iterable[str] | None = None,
+                     positional: bool = False) -> None:
+    """Register a loader: ``loader(spec, data_root)`` yields examples.
+
+    ``options`` names the spec options it reads (besides ``n`` and ``root``) and ``positional`` whether it
+    takes ``name:arg``; others are refused, so a misspelt option is an error, not a silent default. With
+    ``options=None`` any option is passed through (the loader checks them itself)."""
     _LOADERS[name] = loader
+    if options is None:
+        _OPTIONS.pop(name, None)
+    else:
+        _OPTIONS[name] = (frozenset(options) | COMMON_OPTIONS, positional)
+
+
+def _check_options(spec: DatasetSpec) -> None:
+    if spec.name not in _OPTIONS:
+        return
+    known, positional = _OPTIONS[spec.name]
+    unknown = sorted(set(spec.options) - known)
+    if unknown:
+        raise ConfigError(f"dataset {spec.name!r} has no option {', '.join(unknown)}; "
+                          f"its options: {', '.join(sorted(known))}")
+    if spec.arg is not None and not positional:
+        raise ConfigError(f"dataset {spec.name!r} takes no positional argument ({spec.name}:{spec.arg}); "
+                          f"give options as key=value, e.g. {spec.name}:n={spec.arg}")
 
 
 def available_datasets() -> list[str]:
@@ -228,6 +258,7 @@ def load_dataset_lines(spec: str | DatasetSpec, root: str | Path | None = None) 
     loader = _LOADERS.get(parsed.name)
     if loader is None:
         raise ConfigError(f"unknown dataset {parsed.name!r}; available: {', '.join(available_datasets())}")
+    _check_options(parsed)
     needs_root = parsed.name != "jsonl"
     base = data_root(parsed.options.get("root") or root) if needs_root else Path(".")
     examples = list(loader(parsed, base))
@@ -310,7 +341,7 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
         raw_id = f"{name}-{lineno}"
     try:
         return Example(
-            id=str(raw_id), dataset=str(obj.get("dataset", name)), task=str(obj.get("task", default_task)),
+            id=str(raw_id), dataset=str(_or(obj.get("dataset"), name)), task=str(_or(obj.get("task"), default_task)),
             context=context, query=obj.get("query"), answers=answers, reference=reference,
             metadata=obj.get("metadata") or {},
         )
@@ -318,6 +349,11 @@ def _example_from_obj(obj: dict[str, Any], where: str, lineno: int, name: str, d
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"]) or "record"
         raise InvalidInputError(f"{where}: {loc}: {first['msg']}") from exc
+
+
+def _or(value: Any, default: str) -> Any:
+    """A field's value, or the default when it is absent or null (as for ``id``)."""
+    return default if value is None else value
 
 
 def _load_jsonl(spec: DatasetSpec, root: Path) -> Iterator[Example | InvalidExample]:
@@ -382,13 +418,17 @@ def _nq_doc_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def _first_usable(order: np.ndarray, k: int, usable: Callable[[int], bool], taken: set[int]) -> list[int]:
+def _first_usable(order: np.ndarray, k: int, usable: Callable[[int], bool], taken: set[int],
+                  same_text: Sequence[int]) -> list[int]:
+    """The first ``k`` usable passages of ``order`` whose text is not taken yet (``same_text[j]``: the first
+    passage with ``j``'s normalised text); adds theirs to ``taken``."""
     out: list[int] = []
     for j in (int(x) for x in order):
         if len(out) >= k:
             break
-        if j not in taken and usable(j):
+        if same_text[j] not in taken and usable(j):
             out.append(j)
+            taken.add(same_text[j])
     return out
 
 
@@ -402,6 +442,9 @@ def _load_nq_mixed(spec: DatasetSpec, root: Path) -> Iterator[Example]:
     gold = [r["ctxs"][0] for r in rows]
     passages = [_nq_doc_text(g.get("title", ""), g["text"]) for g in gold]
     norm_passages = [" " + normalize_answer(p) + " " for p in passages]
+    # the same passage is the gold of several questions: distractors are told apart by their text
+    first_of: dict[str, int] = {}
+    same_text = [first_of.setdefault(p, j) for j, p in enumerate(norm_passages)]
     questions = [r["question"] for r in rows]
     sims = bm25_matrix(questions, passages)
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -422,8 +465,9 @@ def _load_nq_mixed(spec: DatasetSpec, root: Path) -> Iterator[Example]:
             return j != _qi and p != _gold and not any(f" {a} " in p for a in _ans)
 
         by_sim = np.argsort(-sims[qi], kind="stable")
-        hard = _first_usable(by_sim, n_hard, usable, set())
-        rand = _first_usable(rng.permutation(len(rows)), n_dis - n_hard, usable, set(hard))
+        hard = _first_usable(by_sim, n_hard, usable, set(), same_text)
+        rand = _first_usable(rng.permutation(len(rows)), n_dis - n_hard, usable, {same_text[j] for j in hard},
+                             same_text)
         distractors = [(int(j), True) for j in hard] + [(int(j), False) for j in rand]
         perm = rng.permutation(len(distractors))
         distractors = [distractors[i] for i in perm]
@@ -524,9 +568,10 @@ def parse_options(instruction: str) -> dict[str, str]:
 def _mc_gold(task: str, instruction: str, output: str) -> tuple[list[str], str | None, dict[str, Any]]:
     """Answers (letters), reference (correct option text) and metadata of one MC instruction."""
     if task == "sci_fi":
+        # True or False about the document's world: no option text, and the statement is the question itself
+        # (kept by any query-aware compressor), so no reference: retention cannot score it, the llm judge can
         loyal = output.split("[", 1)[0].strip()
-        statement = re.sub(r"^\s*\d+\.\s*", "", instruction.split("True or False?")[0]).strip(" ,\t\n")
-        return [loyal], statement, {"fact": output}
+        return [loyal], None, {"fact": output}
     options = parse_options(instruction)
     m = re.match(r"\s*\(?([A-H]+)\)?(?:[\.\s]|$)", output)
     letters = list(m.group(1)) if m else []
@@ -615,9 +660,9 @@ def _load_kv(spec: DatasetSpec, root: Path) -> Iterator[Example]:
         )
 
 
-register_dataset("nq_mixed", _load_nq_mixed)
-register_dataset("squad_articles", _load_squad_articles)
-register_dataset("leval", _load_leval)
-register_dataset("multi_news", _load_multi_news)
-register_dataset("kv", _load_kv)
-register_dataset("jsonl", _load_jsonl)
+register_dataset("nq_mixed", _load_nq_mixed, options=("docs", "hard", "seed"))
+register_dataset("squad_articles", _load_squad_articles, options=("window", "seed", "unanswerable"))
+register_dataset("leval", _load_leval, options=("tasks",), positional=True)
+register_dataset("multi_news", _load_multi_news, options=("query",))
+register_dataset("kv", _load_kv, options=("keys",))
+register_dataset("jsonl", _load_jsonl, options=("path", "task", "dataset"), positional=True)

@@ -17,8 +17,10 @@ whose full context already fails (score 0) carries no information and is marked 
   content the context supports), ``perf = |R ∩ T(compressed)| / |R|``; ``full = |R| / |T(reference)|``
   (recorded, not divided by); unscorable if ``R`` is empty.
 
-Few-shot prompts (task ``few_shot``) and unanswerable questions are unscorable by retention:
-their gold is not supported by the context. Use the ``llm`` judge for them.
+Few-shot prompts (task ``few_shot``) are unscorable by retention: their gold is not supported by the
+context; use the ``llm`` judge for them. So are golds that are only option letters or truth values
+(``True``, ``no``) without a ``reference``: they say nothing about what the context must keep.
+Unanswerable questions (no gold at all) are unscorable by both judges.
 
 This module also holds the small answer metrics shared with the LLM judge (EM, F1, ROUGE-L).
 """
@@ -208,15 +210,33 @@ def choice_letters(text: str) -> frozenset[str]:
     return frozenset(last.group(1)) if last else frozenset()
 
 
+TRUTH_VALUES = frozenset({"true", "false", "yes", "no"})
+
+
+def truth_value(text: str) -> str | None:
+    """The first true / false / yes / no word of a text, lower-cased, or None."""
+    return next((t for t in answer_tokens(text) if t in TRUTH_VALUES), None)
+
+
+def is_truth_value(answer: str) -> bool:
+    """Is a gold answer only a truth value ("True", "no.")?"""
+    return answer_tokens(answer) in (["true"], ["false"], ["yes"], ["no"])
+
+
 def choice_match(prediction: str, golds: Sequence[str]) -> float:
     """Multiple choice: 1.0 when the answer names exactly a gold's option letters.
 
     Letters are compared as sets, never through :func:`normalize_answer`, which drops "a" as an
-    English article (every gold "A" would be unmatchable). A gold that is option text, not letters,
-    falls back to :func:`answer_match`.
+    English article (every gold "A" would be unmatchable). A gold that is a truth value ("True")
+    matches the answer's first truth word ("False, it is not true" answers False). A gold that is
+    option text, not letters, falls back to :func:`answer_match`.
     """
     pred = choice_letters(prediction)
     for gold in golds:
+        if is_truth_value(gold):
+            if truth_value(prediction) == truth_value(gold):
+                return 1.0
+            continue
         letters = choice_letters(gold)
         if letters and letters == pred:
             return 1.0
@@ -277,6 +297,9 @@ class RetentionJudge:
         if example.reference is None and example.answers and all(_OPTION_LETTER.fullmatch(a) for a in example.answers):
             return Judgement(scorable=False, reason="multiple-choice letters say nothing about what the context "
                                                     "must keep: give the correct option's text as 'reference'")
+        if example.reference is None and example.answers and all(is_truth_value(a) for a in example.answers):
+            return Judgement(scorable=False, reason="a truth value (true/false, yes/no) says nothing about what the "
+                                                    "context must keep: give the supporting text as 'reference'")
         answers = [a for a in example.answers if normalize_answer(a)]
         if example.reference is None and is_short(answers):
             return self._span(answers, full_context, compressed)

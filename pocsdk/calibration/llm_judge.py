@@ -9,9 +9,12 @@ answer scores 0 is unscorable.
 
 Requests go to ``{base_url}/chat/completions`` (temperature 0) through httpx with a concurrency
 limit (asyncio semaphore), retries with exponential backoff on 429, 5xx, timeouts and connection
-errors (honouring ``Retry-After``), and an on-disk SQLite cache keyed by sha256 of (model, messages)
-so reruns and resumed runs cost nothing. Configuration: arguments, else ``$POCSDK_LLM_BASE_URL``,
-``$POCSDK_LLM_MODEL``, ``$POCSDK_LLM_API_KEY`` (falling back to ``$OPENAI_BASE_URL`` / ``$OPENAI_API_KEY``).
+errors (honouring ``Retry-After``), and an on-disk SQLite cache keyed by sha256 of (endpoint, model,
+messages, parameters) so reruns and resumed runs cost nothing. The limit holds across concurrent
+``ajudge`` calls on one event loop. A full-context answer that stays empty after the retries is a
+failure (``--retry-failed`` asks again), not an unscorable example. Configuration: arguments, else
+``$POCSDK_LLM_BASE_URL``, ``$POCSDK_LLM_MODEL``, ``$POCSDK_LLM_API_KEY`` (falling back to ``$OPENAI_BASE_URL`` /
+``$OPENAI_API_KEY``).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
+import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pocsdk.calibration.judges import METRICS, Judgement, clip01, is_short
+from pocsdk.calibration.judges import METRICS, Judgement, clip01, is_short, is_truth_value, truth_value
 from pocsdk.errors import ConfigError, RemoteError
 
 if TYPE_CHECKING:
@@ -54,7 +60,10 @@ _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def metric_for(example: Example) -> str:
-    """The metric name for an example's task; long free-form answers use F1 rather than match."""
+    """The metric name for an example's task; long free-form answers use F1 rather than match, and truth
+    values ("True", "no") the first truth word of the answer (``choice``)."""
+    if example.answers and all(is_truth_value(a) for a in example.answers):
+        return "choice"
     name = TASK_METRICS.get(example.task, "f1")
     if name == "match" and example.task in ("qa", "multi_doc_qa") and not is_short(example.answers):
         return "f1"
@@ -63,7 +72,11 @@ def metric_for(example: Example) -> str:
 
 def build_messages(example: Example, context: str) -> list[dict[str, str]]:
     """Chat messages asking the model to answer ``example`` from ``context`` only."""
-    instruction = _INSTRUCTIONS.get(example.task, "Answer the question using the context. Be brief.")
+    if example.answers and all(is_truth_value(a) for a in example.answers):  # L-Eval sci_fi, BoolQ-like data
+        instruction = "Answer True or False only." if any(truth_value(a) in ("true", "false")
+                                                            for a in example.answers) else "Answer yes or no only."
+    else:
+        instruction = _INSTRUCTIONS.get(example.task, "Answer the question using the context. Be brief.")
     user = f"Context:\n{context}\n\n"
     if example.query:
         user += f"{example.query}\n\n"
@@ -79,7 +92,7 @@ def extract_answer(example: Example, text: str) -> str:
 
 
 class AnswerCache:
-    """SQLite answer cache keyed by sha256(model, messages); safe across worker processes."""
+    """SQLite answer cache keyed by sha256(endpoint, model, messages, params); safe across worker processes."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -91,8 +104,10 @@ class AnswerCache:
         return sqlite3.connect(self.path, timeout=60)
 
     @staticmethod
-    def key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-        blob = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False)
+    def key(model: str, messages: list[dict[str, str]], params: dict[str, Any], endpoint: str = "") -> str:
+        """Two endpoints serving one model name (another quantisation, another provider) answer apart."""
+        blob = json.dumps({"endpoint": endpoint, "model": model, "messages": messages, "params": params},
+                          sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> str | None:
@@ -130,6 +145,12 @@ class LLMJudge:
             raise ConfigError("the llm judge needs a base URL and a model (--llm-base-url/--llm-model or "
                               "$POCSDK_LLM_BASE_URL/$POCSDK_LLM_MODEL)")
         self.base_url = self.base_url.rstrip("/")
+        try:
+            scheme = httpx.URL(self.base_url).scheme
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"the llm judge's base URL {self.base_url!r} is not a URL: {exc}") from None
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"the llm judge's base URL must start with http:// or https://, not {self.base_url!r}")
         self._api_key = api_key or os.environ.get("POCSDK_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""
         if concurrency < 1 or max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ConfigError("concurrency >= 1, max_retries >= 0, backoff >= 0 and timeout > 0 are required")
@@ -140,6 +161,9 @@ class LLMJudge:
         self.max_tokens = max_tokens
         self.cache = AnswerCache(cache_path) if cache_path else None
         self._transport = transport
+        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
+        self._limits_lock = threading.Lock()
         self.requests = 0
         """HTTP requests sent (retries included); cache hits send none."""
 
@@ -148,8 +172,13 @@ class LLMJudge:
 
     # -- public -------------------------------------------------------------------------------
     def judge(self, example: Example, full_context: str, compressed: Sequence[str]) -> Judgement:
-        """Sync shell over :meth:`ajudge` (the runner's worker processes have no event loop)."""
-        return asyncio.run(self.ajudge(example, full_context, compressed))
+        """Sync shell over :meth:`ajudge`; inside a running event loop (a notebook) it runs in a thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.ajudge(example, full_context, compressed))
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.ajudge(example, full_context, compressed)).result()
 
     async def ajudge(self, example: Example, full_context: str, compressed: Sequence[str]) -> Judgement:
         golds = list(example.answers) or ([example.reference] if example.reference else [])
@@ -159,10 +188,13 @@ class LLMJudge:
         metric = METRICS[metric_name]
         contexts = [full_context, *compressed]
         unique = list(dict.fromkeys(contexts))  # factor 1 usually equals the full context: ask once
+        sem = self._limit()
         async with self._client() as client:
-            sem = asyncio.Semaphore(self.concurrency)
             replies = await asyncio.gather(*(self._answer(client, sem, example, c) for c in unique))
         by_ctx = dict(zip(unique, replies, strict=True))
+        if not by_ctx[full_context].strip():  # a failure to retry (--retry-failed), not an unscorable example
+            raise RemoteError(f"the LLM endpoint answered the full context with nothing, {self.max_retries + 1} "
+                              "times; a later run with --resume --retry-failed asks again")
         scores = [metric(extract_answer(example, by_ctx[c]), golds) for c in contexts]
         full = scores[0]
         details = {"mode": "llm", "metric": metric_name, "model": self.model, "scores": scores[1:]}
@@ -172,6 +204,15 @@ class LLMJudge:
                          details=details)
 
     # -- transport ----------------------------------------------------------------------------
+    def _limit(self) -> asyncio.Semaphore:
+        """The judge's request limit on this event loop: concurrent ``ajudge`` calls share it."""
+        loop = asyncio.get_running_loop()
+        with self._limits_lock:
+            sem = self._limits.get(loop)
+            if sem is None:
+                sem = self._limits[loop] = asyncio.Semaphore(self.concurrency)
+        return sem
+
     def _client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout,
@@ -182,7 +223,7 @@ class LLMJudge:
         messages = build_messages(example, context)
         params = {"temperature": 0, "max_tokens": self.max_tokens or (400 if example.task in
                                                                       ("summarization", "few_shot") else 64)}
-        key = AnswerCache.key(self.model, messages, params)
+        key = AnswerCache.key(self.model, messages, params, self.base_url)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -195,7 +236,8 @@ class LLMJudge:
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
         """The reply's text; errors and empty replies are retried with backoff (an endpoint that keeps
-        replying with nothing gets its empty answer scored, uncached)."""
+        replying with nothing gets its empty answer scored, uncached, for a compressed context; for the
+        full context it is a failure, see :meth:`ajudge`)."""
         last: str = ""
         empty = False
         for attempt in range(self.max_retries + 1):
@@ -203,6 +245,8 @@ class LLMJudge:
             try:
                 self.requests += 1
                 resp = await client.post("/chat/completions", json=body)
+            except httpx.UnsupportedProtocol as exc:  # a wrong URL does not heal with retries
+                raise RemoteError(f"LLM endpoint {self.base_url!r} cannot be reached: {exc}") from exc
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last, empty = f"{type(exc).__name__}: {exc}", False
             else:

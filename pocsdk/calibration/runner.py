@@ -19,6 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -96,6 +98,24 @@ def _init_worker(compressor: str, compressor_params: dict[str, Any], judge: str,
     _STATE.judge = get_judge(judge, **judge_options)
     _STATE.factors = tuple(factors)
     _STATE.featurize = load_featurize()
+
+
+def _init_pool_worker(parent: int, output_fd: int, *init_args: Any) -> None:
+    """A pool worker: lets go of the output (a forked worker inherits its locked descriptor, and one that
+    outlived a killed run kept the lock), exits when the run's process is gone, then loads like any worker."""
+    if output_fd >= 0 and parent != os.getpid():
+        try:
+            os.close(output_fd)
+        except OSError:  # a spawned worker has no such descriptor
+            pass
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="pocsdk-orphan-watch").start()
+    _init_worker(*init_args)
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)  # the run is gone (killed): nothing reads this worker's results
 
 
 def _work(example_json: str) -> str:
@@ -222,8 +242,10 @@ def done_ids(path: Path, failed: set[str] | None = None) -> set[str]:
     return ids
 
 
-def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[float]) -> None:
-    """Refuse to append labels made another way (compressor, judge, factor grid) to ``path``."""
+def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[float],
+                    parameters: dict[str, Any] | None = None, judge_model: str | None = None) -> None:
+    """Refuse to append labels made another way (compressor and its parameters, judge and its model, factor
+    grid) to ``path``: a file mixing them trains a predictor on two different compressors."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
@@ -239,6 +261,22 @@ def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[f
                     f"{path} holds labels made with compressor {theirs[0]!r}, judge {theirs[1]!r}, factors "
                     f"{theirs[2]}; this run uses {ours[0]!r}, {ours[1]!r}, {ours[2]}: write to a new file, "
                     "or pass --overwrite instead of --resume")
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            their_params = meta.get("compressor_params")
+            ours_params = json.loads(json.dumps(parameters, default=str)) if parameters is not None else None
+            if isinstance(their_params, dict) and ours_params is not None and their_params != ours_params:
+                changed = sorted(k for k in set(their_params) | set(ours_params)
+                                 if their_params.get(k) != ours_params.get(k))
+                there = {k: their_params.get(k) for k in changed}
+                here = {k: ours_params.get(k) for k in changed}
+                raise ConfigError(f"{path} holds labels made with other compressor parameters ({there} there, "
+                                  f"{here} here): write to a new file, or pass --overwrite instead of --resume")
+            judged = meta.get("judge")
+            their_model = judged.get("model") if isinstance(judged, dict) else None
+            if their_model is not None and judge_model is not None and their_model != judge_model:
+                raise ConfigError(f"{path} holds labels judged by the model {their_model!r}; this run asks "
+                                  f"{judge_model!r}: write to a new file, or pass --overwrite instead of --resume")
             return
 
 
@@ -268,13 +306,46 @@ def run_calibration(
     # later in the worker processes, after --overwrite has already removed the old labels.
     built = get_compressor(compressor, **(compressor_params or {}))
     judged = get_judge(judge, **(judge_options or {}))
-    if resume and out.exists():  # the names records carry (a registered alias builds a compressor of its own name)
-        check_resumable(out, built.name, judged.name, grid)
     if retry_failed and not resume:
         raise ConfigError("--retry-failed continues an output: give --resume too")
-    if overwrite and not resume and out.exists():
-        out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
+    existed = out.exists()
+    # The lock comes first, before anything reads or replaces the output: a second run (even one given
+    # --overwrite) is refused while this one writes.
+    with out.open("a", encoding="utf-8") as fh:
+        _lock(fh, out)
+        try:
+            if resume and existed:  # the names records carry (a registered alias builds a compressor of its own name)
+                params = getattr(built, "parameters", None)
+                check_resumable(out, built.name, judged.name, grid, params() if callable(params) else None,
+                                getattr(judged, "model", None))
+            if overwrite and not resume:
+                fh.truncate(0)
+            stats, todo, invalid = _plan(examples, out, resume, retry_failed)
+        except BaseException:
+            if not existed:  # a run refused before its first line leaves no empty file behind
+                out.unlink(missing_ok=True)
+            raise
+        init_args = (compressor, dict(compressor_params or {}), judge, dict(judge_options or {}), grid)
+        t0 = time.perf_counter()
+        with _progress(progress, len(todo)) as advance:
+            for bad in invalid:  # input lines that are no example: their error lines first
+                line = json.dumps({"id": bad.id, "dataset": bad.dataset, "error": bad.error}, ensure_ascii=False)
+                fh.write(line + "\n")
+                _count(stats, line)
+            fh.flush()
+            for line in _lines(todo, workers, init_args, fh.fileno()):
+                fh.write(line + "\n")
+                fh.flush()
+                _count(stats, line)
+                advance()
+    stats.seconds = round(time.perf_counter() - t0, 2)
+    return stats
+
+
+def _plan(examples: Iterable[Example | InvalidExample], out: Path, resume: bool, retry_failed: bool
+          ) -> tuple[RunStats, list[Example], list[InvalidExample]]:
+    """What this run labels: examples not in the output yet (and, with ``retry_failed``, failed ones)."""
     failed: set[str] | None = set() if retry_failed else None
     skip = done_ids(out, failed) if resume else set()
     retried = len(failed or ())
@@ -295,21 +366,7 @@ def run_calibration(
     featurize = load_featurize()
     stats = RunStats(output=str(out), total=total, skipped=total - len(todo) - len(invalid), retried=retried,
                      features="featurize" if featurize is not None else "missing")
-    init_args = (compressor, dict(compressor_params or {}), judge, dict(judge_options or {}), grid)
-    t0 = time.perf_counter()
-    with out.open("a", encoding="utf-8") as fh, _progress(progress, len(todo)) as advance:
-        _lock(fh, out)
-        for bad in invalid:  # input lines that are no example: their error lines first
-            line = json.dumps({"id": bad.id, "dataset": bad.dataset, "error": bad.error}, ensure_ascii=False)
-            fh.write(line + "\n")
-            _count(stats, line)
-        for line in _lines(todo, workers, init_args):
-            fh.write(line + "\n")
-            fh.flush()
-            _count(stats, line)
-            advance()
-    stats.seconds = round(time.perf_counter() - t0, 2)
-    return stats
+    return stats, todo, invalid
 
 
 def _lock(fh: Any, out: Path) -> None:
@@ -325,7 +382,7 @@ def _lock(fh: Any, out: Path) -> None:
         raise ConfigError(f"another run is writing {out}: wait for it, or write to another file") from None
 
 
-def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...]) -> Iterable[str]:
+def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...], output_fd: int = -1) -> Iterable[str]:
     """Output lines in input order, from this process or a pool with a bounded window."""
     if workers == 1 or len(todo) <= 1:
         _init_worker(*init_args)
@@ -333,7 +390,8 @@ def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...]) -> Ite
             yield _work(ex.model_dump_json())
         return
     window = workers * 4
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
+                             initargs=(os.getpid(), output_fd, *init_args)) as pool:
         pending: list[Future[str]] = []
         it = iter(todo)
         for ex in it:
