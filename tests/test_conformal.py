@@ -167,11 +167,13 @@ def _shifted_datasets(binary: bool = False) -> tuple[list[LabelRecord], list[str
 def test_cross_dataset_holds_on_a_shifted_dataset_where_holdout_fails() -> None:
     import random
 
-    from pocsdk.prediction.evaluate import arrays, split_fit_cal
+    from pocsdk.prediction.evaluate import arrays
 
     recs, src = _shifted_datasets()
     test = synthetic_records(1000, seed=99, dataset="new", shift=1.0, binary=False)
-    fit, cal = split_fit_cal(recs, random.Random(0))
+    order = list(range(len(recs)))
+    random.Random(0).shuffle(order)
+    fit, cal = [recs[i] for i in order[len(order) // 4:]], [recs[i] for i in order[:len(order) // 4]]
     holdout = fit_calibration(ContextAgnosticPredictor().fit(fit), cal)
     final = ContextAgnosticPredictor().fit(recs)
     xcal = cross_dataset_calibration(recs, lambda r: ContextAgnosticPredictor().fit(r), sources=src, predictor=final)

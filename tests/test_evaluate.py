@@ -335,3 +335,101 @@ def test_tampered_artifacts_are_refused_not_run(tmp_path: Path) -> None:
         (tmp_path / "cal.json").write_text(json.dumps({**cal, "factors": factors}))
         with pytest.raises(ArtifactError):
             Calibration.load(tmp_path / "cal.json")
+
+
+def test_splits_keep_each_document_on_one_side() -> None:
+    """The random split put questions on one L-Eval book (or SQuAD article) in both train and test."""
+    import random
+
+    from pocsdk.prediction.evaluate import document_key, group_split, split_fit_cal
+
+    recs = synthetic_records(300, seed=3)
+    recs = [r.model_copy(update={"metadata": {"doc_index": i % 40, "leval_task": "quality"}})
+            for i, r in enumerate(recs)]
+    for split in (lambda rs: group_split(rs, random.Random(1), 0.25), lambda rs: split_fit_cal(rs, random.Random(2))):
+        rest, held = split(recs)
+        assert len(rest) + len(held) == 300 and 45 <= len(held) <= 100
+        assert not {document_key(r) for r in rest} & {document_key(r) for r in held}
+    one_doc = [r.model_copy(update={"metadata": {"title": "Same"}}) for r in recs[:20]]
+    rest, held = group_split(one_doc, random.Random(0), 0.25)  # one document: split the records
+    assert len(held) == 5 and len(rest) == 15
+
+
+def _tasks_labels(d: Path) -> list[Path]:
+    """Three datasets, each with two tasks of different difficulty (so per-task tables differ from pooled)."""
+    paths = []
+    for i, (name, shift) in enumerate((("a", 0.0), ("b", 0.3), ("c", 0.6))):
+        recs = (synthetic_records(150, seed=10 + i, dataset=name, shift=shift, task="qa")
+                + synthetic_records(150, seed=20 + i, dataset=name, shift=shift + 0.8, task="summarization"))
+        recs = [r.model_copy(update={"id": f"{name}-{k}"}) for k, r in enumerate(recs)]
+        p = d / f"{name}.jsonl"
+        p.write_text("".join(r.model_dump_json() + "\n" for r in recs))
+        paths.append(p)
+    return paths
+
+
+def test_curves_decide_as_the_table_rows(tmp_path: Path) -> None:
+    """The plotted +cal curves used the pooled margin while the table used each record's task margin, and the
+    trade-off rule (the default decision) had no curve."""
+    report = evaluate_files(_tasks_labels(tmp_path), tmp_path / "r", floors=[0.8, 0.9], confidence=0.9,
+                            few_shot=0, kinds=["agnostic", "lightgbm"], lodo_kinds=[])
+    for method in ("lightgbm+cal", "agnostic+cal", "lightgbm+tradeoff", "agnostic+tradeoff", "oracle", "fixed"):
+        curve = report.curves[method]
+        for floor in (0.8, 0.9):
+            row = report.row("random", method, floor)
+            assert row is not None
+            k = curve["floor"].index(floor)
+            assert curve["meet"][k] == pytest.approx(row.meet) and curve["factor"][k] == pytest.approx(row.factor)
+
+
+def test_evaluate_skips_a_fold_it_cannot_fit_and_shows_the_floors_asked(label_files: list[Path],
+                                                                        tmp_path: Path) -> None:
+    one = tmp_path / "one.jsonl"
+    one.write_text(label_files[0].read_text().splitlines()[0] + "\n")
+    with pytest.warns(Warning, match="fold 'easy' skipped"):
+        report = evaluate_files([label_files[0], one], tmp_path / "r", floors=[0.8, 0.95], few_shot=0,
+                                kinds=["agnostic"])
+    assert report.row("random", "agnostic", 0.8) is not None  # the rest of the report is there
+    assert report.row("lodo", "agnostic", 0.8, fold="one") is not None
+    # without floor 0.9 the per-dataset table shows a floor that was evaluated (it was left out silently)
+    report = evaluate_files(label_files, tmp_path / "r2", floors=[0.8, 0.95], few_shot=0, kinds=["agnostic"])
+    assert "**Per held-out dataset, floor 0.95**" in report.markdown
+
+
+def test_evaluate_cli_dedupes_floors_and_refuses_no_kinds(label_files: list[Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), str(label_files[1]), "-o", str(out),
+                              "--floors", "0.9,0.90", "--kinds", "agnostic", "--few-shot", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "report.json").read_text())["floors"] == [0.9]
+    assert res.output.count("Random split") == 1
+    res = runner.invoke(app, ["evaluate", "--labels", str(label_files[0]), "-o", str(out), "--kinds", ""])
+    assert res.exit_code == 2 and "--kinds" in res.output
+
+
+def test_evaluate_predictor_decides_per_task_and_checks_the_grid(tmp_path: Path) -> None:
+    """--predictor used the pooled tables for every record, unlike the floor search, and accepted labels on
+    another grid than its calibration's."""
+    from pocsdk.prediction.evaluate import evaluate_predictor_files, load_records, task_margins
+
+    paths = _tasks_labels(tmp_path)
+    pdir = tmp_path / "pred"
+    res = CliRunner().invoke(app, ["train-predictor", "--labels", *map(str, paths), "--kind", "agnostic",
+                                   "-o", str(pdir)])
+    assert res.exit_code == 0, res.output
+    report = evaluate_predictor_files(paths, pdir, tmp_path / "r", floors=[0.9], confidence=0.9)
+    from pocsdk.prediction.conformal import Calibration
+
+    cal = Calibration.load(pdir / "calibration.json")
+    recs = load_records(paths)
+    margins = task_margins(cal, recs, 0.9, 0.9)
+    assert len(set(np.round(margins, 6))) > 1  # the tasks' tables differ
+    row = report.row("given", "agnostic+cal", 0.9)
+    assert row is not None and row.margin == pytest.approx(float(margins.mean()))
+    other = tmp_path / "grid.jsonl"
+    other.write_text("".join(r.model_dump_json() + "\n"
+                             for r in synthetic_records(60, seed=5, factors=(1.0, 2.0, 4.0, 8.0))))
+    res = CliRunner().invoke(app, ["evaluate", "--labels", str(other), "--predictor", str(pdir), "-o",
+                                   str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "grid" in res.output

@@ -199,10 +199,13 @@ def evaluate_cmd(
         lodo_list = None if lodo_kinds is None else [k.strip() for k in lodo_kinds.split(",") if k.strip()]
         if unknown := sorted(set(kind_list) - set(known)):
             raise ConfigError(f"unknown --kinds {', '.join(unknown)}; known: {', '.join(known)}")
+        if not kind_list:
+            raise ConfigError(f"--kinds names no predictor kind; known: {', '.join(known)}")
         if lodo_list is not None and (outside := sorted(set(lodo_list) - set(kind_list))):
             raise ConfigError(f"--lodo-kinds {', '.join(outside)} not in --kinds {', '.join(kind_list)}")
         try:
-            floor_list = [check_unit_interval("floor", float(x)) for x in floors.split(",") if x.strip()]
+            floor_list = list(dict.fromkeys(check_unit_interval("floor", float(x))  # 0.9,0.90: one section
+                                            for x in floors.split(",") if x.strip()))
             if not floor_list:
                 raise ValueError("no floor")
         except ValueError as exc:
