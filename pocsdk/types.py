@@ -80,6 +80,8 @@ class FloorDecision(BaseModel):
     passed through before the search (too short to compress) keeps the floor trivially: True, and ``reason`` says so."""
     reason: str
     predictor: str
+    task: str | None = None
+    """The task type the predictor was told (``task=``, or the calibration's), None when none."""
     margin: float = 0.0
     """Calibration margin subtracted from predictions (margin rule)."""
     rule: str | None = None

@@ -588,3 +588,81 @@ def test_info_lists_the_predictors_a_floor_would_use_and_survives_odd_cards(
     assert result.exit_code == 0, result.output
     assert "[/x]" in result.stdout and "RecursionError" in result.stdout
     assert "extractive/agnostic" not in result.stdout
+
+
+def test_resume_refuses_another_predictor_task_token_target_or_calibration(tmp_path: Path) -> None:
+    """One output mixed two policies: a resume with another --predictor, --task or --target-tokens was accepted."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i)} for i in range(3))))
+    out = tmp_path / "out.jsonl"
+
+    def first_only(*args: str) -> bytes:
+        assert invoke("compress", str(src), "-o", str(out), "-q", "--overwrite", *args).exit_code == 0
+        first = out.read_bytes().split(b"\n")[0] + b"\n"
+        out.write_bytes(first)
+        return first
+
+    first = first_only("--floor", "0.9")
+    for other, says in ((["--predictor", "agnostic"], "predictor"), (["--task", "summarization"], "task")):
+        result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--floor", "0.9", *other)
+        assert result.exit_code == 2 and says in result.output, other
+        assert out.read_bytes() == first
+    first_only("--floor", "0.9", "--confidence", "0.9", "--task", "qa")
+    cal = tmp_path / "cal.json"  # another calibration: a few-shot one on three made-up labels
+    from pocsdk.prediction.synthetic import synthetic_records
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(r.model_dump_json() + "\n" for r in synthetic_records(40, compressor="skim")))
+    root = Path(__file__).resolve().parents[1] / "predictors" / "skim"
+    assert invoke("fit-calibration", "--labels", str(labels), "--predictor", str(root), "-o", str(cal)).exit_code == 0
+    result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--floor", "0.9", "--confidence", "0.9",
+                    "--task", "qa", "--calibration", str(cal))
+    assert result.exit_code == 2 and "calibration" in result.output
+    first_only("--keep-rate", "0.4")
+    result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--target-tokens", "100")
+    assert result.exit_code == 2 and "--target-tokens" in result.output
+    first_only("--target-tokens", "200")
+    result = invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--target-tokens", "900")
+    assert result.exit_code == 2 and "--target-tokens 900" in result.output
+    assert invoke("compress", str(src), "-o", str(out), "-q", "--resume", "--target-tokens", "200").exit_code == 0
+    assert len(read_records(out)) == 3
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    """Two runs (a --resume started while the first still ran) wrote over each other's lines."""
+    import fcntl
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i)} for i in range(3))))
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"")
+    with out.open("ab") as held:  # another run holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in (["--resume"], ["--overwrite"]):
+            result = invoke("compress", str(src), "-o", str(out), "-q", "--keep-rate", "0.4", *extra)
+            assert result.exit_code == 2 and "another run is writing" in result.output, extra
+    assert out.read_bytes() == b""
+    assert invoke("compress", str(src), "-o", str(out), "-q", "--keep-rate", "0.4", "--resume").exit_code == 0
+    assert len(read_records(out)) == 3
+    # a run refused before writing anything leaves no empty file behind
+    fresh = tmp_path / "fresh.jsonl"
+    assert invoke("compress", str(src), "-o", str(fresh), "-q", "--keep-rate", "0.4", "--tokenizer", "nope:x"
+                  ).exit_code == 2
+    assert not fresh.exists()
+
+
+def test_info_names_what_the_predictor_option_takes() -> None:
+    """info listed "skim/mlp", which --predictor refused; it now says what --predictor takes."""
+    by_name = {p.name: p for p in shipped_predictors()}
+    assert by_name["skim"].select == "default" and by_name["skim/mlp"].select == "mlp"
+    assert by_name["extractive/agnostic"].select == "agnostic"
+
+
+def test_a_pipe_given_as_a_path_has_no_size() -> None:
+    from pocsdk.cli.jsonl import open_input
+
+    r, w = os.pipe()
+    os.close(w)
+    stream, size = open_input(f"/dev/fd/{r}")
+    stream.close()
+    assert size is None  # the progress bar had a total of 0 and sat at 0%

@@ -31,6 +31,7 @@ from pocsdk.cli.app import app
 from pocsdk.cli.jsonl import (
     STDIO,
     JsonlWriter,
+    OutputLock,
     RawLine,
     ResumePoint,
     find_resume_point,
@@ -279,53 +280,62 @@ def compress_command(
 ) -> None:
     """Compress each JSON record of IN; write one result or error record per input record to OUT, in order.
 
-    Exit status: 0 when every record succeeded, 1 when any record failed (records kept by --resume
-    included), 2 for bad options (checked by compressing a built-in text once before any record), 130
-    when interrupted (rerun with --resume).
+    Exit status: 0 when every record succeeded; 1 when any record failed (records kept by --resume included);
+    2 for bad options (checked by compressing a built-in text once before any record);
+    130 when interrupted (rerun with --resume).
     """
     err = Console(stderr=True)
     fields = RecordFields(text=text_field, query=query_field or None, id=id_field, max_bytes=max_record_bytes)
+    lock = OutputLock.acquire(STDIO)
+    finished = False
     try:
-        _check_paths(source, output, resume=resume, overwrite=overwrite)
-        modes = [m for m, v in (("--keep-rate", keep_rate), ("--target-tokens", target_tokens), ("--floor", floor))
-                 if v is not None]
-        if len(modes) != 1:
-            raise ConfigError("give exactly one of --keep-rate, --target-tokens or --floor")
-        if floor is None and (predictor is not None or calibration is not None or confidence is not None
-                              or task is not None):
-            raise ConfigError("--confidence, --predictor, --calibration and --task apply to --floor")
-        if tokenizer is not None:
-            get_token_counter(tokenizer)  # fail now, not once per record
-        engine = Compressor(keep_rate, target_tokens=target_tokens, floor=floor, confidence=confidence,
-                            compressor=compressor, predictor=predictor, calibration=calibration, task=task,
-                            tokenizer=tokenizer, endpoint=endpoint, api_key=api_key,
-                            **parse_params(param, options=_FACADE_OPTIONS))
-        if floor is not None:
-            engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
-        point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
-        if resume:
-            described = getattr(engine.compressor, "parameters", None)  # a registered compressor may not say
-            local = json.loads(json.dumps(described(), default=str)) if endpoint is None and callable(described) \
-                else None
-            _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local)
-        stream, size = open_input(source)
-    except (PocError, OSError) as exc:
-        _fail(err, exc)
-    try:
-        _probe(engine, err)  # a bad --param, model path or --endpoint fails now, not once per record
-    except PocError as exc:
-        if source != STDIO:
-            stream.close()
-        _fail(err, exc)
-    try:
-        stats = _run(engine, stream, size, output, point, fields, err, show_progress=not quiet and err.is_terminal)
+        try:
+            _check_paths(source, output, resume=resume, overwrite=overwrite)
+            lock = OutputLock.acquire(output)  # before the output is read or replaced
+            modes = [m for m, v in (("--keep-rate", keep_rate), ("--target-tokens", target_tokens), ("--floor", floor))
+                     if v is not None]
+            if len(modes) != 1:
+                raise ConfigError("give exactly one of --keep-rate, --target-tokens or --floor")
+            if floor is None and (predictor is not None or calibration is not None or confidence is not None
+                                  or task is not None):
+                raise ConfigError("--confidence, --predictor, --calibration and --task apply to --floor")
+            if tokenizer is not None:
+                get_token_counter(tokenizer)  # fail now, not once per record
+            engine = Compressor(keep_rate, target_tokens=target_tokens, floor=floor, confidence=confidence,
+                                compressor=compressor, predictor=predictor, calibration=calibration, task=task,
+                                tokenizer=tokenizer, endpoint=endpoint, api_key=api_key,
+                                **parse_params(param, options=_FACADE_OPTIONS))
+            if floor is not None:
+                engine.prepare()  # a bad --predictor / --calibration fails now, not once per record
+            point = find_resume_point(Path(output)) if resume else ResumePoint(0, 0, None)
+            if resume:
+                described = getattr(engine.compressor, "parameters", None)  # a registered compressor may not say
+                local = json.loads(json.dumps(described(), default=str)) if endpoint is None and callable(described) \
+                    else None
+                policy = engine._policy if floor is not None and endpoint is None else None
+                _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local, target_tokens,
+                                        policy)
+            stream, size = open_input(source)
+        except (PocError, OSError) as exc:
+            _fail(err, exc)
+        try:
+            _probe(engine, err)  # a bad --param, model path or --endpoint fails now, not once per record
+        except PocError as exc:
+            if source != STDIO:
+                stream.close()
+            _fail(err, exc)
+        try:
+            stats = _run(engine, stream, size, output, point, fields, err, show_progress=not quiet and err.is_terminal)
+        finally:
+            if source != STDIO:
+                stream.close()
+        finished = True
+        if not quiet:
+            err.print(summary_table(stats))
+        if stats.failed or stats.resumed_failed:
+            raise typer.Exit(EXIT_RECORD_ERRORS)
     finally:
-        if source != STDIO:
-            stream.close()
-    if not quiet:
-        err.print(summary_table(stats))
-    if stats.failed or stats.resumed_failed:
-        raise typer.Exit(EXIT_RECORD_ERRORS)
+        lock.release(discard_new_empty=not finished)
 
 
 def _run(engine: Compressor, stream: BinaryIO, size: int | None, output: str, point: ResumePoint,
@@ -396,10 +406,11 @@ def _probe(engine: Compressor, err: Console) -> None:
 
 
 def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None, keep_rate: float | None,
-                            confidence: float | None = None, parameters: dict[str, Any] | None = None) -> None:
-    """Refuse to append records made with another compressor, floor, confidence, keep rate or compressor
-    parameters to an earlier run's output (as far as its last result shows them: a token target is not
-    recorded, and a remote service's parameters are the service's)."""
+                            confidence: float | None = None, parameters: dict[str, Any] | None = None,
+                            target_tokens: int | None = None, policy: Any = None) -> None:
+    """Refuse to append records made with another compressor, floor, confidence, keep rate or token target,
+    compressor parameters, predictor, task or calibration to an earlier run's output (as far as its last
+    result shows them: a remote service's parameters are the service's)."""
     result = point.last_result
     if not result:
         return
@@ -418,6 +429,29 @@ def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | 
     requested = result.get("requested_keep_rate")
     if keep_rate is not None and earlier_floor is None and requested != keep_rate:
         raise ConfigError(f"cannot resume: the earlier run asked for keep rate {requested}, this one {keep_rate}")
+    original = result.get("original_tokens")
+    if target_tokens is not None and earlier_floor is None and isinstance(requested, (int, float)) \
+            and isinstance(original, int) and original > 0 and not result.get("passthrough"):
+        # a token target is recorded as the keep rate it asked for: target / original tokens
+        if abs(requested - min(1.0, target_tokens / original)) > 1e-9:
+            raise ConfigError(f"cannot resume: the earlier run asked for another rate ({requested:.4g} of "
+                              f"{original} tokens), not --target-tokens {target_tokens}")
+    if policy is not None and isinstance(decision, dict):
+        now_name = getattr(policy.predictor, "name", type(policy.predictor).__name__)
+        if decision.get("predictor") not in (None, now_name):
+            raise ConfigError(f"cannot resume: the earlier run used predictor {decision.get('predictor')!r}, "
+                              f"this one {now_name!r}")
+        if "task" in decision and decision.get("task") != policy.task:
+            raise ConfigError(f"cannot resume: the earlier run predicted for task {decision.get('task')!r}, "
+                              f"this one for {policy.task!r}")
+        if confidence is not None and floor is not None:  # the calibration shows in its margin or weight
+            tradeoff = policy.rule == "tradeoff"
+            now = policy.weight(floor, confidence) if tradeoff else policy.margin(floor, confidence)
+            was = decision.get("weight" if tradeoff else "margin")
+            was = math.inf if tradeoff and was is None else was
+            if isinstance(was, (int, float)) and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+                raise ConfigError("cannot resume: the earlier run used another calibration (its "
+                                  f"{'weight' if tradeoff else 'margin'} was {was:g}, this one's is {now:g})")
     earlier_params = result.get("parameters")
     if parameters is not None and isinstance(earlier_params, dict) and earlier_params != parameters:
         changed = sorted(k for k in set(earlier_params) | set(parameters) if earlier_params.get(k) != parameters.get(k))

@@ -45,6 +45,9 @@ class ShippedPredictor(BaseModel):
     kind: str | None = None
     compressor: str | None = None
     created: str | None = None
+    select: str | None = None
+    """What ``--predictor`` / ``predictor=`` takes to use it with its compressor (``default``, ``mlp``, ...);
+    None when the floor search does not find it by name (pass its path)."""
     error: str | None = None
     """Why the card could not be read, if it could not."""
 
@@ -103,10 +106,27 @@ def _read_card(name: str, path: Path) -> ShippedPredictor:
         return ShippedPredictor(name=name, path=str(path), error=f"unreadable card: {type(exc).__name__}: {exc}")
     if not isinstance(raw, dict) or raw.get("schema") != CARD_SCHEMA:
         return ShippedPredictor(name=name, path=str(path), error=f"not a {CARD_SCHEMA} card")
+    compressor = _str_or_none(raw.get("compressor"))
     return ShippedPredictor(
         name=name, path=str(path), kind=_str_or_none(raw.get("kind")),
-        compressor=_str_or_none(raw.get("compressor")), created=_str_or_none(raw.get("created")) or None,
+        compressor=compressor, created=_str_or_none(raw.get("created")) or None,
+        select=_selected_as(compressor, path.parent),
     )
+
+
+def _selected_as(compressor: str | None, folder: Path) -> str | None:
+    """The shipped name that loads ``folder`` for ``compressor`` (as the floor search resolves names)."""
+    from pocsdk.prediction.floor import PREDICTOR_NAMES, default_predictor_dir
+
+    if not compressor:
+        return None
+    for name in PREDICTOR_NAMES:
+        try:
+            if default_predictor_dir(compressor, name).resolve() == folder.resolve():
+                return name
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _str_or_none(value: object) -> str | None:
@@ -175,10 +195,11 @@ def info_command(
                   highlight=False)
     console.print(f"compressors: {', '.join(report.compressors)}", highlight=False)
     preds = Table(title="shipped predictors", title_justify="left")
-    for col in ("name", "kind", "compressor", "note"):
+    for col in ("name", "kind", "compressor", "--predictor", "note"):
         preds.add_column(col)
     for p in report.predictors:
-        preds.add_row(escape(p.name), escape(p.kind or ""), escape(p.compressor or ""), escape(p.error or ""))
+        preds.add_row(escape(p.name), escape(p.kind or ""), escape(p.compressor or ""),
+                      escape(p.select or ("its path" if p.error is None else "")), escape(p.error or ""))
     if report.predictors:
         console.print(preds)
     else:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,7 +228,51 @@ def open_input(source: str) -> tuple[BinaryIO, int | None]:
     if source == STDIO:
         return sys.stdin.buffer, None
     path = Path(source)
-    return path.open("rb"), path.stat().st_size
+    fh = path.open("rb")
+    info = os.fstat(fh.fileno())
+    return fh, info.st_size if stat.S_ISREG(info.st_mode) else None  # a pipe (<(...)) has no size to show
+
+
+class OutputLock:
+    """One run writes an output at a time: a second one (a ``--resume`` started while the first still runs)
+    would write over the first one's lines. An advisory ``flock`` held for the whole run, on a descriptor of
+    its own; where ``fcntl`` is missing nothing is locked."""
+
+    def __init__(self, fh: BinaryIO | None = None, path: Path | None = None, created: bool = False) -> None:
+        self._fh = fh
+        self._path = path
+        self._created = created
+
+    @classmethod
+    def acquire(cls, target: str) -> OutputLock:
+        if target == STDIO:
+            return cls()
+        path = Path(target)
+        created = not path.exists()
+        fh = path.open("ab")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return cls(fh, path, created)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise ConfigError(f"another run is writing {path}: wait for it to end (or stop it), then --resume") \
+                from None
+        return cls(fh, path, created)
+
+    def release(self, *, discard_new_empty: bool = False) -> None:
+        """Let go; a run that stopped before writing anything removes the empty file it created."""
+        if self._fh is None:
+            return
+        try:
+            if discard_new_empty and self._created and self._path is not None and self._path.stat().st_size == 0:
+                self._path.unlink()
+        except OSError:
+            pass
+        self._fh.close()
+        self._fh = None
 
 
 class JsonlWriter:

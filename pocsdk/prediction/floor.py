@@ -207,7 +207,8 @@ class FloorPolicy:
             result.floor = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=1.0, chosen_factor=1.0, met=True,
                 reason=f"input passed through before the search ({scored.passthrough_reason})",
-                predictor=name, margin=margin, rule=rule, weight=weight, grid=self.factors, predictions=[],
+                predictor=name, task=self.task, margin=margin, rule=rule, weight=weight, grid=self.factors,
+                predictions=[],
             )
             return result
         pred, selections = self.predict(compressor, scored)
@@ -233,8 +234,8 @@ class FloorPolicy:
             result = render(scored, passthrough_selection(scored, 1.0, FLOOR_NOT_MET), requested_keep_rate=1.0)
             decision = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=1.0,  # the whole context comes back
-                chosen_factor=1.0, met=False, reason=why, predictor=name, margin=margin, rule=rule, weight=weight,
-                grid=self.factors, predictions=[float(p) for p in pred],
+                chosen_factor=1.0, met=False, reason=why, predictor=name, task=self.task, margin=margin, rule=rule,
+                weight=weight, grid=self.factors, predictions=[float(p) for p in pred],
             )
         else:
             f = self.factors[i]
@@ -253,7 +254,7 @@ class FloorPolicy:
             decision = FloorDecision(
                 floor=floor, confidence=confidence, predicted_performance=float(pred[i] - margin),
                 chosen_factor=f, met=True, reason=why,
-                predictor=name, margin=margin, rule=rule, weight=weight, grid=self.factors,
+                predictor=name, task=self.task, margin=margin, rule=rule, weight=weight, grid=self.factors,
                 predictions=[float(p) for p in pred],
             )
         result.floor = decision
