@@ -44,13 +44,16 @@ def make_tokenizer() -> Any:
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>")
 
 
-def make_model(arch: str = "llama", seed: int = 0, attn: str = "eager") -> tuple[Any, Any, TokenIds]:
+def make_model(arch: str = "llama", seed: int = 0, attn: str = "eager",
+               tie: bool | None = None) -> tuple[Any, Any, TokenIds]:
     """A 2-layer, hidden-64 random model with the MemoSight tokens added."""
     tok = make_tokenizer()
     torch.manual_seed(seed)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  eos_token_id=tok.eos_token_id, pad_token_id=0)
+    common: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=0)
+    if tie is not None:
+        common["tie_word_embeddings"] = tie
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     else:
@@ -223,6 +226,26 @@ def test_lora_and_checkpointing_train_step(tmp_path: Path) -> None:
     assert len(res.loss) == 2 and all(x == x for x in res.loss)
     out = save(peft_model, tok, tmp_path / "ckpt", {"method": "memosight"})
     assert (out / "model.safetensors").exists() and (out / "memosight.json").exists()
+
+
+def test_lora_trains_the_output_rows_of_untied_models() -> None:
+    """peft trained the new tokens' input rows only: with untied embeddings (many 7B/8B reasoning bases) the output
+    head's rows stayed at their initial mean, so the model never emitted the splitter and never compressed."""
+    pytest.importorskip("peft")
+    from pocsdk.reasoning.memosight.training import TrainConfig, encode_traces, prepare_lora, train
+
+    model, tok, ids = make_model("llama", seed=3, tie=False)
+    head = model.get_output_embeddings().weight
+    assert head.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    special = sorted(ids.special())
+    before = head.detach().clone()
+    cfg = TrainConfig(ratios=(2.0,), steps=4, lr=5e-3, lora_r=4, gradient_checkpointing=False, max_length=128)
+    peft_model = prepare_lora(model, ids, cfg)
+    train(peft_model, encode_traces(tok, ids, toy_traces()[:2], cfg), cfg)
+    after = peft_model.merge_and_unload().get_output_embeddings().weight.detach()
+    others = [i for i in range(before.shape[0]) if i not in special]
+    assert not torch.equal(after[special], before[special])  # the MemoSight tokens' output rows learnt
+    assert torch.equal(after[others], before[others])  # and nothing else of the head
 
 
 def test_cli_train_memosight(tmp_path: Path) -> None:

@@ -211,6 +211,44 @@ def test_context_prefix_goes_before_memory(tok) -> None:  # type: ignore[no-unty
     assert embeds.shape[1] == plan.decoder_tokens == plan.memory_tokens + 2 + 3
 
 
+def test_decoder_input_opens_with_bos_and_separates_documents() -> None:
+    """The decoder input had no BOS although the tokenizer adds one (Llama's do) and glued documents together;
+    the official code tokenizes with special tokens and joins documents with a line break."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, "<s>": 3, "|": 4, ".": 5, ":": 6}
+    for w in [*WORDS, "Question", "Answer"]:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    bos_tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", eos_token="[EOS]", bos_token="<s>",
+                                      unk_token="[UNK]")
+    from pocsdk.compressors.ram.model import RAMModel
+
+    model = RAMModel(make_decoder("llama", len(vocab)), bos_tok,
+                     RAMConfig(encoder_layers=2, segment_tokens=8, document_separator="|"))
+    comp = RAMCompressor(model=model, min_tokens=1)
+    docs = ["paris is the capital of france .", "berlin is the capital of germany ."]
+    scored = comp.score(docs, "capital of germany")
+    for sel in (comp.select_ratio(scored, 1.0), comp.select_ratio(scored, 0.0)):
+        embeds, _ = comp.decoder_inputs(scored, sel)
+        emb = model.decoder.get_input_embeddings().weight
+        with torch.no_grad():
+            torch.testing.assert_close(embeds[0, 0], emb[3])  # BOS first
+            closest = [int((emb - row).abs().sum(-1).argmin()) for row in embeds[0]]
+        assert closest.count(4) == 1  # one separator between the two documents
+        assert embeds.shape[1] == comp.plan(scored, sel).decoder_tokens
+    kept = comp.decoder_inputs(scored, comp.select_ratio(scored, 1.0))[0]
+    assert bos_tok.convert_ids_to_tokens(
+        [int((model.decoder.get_input_embeddings().weight - r).abs().sum(-1).argmin()) for r in kept[0, :10]]
+    )[7:10] == [".", "|", "berlin"]
+    off = RAMModel(model.decoder, bos_tok, RAMConfig(encoder_layers=2, segment_tokens=8, add_bos=False,
+                                                     document_separator=""))
+    assert off.prefix_ids() == [] and off.separator_ids() == []
+
+
 def test_units_spans_and_render(tok) -> None:  # type: ignore[no-untyped-def]
     comp = RAMCompressor(model=ram_model(tok), min_tokens=1)
     docs = [{"id": "a", "text": context(40)}, {"id": "b", "text": "rome is the capital of italy ."}]
@@ -335,6 +373,28 @@ def test_save_load_round_trip(tok, tmp_path: Path) -> None:  # type: ignore[no-u
     (empty / "m.safetensors.index.json").write_text('{"weight_map": {}}')
     with pytest.raises(ArtifactError, match="lists no parameters"):
         load_ram(empty, decoder=fresh, tokenizer=tok)
+
+
+def test_a_checkpoint_loads_only_onto_its_own_backbone(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Llama-trained full-encoder checkpoint loaded onto a Qwen2 backbone without a word: Qwen2's q/k/v
+    biases silently kept the new base's values, an encoder mixed of two models."""
+    from safetensors.torch import load_file, save_file
+
+    from pocsdk.compressors.ram.checkpoint import WEIGHTS_FILE, load_ram, save_ram
+
+    vocab = len(tok.get_vocab())
+    save_ram(ram_model(tok, separate_encoder=True), tmp_path / "ck")
+    with pytest.raises(ArtifactError, match="another backbone.*model_type 'llama' there, 'qwen2' here"):
+        load_ram(tmp_path / "ck", decoder=make_decoder("qwen2", vocab), tokenizer=tok)
+    with pytest.raises(ArtifactError, match="num_hidden_layers"):
+        load_ram(tmp_path / "ck", decoder=make_decoder("llama", vocab, layers=3), tokenizer=tok)
+    load_ram(tmp_path / "ck", decoder=make_decoder("llama", vocab), tokenizer=tok)  # its own kind loads
+    # weights that leave out what such a checkpoint trains are refused, not half loaded
+    state = load_file(str(tmp_path / "ck" / WEIGHTS_FILE))
+    dropped = next(k for k in state if k.startswith("encoder."))
+    save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "ck" / WEIGHTS_FILE))
+    with pytest.raises(ArtifactError, match="missing from the checkpoint"):
+        load_ram(tmp_path / "ck", decoder=make_decoder("llama", vocab), tokenizer=tok)
 
 
 def test_query_template_and_training_settings_checked_up_front(tmp_path: Path) -> None:

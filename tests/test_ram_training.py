@@ -120,7 +120,8 @@ def test_cli_train_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ck"
     res = CliRunner().invoke(app, ["train", "ram", "--backbone", "tiny", "--data", str(data), "--out", str(out),
                                    "--encoder-layers", "2", "--segment-tokens", "8", "--steps", "3",
-                                   "--lr", "1e-3", "--device", "cpu", "--no-gradient-checkpointing"])
+                                   "--lr", "1e-3", "--device", "cpu", "--no-gradient-checkpointing",
+                                   "--context-prefix", "User: ", "--query-template", "Q: {query} A:"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3
@@ -128,6 +129,14 @@ def test_cli_train_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert meta["config"]["segment_tokens"] == 8 and meta["source"]["backbone"] == "tiny"
     loaded = ck.load_ram(out, decoder=make_decoder("llama", len(tok.get_vocab())), tokenizer=tok)
     assert loaded.ram_config.encoder_layers == 2
+    # continuing it keeps its prompts (the CLI's defaults replaced them silently)
+    more = tmp_path / "ck2"
+    res = CliRunner().invoke(app, ["train", "ram", "--backbone", "tiny", "--data", str(data), "--out", str(more),
+                                   "--init", str(out), "--steps", "1", "--device", "cpu",
+                                   "--no-gradient-checkpointing"])
+    assert res.exit_code == 0, res.output
+    cfg = ck.read_meta(more)["config"]
+    assert (cfg["context_prefix"], cfg["query_template"]) == ("User: ", "Q: {query} A:")
 
 
 def test_training_settings_that_cannot_work_are_refused() -> None:

@@ -24,8 +24,11 @@ def train_ram_command(
                                                            "the official release; with --init: the checkpoint's)."),
     segment_tokens: Optional[int] = typer.Option(None, help="Segment width w in tokens (default 32; with --init: "
                                                            "the checkpoint's)."),
-    query_template: str = typer.Option("Question:{query}\nAnswer:", help="Decoder prompt after the memory."),
-    context_prefix: str = typer.Option("", help="Decoder text before the memory (e.g. a chat template's user turn)."),
+    query_template: Optional[str] = typer.Option(None, help="Decoder prompt after the memory (default "
+                                                          "'Question:{query}\\nAnswer:'; with --init: the "
+                                                          "checkpoint's)."),
+    context_prefix: Optional[str] = typer.Option(None, help="Decoder text before the memory, e.g. a chat template's "
+                                                          "user turn (default none; with --init: the checkpoint's)."),
     temperature: Optional[float] = typer.Option(None, help="InfoNCE temperature (default 0.1; with --init: the "
                                                            "checkpoint's)."),
     contrastive_weight: Optional[float] = typer.Option(None, help="Weight of the InfoNCE term (default 1.0; with "
@@ -86,6 +89,8 @@ def train_ram_command(
             contrastive_weight = 1.0 if contrastive_weight is None else contrastive_weight
             lora_r = 16 if lora_r is None else lora_r
             lora_alpha = 32 if lora_alpha is None else lora_alpha
+            query_template = "Question:{query}\nAnswer:" if query_template is None else query_template
+            context_prefix = "" if context_prefix is None else context_prefix
             base = load_ram(None, backbone, gguf_file=gguf_file, encoder_layers=encoder_layers,
                             segment_tokens=segment_tokens, device=dev, dtype=dt,
                             trust_remote_code=trust_remote_code)

@@ -70,6 +70,23 @@ def trained_parameter_names(model: RAMModel) -> list[str]:
     return names
 
 
+def architecture(decoder: Any) -> dict[str, Any]:
+    """What a checkpoint must be loaded onto: the backbone's kind and shape."""
+    cfg = getattr(decoder, "config", None)
+    return {k: getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers")}
+
+
+def _check_architecture(recorded: Any, decoder: Any, where: str) -> None:
+    if not isinstance(recorded, dict):
+        return  # checkpoints written before pocsdk recorded it
+    here = architecture(decoder)
+    differ = {k: (recorded.get(k), here[k]) for k in here if recorded.get(k) is not None and recorded.get(k) != here[k]}
+    if differ:
+        said = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise ArtifactError(f"{where} was trained on another backbone ({said}): load it onto the backbone it was "
+                            "trained on")
+
+
 def save_ram(model: RAMModel, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``ram_config.json`` and ``ram_weights.safetensors`` into ``directory``."""
     from safetensors.torch import save_file
@@ -80,7 +97,7 @@ def save_ram(model: RAMModel, directory: str | Path, *, extra: dict[str, Any] | 
     tensors = {n: params[n].detach().to("cpu").contiguous().clone() for n in trained_parameter_names(model)}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "version": VERSION, "config": model.ram_config.to_dict(),
-            "source": model.source, **(extra or {})}
+            "source": {**model.source, "architecture": architecture(model.decoder)}, **(extra or {})}
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
@@ -169,6 +186,8 @@ def load_ram(
             raise ConfigError("give backbone=<model path> (the checkpoint does not name one)")
         decoder, tokenizer = load_backbone(backbone, gguf_file=gguf_file, device=device, dtype=dtype,
                                            trust_remote_code=trust_remote_code)
+    if ckpt is not None:
+        _check_architecture(source.get("architecture"), decoder, str(ckpt))
     model = RAMModel(decoder, tokenizer, cfg, source={"backbone": backbone, "gguf_file": gguf_file})
     if ckpt is not None:
         from safetensors.torch import load_file
@@ -190,6 +209,11 @@ def _load_exact(model: RAMModel, state: dict[str, torch.Tensor], where: str) -> 
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise ArtifactError(f"{where}: parameters not in this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    # what such a checkpoint trains must all be there (the decoder's weights are optional: the backbone's serve)
+    missing = sorted(n for n in trained_parameter_names(model) if not n.startswith("decoder.") and n not in state)
+    if missing:
+        raise ArtifactError(f"{where}: trained parameters missing from the checkpoint (another backbone?): "
+                            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
     with torch.no_grad():
         for name, value in state.items():
             target = params[name]

@@ -164,7 +164,7 @@ class RAMCompressor:
         scored = Scored(compressor=self.name, parameters=self.parameters(), documents=docs, query=query,
                         units=units, doc_tokens=doc_tokens, tokenizer=_TokenizerCounter(model.tokenizer, f"hf:{name}"))
         scored.extras.update(ram_segments=seg_ids, ram_segment_tokens=w, ram_prompt=model.prompt_ids(query),
-                            ram_prefix=model.prefix_ids())
+                            ram_prefix=model.prefix_ids(), ram_separator=model.separator_ids())
         if int(doc_tokens.sum()) < self.min_tokens or n == 0:
             scored.passthrough_reason = "input_too_short"
         else:
@@ -227,7 +227,9 @@ class RAMCompressor:
         n = len(scored.units)
         keep = np.ones(n, dtype=bool) if _passthrough(scored, selection) else selection.keep
         kept = int(keep.sum())
-        memory = int(scored.units.tokens[keep].sum()) + (n - kept)
+        boundaries = int(np.count_nonzero(np.diff(scored.units.doc))) if n else 0  # documents meet here
+        memory = int(scored.units.tokens[keep].sum()) + (n - kept) + boundaries * len(
+            scored.extras.get("ram_separator", ()))
         total = scored.total_tokens
         prompt = len(scored.extras["ram_prompt"]) + len(scored.extras.get("ram_prefix", ()))
         w = int(scored.extras["ram_segment_tokens"])
@@ -249,7 +251,8 @@ class RAMCompressor:
         keep = np.ones(len(segs), dtype=bool) if _passthrough(scored, selection) else selection.keep
         with torch.inference_mode():
             return model.assemble(segs, keep.tolist(), scored.extras.get("ram_skim"), scored.extras["ram_prompt"],
-                                  prefix=scored.extras.get("ram_prefix", ()))
+                                  prefix=scored.extras.get("ram_prefix", ()), docs=scored.units.doc.tolist(),
+                                  separator=scored.extras.get("ram_separator", ()))
 
     def render(self, scored: Scored, selection: Selection, *, select_ms: float = 0.0) -> CompressionResult:
         """:func:`pocsdk.compressors.render` plus the exact plan under ``parameters['ram']``."""

@@ -37,6 +37,11 @@ class RAMConfig:
     """Decoder prompt after the hybrid memory; ``{query}`` is replaced by the question."""
     context_prefix: str = ""
     """Decoder text before the hybrid memory (empty in the official setup); e.g. a chat template's user turn."""
+    add_bos: bool = True
+    """Open the decoder input with the tokenizer's BOS token when the tokenizer adds one to a text by default
+    (Llama's do), as the official code's tokenization does."""
+    document_separator: str = "\n"
+    """Text between two documents in the decoder input (the official code joins documents with a line break)."""
     kept_embeddings: Literal["decoder", "encoder"] = "decoder"
     """Embedding table for close-read tokens (the official code uses the encoder's own copy)."""
     separate_encoder: bool = False

@@ -252,8 +252,19 @@ class RAMModel(nn.Module):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prefix_ids(self) -> list[int]:
-        """Decoder tokens before the memory (``context_prefix``)."""
+        """Decoder tokens before the memory: BOS (``add_bos``, when the tokenizer adds one) and ``context_prefix``."""
         text = self.ram_config.context_prefix
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if self.ram_config.add_bos and bos is not None:
+            opened = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+            if opened and opened[0] == bos:
+                ids = [int(bos), *ids]
+        return ids
+
+    def separator_ids(self) -> list[int]:
+        """Decoder tokens between two documents (``document_separator``)."""
+        text = self.ram_config.document_separator
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def assemble(
@@ -264,10 +275,13 @@ class RAMModel(nn.Module):
         prompt: Sequence[int],
         answer: Sequence[int] = (),
         prefix: Sequence[int] = (),
+        docs: Sequence[int] | None = None,
+        separator: Sequence[int] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``prefix``, the hybrid memory in original order, then the prompt (and answer, for training).
 
-        Returns ``inputs_embeds`` [1, L, H_dec] and ``attention_mask`` [1, L].
+        ``docs`` gives each segment's document; ``separator`` tokens go between two documents. Returns
+        ``inputs_embeds`` [1, L, H_dec] and ``attention_mask`` [1, L].
         """
         kept_ids = [t for s, k in zip(segments, keep, strict=True) if k for t in s]
         dev = self.device
@@ -279,9 +293,17 @@ class RAMModel(nn.Module):
         pieces: list[torch.Tensor] = []
         if prefix:
             pieces.append(dec_embed(torch.as_tensor(list(prefix), dtype=torch.long, device=dev)))
+        sep = (dec_embed(torch.as_tensor(list(separator), dtype=torch.long, device=dev))
+               if separator and docs is not None else None)
         pos = 0
         run_start: int | None = None  # consecutive skimmed segments are sliced in one piece
         for i, (seg, k) in enumerate(zip(segments, keep, strict=True)):
+            if sep is not None and docs is not None and i > 0 and docs[i] != docs[i - 1]:
+                if run_start is not None:
+                    assert skim_vectors is not None
+                    pieces.append(skim_vectors[run_start:i].to(dtype))
+                    run_start = None
+                pieces.append(sep.to(dtype))
             if k:
                 if run_start is not None:
                     assert skim_vectors is not None

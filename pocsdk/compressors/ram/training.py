@@ -156,6 +156,9 @@ class Prepared:
     prompt: list[int]
     answer: list[int]
     prefix: list[int] = field(default_factory=list)
+    docs: list[int] = field(default_factory=list)
+    """Each segment's document (separators go between documents)."""
+    separator: list[int] = field(default_factory=list)
 
 
 def prepare(model: RAMModel, ex: Example, cfg: TrainConfig) -> Prepared | None:
@@ -173,7 +176,8 @@ def prepare(model: RAMModel, ex: Example, cfg: TrainConfig) -> Prepared | None:
     pos = positive_segments(ex.documents, seg_doc, offs, ex.answers, ex.gold)
     return Prepared(segments=segs, positives=torch.tensor(pos, dtype=torch.bool),
                     query=list(tok(ex.question, add_special_tokens=False)["input_ids"]),
-                    prompt=model.prompt_ids(ex.question), answer=answer, prefix=model.prefix_ids())
+                    prompt=model.prompt_ids(ex.question), answer=answer, prefix=model.prefix_ids(),
+                    docs=list(seg_doc), separator=model.separator_ids())
 
 
 def example_loss(model: RAMModel, item: Prepared, rho: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,7 +194,7 @@ def example_loss(model: RAMModel, item: Prepared, rho: float) -> tuple[torch.Ten
     for i in torch.argsort(enc.relevance.detach(), descending=True)[:k].tolist():
         keep[i] = True
     embeds, mask = model.assemble(item.segments, keep, model.aligned(enc.skim), item.prompt, item.answer,
-                                  prefix=item.prefix)
+                                  prefix=item.prefix, docs=item.docs or None, separator=item.separator)
     labels = torch.full(mask.shape, -100, dtype=torch.long, device=mask.device)
     labels[0, -len(item.answer):] = torch.as_tensor(item.answer, dtype=torch.long, device=mask.device)
     out = model.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)

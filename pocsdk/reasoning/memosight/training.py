@@ -206,8 +206,19 @@ def prepare_lora(model: Any, ids: TokenIds, cfg: TrainConfig) -> Any:
     lcfg = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                            "down_proj"],
-                           trainable_token_indices=sorted(ids.special()))
+                           trainable_token_indices=_token_rows(model, sorted(ids.special())))
     return peft.get_peft_model(model, lcfg)
+
+
+def _token_rows(model: Any, rows: list[int]) -> list[int] | dict[str, list[int]]:
+    """Which rows peft trains for the MemoSight tokens. With tied embeddings the input rows are the output
+    rows; untied (many 7B/8B reasoning bases), the output head's rows must learn too, or the model never
+    emits the splitter and never compresses."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr():
+        return rows
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(inp)].rsplit(".", 1)[-1]: rows, names[id(out)].rsplit(".", 1)[-1]: rows}
 
 
 def _enable_checkpointing(model: Any) -> None:
