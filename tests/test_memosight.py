@@ -380,6 +380,44 @@ def test_inputs_and_settings_are_checked(tmp_path: Path) -> None:
         load_model(str(tmp_path / "nope"))
 
 
+def test_training_inputs_fail_before_training_with_clear_errors(tmp_path: Path) -> None:
+    """Undecodable or not-gzip data, a negative learning rate or LoRA rank, CUDA on a CPU-only machine, an
+    unwritable output: tracebacks, silent full fine-tuning, or failures after the whole run."""
+    import gzip
+
+    from pocsdk.cli.train import check_writable
+    from pocsdk.errors import ConfigError, InvalidInputError
+    from pocsdk.reasoning.memosight.model import load_model
+    from pocsdk.reasoning.memosight.training import TrainConfig, encode_traces, read_traces
+
+    (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe{}\n")
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip")
+    for name in ("bad.jsonl", "fake.jsonl.gz"):
+        with pytest.raises(InvalidInputError, match="cannot read traces"):
+            read_traces(tmp_path / name)
+    with gzip.open(tmp_path / "ok.jsonl.gz", "wt") as fh:
+        fh.write(json.dumps({"question": "q", "reasoning": "w1 w2\n\nw3", "answer": "w4"}) + "\n")
+    assert len(read_traces(tmp_path / "ok.jsonl.gz")) == 1
+    for bad in ({"lr": -1.0}, {"lr": float("nan")}, {"lora_r": -1}, {"window": -1}, {"max_length": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            load_model(str(tmp_path), device="cuda")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write the checkpoint"):
+        check_writable(tmp_path / "file" / "ckpt")
+    # a prompt that fills max_length leaves nothing to learn: left out with a warning, or an error when all are
+    _, tok, ids = make_model("llama", seed=3)
+    traces = toy_traces()
+    with pytest.raises(InvalidInputError, match="max_length"):
+        encode_traces(tok, ids, traces, TrainConfig(max_length=3))
+    long = [*traces[:2], traces[2].__class__(question=" ".join(["w1"] * 60), steps=["w2 w3"], answer="w4")]
+    with pytest.warns(UserWarning, match="1 of 3 traces"):
+        kept = encode_traces(tok, ids, long, TrainConfig(max_length=40))
+    assert len(kept) == 2
+
+
 def test_new_token_rows_start_at_the_mean_in_a_padded_table() -> None:
     """A table with spare rows (Qwen pads its vocabulary) kept random rows for the new tokens."""
     tok = make_tokenizer()

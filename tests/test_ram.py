@@ -384,7 +384,7 @@ def test_a_checkpoint_loads_only_onto_its_own_backbone(tok, tmp_path: Path) -> N
 
     vocab = len(tok.get_vocab())
     save_ram(ram_model(tok, separate_encoder=True), tmp_path / "ck")
-    with pytest.raises(ArtifactError, match="another backbone.*model_type 'llama' there, 'qwen2' here"):
+    with pytest.raises(ArtifactError, match=r"another backbone.*model_type 'llama' there, 'qwen2' here"):
         load_ram(tmp_path / "ck", decoder=make_decoder("qwen2", vocab), tokenizer=tok)
     with pytest.raises(ArtifactError, match="num_hidden_layers"):
         load_ram(tmp_path / "ck", decoder=make_decoder("llama", vocab, layers=3), tokenizer=tok)
@@ -395,6 +395,28 @@ def test_a_checkpoint_loads_only_onto_its_own_backbone(tok, tmp_path: Path) -> N
     save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "ck" / WEIGHTS_FILE))
     with pytest.raises(ArtifactError, match="missing from the checkpoint"):
         load_ram(tmp_path / "ck", decoder=make_decoder("llama", vocab), tokenizer=tok)
+
+
+def test_training_data_and_devices_fail_with_clear_errors(tmp_path: Path) -> None:
+    from pocsdk.compressors.ram.model import load_backbone
+    from pocsdk.compressors.ram.training import read_examples
+    from pocsdk.errors import InvalidInputError
+
+    (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe{}\n")
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip")
+    for name in ("bad.jsonl", "fake.jsonl.gz"):
+        with pytest.raises(InvalidInputError, match="cannot read training data"):
+            read_examples(tmp_path / name)
+    row = {"question": "q", "answers": ["a"], "ctxs": [{"text": "a b"}]}
+    (tmp_path / "ok.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    assert len(read_examples(tmp_path / "ok.jsonl", limit=1)) == 1
+    with pytest.raises(ConfigError, match="limit"):
+        read_examples(tmp_path / "ok.jsonl", limit=0)  # trained on one example
+    with pytest.raises(ConfigError, match="no such file"):
+        load_backbone(str(tmp_path / "missing"))  # was "Repo id must use alphanumeric chars"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            load_backbone(str(tmp_path), device="cuda")
 
 
 def test_query_template_and_training_settings_checked_up_front(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pocsdk.cli.train import train_app
+from pocsdk.cli.train import check_writable, train_app
 from pocsdk.errors import ConfigError, PocError
 
 
@@ -63,6 +63,7 @@ def train_memosight_command(
                           grad_accum=grad_accum, batch_size=batch_size, max_length=max_length,
                           gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                           seed=seed, log_every=log_every)
+        check_writable(out)
         dev = resolve_device(device, FEATURE)
         dt = ("bfloat16" if dev.startswith("cuda") else "float32") if dtype == "auto" else dtype
         traces = read_traces(data, limit=max_examples, split=split)

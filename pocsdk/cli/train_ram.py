@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pocsdk.cli.train import train_app
+from pocsdk.cli.train import check_writable, train_app
 from pocsdk.errors import PocError
 
 
@@ -64,6 +64,7 @@ def train_ram_command(
                            train_encoder=train_encoder,  # type: ignore[arg-type]  # validated by TrainConfig
                            max_context_tokens=max_context_tokens, gradient_checkpointing=gradient_checkpointing,
                            seed=seed, log_every=log_every)
+        check_writable(out)
         dev = resolve_device(device, "RAM training")
         dt = ("bfloat16" if dev.startswith("cuda") else "float32") if dtype == "auto" else dtype
         examples = read_examples(data, limit=max_examples)

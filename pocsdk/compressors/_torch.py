@@ -150,6 +150,13 @@ def split_gguf(model: str, gguf_file: str | None) -> tuple[str, str | None]:
     return model, gguf_file
 
 
+def check_local_model(model: str) -> None:
+    """A path (``/x``, ``./x``, ``~/x``) that does not exist: say so, instead of the hub client's "Repo id must
+    use alphanumeric chars"."""
+    if _looks_local(model) and not os.path.exists(os.path.expanduser(model)):
+        raise ConfigError(f"cannot load model {model!r}: no such file or directory")
+
+
 def cached_model(key: tuple[Any, ...], load: Callable[[], tuple[Any, Any]], name: str = "") -> tuple[Any, Any]:
     """(model, tokenizer) from the process cache, loading once under a lock.
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocsdk.compressors._torch import (
+    check_device_available,
+    check_local_model,
     require_fast_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -56,7 +58,9 @@ def load_backbone(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf = split_gguf(backbone, gguf_file)
+    check_local_model(path)
     dev = resolve_device(device, FEATURE)
+    check_device_available(dev, FEATURE)  # before loading gigabytes: torch would assert only at .to(device)
     dt = resolve_dtype(dtype, dev, FEATURE)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf:

@@ -90,6 +90,8 @@ class TrainResult:
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """NQ-style examples from a ``.jsonl`` or ``.jsonl.gz`` file (question, answers, ctxs)."""
     p = Path(path)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"the example limit must be >= 1 (or none for all), got {limit}")
     opener: Callable[..., Any] = gzip.open if p.suffix == ".gz" else open
     out: list[Example] = []
     try:
@@ -111,8 +113,9 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
                 out.append(ex)
                 if limit is not None and len(out) >= limit:
                     break
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read training data {p}: {exc}") from exc
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InvalidInputError(f"cannot read training data {p} (UTF-8 JSON Lines, gzipped or not): {exc}") \
+            from exc
     if not out:
         raise InvalidInputError(f"{p} has no examples")
     return out

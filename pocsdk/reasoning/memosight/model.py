@@ -182,9 +182,11 @@ def load_model(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a local or cached causal LM, never running remote code."""
     transformers = import_transformers(FEATURE)
-    from pocsdk.compressors._torch import resolve_dtype
+    from pocsdk.compressors._torch import check_device_available, check_local_model, resolve_dtype
 
+    check_device_available(device, FEATURE)  # before loading: torch would assert only at .to(device)
     path, gguf = split_gguf(base, gguf_file)
+    check_local_model(path)
     kw: dict[str, Any] = {"trust_remote_code": False}
     if gguf:
         kw["gguf_file"] = gguf

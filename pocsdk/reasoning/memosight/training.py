@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 from pocsdk.compressors._torch import import_torch
 from pocsdk.errors import ConfigError, InvalidInputError
-from pocsdk.reasoning.memosight.data import RATIOS, Layout, encode_trace, split_steps
+from pocsdk.reasoning.memosight.data import IGNORE, RATIOS, Layout, encode_trace, split_steps
 from pocsdk.reasoning.memosight.model import FEATURE, collate, model_device, model_dtype
 from pocsdk.reasoning.memosight.tokens import TokenIds
 
@@ -61,8 +63,12 @@ class TrainConfig:
             raise ConfigError("ratios must be a non-empty list of positive numbers")
         if self.lm_weight < 0 or self.mtp_weight < 0 or self.lm_weight + self.mtp_weight == 0:
             raise ConfigError("loss weights must be >= 0 and not both 0")
-        if self.steps < 1 or self.grad_accum < 1 or self.batch_size < 1:
-            raise ConfigError("steps, grad_accum and batch_size must be >= 1")
+        if self.steps < 1 or self.grad_accum < 1 or self.batch_size < 1 or self.max_length < 1:
+            raise ConfigError("steps, grad_accum, batch_size and max_length must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"the learning rate must be a finite number > 0, got {self.lr!r}")
+        if self.lora_r < 0 or self.lora_alpha < 1 or self.window < 0:
+            raise ConfigError("lora_r (0 for full fine-tuning) and window must be >= 0, lora_alpha >= 1")
 
 
 @dataclass
@@ -120,8 +126,12 @@ def read_traces(path: str | Path, limit: int | None = None, split: str = "blank_
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for all), got {limit}")
     opener: Callable[..., Any] = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as fh:
-        text = fh.read()
+    try:
+        with opener(p, "rt", encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InvalidInputError(f"cannot read traces {p} (UTF-8 JSON or JSON Lines, gzipped or not): {exc}") \
+            from exc
     records: list[tuple[str, Any]] = []  # (where, record)
     whole: Any = None
     if text.lstrip().startswith(("[", "{")):
@@ -162,9 +172,18 @@ def read_traces(path: str | Path, limit: int | None = None, split: str = "blank_
 def encode_traces(tokenizer: Any, ids: TokenIds, traces: Sequence[Trace], cfg: TrainConfig) -> list[Layout]:
     """Layouts of all traces; each gets one ratio from ``cfg.ratios`` (seeded)."""
     rng = random.Random(cfg.seed)
-    return [encode_trace(tokenizer, ids, t.question, t.steps, t.answer, rng.choice(cfg.ratios), system=t.system,
-                         window=cfg.window, max_offset=cfg.max_offset, seed=rng.randrange(2**31),
-                         max_length=cfg.max_length) for t in traces]
+    layouts = [encode_trace(tokenizer, ids, t.question, t.steps, t.answer, rng.choice(cfg.ratios), system=t.system,
+                            window=cfg.window, max_offset=cfg.max_offset, seed=rng.randrange(2**31),
+                            max_length=cfg.max_length) for t in traces]
+    # a prompt that fills max_length leaves nothing to learn: training on it logs a loss of 0 and teaches nothing
+    useful = [lay for lay in layouts if any(t != IGNORE for t in lay.targets)]
+    if not useful:
+        raise InvalidInputError(f"no trace fits max_length={cfg.max_length} with a step to learn from: raise "
+                                "--max-length or use shorter traces")
+    if len(useful) < len(layouts):
+        warnings.warn(f"{len(layouts) - len(useful)} of {len(layouts)} traces have no step within "
+                      f"max_length={cfg.max_length} and are left out", UserWarning, stacklevel=2)
+    return useful
 
 
 # --- loss and loop ----------------------------------------------------------------------------------------
