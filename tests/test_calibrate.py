@@ -390,3 +390,28 @@ def test_resume_refuses_other_compressor_parameters_or_judge_model(tmp_path: Pat
     with pytest.raises(ConfigError, match="judged by the model 'a'"):
         run_calibration(examples(2)[:2], llm_out, judge="llm", judge_options=opts("b"), factors=[1.0, 2.0],
                         workers=1, progress=False, resume=True)
+
+
+def test_pool_workers_start_under_forkserver_and_spawn() -> None:
+    """The orphan watch compared the worker's parent with the run: under forkserver (Python 3.14's default on
+    Linux) the parent is the forkserver, so every worker left at once (BrokenProcessPool)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    init = (None, "extractive", {}, "retention", {}, [1.0, 2.0])
+    for method in ("forkserver", "spawn"):
+        ctx = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=runner._init_pool_worker, initargs=init) as pool:
+            assert pool.submit(os.getpid).result(timeout=120) > 0, method
+
+
+def test_unknown_parameters_are_no_difference() -> None:
+    """A model-backed compressor reports segment_tokens=None before its model loads: every --resume was refused."""
+    from pocsdk.compressors.base import changed_parameters
+
+    recorded = {"segment_tokens": 32, "encoder_layers": 8, "min_tokens": 64}
+    assert changed_parameters(recorded, {"segment_tokens": None, "encoder_layers": None, "min_tokens": 64}) == []
+    assert changed_parameters(recorded, {"segment_tokens": 16, "encoder_layers": None, "min_tokens": 64}) == [
+        "segment_tokens"]
+    assert changed_parameters(None, {"a": 1}) == [] and changed_parameters(recorded, None) == []

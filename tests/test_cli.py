@@ -666,3 +666,22 @@ def test_a_pipe_given_as_a_path_has_no_size() -> None:
     stream, size = open_input(f"/dev/fd/{r}")
     stream.close()
     assert size is None  # the progress bar had a total of 0 and sat at 0%
+
+
+def test_the_lock_leaves_devices_and_symlinks_alone(tmp_path: Path) -> None:
+    """Two runs writing to /dev/null refused each other; a refused run removed a dangling symlink and left an
+    empty file at its target."""
+    import fcntl
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl(*({"id": i, "text": prose(i)} for i in range(2))))
+    with open("/dev/null", "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert invoke("compress", str(src), "-o", "/dev/null", "-q", "--keep-rate", "0.4").exit_code == 0
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(tmp_path / "target.jsonl")
+    assert invoke("compress", str(src), "-o", str(link), "-q", "--keep-rate", "0.4", "--tokenizer", "nope:x"
+                  ).exit_code == 2
+    assert link.is_symlink() and not (tmp_path / "target.jsonl").exists()
+    assert invoke("compress", str(src), "-o", str(link), "-q", "--keep-rate", "0.4").exit_code == 0
+    assert len(read_records(tmp_path / "target.jsonl")) == 2

@@ -220,7 +220,8 @@ def test_misspelt_options_and_stray_arguments_are_errors(tmp_path: Path) -> None
     data.write_text(json.dumps({"context": "Paris is in France.", "query": "Where?", "answers": ["France"]}) + "\n")
     for spec, match in [("nq_mixed:ndocs=3", "no option ndocs"), ("squad_articles:windows=0", "no option windows"),
                         ("kv:key=140", "no option key"), ("multi_news:seed=1", "no option seed"),
-                        ("nq_mixed:5", "positional"), (f"jsonl:{data},tsk=qa", "no option tsk")]:
+                        ("nq_mixed:5", "positional"), (f"jsonl:{data},tsk=qa", "no option tsk"),
+                        (f"jsonl:{data},root={tmp_path}", "no option root")]:
         with pytest.raises(ConfigError, match=match):
             load_dataset(spec, root=tmp_path)
     assert len(load_dataset(f"jsonl:{data},task=qa,n=1")) == 1

@@ -351,8 +351,14 @@ def test_splits_keep_each_document_on_one_side() -> None:
         assert len(rest) + len(held) == 300 and 45 <= len(held) <= 100
         assert not {document_key(r) for r in rest} & {document_key(r) for r in held}
     one_doc = [r.model_copy(update={"metadata": {"title": "Same"}}) for r in recs[:20]]
-    rest, held = group_split(one_doc, random.Random(0), 0.25)  # one document: split the records
+    with pytest.warns(Warning, match="split by input"):
+        rest, held = group_split(one_doc, random.Random(0), 0.25)  # one document: split the records
     assert len(held) == 5 and len(rest) == 15
+    # one big document no longer takes most of the data: the held side stays near its share
+    big = [r.model_copy(update={"metadata": {"title": "Big" if i < 60 else f"t{i}"}}) for i, r in enumerate(recs[:100])]
+    for seed in range(20):
+        rest, held = group_split(big, random.Random(seed), 0.25)
+        assert 23 <= len(held) <= 28, (seed, len(held))
 
 
 def _tasks_labels(d: Path) -> list[Path]:

@@ -351,6 +351,11 @@ def test_truth_values_are_scored_by_their_first_truth_word() -> None:
     assert choice_match("True.", ["True"]) == 1.0
     assert choice_match("False, it is not true.", ["True"]) == 0.0
     assert choice_match("no", ["No"]) == 1.0 and choice_match("B", ["B"]) == 1.0
+    # yes is true and no is false; the opening word decides, else the gold's own pair of words
+    assert choice_match("Yes, it is true.", ["True"]) == 1.0
+    assert choice_match("No, the statement is false.", ["False"]) == 1.0
+    assert choice_match("There is no doubt: True", ["True"]) == 1.0
+    assert choice_match("I think it is false", ["False"]) == 1.0 and choice_match("The answer is B", ["B"]) == 1.0
 
 
 def test_truth_value_golds_get_a_true_false_prompt_and_no_retention_score() -> None:

@@ -286,6 +286,13 @@ def test_message_lists_come_back_as_the_kind_they_came_in() -> None:
                                                                                           "content"}
     assert isinstance(out[2]["content"], str) and len(out[2]["content"]) < 0.5 * len(long_tool)
     assert asyncio.run(r.ainvoke(inputs)) == out
+    # a serialised message (LangChain's dumpd envelope) gets its compressed text where LangChain reads it
+    from langchain_core.load import dumpd
+    from langchain_core.messages import convert_to_messages
+
+    envelope = dumpd(ToolMessage(long_tool, tool_call_id="c1"))
+    (back,) = r.invoke([envelope, QUESTION])[:1]
+    assert set(back) == set(envelope) and len(convert_to_messages([back])[0].content) < 0.5 * len(long_tool)
 
 
 async def test_ainvoke_abatch_and_custom_events() -> None:
@@ -399,7 +406,7 @@ def test_chat_model_adapter_sync_and_async() -> None:
     assert asyncio.run(llm.ainvoke("hi")).content == "ok:hi"
     parts = [{"type": "text", "text": "Summarize:"}, {"type": "text", "text": "The report."}]
     llm.invoke([HumanMessage(content=parts)])  # type: ignore[arg-type]
-    assert client.calls[-1][0] == [{"role": "user", "content": "Summarize:\nThe report."}]  # parts not glued
+    assert client.calls[-1][0] == [{"role": "user", "content": "Summarize:\n\nThe report."}]  # parts not glued
 
 
 # -- examples ------------------------------------------------------------------------------

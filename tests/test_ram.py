@@ -247,6 +247,15 @@ def test_decoder_input_opens_with_bos_and_separates_documents() -> None:
     off = RAMModel(model.decoder, bos_tok, RAMConfig(encoder_layers=2, segment_tokens=8, add_bos=False,
                                                      document_separator=""))
     assert off.prefix_ids() == [] and off.separator_ids() == []
+    # a checkpoint written before these settings keeps the input it was trained with
+    old = RAMConfig.from_dict({"encoder_layers": 2, "segment_tokens": 8})
+    assert (old.add_bos, old.document_separator) == (False, "")
+    # the separators come off the budget: the decoder memory stays within the keep rate asked
+    many = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(n)) for i, n in enumerate((20, 5, 33, 8, 17, 9))]
+    scored = comp.score(many, "capital of germany")
+    for rate in (0.3, 0.45, 0.6, 0.9):
+        plan = comp.plan(scored, comp.select(scored, rate))
+        assert plan.keep_rate <= rate + 1e-9 or plan.kept_segments == 0, (rate, plan)
 
 
 def test_units_spans_and_render(tok) -> None:  # type: ignore[no-untyped-def]

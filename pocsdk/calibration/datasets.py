@@ -27,9 +27,9 @@ Built-in datasets (files under the data root: ``root=...``, ``$POCSDK_DATA`` or 
   record per line; query "Extract the value for key X"; task ``retrieval``.
 * ``jsonl:/path/file.jsonl`` (or ``jsonl:path=...,task=qa``) -- your own data, see below.
 
-Every spec accepts ``n`` (keep the first n examples after the dataset's own seeded sampling) and
-``root``; an option a dataset does not read is an error (``nq_mixed:ndocs=3`` would otherwise
-silently load 5-20 documents).
+Every spec accepts ``n`` (keep the first n examples after the dataset's own seeded sampling), the
+built-in datasets also ``root`` (not ``jsonl``, whose path is its own); an option a dataset does not read
+is an error (``nq_mixed:ndocs=3`` would otherwise silently load 5-20 documents).
 
 Generic JSONL format (one JSON object a line; blank lines ignored)::
 
@@ -184,17 +184,19 @@ COMMON_OPTIONS = frozenset({"n", "root"})
 
 
 def register_dataset(name: str, loader: Loader, options: Iterable[str] | None = None,
-                     positional: bool = False) -> None:
+                     positional: bool = False, root: bool = True) -> None:
     """Register a loader: ``loader(spec, data_root)`` yields examples.
 
-    ``options`` names the spec options it reads (besides ``n`` and ``root``) and ``positional`` whether it
-    takes ``name:arg``; others are refused, so a misspelt option is an error, not a silent default. With
-    ``options=None`` any option is passed through (the loader checks them itself)."""
+    ``options`` names the spec options it reads (besides ``n``, and ``root`` unless ``root=False``: a loader
+    that reads the data folder) and ``positional`` whether it takes ``name:arg``; others are refused, so a
+    misspelt option is an error, not a silent default. With ``options=None`` any option is passed through
+    (the loader checks them itself)."""
     _LOADERS[name] = loader
     if options is None:
         _OPTIONS.pop(name, None)
     else:
-        _OPTIONS[name] = (frozenset(options) | COMMON_OPTIONS, positional)
+        common = COMMON_OPTIONS if root else COMMON_OPTIONS - {"root"}
+        _OPTIONS[name] = (frozenset(options) | common, positional)
 
 
 def _check_options(spec: DatasetSpec) -> None:
@@ -665,4 +667,4 @@ register_dataset("squad_articles", _load_squad_articles, options=("window", "see
 register_dataset("leval", _load_leval, options=("tasks",), positional=True)
 register_dataset("multi_news", _load_multi_news, options=("query",))
 register_dataset("kv", _load_kv, options=("keys",))
-register_dataset("jsonl", _load_jsonl, options=("path", "task", "dataset"), positional=True)
+register_dataset("jsonl", _load_jsonl, options=("path", "task", "dataset"), positional=True, root=False)

@@ -210,12 +210,19 @@ def choice_letters(text: str) -> frozenset[str]:
     return frozenset(last.group(1)) if last else frozenset()
 
 
-TRUTH_VALUES = frozenset({"true", "false", "yes", "no"})
+TRUTH_VALUES = {"true": True, "yes": True, "false": False, "no": False}
+TRUE_FALSE = ("true", "false")
+YES_NO = ("yes", "no")
 
 
-def truth_value(text: str) -> str | None:
-    """The first true / false / yes / no word of a text, lower-cased, or None."""
-    return next((t for t in answer_tokens(text) if t in TRUTH_VALUES), None)
+def truth_value(text: str, words: Sequence[str] = TRUE_FALSE + YES_NO) -> bool | None:
+    """What a text answers to a true/false or yes/no question, or None: its first word when that is a truth
+    word ("No, the statement is false."), else its first word of ``words`` ("There is no doubt: True" read with
+    ``TRUE_FALSE``). Yes is true and no is false."""
+    tokens = answer_tokens(text)
+    if tokens and tokens[0] in TRUTH_VALUES:
+        return TRUTH_VALUES[tokens[0]]
+    return next((TRUTH_VALUES[t] for t in tokens if t in words), None)
 
 
 def is_truth_value(answer: str) -> bool:
@@ -228,13 +235,14 @@ def choice_match(prediction: str, golds: Sequence[str]) -> float:
 
     Letters are compared as sets, never through :func:`normalize_answer`, which drops "a" as an
     English article (every gold "A" would be unmatchable). A gold that is a truth value ("True")
-    matches the answer's first truth word ("False, it is not true" answers False). A gold that is
-    option text, not letters, falls back to :func:`answer_match`.
+    matches the answer's truth value (:func:`truth_value`: "False, it is not true" answers False, "Yes,
+    it is true" True). A gold that is option text, not letters, falls back to :func:`answer_match`.
     """
     pred = choice_letters(prediction)
     for gold in golds:
         if is_truth_value(gold):
-            if truth_value(prediction) == truth_value(gold):
+            pair = TRUE_FALSE if answer_tokens(gold)[0] in TRUE_FALSE else YES_NO
+            if truth_value(prediction, pair) == truth_value(gold):
                 return 1.0
             continue
         letters = choice_letters(gold)

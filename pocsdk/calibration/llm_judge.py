@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pocsdk.calibration.judges import METRICS, Judgement, clip01, is_short, is_truth_value, truth_value
+from pocsdk.calibration.judges import (
+    METRICS,
+    TRUE_FALSE,
+    Judgement,
+    answer_tokens,
+    clip01,
+    is_short,
+    is_truth_value,
+)
 from pocsdk.errors import ConfigError, RemoteError
 
 if TYPE_CHECKING:
@@ -73,7 +81,7 @@ def metric_for(example: Example) -> str:
 def build_messages(example: Example, context: str) -> list[dict[str, str]]:
     """Chat messages asking the model to answer ``example`` from ``context`` only."""
     if example.answers and all(is_truth_value(a) for a in example.answers):  # L-Eval sci_fi, BoolQ-like data
-        instruction = "Answer True or False only." if any(truth_value(a) in ("true", "false")
+        instruction = "Answer True or False only." if any(answer_tokens(a)[0] in TRUE_FALSE
                                                             for a in example.answers) else "Answer yes or no only."
     else:
         instruction = _INSTRUCTIONS.get(example.task, "Answer the question using the context. Be brief.")

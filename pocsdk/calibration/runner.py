@@ -33,6 +33,7 @@ from pocsdk.calibration.datasets import Example, InvalidExample
 from pocsdk.calibration.judges import Judge, get_judge
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
 from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
+from pocsdk.compressors.base import changed_parameters
 from pocsdk.errors import ConfigError, InvalidRateError, PocError
 
 FeaturizeFn = Callable[..., tuple[dict[str, float], list[dict[str, float]]]]
@@ -100,15 +101,21 @@ def _init_worker(compressor: str, compressor_params: dict[str, Any], judge: str,
     _STATE.featurize = load_featurize()
 
 
-def _init_pool_worker(parent: int, output_fd: int, *init_args: Any) -> None:
+def _init_pool_worker(output: tuple[int, int, int] | None, *init_args: Any) -> None:
     """A pool worker: lets go of the output (a forked worker inherits its locked descriptor, and one that
-    outlived a killed run kept the lock), exits when the run's process is gone, then loads like any worker."""
-    if output_fd >= 0 and parent != os.getpid():
+    outlived a killed run kept the lock), exits when the process that started it is gone, then loads like
+    any worker. ``output`` is (descriptor, device, inode): the descriptor is closed only when it is that file
+    (a spawned or forkserver worker did not inherit it, and the number may be another file there)."""
+    if output is not None:
+        fd, dev, ino = output
         try:
-            os.close(output_fd)
-        except OSError:  # a spawned worker has no such descriptor
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) == (dev, ino):
+                os.close(fd)
+        except OSError:
             pass
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="pocsdk-orphan-watch").start()
+    # the parent at start: the run (fork, spawn) or the forkserver, which ends with the run
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="pocsdk-orphan-watch").start()
     _init_worker(*init_args)
 
 
@@ -265,9 +272,8 @@ def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[f
             meta = meta if isinstance(meta, dict) else {}
             their_params = meta.get("compressor_params")
             ours_params = json.loads(json.dumps(parameters, default=str)) if parameters is not None else None
-            if isinstance(their_params, dict) and ours_params is not None and their_params != ours_params:
-                changed = sorted(k for k in set(their_params) | set(ours_params)
-                                 if their_params.get(k) != ours_params.get(k))
+            changed = changed_parameters(their_params, ours_params)
+            if changed and isinstance(their_params, dict) and ours_params is not None:
                 there = {k: their_params.get(k) for k in changed}
                 here = {k: ours_params.get(k) for k in changed}
                 raise ConfigError(f"{path} holds labels made with other compressor parameters ({there} there, "
@@ -390,8 +396,12 @@ def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...], output
             yield _work(ex.model_dump_json())
         return
     window = workers * 4
+    output = None
+    if output_fd >= 0:
+        info = os.fstat(output_fd)
+        output = (output_fd, info.st_dev, info.st_ino)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
-                             initargs=(os.getpid(), output_fd, *init_args)) as pool:
+                             initargs=(output, *init_args)) as pool:
         pending: list[Future[str]] = []
         it = iter(todo)
         for ex in it:

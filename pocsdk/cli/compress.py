@@ -42,6 +42,7 @@ from pocsdk.cli.jsonl import (
 )
 from pocsdk.cli.params import PARAM_HELP, parse_params
 from pocsdk.compressor import DEFAULT_COMPRESSOR, Compressor
+from pocsdk.compressors.base import changed_parameters
 from pocsdk.errors import (
     ConfigError,
     InputTooLargeError,
@@ -452,9 +453,8 @@ def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | 
             if isinstance(was, (int, float)) and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
                 raise ConfigError("cannot resume: the earlier run used another calibration (its "
                                   f"{'weight' if tradeoff else 'margin'} was {was:g}, this one's is {now:g})")
-    earlier_params = result.get("parameters")
-    if parameters is not None and isinstance(earlier_params, dict) and earlier_params != parameters:
-        changed = sorted(k for k in set(earlier_params) | set(parameters) if earlier_params.get(k) != parameters.get(k))
+    changed = changed_parameters(result.get("parameters"), parameters)
+    if changed:
         raise ConfigError(f"cannot resume: the earlier run used other compressor parameters ({', '.join(changed)})")
 
 

@@ -247,7 +247,9 @@ class OutputLock:
     def acquire(cls, target: str) -> OutputLock:
         if target == STDIO:
             return cls()
-        path = Path(target)
+        path = Path(target).resolve()  # a symlink's target is what gets created (and removed again)
+        if path.exists() and not path.is_file():  # /dev/null, a FIFO: several runs may share it
+            return cls()
         created = not path.exists()
         fh = path.open("ab")
         try:

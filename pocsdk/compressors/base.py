@@ -455,3 +455,14 @@ def _overlaps(starts: np.ndarray, ends: np.ndarray, spans: list[tuple[int, int]]
     hit = k > 0
     out[hit] = reach[k[hit] - 1] > starts[hit]
     return out
+
+
+def changed_parameters(recorded: Any, current: dict[str, Any] | None) -> list[str]:
+    """Parameter names whose recorded value (from an earlier run's output) differs from the current one.
+
+    A current value of ``None`` is not known yet (a model-backed compressor fills ``segment_tokens`` and the
+    like when its model loads) and counts as no difference; so does anything when either side is missing."""
+    if not isinstance(recorded, dict) or current is None:
+        return []
+    return sorted(k for k in set(recorded) | set(current)
+                  if current.get(k) is not None and recorded.get(k) != current.get(k))

@@ -62,7 +62,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from pocsdk.compressor import Compressor
 from pocsdk.compressors import DEFAULT_COMPRESSOR, available
-from pocsdk.llm.messages import MessageCompressor, MessagePolicy, MessagesStats
+from pocsdk.llm.messages import PART_SEPARATOR, MessageCompressor, MessagePolicy, MessagesStats
 from pocsdk.types import CompressionResult, normalize_context
 
 EVENT = "pocsdk_compression"
@@ -423,6 +423,8 @@ def _same_kind(item: Any, message: BaseMessage, content: Any) -> Any:
     if isinstance(item, BaseMessage) or content is None:
         return message if isinstance(item, BaseMessage) else item
     if isinstance(item, Mapping):
+        if item.get("lc") and isinstance(item.get("kwargs"), Mapping):  # a serialised message (``dumpd``)
+            return {**item, "kwargs": {**item["kwargs"], "content": content}}
         return {**item, "content": content}
     if isinstance(item, str):
         return content
@@ -540,9 +542,10 @@ class PocsdkChatModel(BaseChatModel):
 def _text(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
-    # parts are separate blocks of text: joined with a line break, not glued into one word
-    return "\n".join(b if isinstance(b, str) else str(b.get("text", "")) for b in message.content
-                     if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
+    # parts are separate blocks: joined as pocsdk's message rules read them (a blank line), so a question part
+    # stays its own paragraph for a compressing proxy further on
+    return PART_SEPARATOR.join(b if isinstance(b, str) else str(b.get("text", "")) for b in message.content
+                               if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"))
 
 
 def _lc_result(result: Any) -> LCChatResult:

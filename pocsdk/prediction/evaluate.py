@@ -219,19 +219,26 @@ def document_key(record: LabelRecord, source: str = "") -> str:
 def group_split(records: Sequence[LabelRecord], rng: random.Random, share: float,
                 key: Callable[[LabelRecord], str] = document_key) -> tuple[list[LabelRecord], list[LabelRecord]]:
     """(rest, held): whole documents drawn at random into ``held`` until it holds ``share`` of the records
-    (at least one record; order within each side as in ``records``)."""
+    (at least one record; order within each side as in ``records``). A document that would push ``held`` more
+    than 10% past its share is passed over, so one big document cannot take most of the data; when documents
+    that large are all there is, the records are split instead, with a warning."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         groups.setdefault(key(r), []).append(i)
     names = sorted(groups)
     rng.shuffle(names)
     target = max(1, round(share * len(records)))
+    limit = target + max(1, round(0.1 * target))
     held: set[int] = set()
     for name in names:
         if len(held) >= target:
             break
-        held.update(groups[name])
-    if len(held) == len(records) and len(records) > 1:  # too few documents to split: split the records
+        if len(held) + len(groups[name]) <= limit:
+            held.update(groups[name])
+    if len(records) > 1 and not (0.5 * target <= len(held) < len(records)):
+        warnings.warn(f"{len(groups)} documents cannot hold out {share:.0%} of {len(records)} inputs whole: "
+                      "split by input instead (questions on one document may fall on both sides)",
+                      LabelsWarning, stacklevel=2)
         order = list(range(len(records)))
         rng.shuffle(order)
         held = set(order[:min(target, len(records) - 1)])
@@ -461,7 +468,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
             try:
                 rows_ds, _, preds_ds, cals_ds = evaluate_fold("lodo", ds, rest, held, factors, floors, confidence,
                                                               seed, lodo_k, source=src)
-            except LabelsError as exc:  # e.g. the other datasets hold too few records to fit on
+            except (LabelsError, ValueError) as exc:  # e.g. the other datasets hold too few records to fit on
                 warnings.warn(f"leave-one-dataset-out: fold {ds!r} skipped ({exc})", LabelsWarning, stacklevel=2)
                 continue
             lodo.extend(rows_ds)
@@ -474,11 +481,9 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
                                                  xk, source=src)
                 lodo.extend(xrows)
             if few_shot and len(held) > few_shot + 10 and "lightgbm" in preds_ds:
-                r2 = random.Random(seed + 1)
-                order = list(range(len(held)))
-                r2.shuffle(order)
-                shot = [held[i] for i in order[:few_shot]]
-                rest_ds = [held[i] for i in order[few_shot:]]
+                # the shots are whole documents too: the rows they are scored on never share one with them
+                rest_ds, shot = group_split(held, random.Random(seed + 1), few_shot / len(held),
+                                            key=lambda r: document_key(r, src(r)))
                 final = xpreds.get("lightgbm", preds_ds["lightgbm"])
                 fs_cal = fit_calibration(final, shot, method="few_shot")
                 a2, ach2 = arrays(rest_ds)

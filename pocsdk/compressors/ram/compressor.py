@@ -33,7 +33,7 @@ from pocsdk.compressors.base import (
     early_selection,
     render,
 )
-from pocsdk.compressors.ram.config import RAMConfig, effective_factor, rho_for_keep_rate
+from pocsdk.compressors.ram.config import RAMConfig, effective_factor
 from pocsdk.errors import ConfigError
 from pocsdk.types import CompressionResult, ContextLike, check_count, check_keep_rate
 
@@ -48,9 +48,10 @@ class RAMPlan(BaseModel):
     skimmed_segments: int
     original_tokens: int
     memory_tokens: int
-    """Decoder positions for the context: kept tokens plus one per skimmed segment."""
+    """Decoder positions for the context: kept tokens, one per skimmed segment, and the separators between
+    documents."""
     prompt_tokens: int
-    """Decoder text tokens around the memory (context prefix and query prompt)."""
+    """Decoder text tokens around the memory (BOS, context prefix and query prompt)."""
     decoder_tokens: int
     """memory_tokens + prompt_tokens: the prefill length."""
     rho: float
@@ -199,9 +200,14 @@ class RAMCompressor:
         early = early_selection(scored, keep_rate)
         if early is not None:
             return early
+        # the most segments read closely (by relevance) whose decoder memory stays within the budget: each kept
+        # segment costs its tokens instead of one skim vector, and the separators between documents count too
         n = len(scored.units)
-        w = int(scored.extras["ram_segment_tokens"])
-        k = int(rho_for_keep_rate(keep_rate, w) * n + 1e-9)
+        order = np.argsort(-scored.units.relevance, kind="stable")
+        extra = np.concatenate([[0], np.cumsum(scored.units.tokens[order] - 1)])  # cost of reading k closely
+        memory = n + _separator_tokens(scored) + extra
+        fits = np.nonzero(memory <= keep_rate * scored.total_tokens + 1e-9)[0]
+        k = int(fits[-1]) if fits.size else 0
         return self.select_segments(scored, k, keep_rate=keep_rate)
 
     def select_ratio(self, scored: Scored, rho: float) -> Selection:
@@ -227,9 +233,7 @@ class RAMCompressor:
         n = len(scored.units)
         keep = np.ones(n, dtype=bool) if _passthrough(scored, selection) else selection.keep
         kept = int(keep.sum())
-        boundaries = int(np.count_nonzero(np.diff(scored.units.doc))) if n else 0  # documents meet here
-        memory = int(scored.units.tokens[keep].sum()) + (n - kept) + boundaries * len(
-            scored.extras.get("ram_separator", ()))
+        memory = int(scored.units.tokens[keep].sum()) + (n - kept) + _separator_tokens(scored)
         total = scored.total_tokens
         prompt = len(scored.extras["ram_prompt"]) + len(scored.extras.get("ram_prefix", ()))
         w = int(scored.extras["ram_segment_tokens"])
@@ -270,6 +274,13 @@ class RAMCompressor:
             "min_tokens": self.min_tokens,
             "keep_rate_formula": "keep_rate = rho + (1 - rho) / segment_tokens; factor = 1 / keep_rate",
         }
+
+
+def _separator_tokens(scored: Scored) -> int:
+    """Decoder tokens of the separators between documents (one where two segments' documents differ)."""
+    n = len(scored.units)
+    boundaries = int(np.count_nonzero(np.diff(scored.units.doc))) if n else 0
+    return boundaries * len(scored.extras.get("ram_separator", ()))
 
 
 def _passthrough(scored: Scored, selection: Selection) -> bool:

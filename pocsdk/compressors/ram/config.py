@@ -92,7 +92,8 @@ class RAMConfig:
         extra = sorted(set(data) - known)
         if extra:
             raise ConfigError(f"unknown RAM config keys: {', '.join(extra)}")
-        return cls(**data)
+        # checkpoints written before these settings existed were trained without BOS or separators
+        return cls(**{"add_bos": False, "document_separator": "", **data})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
