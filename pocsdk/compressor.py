@@ -152,7 +152,9 @@ class Compressor:
         """
         wanted = self.floor is not None or self._predictor_spec is not None or self._calibration_spec is not None
         if self._remote is None and wanted:
-            self._policy_for()
+            policy = self._policy_for()
+            if self.confidence is not None and policy.calibration is None:  # else the first compress says so
+                policy.margin(self.floor if self.floor is not None else 0.9, self.confidence)
         return self
 
     async def acompress(self, context: ContextLike, query: str | None = None, **overrides: Any) -> CompressionResult:

@@ -304,6 +304,10 @@ def unpack_item(item: Any) -> tuple[ContextLike, str | None]:
     if isinstance(item, Mapping):
         if "context" not in item:
             raise InvalidTypeError("each mapping item needs a 'context' field")
+        other = sorted(str(k) for k in item if k not in ("context", "query"))
+        if other:  # a typo ("qurey") or a per-item mode would otherwise be dropped without a word
+            raise InvalidTypeError(f"a mapping item holds 'context' and 'query' only, not {', '.join(other)} "
+                                   "(give a mode to compress_many for all items, or call compress per item)")
         return item["context"], item.get("query")
     if isinstance(item, (str, Sequence)):
         return item, None

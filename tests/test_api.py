@@ -257,6 +257,16 @@ def test_compress_many_item_errors_are_typed() -> None:
         Compressor(keep_rate=0.5).compress_many([42])  # type: ignore[list-item]
 
 
+def test_compress_many_refuses_mapping_keys_it_would_drop() -> None:
+    """{"context": t, "keep_rate": 0.9} ran at the facade's rate, and a "qurey" typo ran without a query."""
+    text = " ".join(f"Sentence {i} about the lighthouse keeper of Karsby and tower {i}." for i in range(40))
+    c = Compressor(keep_rate=0.3)
+    for extra in ({"keep_rate": 0.9}, {"qurey": "lighthouse"}, {"floor": 0.95}):
+        with pytest.raises(InvalidTypeError, match="'context' and 'query' only"):
+            c.compress_many([{"context": text, **extra}])
+    assert len(c.compress_many([{"context": text, "query": "lighthouse"}])) == 1
+
+
 def test_acompress_many_stops_the_rest_when_one_input_fails() -> None:
     """compress_many stops at the first bad input; its async twin cancels the inputs not yet started
     instead of compressing all of them in the background and throwing the results away."""

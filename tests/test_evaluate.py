@@ -439,3 +439,66 @@ def test_evaluate_predictor_decides_per_task_and_checks_the_grid(tmp_path: Path)
     res = CliRunner().invoke(app, ["evaluate", "--labels", str(other), "--predictor", str(pdir), "-o",
                                    str(tmp_path / "r2")])
     assert res.exit_code == 2 and "grid" in res.output
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ("left_child=1 ", "left_child=0 ", "no tree"),            # a node that is its own child: LightGBM looped forever
+    ("num_leaves=15", "num_leaves=95", "num_leaves"),         # arrays of the wrong length: the process aborted
+    ("num_cat=0", "num_cat=9", "categorical"),                # categorical splits without their tables: aborted
+    ("split_feature=14 ", "split_feature=99 ", "feature"),    # a feature the model does not have: predicted anyway
+])
+def test_lightgbm_models_with_a_recomputed_checksum_are_checked_before_lightgbm_reads_them(
+        tmp_path: Path, old: str, new: str, says: str) -> None:
+    import hashlib
+    import shutil
+
+    from pocsdk.errors import ArtifactError
+    from pocsdk.prediction.predictors import load_predictor
+
+    src = Path(__file__).parent.parent / "predictors" / "skim"
+    dst = tmp_path / "p"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("agnostic", "mlp", "calibration.json"))
+    text = (dst / "model.txt").read_text()
+    block = text.index("Tree=0")
+    at = text.index(old, block)
+    edited = text[:at] + new + text[at + len(old):]
+    assert len(edited) == len(text)  # the header's tree sizes still match
+    (dst / "model.txt").write_text(edited)
+    card = json.loads((dst / "card.json").read_text())
+    card["sha256"] = hashlib.sha256(edited.encode()).hexdigest()
+    (dst / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match=says):
+        load_predictor(dst)
+
+
+def test_model_files_over_the_size_limit_are_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole file was read before its checksum was compared: a 1 GiB model.txt took 1 GB of memory."""
+    import shutil
+
+    from pocsdk.errors import ArtifactError
+    from pocsdk.prediction import artifacts
+    from pocsdk.prediction.predictors import load_predictor
+
+    dst = tmp_path / "p"
+    shutil.copytree(Path(__file__).parent.parent / "predictors" / "skim", dst,
+                    ignore=shutil.ignore_patterns("agnostic", "mlp", "calibration.json"))
+    load_predictor(dst)
+    monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", 1000)
+    with pytest.raises(ArtifactError, match="more than a predictor model may"):
+        load_predictor(dst)
+
+
+def test_few_shot_shots_share_no_document_with_the_rows_they_are_scored_on() -> None:
+    import random
+
+    from pocsdk.prediction.evaluate import document_key, few_shot_split
+
+    recs = synthetic_records(400, seed=4)
+    recs = [r.model_copy(update={"metadata": {"doc_index": i % 80, "leval_task": "quality"}})
+            for i, r in enumerate(recs)]
+    rest, shots = few_shot_split(recs, 50, random.Random(1))
+    assert len(shots) == 50 and len(rest) >= 100
+    assert not {document_key(r) for r in shots} & {document_key(r) for r in rest}
+    few_docs = [r.model_copy(update={"metadata": {"title": f"t{i % 5}"}}) for i, r in enumerate(recs[:200])]
+    rest, shots = few_shot_split(few_docs, 50, random.Random(1))  # 50 shots touch all 5: whole documents
+    assert not {document_key(r) for r in shots} & {document_key(r) for r in rest} and rest

@@ -325,3 +325,27 @@ def test_a_task_reading_predictor_predicts_for_the_task_it_was_calibrated_on(sco
         unnamed.compress(comp, s, 0.8, 0.9)
         unnamed.compress(comp, s, 0.8, 0.9)  # once per policy
     assert [w.category for w in caught] == [PredictorMismatchWarning]
+
+
+def test_custom_predictors_need_a_grid_and_never_rise() -> None:
+    """A duck-typed predictor without factors_ failed with a raw AttributeError; one whose curve rose at 20x was
+    used as given, so floor 0.9 chose 20x though 1.5x was predicted at 0.2."""
+    import numpy as np
+
+    from pocsdk import Compressor
+    from pocsdk.errors import ConfigError
+
+    class Rising:
+        name = "rising"
+        compressor_ = None
+
+        def predict(self, ctx: Any, factors: Any, factor_features: Any = None) -> Any:
+            return np.array([1.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.95])
+
+    text = " ".join(f"Sentence {i} about the lighthouse keeper of Karsby and tower {i}." for i in range(60))
+    with pytest.raises(ConfigError, match="factors_"):
+        Compressor(floor=0.9, predictor=Rising()).compress(text, "lighthouse")
+    Rising.factors_ = [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 20]  # type: ignore[attr-defined]
+    r = Compressor(floor=0.9, predictor=Rising()).compress(text, "lighthouse")
+    assert r.floor is not None and r.floor.chosen_factor == 1.0 and not r.floor.met
+    assert r.floor.predictions[-1] == pytest.approx(0.2)

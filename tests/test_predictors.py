@@ -242,3 +242,24 @@ def test_lightgbm_refuses_labels_without_its_features(records) -> None:  # type:
         LightGBMPredictor(n_estimators=5).fit(old)
     without = [n for n in LightGBMPredictor().feature_names_ if not n.startswith(("qcov", "best_"))]
     assert LightGBMPredictor(n_estimators=5, features=without).fit(old).feature_names_ == without
+
+
+def test_saving_over_a_calibrated_predictor_drops_its_stale_calibration(tmp_path: Path) -> None:
+    """Re-saving a model into its folder left the old calibration.json, which the floor search then refused even
+    without a confidence."""
+    import shutil
+
+    from pocsdk import Compressor
+    from pocsdk.prediction.predictors import ContextAgnosticPredictor
+
+    folder = tmp_path / "p"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "predictors" / "skim" / "agnostic", folder)
+    assert (folder / "calibration.json").is_file()
+    recs = synthetic_records(80, compressor="skim")
+    with pytest.warns(UserWarning, match="fitted for the model this save replaced"):
+        ContextAgnosticPredictor().fit(recs).save(folder)
+    assert not (folder / "calibration.json").exists()
+    text = "The river Ouse runs through York and past the minster. " * 40
+    assert Compressor(floor=0.9, predictor=str(folder)).compress(text, "Which river?").floor is not None
+    with pytest.raises(ConfigError, match="confidence needs a calibration"):
+        Compressor(floor=0.9, confidence=0.9, predictor=str(folder)).prepare()  # not at the first compress

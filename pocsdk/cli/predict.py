@@ -91,6 +91,7 @@ def train_predictor(
 
         if method == "cross_dataset":
             predictor = make(records)
+            (output / CALIBRATION_FILE).unlink(missing_ok=True)  # the old model's: a new one is written below
             predictor.save(output)  # sets the checksum the calibration vouches for
             calib = cross_dataset_calibration(records, make, sources=sources, predictor=predictor,
                                               per_dataset=per_dataset)
@@ -112,6 +113,7 @@ def train_predictor(
                     "heldout_examples": float(len(cal)),
                 }
             fit_n = len(fit)
+            (output / CALIBRATION_FILE).unlink(missing_ok=True)  # the old model's: a new one is written below
         predictor.save(output)
         summary: dict[str, object] = {"predictor": str(output), "kind": kind, "compressor": predictor.compressor_,
                                       "examples": fit_n, "metrics": predictor.metrics_, "calibration_method": method}

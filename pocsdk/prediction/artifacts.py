@@ -64,6 +64,11 @@ class PredictorCard(BaseModel):
     created: str = ""
 
 
+MAX_MODEL_BYTES = 64 * 1024 * 1024
+"""The largest model file a predictor loads (shipped ones are under 1 MB; LightGBM with thousands of trees stays
+well under this)."""
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -127,7 +132,13 @@ def read_model_bytes(directory: str | Path, card: PredictorCard) -> bytes:
     path = d / name
     if not path.is_file():
         raise ArtifactError(f"model file missing: {path}")
-    data = path.read_bytes()
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:  # checked before anything is read: a huge file is no predictor of ours
+        raise ArtifactError(f"{path} holds {size:,} bytes, more than a predictor model may ({MAX_MODEL_BYTES:,})")
+    with path.open("rb") as fh:
+        data = fh.read(MAX_MODEL_BYTES + 1)
+    if len(data) > MAX_MODEL_BYTES:  # it grew while being read
+        raise ArtifactError(f"{path} is larger than a predictor model may be ({MAX_MODEL_BYTES:,} bytes)")
     digest = hashlib.sha256(data).hexdigest()
     if digest != card.sha256:
         raise ArtifactError(f"checksum mismatch for {path}: the card says {card.sha256[:12]}…, file is {digest[:12]}…")

@@ -245,6 +245,21 @@ def group_split(records: Sequence[LabelRecord], rng: random.Random, share: float
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
+def few_shot_split(records: Sequence[LabelRecord], shots: int, rng: random.Random,
+                   key: Callable[[LabelRecord], str] = document_key) -> tuple[list[LabelRecord], list[LabelRecord]]:
+    """(rest, shots): ``shots`` inputs drawn at random, as a user labels examples of a task, and the inputs on
+    other documents to score them on (none shares a document with a shot). When the shots touch so many of the
+    documents that fewer than a quarter of the inputs would remain, whole documents are drawn as shots instead."""
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    picked = [records[i] for i in order[:shots]]
+    touched = {key(r) for r in picked}
+    rest = [records[i] for i in order[shots:] if key(records[i]) not in touched]
+    if len(rest) >= max(1, len(records) // 4):
+        return rest, picked
+    return group_split(records, rng, shots / len(records), key=key)
+
+
 def split_fit_cal(records: Sequence[LabelRecord], rng: random.Random,
                   cal_share: float = 0.25) -> tuple[list[LabelRecord], list[LabelRecord]]:
     """Fit and calibration sets, split by document (residuals on seen documents would promise too much)."""
@@ -481,9 +496,8 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
                                                  xk, source=src)
                 lodo.extend(xrows)
             if few_shot and len(held) > few_shot + 10 and "lightgbm" in preds_ds:
-                # the shots are whole documents too: the rows they are scored on never share one with them
-                rest_ds, shot = group_split(held, random.Random(seed + 1), few_shot / len(held),
-                                            key=lambda r: document_key(r, src(r)))
+                rest_ds, shot = few_shot_split(held, few_shot, random.Random(seed + 1),
+                                               key=lambda r: document_key(r, src(r)))
                 final = xpreds.get("lightgbm", preds_ds["lightgbm"])
                 fs_cal = fit_calibration(final, shot, method="few_shot")
                 a2, ach2 = arrays(rest_ds)

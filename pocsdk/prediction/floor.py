@@ -86,8 +86,12 @@ class FloorPolicy:
         self.rule = rule
         self.predictor = predictor
         self.calibration = calibration
-        self.compressor = compressor or predictor.compressor_
-        grid = factors if factors is not None else (calibration.factors if calibration else predictor.factors_)
+        self.compressor = compressor or getattr(predictor, "compressor_", None)
+        grid = factors if factors is not None else (calibration.factors if calibration else
+                                                    getattr(predictor, "factors_", None))
+        if grid is None:
+            raise ConfigError(f"predictor {type(predictor).__name__} names no factor grid: give it a factors_ "
+                              "attribute (the compression factors it predicts for), or pass factors=")
         self.factors = sorted(float(f) for f in grid)
         self.task = task if task is not None else (calibration.task if calibration is not None else None)
         names = getattr(predictor, "feature_names_", None)
@@ -181,6 +185,8 @@ class FloorPolicy:
             name = getattr(self.predictor, "name", type(self.predictor).__name__)
             raise ArtifactError(f"predictor {name!r} returned {out.shape[0]} predictions for a grid of "
                                 f"{len(self.factors)} factors; predict must return one per factor")
+        if not self._columns:  # performance never rises with the factor: a custom curve that rises is clipped
+            out = np.minimum.accumulate(out)
         return out
 
     def compress(self, compressor: TextCompressor, scored: Scored, floor: float,

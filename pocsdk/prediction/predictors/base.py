@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -186,6 +187,7 @@ class Predictor:
         )
         out = write_artifact(directory, card, self._model_bytes())
         self.sha256_ = card.sha256
+        _drop_stale_calibration(Path(out), card.sha256)
         return out
 
     @classmethod
@@ -233,3 +235,19 @@ def json_model(data: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ArtifactError("model file must hold a JSON object")
     return obj
+
+
+def _drop_stale_calibration(directory: Path, sha256: str) -> None:
+    """A ``calibration.json`` beside the model vouches for the model it was fitted on: once that model is
+    overwritten it is stale, and the floor search would refuse the folder (even without a confidence)."""
+    path = directory / "calibration.json"
+    if not path.is_file():
+        return
+    try:
+        vouches = json.loads(path.read_text(encoding="utf-8")).get("predictor_sha256")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return  # not ours to judge: left as it is
+    if isinstance(vouches, str) and vouches and vouches != sha256:
+        path.unlink()
+        warnings.warn(f"removed {path}: it was fitted for the model this save replaced; run "
+                      "`pocsdk fit-calibration` for the new one", UserWarning, stacklevel=3)

@@ -184,6 +184,7 @@ class LightGBMPredictor(Predictor):
         if not text.startswith("tree\n"):
             raise ArtifactError("model.txt is not a LightGBM text model")
         check_tree_sizes(text)
+        check_tree_structure(text)
         try:
             booster = lgb.Booster(model_str=text)
         except lgb.basic.LightGBMError as exc:
@@ -208,3 +209,76 @@ def check_tree_sizes(text: str) -> None:
     if start >= 0 and end - start != announced:
         raise ArtifactError(f"model.txt is cut short or padded: its header announces {announced} bytes of trees, "
                             f"it holds {end - start}")
+
+
+MAX_LEAVES = 1 << 17
+
+
+def check_tree_structure(text: str) -> None:
+    """Every tree of a LightGBM text model is a well-formed binary tree over the model's features.
+
+    LightGBM trusts these fields: a child index that points back up loops forever in C at the first
+    prediction, and array lengths that disagree with ``num_leaves`` abort the process while it parses. A
+    model whose checksum was recomputed after such an edit is refused here instead. pocsdk's predictors
+    have numerical features only, so categorical splits and linear trees are refused too.
+    """
+    header = re.search(r"^max_feature_idx=(-?\d+)$", text, flags=re.MULTILINE)
+    if header is None:
+        raise ArtifactError("model.txt does not say how many features it reads (max_feature_idx)")
+    n_features = int(header.group(1)) + 1
+    start, end = text.find("Tree="), text.find("end of trees")
+    if start < 0:
+        return
+    for block in text[start:end].split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split("=", 1) for line in block.strip().splitlines() if "=" in line)
+        name = block.strip().splitlines()[0]
+        _check_tree(name, fields, n_features)
+
+
+def _ints(fields: dict[str, str], key: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in fields.get(key, "").split()]
+    except ValueError:
+        raise ArtifactError(f"model.txt {name}: {key} holds something other than integers") from None
+
+
+def _check_tree(name: str, fields: dict[str, str], n_features: int) -> None:
+    try:
+        leaves = int(fields["num_leaves"])
+        categorical = int(fields.get("num_cat", "0"))
+    except (KeyError, ValueError):
+        raise ArtifactError(f"model.txt {name}: num_leaves / num_cat missing or not integers") from None
+    if not 1 <= leaves <= MAX_LEAVES:
+        raise ArtifactError(f"model.txt {name}: num_leaves={leaves} is out of range")
+    if categorical != 0 or fields.get("is_linear", "0").strip() != "0":
+        raise ArtifactError(f"model.txt {name}: categorical splits or linear trees are not pocsdk predictors")
+    if len(fields.get("leaf_value", "").split()) != leaves:
+        raise ArtifactError(f"model.txt {name}: leaf_value does not hold num_leaves={leaves} values")
+    if leaves == 1:
+        return
+    arrays = {key: _ints(fields, key, name) for key in ("split_feature", "decision_type", "left_child", "right_child")}
+    arrays_f = fields.get("threshold", "").split()
+    if any(len(v) != leaves - 1 for v in arrays.values()) or len(arrays_f) != leaves - 1:
+        raise ArtifactError(f"model.txt {name}: its split arrays do not hold num_leaves - 1 = {leaves - 1} values")
+    if any(not 0 <= f < n_features for f in arrays["split_feature"]):
+        raise ArtifactError(f"model.txt {name}: a split reads a feature the model does not have")
+    if any(d & 1 for d in arrays["decision_type"]):
+        raise ArtifactError(f"model.txt {name}: categorical decisions are not pocsdk predictors")
+    seen_nodes, seen_leaves, stack = {0}, set(), [0]
+    while stack:  # every internal node and leaf reached exactly once from the root: a tree, no cycles
+        node = stack.pop()
+        for child in (arrays["left_child"][node], arrays["right_child"][node]):
+            if child >= 0:
+                if child >= leaves - 1 or child in seen_nodes:
+                    raise ArtifactError(f"model.txt {name}: node {node} points to node {child}, which is no tree")
+                seen_nodes.add(child)
+                stack.append(child)
+            else:
+                leaf = ~child
+                if leaf >= leaves or leaf in seen_leaves:
+                    raise ArtifactError(f"model.txt {name}: node {node} points to leaf {leaf}, which is no tree")
+                seen_leaves.add(leaf)
+    if len(seen_nodes) != leaves - 1 or len(seen_leaves) != leaves:
+        raise ArtifactError(f"model.txt {name}: some nodes or leaves are not reached from the root")
