@@ -220,7 +220,9 @@ def normalize_context(context: object) -> list[Document]:
         docs = [_to_document(item, i) for i, item in enumerate(context)]
         ids = [d.id for d in docs]
         if len(set(ids)) != len(ids):
-            raise InvalidTypeError("document ids must be unique within one context")
+            twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+            raise InvalidTypeError(f"document ids must be unique within one context: {twice!r} appears twice "
+                                   "(a document without an id takes its position as id)")
     else:
         hint = "; wrap a single document in a list" if isinstance(context, (Mapping, Document)) else ""
         raise InvalidTypeError(
