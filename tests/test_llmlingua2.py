@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pocsdk import Compressor
 from pocsdk.compressors import CPU_COMPRESSORS, available, get_compressor, render
 from pocsdk.errors import ConfigError, MissingDependencyError
 from pocsdk.text.protect import Protection
@@ -146,6 +147,17 @@ def test_force_tokens_kept(classifiers: dict[str, Path], family: str) -> None:
     assert out.count("?") == text.count("?")
     assert "New York" in out
     assert "\n" in out  # line breaks survive in the join wherever dropped text held one
+
+
+@pytest.mark.parametrize(("family", "force"), [("bert", "\U0001F680"), ("bert", "\u00a7"), ("xlm-roberta", "\uff1f")])
+def test_force_tokens_the_vocabulary_spells_otherwise_are_kept(classifiers: dict[str, Path], family: str,
+                                                              force: str) -> None:
+    """A force string that is one token but not spelled as that token ([UNK] for an emoji in mBERT) was dropped."""
+    text = (prose(4).replace("museum", f"museum {force}").replace("library", f"library {force}")) * 2
+    c = compressor(classifiers, family, force_tokens=("?", "\n", force), protect=Protection.none())
+    scored = c.score(text)
+    out = render(scored, c.select(scored, 0.1)).text
+    assert text.count(force) > 0 and out.count(force) == text.count(force)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -385,3 +397,11 @@ def test_lone_surrogates_are_compressed_not_a_tokenizer_type_error(classifiers: 
         res = render(scored, c.select(scored, 0.3))
         assert 0 < res.compressed_tokens < res.original_tokens
         assert all(text[sp.start:sp.end] for _, sp in res.kept_spans)
+
+
+def test_a_model_path_object_works_like_its_string(classifiers: dict[str, Path]) -> None:
+    """model=pathlib.Path(...) failed with AttributeError: 'PosixPath' object has no attribute 'startswith'."""
+    text = prose(4)
+    by_path = Compressor(keep_rate=0.3, compressor="llmlingua2", model=classifiers["bert"]).compress(text)
+    by_str = Compressor(keep_rate=0.3, compressor="llmlingua2", model=str(classifiers["bert"])).compress(text)
+    assert by_path.text == by_str.text and by_path.parameters["model"] == str(classifiers["bert"])

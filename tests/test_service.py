@@ -418,6 +418,44 @@ def test_timed_out_work_that_has_not_started_is_not_run(runner: str) -> None:
     assert len(calls) <= 2  # only what had started when its callers gave up; the queue behind it was dropped
 
 
+@pytest.mark.parametrize("runner", ["direct", "batcher"])
+def test_a_timed_out_job_still_running_counts_in_the_depth(runner: str) -> None:
+    """With batching off, a timed-out job that had started left the depth at 0: admission saw an idle queue and let
+    new requests wait behind it into a 504; close() then blocked the event loop while the pool finished."""
+    from pocsdk.server.batching import Batcher, BatchTimeout, DirectRunner
+
+    def slow(items: Any) -> list[Any]:
+        time.sleep(0.6)
+        return list(items)
+
+    async def run() -> tuple[int, float]:
+        r: Any = DirectRunner(slow, workers=1) if runner == "direct" else Batcher(slow, window_s=0.0, max_batch=1)
+        with pytest.raises(BatchTimeout):
+            await r.submit(1, timeout=0.1)
+        depth = r.depth
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def beat() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        hb = asyncio.create_task(beat())
+        await asyncio.sleep(0.03)
+        await r.close()
+        stop.set()
+        await hb
+        return depth, max(gaps)
+
+    depth, stall = asyncio.run(run())
+    assert depth == 1
+    assert stall < 0.3  # the loop kept beating while close() waited for the job
+
+
 def test_batcher_drains_on_close() -> None:
     from pocsdk.server.batching import Batcher, BatcherClosed
 

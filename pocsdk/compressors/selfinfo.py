@@ -15,6 +15,7 @@ Context's token level). Query-agnostic: the LM never sees the query.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -105,6 +106,8 @@ class SelfInfoCompressor(UnitCompressor):
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # a pathlib.Path is a local folder like its string
+            self.model = os.fspath(self.model)
         super().__post_init__()
         if self.granularity not in ("sentence", "phrase", "token"):
             raise ConfigError(f"granularity must be 'sentence', 'phrase' or 'token', got {self.granularity!r}")

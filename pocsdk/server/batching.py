@@ -205,24 +205,32 @@ class DirectRunner(Generic[T, R]):
         t0 = time.perf_counter()
         self._depth += 1
         self._idle.clear()
-        try:
-            started: list[float] = []
+        started: list[float] = []
 
-            def run(items: list[T]) -> Sequence[R | BaseException]:
-                started.append(time.perf_counter())  # when a worker took it: the queue wait ends here
-                return self.fn(items)
+        def run(items: list[T]) -> Sequence[R | BaseException]:
+            started.append(time.perf_counter())  # when a worker took it: the queue wait ends here
+            return self.fn(items)
 
-            fut = loop.run_in_executor(self._executor, run, [item])
+        def release(_: object) -> None:  # the job is over (done, failed or cancelled before it started)
             try:
-                # Not shielded: on timeout the job is cancelled if it has not started, so work nobody
-                # waits for does not pile up in the pool ahead of new requests (a started one finishes).
-                results = await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                raise BatchTimeout(f"no result within {timeout:g} s") from None
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._idle.set()
+                loop.call_soon_threadsafe(self._release)
+            except RuntimeError:  # the loop is gone (shutdown): nobody counts any more
+                pass
+
+        try:
+            job = self._executor.submit(run, [item])
+        except BaseException:
+            self._release()
+            raise
+        # The depth counts the job until it is over, not until its caller stops waiting: a timed-out job that
+        # has started still holds a worker, and admission must see it.
+        job.add_done_callback(release)
+        try:
+            # Not shielded: on timeout the job is cancelled if it has not started, so work nobody
+            # waits for does not pile up in the pool ahead of new requests (a started one finishes).
+            results = await asyncio.wait_for(asyncio.wrap_future(job), timeout)
+        except asyncio.TimeoutError:
+            raise BatchTimeout(f"no result within {timeout:g} s") from None
         if self.on_batch is not None:
             self.on_batch(1, time.perf_counter() - t0, [started[0] - t0 if started else 0.0])
         res = results[0]
@@ -230,8 +238,13 @@ class DirectRunner(Generic[T, R]):
             raise res
         return res
 
+    def _release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._idle is not None:
+            self._idle.set()
+
     async def close(self) -> None:
         self._closing = True
         if self._idle is not None:
-            await self._idle.wait()
-        self._executor.shutdown(wait=True)
+            await self._idle.wait()  # queued and running jobs, abandoned ones included
+        await asyncio.to_thread(self._executor.shutdown, True)  # not on the loop: it waits for the workers

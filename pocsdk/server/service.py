@@ -3,9 +3,9 @@
 One process hosts one or more compressors (and, under a floor, their predictors). Each
 compressor gets a :class:`~pocsdk.server.batching.Batcher`: requests arriving within a few
 milliseconds are scored in one call when the compressor offers the optional hook
-``score_batch(list[(context, query)]) -> list[Scored]`` (model-backed compressors run one
-forward pass for all), else one by one in the compressor's worker thread. Selection and
-rendering then go through the facade per item, so results equal local ``compress`` calls.
+``score_batch(list[(context, query)]) -> list[Scored]`` (a model-backed compressor can then run one
+forward pass for all; none of the built-in ones has it yet), else one by one in the compressor's worker
+thread. Selection and rendering then go through the facade per item, so results equal local ``compress`` calls.
 
 Admission is bounded (``max_queue`` inputs waiting or running; beyond that 429 with
 ``Retry-After``), every request has a timeout (504), and shutdown drains queued work.

@@ -3,6 +3,7 @@ any rate. See the package docstring."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class LLMLingua2Compressor:
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # a pathlib.Path is a local folder like its string
+            self.model = os.fspath(self.model)
         if self.family not in ("auto", "bert", "xlm-roberta"):
             raise ConfigError(f"family must be 'auto', 'bert' or 'xlm-roberta', got {self.family!r}")
         if self.token_to_word not in ("mean", "first"):
@@ -309,8 +312,15 @@ class LLMLingua2Compressor:
         return units, unit_of_word, forced, layout
 
     def _single_token_forces(self) -> set[str]:
+        """Force strings the vocabulary table finds by itself: one token that reads as the string. One that
+        becomes ``[UNK]`` (an emoji in mBERT) or a normalised token is matched in the text instead."""
         _, tok = self._load()
-        return {t for t in self.force_tokens if len(tok.tokenize(t)) == 1}
+        out = set()
+        for t in self.force_tokens:
+            pieces = tok.tokenize(t)
+            if len(pieces) == 1 and pieces[0].lstrip("#").lstrip("\u2581") == t:
+                out.add(t)
+        return out
 
 
 def _check_window(model: Any, family: str, max_seq_len: int) -> None:
