@@ -399,7 +399,7 @@ def test_pool_workers_start_under_forkserver_and_spawn() -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    init = (None, "extractive", {}, "retention", {}, [1.0, 2.0])
+    init = (os.getpid(), None, "extractive", {}, "retention", {}, [1.0, 2.0])
     for method in ("forkserver", "spawn"):
         ctx = multiprocessing.get_context(method)
         with ProcessPoolExecutor(1, mp_context=ctx, initializer=runner._init_pool_worker, initargs=init) as pool:
@@ -409,9 +409,42 @@ def test_pool_workers_start_under_forkserver_and_spawn() -> None:
 def test_unknown_parameters_are_no_difference() -> None:
     """A model-backed compressor reports segment_tokens=None before its model loads: every --resume was refused."""
     from pocsdk.compressors.base import changed_parameters
+    from pocsdk.compressors.ram import RAMCompressor
 
-    recorded = {"segment_tokens": 32, "encoder_layers": 8, "min_tokens": 64}
-    assert changed_parameters(recorded, {"segment_tokens": None, "encoder_layers": None, "min_tokens": 64}) == []
-    assert changed_parameters(recorded, {"segment_tokens": 16, "encoder_layers": None, "min_tokens": 64}) == [
-        "segment_tokens"]
+    pending = RAMCompressor.filled_on_load
+    recorded = {"segment_tokens": 32, "encoder_layers": 8, "min_tokens": 64, "checkpoint": "/ckpts/trained"}
+    now = {"segment_tokens": None, "encoder_layers": None, "min_tokens": 64, "checkpoint": "/ckpts/trained"}
+    assert changed_parameters(recorded, now, pending) == []
+    assert changed_parameters(recorded, {**now, "segment_tokens": 16}, pending) == ["segment_tokens"]
+    # a None the user chose (no checkpoint: an untrained model) is a difference
+    assert changed_parameters(recorded, {**now, "checkpoint": None}, pending) == ["checkpoint"]
+    assert changed_parameters(recorded, now) == ["encoder_layers", "segment_tokens"]
     assert changed_parameters(None, {"a": 1}) == [] and changed_parameters(recorded, None) == []
+
+
+def test_forkserver_workers_leave_when_the_run_is_killed(tmp_path: Path) -> None:
+    """Under forkserver the orphan watch waited for the forkserver, which a live worker keeps alive: workers of a
+    killed run never left (one was still there 14 minutes later)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    pids = tmp_path / "pids.txt"
+    script.write_text(
+        "import multiprocessing, os, signal, sys\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from pocsdk.calibration import runner\n"
+        "if __name__ == '__main__':\n"
+        "    init = (os.getpid(), None, 'extractive', {}, 'retention', {}, [1.0, 2.0])\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('forkserver'),\n"
+        "                               initializer=runner._init_pool_worker, initargs=init)\n"
+        "    pid = pool.submit(os.getpid).result(timeout=120)\n"
+        "    open(sys.argv[1], 'w').write(str(pid))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, str(script), str(pids)], timeout=180, check=False)
+    worker = int(pids.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists(), "the worker outlived its run"

@@ -314,8 +314,11 @@ def test_resume_after_kill_at_any_moment(tmp_path: Path) -> None:
 
 def test_ctrl_c_exits_130_and_leaves_whole_records(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
+    # SIGINT as at a terminal, also when the tests themselves run in the background (a shell starts background
+    # jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored)
     proc = subprocess.Popen([*CLI, "compress", "-", "-o", str(out), "--keep-rate", "0.5"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.write(jsonl({"id": "a", "text": prose(1)}, {"id": "b", "text": prose(2)}))
     proc.stdin.flush()

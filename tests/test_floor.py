@@ -349,3 +349,10 @@ def test_custom_predictors_need_a_grid_and_never_rise() -> None:
     r = Compressor(floor=0.9, predictor=Rising()).compress(text, "lighthouse")
     assert r.floor is not None and r.floor.chosen_factor == 1.0 and not r.floor.met
     assert r.floor.predictions[-1] == pytest.approx(0.2)
+
+    class NoneAtOne(Rising):  # no prediction where nothing is dropped: the others still count
+        def predict(self, ctx: Any, factors: Any, factor_features: Any = None) -> Any:
+            return np.array([np.nan, 0.96, 0.95, 0.94, 0.93, 0.5, 0.4, 0.3, 0.2, 0.1])
+
+    r = Compressor(floor=0.9, predictor=NoneAtOne()).compress(text, "lighthouse")
+    assert r.floor is not None and r.floor.chosen_factor == 4.0 and r.floor.met

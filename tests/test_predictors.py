@@ -263,3 +263,19 @@ def test_saving_over_a_calibrated_predictor_drops_its_stale_calibration(tmp_path
     assert Compressor(floor=0.9, predictor=str(folder)).compress(text, "Which river?").floor is not None
     with pytest.raises(ConfigError, match="confidence needs a calibration"):
         Compressor(floor=0.9, confidence=0.9, predictor=str(folder)).prepare()  # not at the first compress
+
+
+def test_a_lightgbm_predictor_with_categorical_task_splits_loads_back(tmp_path: Path) -> None:
+    """The tree check refused categorical splits, which fit itself makes for task_code: the model saved, then
+    could not be loaded."""
+    from pocsdk.prediction.predictors import LightGBMPredictor, load_predictor
+
+    recs = (synthetic_records(150, seed=2, task="summarization", dataset="s2", shift=2.0)
+            + synthetic_records(150, seed=3, dataset="s3", task="qa"))
+    p = LightGBMPredictor(features=["log_factor", "task_code"], n_estimators=30, num_leaves=7).fit(recs)
+    p.save(tmp_path / "p")
+    import re
+
+    assert re.search(r"^num_cat=[1-9]", (tmp_path / "p" / "model.txt").read_text(), re.MULTILINE)
+    back = load_predictor(tmp_path / "p")
+    assert np.allclose(np.stack(back.predict_records(recs[:20])), np.stack(p.predict_records(recs[:20])))

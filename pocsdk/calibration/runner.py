@@ -101,11 +101,11 @@ def _init_worker(compressor: str, compressor_params: dict[str, Any], judge: str,
     _STATE.featurize = load_featurize()
 
 
-def _init_pool_worker(output: tuple[int, int, int] | None, *init_args: Any) -> None:
+def _init_pool_worker(run: int, output: tuple[int, int, int] | None, *init_args: Any) -> None:
     """A pool worker: lets go of the output (a forked worker inherits its locked descriptor, and one that
-    outlived a killed run kept the lock), exits when the process that started it is gone, then loads like
-    any worker. ``output`` is (descriptor, device, inode): the descriptor is closed only when it is that file
-    (a spawned or forkserver worker did not inherit it, and the number may be another file there)."""
+    outlived a killed run kept the lock), exits when the run (process ``run``) is gone, then loads like any
+    worker. ``output`` is (descriptor, device, inode): the descriptor is closed only when it is that file (a
+    spawned or forkserver worker did not inherit it, and the number may be another file there)."""
     if output is not None:
         fd, dev, ino = output
         try:
@@ -114,15 +114,31 @@ def _init_pool_worker(output: tuple[int, int, int] | None, *init_args: Any) -> N
                 os.close(fd)
         except OSError:
             pass
-    # the parent at start: the run (fork, spawn) or the forkserver, which ends with the run
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="pocsdk-orphan-watch").start()
+    watch = threading.Thread(target=_exit_with_run, args=(run, os.getppid()), daemon=True, name="pocsdk-orphan-watch")
+    watch.start()
     _init_worker(*init_args)
 
 
-def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
-    while os.getppid() == parent:
+def _exit_with_run(run: int, parent: int, every_s: float = 0.5) -> None:
+    """Leave when the run is gone: the worker's parent changed (fork, spawn) or the run's process ended (under
+    forkserver the parent is the forkserver, which a live worker keeps alive)."""
+    while os.getppid() == parent and _alive(run):
         time.sleep(every_s)
     os._exit(1)  # the run is gone (killed): nothing reads this worker's results
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed run stays a zombie until its own parent reaps it
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _work(example_json: str) -> str:
@@ -250,7 +266,8 @@ def done_ids(path: Path, failed: set[str] | None = None) -> set[str]:
 
 
 def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[float],
-                    parameters: dict[str, Any] | None = None, judge_model: str | None = None) -> None:
+                    parameters: dict[str, Any] | None = None, judge_model: str | None = None,
+                    filled_on_load: Sequence[str] = ()) -> None:
     """Refuse to append labels made another way (compressor and its parameters, judge and its model, factor
     grid) to ``path``: a file mixing them trains a predictor on two different compressors."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
@@ -272,7 +289,7 @@ def check_resumable(path: Path, compressor: str, judge: str, factors: Sequence[f
             meta = meta if isinstance(meta, dict) else {}
             their_params = meta.get("compressor_params")
             ours_params = json.loads(json.dumps(parameters, default=str)) if parameters is not None else None
-            changed = changed_parameters(their_params, ours_params)
+            changed = changed_parameters(their_params, ours_params, filled_on_load)
             if changed and isinstance(their_params, dict) and ours_params is not None:
                 there = {k: their_params.get(k) for k in changed}
                 here = {k: ours_params.get(k) for k in changed}
@@ -324,7 +341,7 @@ def run_calibration(
             if resume and existed:  # the names records carry (a registered alias builds a compressor of its own name)
                 params = getattr(built, "parameters", None)
                 check_resumable(out, built.name, judged.name, grid, params() if callable(params) else None,
-                                getattr(judged, "model", None))
+                                getattr(judged, "model", None), tuple(getattr(built, "filled_on_load", ())))
             if overwrite and not resume:
                 fh.truncate(0)
             stats, todo, invalid = _plan(examples, out, resume, retry_failed)
@@ -401,7 +418,7 @@ def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...], output
         info = os.fstat(output_fd)
         output = (output_fd, info.st_dev, info.st_ino)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
-                             initargs=(output, *init_args)) as pool:
+                             initargs=(os.getpid(), output, *init_args)) as pool:
         pending: list[Future[str]] = []
         it = iter(todo)
         for ex in it:

@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, NoReturn, Optional
@@ -315,7 +315,7 @@ def compress_command(
                     else None
                 policy = engine._policy if floor is not None and endpoint is None else None
                 _check_resumed_settings(point, compressor, floor, keep_rate, confidence, local, target_tokens,
-                                        policy)
+                                        policy, tuple(getattr(engine.compressor, "filled_on_load", ())))
             stream, size = open_input(source)
         except (PocError, OSError) as exc:
             _fail(err, exc)
@@ -408,7 +408,8 @@ def _probe(engine: Compressor, err: Console) -> None:
 
 def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | None, keep_rate: float | None,
                             confidence: float | None = None, parameters: dict[str, Any] | None = None,
-                            target_tokens: int | None = None, policy: Any = None) -> None:
+                            target_tokens: int | None = None, policy: Any = None,
+                            filled_on_load: Sequence[str] = ()) -> None:
     """Refuse to append records made with another compressor, floor, confidence, keep rate or token target,
     compressor parameters, predictor, task or calibration to an earlier run's output (as far as its last
     result shows them: a remote service's parameters are the service's)."""
@@ -453,7 +454,7 @@ def _check_resumed_settings(point: ResumePoint, compressor: str, floor: float | 
             if isinstance(was, (int, float)) and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
                 raise ConfigError("cannot resume: the earlier run used another calibration (its "
                                   f"{'weight' if tradeoff else 'margin'} was {was:g}, this one's is {now:g})")
-    changed = changed_parameters(result.get("parameters"), parameters)
+    changed = changed_parameters(result.get("parameters"), parameters, filled_on_load)
     if changed:
         raise ConfigError(f"cannot resume: the earlier run used other compressor parameters ({', '.join(changed)})")
 

@@ -14,7 +14,7 @@ protection, token counting); a text compressor only writes how it ranks units
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -457,12 +457,14 @@ def _overlaps(starts: np.ndarray, ends: np.ndarray, spans: list[tuple[int, int]]
     return out
 
 
-def changed_parameters(recorded: Any, current: dict[str, Any] | None) -> list[str]:
+def changed_parameters(recorded: Any, current: dict[str, Any] | None, filled_on_load: Iterable[str] = ()) -> list[str]:
     """Parameter names whose recorded value (from an earlier run's output) differs from the current one.
 
-    A current value of ``None`` is not known yet (a model-backed compressor fills ``segment_tokens`` and the
-    like when its model loads) and counts as no difference; so does anything when either side is missing."""
+    ``filled_on_load`` names parameters a model-backed compressor reports as ``None`` until its model loads
+    (RAM's ``segment_tokens``, read from its checkpoint): ``None`` there is no difference. Any other ``None`` is
+    the user's choice and compared. Nothing differs when either side is missing."""
     if not isinstance(recorded, dict) or current is None:
         return []
+    pending = set(filled_on_load)
     return sorted(k for k in set(recorded) | set(current)
-                  if current.get(k) is not None and recorded.get(k) != current.get(k))
+                  if not (k in pending and current.get(k) is None) and recorded.get(k) != current.get(k))

@@ -264,6 +264,9 @@ class RAMCompressor:
         result.parameters = {**result.parameters, "ram": self.plan(scored, selection).model_dump()}
         return result
 
+    filled_on_load = ("backbone", "encoder_layers", "segment_tokens")
+    """Parameters read from the checkpoint when the model loads (``None`` before)."""
+
     def parameters(self) -> dict[str, Any]:
         cfg: RAMConfig | None = getattr(self.model, "ram_config", None)
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
@@ -219,8 +220,9 @@ def check_tree_structure(text: str) -> None:
 
     LightGBM trusts these fields: a child index that points back up loops forever in C at the first
     prediction, and array lengths that disagree with ``num_leaves`` abort the process while it parses. A
-    model whose checksum was recomputed after such an edit is refused here instead. pocsdk's predictors
-    have numerical features only, so categorical splits and linear trees are refused too.
+    model whose checksum was recomputed after such an edit is refused here instead. Categorical splits
+    (``task_code``) must point into tables of the size ``num_cat`` gives; linear trees, which pocsdk never
+    trains, are refused.
     """
     header = re.search(r"^max_feature_idx=(-?\d+)$", text, flags=re.MULTILINE)
     if header is None:
@@ -252,8 +254,16 @@ def _check_tree(name: str, fields: dict[str, str], n_features: int) -> None:
         raise ArtifactError(f"model.txt {name}: num_leaves / num_cat missing or not integers") from None
     if not 1 <= leaves <= MAX_LEAVES:
         raise ArtifactError(f"model.txt {name}: num_leaves={leaves} is out of range")
-    if categorical != 0 or fields.get("is_linear", "0").strip() != "0":
-        raise ArtifactError(f"model.txt {name}: categorical splits or linear trees are not pocsdk predictors")
+    if fields.get("is_linear", "0").strip() != "0":
+        raise ArtifactError(f"model.txt {name}: linear trees are not pocsdk predictors")
+    if not 0 <= categorical < leaves:
+        raise ArtifactError(f"model.txt {name}: num_cat={categorical} is out of range")
+    if categorical:  # task_code splits: their bitsets must be where num_cat says
+        bounds = _ints(fields, "cat_boundaries", name)
+        words = _ints(fields, "cat_threshold", name)
+        if (len(bounds) != categorical + 1 or bounds[0] != 0 or any(b < a for a, b in pairwise(bounds))
+                or len(words) != bounds[-1] or any(not 0 <= w < 1 << 32 for w in words)):
+            raise ArtifactError(f"model.txt {name}: its categorical tables do not match num_cat={categorical}")
     if len(fields.get("leaf_value", "").split()) != leaves:
         raise ArtifactError(f"model.txt {name}: leaf_value does not hold num_leaves={leaves} values")
     if leaves == 1:
@@ -264,8 +274,15 @@ def _check_tree(name: str, fields: dict[str, str], n_features: int) -> None:
         raise ArtifactError(f"model.txt {name}: its split arrays do not hold num_leaves - 1 = {leaves - 1} values")
     if any(not 0 <= f < n_features for f in arrays["split_feature"]):
         raise ArtifactError(f"model.txt {name}: a split reads a feature the model does not have")
-    if any(d & 1 for d in arrays["decision_type"]):
-        raise ArtifactError(f"model.txt {name}: categorical decisions are not pocsdk predictors")
+    for d, t in zip(arrays["decision_type"], arrays_f, strict=True):
+        if d & 1:  # a categorical split's threshold indexes the tree's categorical tables
+            try:
+                index = float(t)
+            except ValueError:
+                raise ArtifactError(f"model.txt {name}: a threshold is no number") from None
+            if not (index.is_integer() and 0 <= index < categorical):
+                raise ArtifactError(f"model.txt {name}: a categorical split points outside its num_cat={categorical} "
+                                    "tables")
     seen_nodes, seen_leaves, stack = {0}, set(), [0]
     while stack:  # every internal node and leaf reached exactly once from the root: a tree, no cycles
         node = stack.pop()
