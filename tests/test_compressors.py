@@ -295,3 +295,13 @@ def test_sentence_joins_use_a_space_not_the_dropped_texts_whitespace() -> None:
         out = Compressor(keep_rate=0.1, compressor=name).compress(text, "treasure key lighthouse mat").text
         assert "The key is under the mat." in out and "number 39" not in out, (name, out[-120:])
         assert "\tThe key" not in out, (name, out[-120:])  # adjacent kept sentences keep their tab
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim", "truncate"])
+def test_text_without_spaces_is_joined_without_spaces(name: str) -> None:
+    """Dropped text between two Chinese characters was marked with a space ("天 去公 了"): the source had none."""
+    from pocsdk import Compressor
+
+    text = "".join(f"今天天气很好，我们去公园散步{i}。北京是中国的首都，人口非常多。" for i in range(12))
+    out = Compressor(keep_rate=0.4, compressor=name).compress(text, "北京").text
+    assert out and " " not in out and len(out) < len(text)
