@@ -305,3 +305,19 @@ def test_text_without_spaces_is_joined_without_spaces(name: str) -> None:
     text = "".join(f"今天天气很好，我们去公园散步{i}。北京是中国的首都，人口非常多。" for i in range(12))
     out = Compressor(keep_rate=0.4, compressor=name).compress(text, "北京").text
     assert out and " " not in out and len(out) < len(text)
+
+
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+def test_code_blocks_dropped_whole_leave_no_bare_fences(name: str) -> None:
+    """Six fenced blocks under target_tokens=30 came back as six empty fence pairs, 42 tokens."""
+    from pocsdk import Compressor
+
+    def block(k: int) -> str:
+        return "```python\n" + "\n".join(f"value_{k}_{i} = compute(alpha, beta, {i})" for i in range(40)) + "\n```"
+
+    docs = [block(k) for k in range(6)]
+    r = Compressor(target_tokens=30, compressor=name).compress(docs, "lighthouse range")
+    assert r.compressed_tokens <= 30 and "```" not in r.text
+    mixed = "Intro.\n\n" + block(1) + "\n\nThe range is nineteen miles.\n\n" + block(2)
+    out = Compressor(keep_rate=0.1, compressor=name).compress(mixed, "value_2_5 compute").text
+    assert out.count("```") % 2 == 0  # what code is kept stays fenced, a block dropped whole loses its fences

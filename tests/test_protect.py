@@ -305,11 +305,18 @@ def test_a_curly_negation_is_never_cut_into_clauses() -> None:
 
 
 def test_protection_none_lets_the_fences_of_a_cut_code_block_go() -> None:
-    """Fence lines stay by default (kept code stays fenced); with Protection.none() a tiny budget holds."""
+    """Fence lines stay with kept code by default (a cut block stays fenced) and go with a block dropped whole
+    (a tiny budget came back as bare fences, over the budget); with Protection.none() a tiny budget holds."""
     code = "```python\n" + "".join(f"value_{i} = compute(value_{i - 1}) + {i}\n" for i in range(1, 40)) + "```"
     fenced = get_compressor("truncate", min_tokens=0)
     bare = get_compressor("truncate", min_tokens=0, protect=Protection.none())
-    assert render(fenced.score(code, None), fenced.select(fenced.score(code, None), 0.01)).text.count("```") == 2
+    scored = fenced.score(code, None)
+    cut = render(scored, fenced.select(scored, 0.3)).text
+    assert cut.startswith("```python\n") and cut.endswith("```") and "value_1 " in cut
+    assert render(scored, fenced.select(scored, 0.01)).text == ""
+    kept = "<keep>```python</keep>\n" + code.split("\n", 1)[1]  # a fence the user protects stays regardless
+    scored = fenced.score(kept, None)
+    assert render(scored, fenced.select(scored, 0.01)).text.startswith("```python")
     scored = bare.score(code, None)
     res = render(scored, bare.select(scored, 0.01))
     assert res.compressed_tokens <= max(1, round(0.01 * res.original_tokens)) + 1

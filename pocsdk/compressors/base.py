@@ -62,6 +62,7 @@ class Units:
     protected: np.ndarray  # bool
     group: np.ndarray  # int32, paragraph / segment id (global across documents)
     kind: np.ndarray  # int8, see pocsdk.text.segment
+    fence: np.ndarray | None = None  # bool: fence lines protected only as fences (dropped with their whole block)
 
     def __len__(self) -> int:
         return int(self.doc.shape[0])
@@ -226,28 +227,32 @@ class UnitCompressor:
             protected = _overlaps(starts, ends, self.protect.spans(text))
             if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)
                 protected |= instruction_flags(pieces) & (kinds != CODE)
+            fence = np.zeros(len(pieces), dtype=bool)
             if self.protect.code_fences and ("```" in text or "~~~" in text):  # a cut code block stays fenced
-                protected |= np.fromiter((k == CODE and is_fence_line(x) for k, x in zip(kinds.tolist(), pieces,
-                                                                                          strict=True)),
-                                         dtype=bool, count=len(pieces))
+                fence = np.fromiter((k == CODE and is_fence_line(x) for k, x in zip(kinds.tolist(), pieces,
+                                                                                     strict=True)),
+                                    dtype=bool, count=len(pieces))
+                fence &= ~protected  # a fence the user protected stays whatever happens to its block
+                protected |= fence
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
             else:
                 tokens = np.zeros(len(starts), dtype=np.int64)
                 to_count.append(di)
             cols.append((np.full(len(starts), di, dtype=np.int32), starts, ends, tokens, protected,
-                         (group_base + paras).astype(np.int32), kinds.astype(np.int8)))
+                         (group_base + paras).astype(np.int32), kinds.astype(np.int8), fence))
             if len(paras):
                 group_base += int(paras[-1]) + 1
         if not cols:
             return Units.empty(), texts, doc_tokens
-        doc_idx, start, end, tokens, protected, group, kind = (np.concatenate(c) for c in zip(*cols, strict=True))
+        doc_idx, start, end, tokens, protected, group, kind, fence_all = (np.concatenate(c)
+                                                                          for c in zip(*cols, strict=True))
         if to_count:
             which = np.flatnonzero(np.isin(doc_idx, to_count))
             tokens[which] = counter.count_many([texts[i] for i in which.tolist()])
             doc_tokens[to_count] = counter.count_many([strip_markers(docs[d].text) for d in to_count])
         units = Units(doc=doc_idx, start=start, end=end, tokens=tokens, relevance=np.zeros(len(texts)),
-                      protected=protected, group=group, kind=kind)
+                      protected=protected, group=group, kind=kind, fence=fence_all if fence_all.any() else None)
         return units, texts, doc_tokens
 
 
@@ -400,7 +405,8 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
     """Selected spans per document, sorted, overlaps merged ('kept' wins over 'skimmed')."""
     raw: list[list[tuple[int, int, SpanKind]]] = [[] for _ in scored.documents]
     u = scored.units
-    for i in np.flatnonzero(selection.keep):
+    keep = _without_bare_fences(scored, selection)
+    for i in np.flatnonzero(keep):
         raw[int(u.doc[i])].append((int(u.start[i]), int(u.end[i]), "kept"))
     if selection.skim is not None and scored.excerpts is not None:
         x = scored.excerpts
@@ -419,6 +425,39 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
             else:
                 merged.append((s, e, k))
         out.append(merged)
+    return out
+
+
+def _without_bare_fences(scored: Scored, selection: Selection) -> np.ndarray:
+    """The kept units less the fence lines of code blocks none of whose code is kept (fences are protected so that
+    a cut block stays fenced; a block dropped whole needs none)."""
+    u = scored.units
+    keep = selection.keep
+    if u.fence is None:
+        return keep
+    fences = np.flatnonzero(keep & u.fence).tolist()
+    if not fences:
+        return keep
+    kept_code = np.zeros(len(u), dtype=bool)
+    kept_code[np.flatnonzero(keep)] = True
+    kept_code[fences] = False
+    inside: list[tuple[int, int, int]] = [(d, s, e) for d, s, e, _ in selection.partial]
+    if selection.skim is not None and scored.excerpts is not None:
+        x = scored.excerpts
+        inside += [(int(x.doc[i]), int(x.start[i]), int(x.end[i])) for i in np.flatnonzero(selection.skim)]
+    out = keep.copy()
+    by_doc: dict[int, list[int]] = {}
+    for i in fences:
+        by_doc.setdefault(int(u.doc[i]), []).append(i)
+    for d, idx in by_doc.items():
+        idx.sort(key=lambda i: int(u.start[i]))
+        for k in range(0, len(idx), 2):  # fences pair up in order: opening, closing (an unclosed one runs on)
+            pair = idx[k:k + 2]
+            lo = int(u.end[pair[0]])
+            hi = int(u.start[pair[1]]) if len(pair) == 2 else len(scored.documents[d].text)
+            code = (u.doc == d) & (u.start >= lo) & (u.end <= hi) & kept_code
+            if not code.any() and not any(dd == d and s < hi and e > lo for dd, s, e in inside):
+                out[pair] = False
     return out
 
 
