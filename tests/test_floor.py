@@ -356,3 +356,10 @@ def test_custom_predictors_need_a_grid_and_never_rise() -> None:
 
     r = Compressor(floor=0.9, predictor=NoneAtOne()).compress(text, "lighthouse")
     assert r.floor is not None and r.floor.chosen_factor == 4.0 and r.floor.met
+
+    class InfAtTwenty(Rising):  # an infinite prediction is clipped like any other
+        def predict(self, ctx: Any, factors: Any, factor_features: Any = None) -> Any:
+            return np.array([1.0, 0.95, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, np.inf])
+
+    r = Compressor(floor=0.9, predictor=InfAtTwenty()).compress(text, "lighthouse")
+    assert r.floor is not None and r.floor.chosen_factor == 1.5

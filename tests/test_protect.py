@@ -375,3 +375,27 @@ def test_keep_markers_nest_and_never_glue_sentences() -> None:
     protected = scored.units.protected
     assert protected.sum() == 4  # the marked sentences only, not each with the sentence after it
     assert abs(render(scored, comp.select(scored, 0.3)).keep_rate - 0.3) < 0.03
+
+
+def test_fences_follow_their_own_block() -> None:
+    """Fences were paired two by two in order, so a fence-like line inside a block or a fence the user protected
+    shifted every later pair: kept code came out unfenced, or a stray fence opened a block over the prose."""
+    from pocsdk import Compressor
+
+    def block(name: str) -> str:
+        return "```python\n" + "".join(f"    {name}_value_{i} = compute_{name}({i}) + offset_{i} * factor\n"
+                                       for i in range(12)) + "```"
+
+    prose = " ".join(f"Sentence number {i} talks about lighthouses and ships in the harbour." for i in range(8))
+    text = f"{prose}\n\n{block('alpha')}\n\n{prose}\n\n{block('beta')}\n\n{prose}"
+    protected = Protection(patterns=[r"alpha_value_11"])
+    for query in ("beta_value_3 compute_beta", "alpha lighthouses"):
+        out = Compressor(keep_rate=0.3, compressor="extractive", protect=protected).compress(text, query).text
+        lines = [ln.strip() for ln in out.splitlines()]
+        opened = False
+        for ln in lines:  # every code line sits between an opening and a closing fence
+            if ln.startswith("```"):
+                opened = not opened
+            elif "_value_" in ln:
+                assert opened, (query, out)
+        assert not opened, (query, out)

@@ -62,7 +62,7 @@ class Units:
     protected: np.ndarray  # bool
     group: np.ndarray  # int32, paragraph / segment id (global across documents)
     kind: np.ndarray  # int8, see pocsdk.text.segment
-    fence: np.ndarray | None = None  # bool: fence lines protected only as fences (dropped with their whole block)
+    fence: np.ndarray | None = None  # bool: fence lines that follow their code block (see _fences_follow_code)
 
     def __len__(self) -> int:
         return int(self.doc.shape[0])
@@ -228,11 +228,13 @@ class UnitCompressor:
             if self.protect.instructions:  # code is not addressed to the reader ("return x" is no order)
                 protected |= instruction_flags(pieces) & (kinds != CODE)
             fence = np.zeros(len(pieces), dtype=bool)
-            if self.protect.code_fences and ("```" in text or "~~~" in text):  # a cut code block stays fenced
+            if self.protect.code_fences and ("```" in text or "~~~" in text):
+                # a cut code block stays fenced: its fence lines are protected, and when rendered they follow
+                # their block's code (dropped with a block dropped whole); one the user protected stays regardless
                 fence = np.fromiter((k == CODE and is_fence_line(x) for k, x in zip(kinds.tolist(), pieces,
                                                                                      strict=True)),
                                     dtype=bool, count=len(pieces))
-                fence &= ~protected  # a fence the user protected stays whatever happens to its block
+                fence &= ~protected
                 protected |= fence
             if not marked and isinstance(counter, HeuristicTokenCounter):
                 doc_tokens[di], tokens = counter.count_spans(text, starts, ends)
@@ -405,7 +407,7 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
     """Selected spans per document, sorted, overlaps merged ('kept' wins over 'skimmed')."""
     raw: list[list[tuple[int, int, SpanKind]]] = [[] for _ in scored.documents]
     u = scored.units
-    keep = _without_bare_fences(scored, selection)
+    keep = _fences_follow_code(scored, selection)
     for i in np.flatnonzero(keep):
         raw[int(u.doc[i])].append((int(u.start[i]), int(u.end[i]), "kept"))
     if selection.skim is not None and scored.excerpts is not None:
@@ -428,36 +430,29 @@ def _selected_spans(scored: Scored, selection: Selection) -> list[list[tuple[int
     return out
 
 
-def _without_bare_fences(scored: Scored, selection: Selection) -> np.ndarray:
-    """The kept units less the fence lines of code blocks none of whose code is kept (fences are protected so that
-    a cut block stays fenced; a block dropped whole needs none)."""
+def _fences_follow_code(scored: Scored, selection: Selection) -> np.ndarray:
+    """The kept units with each code block's fence lines set to follow its code: kept when any of the block's
+    code is kept (a unit, a top-up prefix or a skim excerpt within it), dropped with a block dropped whole.
+    Fences go by block (its units share a ``group``), so a kept block is never left half fenced."""
     u = scored.units
     keep = selection.keep
-    if u.fence is None:
+    if u.fence is None or not u.fence.any():
         return keep
-    fences = np.flatnonzero(keep & u.fence).tolist()
-    if not fences:
-        return keep
-    kept_code = np.zeros(len(u), dtype=bool)
-    kept_code[np.flatnonzero(keep)] = True
-    kept_code[fences] = False
+    code = keep & ~u.fence
+    alive = set(np.unique(u.group[code]).tolist())
     inside: list[tuple[int, int, int]] = [(d, s, e) for d, s, e, _ in selection.partial]
     if selection.skim is not None and scored.excerpts is not None:
         x = scored.excerpts
         inside += [(int(x.doc[i]), int(x.start[i]), int(x.end[i])) for i in np.flatnonzero(selection.skim)]
     out = keep.copy()
-    by_doc: dict[int, list[int]] = {}
-    for i in fences:
-        by_doc.setdefault(int(u.doc[i]), []).append(i)
-    for d, idx in by_doc.items():
-        idx.sort(key=lambda i: int(u.start[i]))
-        for k in range(0, len(idx), 2):  # fences pair up in order: opening, closing (an unclosed one runs on)
-            pair = idx[k:k + 2]
-            lo = int(u.end[pair[0]])
-            hi = int(u.start[pair[1]]) if len(pair) == 2 else len(scored.documents[d].text)
-            code = (u.doc == d) & (u.start >= lo) & (u.end <= hi) & kept_code
-            if not code.any() and not any(dd == d and s < hi and e > lo for dd, s, e in inside):
-                out[pair] = False
+    for g in np.unique(u.group[u.fence]).tolist():
+        members = np.flatnonzero(u.group == g)
+        if g not in alive and inside:
+            d, lo, hi = int(u.doc[members[0]]), int(u.start[members].min()), int(u.end[members].max())
+            if any(dd == d and s < hi and e > lo for dd, s, e in inside):
+                alive.add(g)
+        fences = members[u.fence[members]]
+        out[fences] = g in alive
     return out
 
 

@@ -188,7 +188,8 @@ class SelfInfoCompressor(UnitCompressor):
                 new_texts.extend(in_context(d.text, start[sel], end[sel])[0])
         tokens = count_words(counter, new_texts)
         fine = Units(doc=doc, start=start, end=end, tokens=tokens, relevance=np.zeros(len(rows)),
-                     protected=units.protected[parent], group=units.group[parent], kind=units.kind[parent])
+                     protected=units.protected[parent], group=units.group[parent], kind=units.kind[parent],
+                     fence=None if units.fence is None else units.fence[parent])
         return fine, [t.strip() for t in new_texts], doc_tokens
 
     def parameters(self) -> dict[str, Any]:

@@ -186,8 +186,8 @@ class FloorPolicy:
             raise ArtifactError(f"predictor {name!r} returned {out.shape[0]} predictions for a grid of "
                                 f"{len(self.factors)} factors; predict must return one per factor")
         if not self._columns:  # performance never rises with the factor: a custom curve that rises is clipped
-            finite = np.isfinite(out)  # over the finite predictions; a NaN stays where it was (never chosen)
-            out = np.where(finite, np.minimum.accumulate(np.where(finite, out, np.inf)), out)
+            known = ~np.isnan(out)  # a NaN stays where it was (never chosen); inf and -inf are clipped like others
+            out = np.where(known, np.minimum.accumulate(np.where(known, out, np.inf)), out)
         return out
 
     def compress(self, compressor: TextCompressor, scored: Scored, floor: float,
