@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from pocsdk.errors import ConfigError
 from pocsdk.text.relevance import STOPWORDS
+from pocsdk.text.tokens import NO_SPACE_LETTERS
 
 if TYPE_CHECKING:  # a runtime import would be circular (datasets imports normalize_answer)
     from pocsdk.calibration.datasets import Example
@@ -89,8 +90,7 @@ def contains_answer(haystack_norm: str, answer_norm: str) -> bool:
 
 
 # Characters of scripts that do not put spaces between words.
-_NO_SPACE = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                       "\uac00-\ud7af\uf900-\ufaff]")
+_NO_SPACE = re.compile(f"[{NO_SPACE_LETTERS}]")
 
 
 # -- answer metrics ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from pocsdk._files import lock_exclusively
 from pocsdk.calibration.datasets import Example, InvalidExample
 from pocsdk.calibration.judges import Judge, get_judge
 from pocsdk.calibration.labels import DEFAULT_FACTORS, LabelRecord
@@ -336,7 +337,7 @@ def run_calibration(
     # The lock comes first, before anything reads or replaces the output: a second run (even one given
     # --overwrite) is refused while this one writes.
     with out.open("a", encoding="utf-8") as fh:
-        _lock(fh, out)
+        lock_exclusively(fh, out, "wait for it, or write to another file")
         try:
             if resume and existed:  # the names records carry (a registered alias builds a compressor of its own name)
                 params = getattr(built, "parameters", None)
@@ -390,19 +391,6 @@ def _plan(examples: Iterable[Example | InvalidExample], out: Path, resume: bool,
     stats = RunStats(output=str(out), total=total, skipped=total - len(todo) - len(invalid), retried=retried,
                      features="featurize" if featurize is not None else "missing")
     return stats, todo, invalid
-
-
-def _lock(fh: Any, out: Path) -> None:
-    """One run writes an output at a time: a second one would interleave lines and label examples twice.
-    (An advisory lock, released when the file closes; where ``fcntl`` is missing, nothing is locked.)"""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigError(f"another run is writing {out}: wait for it, or write to another file") from None
 
 
 def _lines(todo: list[Example], workers: int, init_args: tuple[Any, ...], output_fd: int = -1) -> Iterable[str]:

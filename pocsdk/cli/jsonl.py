@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from pocsdk._files import lock_exclusively
 from pocsdk.errors import ConfigError, EncodingError, InvalidInputError, InvalidTypeError
 
 STDIO = "-"
@@ -253,15 +254,10 @@ class OutputLock:
         created = not path.exists()
         fh = path.open("ab")
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return cls(fh, path, created)
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock_exclusively(fh, path, "wait for it to end (or stop it), then --resume")
+        except ConfigError:
             fh.close()
-            raise ConfigError(f"another run is writing {path}: wait for it to end (or stop it), then --resume") \
-                from None
+            raise
         return cls(fh, path, created)
 
     def release(self, *, discard_new_empty: bool = False) -> None:

@@ -13,7 +13,6 @@ protection, token counting); a text compressor only writes how it ranks units
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pocsdk.text.protect import (
     strip_markers,
 )
 from pocsdk.text.segment import CODE, MAX_UNIT_CHARS, is_fence_line, segment_arrays
-from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
+from pocsdk.text.tokens import NO_SPACE_CHAR, HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
@@ -456,12 +455,6 @@ def _fences_follow_code(scored: Scored, selection: Selection) -> np.ndarray:
     return out
 
 
-# Scripts written without spaces between words (and their punctuation): text dropped between two of their
-# characters leaves no gap to mark with a space.
-_RUNS_ON = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                      "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
-
-
 def _join(text: str, spans: Sequence[tuple[int, int, str]], source_whitespace: bool = False) -> str:
     """Join spans; keep the original whitespace between neighbours (protection markers between them are
     no gap), else one line break, else nothing between two characters of a script written without spaces
@@ -476,7 +469,7 @@ def _join(text: str, spans: Sequence[tuple[int, int, str]], source_whitespace: b
                 parts.append(gap)  # markers in it go with the rest, below
             elif "\n" in gap:
                 parts.append("\n")
-            elif (prev_end > 0 and _RUNS_ON.match(text, prev_end - 1) and _RUNS_ON.match(text, s)
+            elif (prev_end > 0 and NO_SPACE_CHAR.match(text, prev_end - 1) and NO_SPACE_CHAR.match(text, s)
                   and not any(c.isspace() for c in gap)):
                 pass  # "天气很好" less "气很" is "天好", not "天 好"
             else:

@@ -366,7 +366,7 @@ def evaluate_fold(split: str, fold: str, train: Sequence[LabelRecord], test: Seq
             rows.append(_row(split, fold, name, floor, confidence, choose(test_pred[base], factors, floor, margin),
                              actual, achieved, oracle, mae=float(np.abs(test_pred[base] - actual).mean()),
                              margin=float(margin.mean())))
-            weights = np.array([c.weight(floor, confidence, task=r.task) for r in test])
+            weights = task_weights(c, test, floor, confidence)
             rows.append(_row(split, fold, f"{base}+tradeoff", floor, confidence,
                              choose_tradeoff(test_pred[base], factors, weights), actual, achieved, oracle,
                              mae=float(np.abs(test_pred[base] - actual).mean())))
@@ -406,7 +406,7 @@ def xcal_fold(split: str, fold: str, train: Sequence[LabelRecord], train_sources
                 m = task_margins(cal, test, floor, confidence)
                 rows.append(_row(split, fold, f"{kind}+{suffix}", floor, confidence, choose(pm, factors, floor, m),
                                  actual, achieved, oracle, mae=mae, margin=float(m.mean())))
-                w = np.array([cal.weight(floor, confidence, task=r.task) for r in test])
+                w = task_weights(cal, test, floor, confidence)
                 rows.append(_row(split, fold, f"{kind}+{suffix}-tradeoff", floor, confidence,
                                  choose_tradeoff(pm, factors, w), actual, achieved, oracle, mae=mae))
     return rows, preds, cals
@@ -514,7 +514,7 @@ def evaluate_records(records: Sequence[LabelRecord], *, floors: Sequence[float] 
                         m = task_margins(cal, rest_ds, floor, confidence)
                         lodo.append(_row("fewshot", ds, name, floor, confidence, choose(p, factors, floor, m),
                                          a2, ach2, oracle, margin=float(m.mean())))
-                        w = np.array([cal.weight(floor, confidence, task=r.task) for r in rest_ds])
+                        w = task_weights(cal, rest_ds, floor, confidence)
                         tname = "lightgbm+tradeoff" if name == "lightgbm+cal" else f"{name}-tradeoff"
                         lodo.append(_row("fewshot", ds, tname, floor, confidence, choose_tradeoff(p, factors, w),
                                          a2, ach2, oracle))

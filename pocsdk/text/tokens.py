@@ -28,6 +28,13 @@ class TokenCounter(Protocol):
     def count_many(self, texts: Sequence[str]) -> list[int]: ...
 
 
+NO_SPACE_LETTERS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                    "\uac00-\ud7af\uf900-\ufaff")
+"""Character class (no brackets) of scripts written without spaces between words: Thai, Lao, Myanmar, Khmer,
+kana, CJK ideographs and Hangul (whose particles attach to the word)."""
+NO_SPACE_CHAR = re.compile(f"[{NO_SPACE_LETTERS}\u3000-\u303f\uff00-\uffef]")
+"""One character of those scripts or of their punctuation (CJK symbols, fullwidth forms)."""
+
 # Pieces that a BPE tokenizer rarely merges across: runs of letters, digit groups of up to
 # three (as cl100k does), single CJK / kana / hangul characters, other symbols one by one.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"

@@ -16,6 +16,7 @@ import numpy as np
 from pocsdk.compressors.llmlingua2.shared import _space_mask
 from pocsdk.compressors.llmlingua2.windows import _TokenStream
 from pocsdk.text.segment import grapheme_cut
+from pocsdk.text.tokens import NO_SPACE_CHAR
 
 
 @dataclass
@@ -85,8 +86,7 @@ would otherwise stop the threshold, keeping far less than asked (or nothing)."""
 LONG_CJK_WORD_CHARS = 16
 """The same for words in scripts without spaces (Chinese, Japanese, Thai, Korean): a character there costs
 one to three tokens, so a 64-character piece could outgrow a whole budget."""
-_NO_SPACE = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                       "\uac00-\ud7af\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+_NO_SPACE = NO_SPACE_CHAR
 
 
 def split_long_words(w: _Words, max_chars: int = LONG_WORD_CHARS, texts: list[str] | None = None,
