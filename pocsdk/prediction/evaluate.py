@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 import warnings
 from collections import Counter
@@ -50,9 +49,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-from pocsdk.calibration.labels import LabelRecord, read_labels
+from pocsdk.calibration.labels import LabelRecord
 from pocsdk.errors import LabelsError, LabelsWarning
 from pocsdk.prediction.conformal import Calibration, cross_dataset_calibration, fit_calibration
 from pocsdk.prediction.decision import PASSTHROUGH, choose, choose_tradeoff, outcome
@@ -62,208 +60,32 @@ from pocsdk.prediction.predictors import (
     MLPPredictor,
     Predictor,
 )
+from pocsdk.prediction.report import (
+    METHODS,
+    OF_ORACLE_NOTE,
+    EvalReport,
+    EvalRow,
+    per_dataset_floor,
+    plot_report,
+    table,
+    to_markdown,
+)
+from pocsdk.prediction.splits import (
+    arrays,
+    common_grid,
+    dataset_names,
+    document_key,
+    few_shot_split,
+    group_split,
+    load_records,
+    load_records_with_sources,
+    read_label_files,
+    split_fit_cal,
+)
 
 DEFAULT_FLOORS: tuple[float, ...] = (0.8, 0.9, 0.95)
 CURVE_FLOORS: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
-METHODS = ("fixed", "agnostic", "lightgbm", "mlp", "agnostic+cal", "lightgbm+cal", "agnostic+tradeoff",
-           "lightgbm+tradeoff", "agnostic+xcal", "agnostic+xcal-tradeoff", "lightgbm+xcal", "lightgbm+xcal-tradeoff",
-           "agnostic+xcal-pooled", "agnostic+xcal-pooled-tradeoff", "lightgbm+xcal-pooled",
-           "lightgbm+xcal-pooled-tradeoff",
-           "lightgbm+fewshot", "lightgbm+fewshot-tradeoff", "oracle")
 XCAL_KINDS = ("agnostic", "lightgbm")
-
-
-class EvalRow(BaseModel):
-    split: str
-    fold: str
-    method: str
-    floor: float
-    confidence: float
-    n: int
-    mae: float | None = None
-    meet: float
-    factor: float
-    of_oracle: float
-    kept: float | None = None
-    of_oracle_saving: float | None = None
-    passthrough: float = 0.0
-    margin: float | None = None
-
-
-class EvalReport(BaseModel):
-    compressor: str
-    examples: int
-    datasets: dict[str, int]
-    factors: list[float]
-    floors: list[float]
-    confidence: float
-    few_shot: int
-    rows: list[EvalRow] = Field(default_factory=list)
-    curves: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
-    """Random split: share meeting the floor and mean factor per method over :data:`CURVE_FLOORS`."""
-    command: str = ""
-    markdown: str = ""
-
-    def row(self, split: str, method: str, floor: float, fold: str = "all") -> EvalRow | None:
-        for r in self.rows:
-            if r.split == split and r.method == method and r.fold == fold and abs(r.floor - floor) < 1e-9:
-                return r
-        return None
-
-
-# -- data ----------------------------------------------------------------------------------
-def read_label_files(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], list[str]]:
-    """Every record of ``paths`` and, per record, its dataset: the labels file (see :func:`dataset_names`).
-
-    The same file given twice (overlapping globs) or one id twice in a file is refused: either would
-    count examples twice and make a calibration promise more than its data support.
-    """
-    names = dataset_names(paths)
-    records: list[LabelRecord] = []
-    sources: list[str] = []
-    for p, name in zip(paths, names, strict=True):
-        seen: set[str] = set()
-        for r in read_labels(p):
-            if r.id in seen:
-                raise LabelsError(f"{p}: id {r.id!r} appears twice; each example must be labelled once")
-            seen.add(r.id)
-            records.append(r)
-            sources.append(name)
-    if not records:
-        raise LabelsError("no label records in " + ", ".join(str(p) for p in paths))
-    return records, sources
-
-
-def dataset_names(paths: Sequence[str | Path]) -> list[str]:
-    """One dataset name per labels file: its name up to the first dot (``nq.labels.jsonl`` -> ``nq``);
-    where two would clash, the name without its extension (``nq.dev``, ``nq.test``), then with the
-    folders above it (``nq/labels`` and ``squad/labels``). Names come from the paths as given, so a
-    labels file that is a symlink into a blob store keeps its own name.
-    """
-    given = [Path(p) for p in paths]
-    resolved = [p.resolve() for p in given]
-    for i, r in enumerate(resolved):
-        if r in resolved[:i]:
-            raise LabelsError(f"labels file {paths[i]} is given twice")
-
-    def unique(names: list[str]) -> bool:
-        return len(set(names)) == len(names)
-
-    names = [p.name.split(".")[0] for p in given]
-    if unique(names):
-        return names
-    names = [p.name.removesuffix(".gz").removesuffix(".jsonl") for p in given]
-    absolute = [Path(os.path.abspath(p)) for p in given]
-    for depth in range(1, max(len(a.parts) for a in absolute) + 1):
-        if unique(names):
-            return names
-        names = ["/".join([*a.parent.parts[-depth:], n.rsplit("/", 1)[-1]]) for a, n in zip(absolute, names,
-                                                                                               strict=True)]
-    return names if unique(names) else [str(a) for a in absolute]
-
-
-def load_records(paths: Sequence[str | Path]) -> list[LabelRecord]:
-    return read_label_files(paths)[0]
-
-
-def load_records_with_sources(paths: Sequence[str | Path]) -> tuple[list[LabelRecord], list[str]]:
-    """Records on the common grid and, per record, its dataset for cross-dataset work: its labels file.
-
-    A labels file is the exchangeable unit (e.g. LEval's 14 sub-tasks stay together).
-    """
-    records, sources = read_label_files(paths)
-    kept, _ = common_grid(records)
-    keep = {id(r) for r in kept}
-    return kept, [s for r, s in zip(records, sources, strict=True) if id(r) in keep]
-
-
-def common_grid(records: Sequence[LabelRecord]) -> tuple[list[LabelRecord], list[float]]:
-    """Keep the records on the most common (ascending) factor grid; warn about the others."""
-    grids = Counter(tuple(float(f) for f in r.factors) for r in records)
-    grid = grids.most_common(1)[0][0]
-    kept = [r for r in records if tuple(float(f) for f in r.factors) == grid]
-    if list(grid) != sorted(grid):
-        raise LabelsError("factor grids must be ascending")
-    if len(kept) < len(records):
-        warnings.warn(f"{len(records) - len(kept)} of {len(records)} label records are on another factor grid "
-                      f"than the most common one ({', '.join(f'{f:g}' for f in grid)}) and are left out",
-                      LabelsWarning, stacklevel=2)
-    return kept, list(grid)
-
-
-def arrays(records: Sequence[LabelRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """``(actual, achieved)`` as ``(n, n_factors)`` arrays.
-
-    Achieved factors are capped at twice the requested factor: a compressor that keeps (almost)
-    nothing of a tiny input reaches an "infinite" factor that would swamp every mean.
-    """
-    actual = np.clip(np.array([r.performance for r in records], dtype=np.float64), 0.0, 1.0)
-    achieved = np.array(
-        [[min(a, 2.0 * f) for a, f in zip(r.achieved_factors, r.factors, strict=False)] for r in records],
-        dtype=np.float64,
-    )
-    return actual, achieved
-
-
-def document_key(record: LabelRecord, source: str = "") -> str:
-    """The document a record asks about: questions on one document (an L-Eval book, a SQuAD article) share
-    it, and a split that puts them on both sides measures questions on documents the model has seen."""
-    meta = record.metadata
-    if meta.get("doc_index") is not None:
-        return f"{source}|{record.dataset}|{meta.get('leval_task', '')}|doc {meta['doc_index']}"
-    if isinstance(meta.get("title"), str) and meta["title"]:
-        return f"{source}|{record.dataset}|title {meta['title']}"
-    return f"{source}|{record.dataset}|id {record.id}"
-
-
-def group_split(records: Sequence[LabelRecord], rng: random.Random, share: float,
-                key: Callable[[LabelRecord], str] = document_key) -> tuple[list[LabelRecord], list[LabelRecord]]:
-    """(rest, held): whole documents drawn at random into ``held`` until it holds ``share`` of the records
-    (at least one record; order within each side as in ``records``). A document that would push ``held`` more
-    than 10% past its share is passed over, so one big document cannot take most of the data; when documents
-    that large are all there is, the records are split instead, with a warning."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault(key(r), []).append(i)
-    names = sorted(groups)
-    rng.shuffle(names)
-    target = max(1, round(share * len(records)))
-    limit = target + max(1, round(0.1 * target))
-    held: set[int] = set()
-    for name in names:
-        if len(held) >= target:
-            break
-        if len(held) + len(groups[name]) <= limit:
-            held.update(groups[name])
-    if len(records) > 1 and not (0.5 * target <= len(held) < len(records)):
-        warnings.warn(f"{len(groups)} documents cannot hold out {share:.0%} of {len(records)} inputs whole: "
-                      "split by input instead (questions on one document may fall on both sides)",
-                      LabelsWarning, stacklevel=2)
-        order = list(range(len(records)))
-        rng.shuffle(order)
-        held = set(order[:min(target, len(records) - 1)])
-    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
-
-
-def few_shot_split(records: Sequence[LabelRecord], shots: int, rng: random.Random,
-                   key: Callable[[LabelRecord], str] = document_key) -> tuple[list[LabelRecord], list[LabelRecord]]:
-    """(rest, shots): ``shots`` inputs drawn at random, as a user labels examples of a task, and the inputs on
-    other documents to score them on (none shares a document with a shot). When the shots touch so many of the
-    documents that fewer than a quarter of the inputs would remain, whole documents are drawn as shots instead."""
-    order = list(range(len(records)))
-    rng.shuffle(order)
-    picked = [records[i] for i in order[:shots]]
-    touched = {key(r) for r in picked}
-    rest = [records[i] for i in order[shots:] if key(records[i]) not in touched]
-    if len(rest) >= max(1, len(records) // 4):
-        return rest, picked
-    return group_split(records, rng, shots / len(records), key=key)
-
-
-def split_fit_cal(records: Sequence[LabelRecord], rng: random.Random,
-                  cal_share: float = 0.25) -> tuple[list[LabelRecord], list[LabelRecord]]:
-    """Fit and calibration sets, split by document (residuals on seen documents would promise too much)."""
-    return group_split(records, rng, cal_share)
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -561,124 +383,6 @@ def _curves(test_pred: dict[str, np.ndarray], cals: dict[str, Calibration], test
     return out
 
 
-# -- outputs -------------------------------------------------------------------------------
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def table(rows: Sequence[EvalRow]) -> str:
-    lines = ["| method | n | MAE | meet floor | mean factor | of oracle | kept | of oracle saving | pass-through | "
-             "margin |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    for r in sorted(rows, key=lambda r: order.get(r.method, 99)):
-        lines.append(f"| {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | {r.of_oracle:.2f} | "
-                     f"{_fmt(r.kept)} | {_fmt(r.of_oracle_saving, 2)} | {r.passthrough:.2f} | {_fmt(r.margin)} |")
-    return "\n".join(lines)
-
-
-def per_dataset_floor(floors: Sequence[float]) -> float:
-    """The floor of the per-dataset table: 0.9 when evaluated, else the middle one."""
-    return next((f for f in floors if abs(f - 0.9) < 1e-9), sorted(floors)[len(floors) // 2])
-
-
-OF_ORACLE_NOTE = ("*of oracle* is the mean factor over the oracle's mean factor, so a pass-through (factor 1) "
-                  "still scores 1 / the oracle's factor; *of oracle saving* weighs the tokens saved instead.")
-
-
-def to_markdown(report: EvalReport) -> str:
-    out = [f"### Compressor `{report.compressor}`", "",
-           f"{report.examples} labelled inputs; datasets: "
-           + ", ".join(f"{k} ({v})" for k, v in sorted(report.datasets.items()))
-           + f"; grid {', '.join(f'{f:g}' for f in report.factors)}; confidence {report.confidence:g}.", "",
-           OF_ORACLE_NOTE, ""]
-    for split, title in (("random", "Random split (test 25% of inputs, whole documents)"),
-                         ("lodo", "Unseen datasets (leave-one-dataset-out, pooled over folds)"),
-                         ("fewshot", f"Few-shot calibration on {report.few_shot} examples of the unseen dataset "
-                                     "(remaining examples, pooled over folds)")):
-        for floor in report.floors:
-            rows = [r for r in report.rows if r.split == split and r.fold == "all" and r.floor == floor]
-            if rows:
-                out += [f"**{title}, floor {floor:g}**", "", table(rows), ""]
-    shown = per_dataset_floor(report.floors)
-    per_ds = [r for r in report.rows if r.split == "lodo" and r.fold != "all" and r.method in
-              ("lightgbm+cal", "lightgbm+tradeoff", "oracle", "agnostic", "lightgbm", "agnostic+xcal",
-               "lightgbm+xcal", "lightgbm+xcal-tradeoff") and abs(r.floor - shown) < 1e-9]
-    if per_ds:
-        out += [f"**Per held-out dataset, floor {shown:g}**", "",
-                "| held-out | method | n | MAE | meet | factor | of oracle | kept | of oracle saving |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(per_ds, key=lambda r: (r.fold, r.method)):
-            out.append(f"| {r.fold} | {r.method} | {r.n} | {_fmt(r.mae)} | {r.meet:.3f} | {r.factor:.2f} | "
-                       f"{r.of_oracle:.2f} | {_fmt(r.kept)} | {_fmt(r.of_oracle_saving, 2)} |")
-        out.append("")
-    return "\n".join(out)
-
-
-def plot_report(report: EvalReport, recs: Sequence[LabelRecord], test: Sequence[LabelRecord],
-                test_pred: dict[str, np.ndarray], preds: dict[str, Predictor], outdir: Path,
-                source: Callable[[LabelRecord], str] | None = None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    actual, _ = arrays(test)
-    factors = np.asarray(report.factors)
-
-    # 1. predicted vs actual (binned means + scatter)
-    fig, axes = plt.subplots(1, max(len(test_pred), 1), figsize=(4.2 * max(len(test_pred), 1), 4), squeeze=False)
-    for ax, (k, pm) in zip(axes[0], test_pred.items(), strict=False):
-        x, y = pm.ravel(), actual.ravel()
-        ax.scatter(x, y + np.random.default_rng(0).uniform(-0.02, 0.02, y.size), s=3, alpha=0.15)
-        bins = np.linspace(0, 1, 11)
-        which = np.clip(np.digitize(x, bins) - 1, 0, 9)
-        bx = [x[which == b].mean() for b in range(10) if (which == b).any()]
-        by = [y[which == b].mean() for b in range(10) if (which == b).any()]
-        ax.plot(bx, by, "o-", color="C3", label="binned mean")
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-        ax.set(title=f"{k} (MAE {np.abs(x - y).mean():.3f})", xlabel="predicted", ylabel="actual", xlim=(0, 1.02))
-        ax.legend(loc="lower right")
-    fig.suptitle(f"{report.compressor}: predicted vs actual relative performance (random-split test)")
-    fig.tight_layout()
-    paths.append(outdir / "pred_vs_actual.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    # 2. performance vs factor per dataset, with the agnostic curve
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for ds in sorted(report.datasets):
-        a, _ = arrays([r for r in recs if (source(r) if source else r.dataset) == ds])
-        ax.plot(factors, a.mean(axis=0), "o-", label=f"{ds} (actual)")
-    ag = preds.get("agnostic")
-    if isinstance(ag, ContextAgnosticPredictor):
-        kx, ky = ag.curves_["*"]
-        ax.plot(factors, np.interp(np.log(factors), kx, ky), "k--", label="agnostic (pooled)")
-    ax.set(xscale="log", xlabel="compression factor", ylabel="mean relative performance", ylim=(0, 1.05),
-           title=f"{report.compressor}: performance vs factor")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(outdir / "perf_vs_factor.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    # 3. share meeting the floor (and mean factor) vs floor
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for method, c in report.curves.items():
-        a1.plot(c["floor"], c["meet"], label=method)
-        a2.plot(c["floor"], c["factor"], label=method)
-    a1.axhline(report.confidence, color="k", ls=":", lw=0.8)
-    a1.set(xlabel="floor", ylabel="share meeting the floor", title="share meeting the floor (random split)")
-    a2.set(xlabel="floor", ylabel="mean achieved factor", yscale="log", title="mean compression factor")
-    a1.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(outdir / "meet_vs_floor.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
 def evaluate_files(paths: Sequence[Path], outdir: Path, *, floors: Sequence[float] = DEFAULT_FLOORS,
                    confidence: float = 0.9, few_shot: int = 50, seed: int = 0,
                    kinds: Sequence[str] = ("agnostic", "lightgbm", "mlp"), command: str = "",
@@ -756,3 +460,13 @@ def evaluate_predictor_files(paths: Sequence[Path], predictor_dir: Path, outdir:
     (outdir / "report.json").write_text(json.dumps(report.model_dump(), indent=1) + "\n", encoding="utf-8")
     (outdir / "report.md").write_text(report.markdown + "\n", encoding="utf-8")
     return report
+
+
+__all__ = [  # the evaluation API, with the report model and label splits it is built from
+    "CURVE_FLOORS", "DEFAULT_FLOORS", "METHODS", "OF_ORACLE_NOTE", "XCAL_KINDS", "EvalReport", "EvalRow", "Oracle",
+    "arrays", "common_grid", "dataset_names", "document_key", "evaluate_files", "evaluate_fold",
+    "evaluate_predictor_files", "evaluate_records", "few_shot_split", "fit_all", "fixed_factor_index",
+    "group_split", "load_records", "load_records_with_sources", "oracle_index", "oracle_summary",
+    "per_dataset_floor", "plot_report", "pooled_rows", "read_label_files", "split_fit_cal", "table",
+    "task_margins", "task_weights", "to_markdown", "xcal_fold",
+]
