@@ -143,7 +143,7 @@ def test_cache_off_compresses_every_time_in_the_pool(monkeypatch: pytest.MonkeyP
     ("Summarize the report.\n\nDoc one.\n\nDoc two.", ["Summarize the report.", "\n\nDoc two."], "Doc two."),
 ])
 def test_find_question(text: str, kept: list[str], query: str) -> None:
-    from pocsdk.llm.messages import find_question
+    from pocsdk.llm.question import find_question
 
     q = find_question(text)
     assert [text[a:b] for a, b in q.keep] == kept
@@ -232,7 +232,7 @@ def test_min_tokens_counts_a_message_split_in_text_parts_as_a_whole() -> None:
 
 
 def test_windows_line_breaks_find_the_same_question() -> None:
-    from pocsdk.llm.messages import find_question
+    from pocsdk.llm.question import find_question
 
     for text in ("Doc one.\n\nDoc two.\n\nWhere is it?\nAnswer in one word.",
                  "Where is it? Use the report.\n\nDoc one.\n\nDoc two.",
