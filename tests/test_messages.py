@@ -247,3 +247,43 @@ def test_windows_line_breaks_find_the_same_question() -> None:
     assert stats.query == "Where is the treasure buried?\r\nAnswer in one word."
     assert out[0]["content"].endswith("\r\n\r\nWhere is the treasure buried?\r\nAnswer in one word.")
     assert FACT in out[0]["content"]
+
+
+def test_labels_inside_closed_fences_are_skipped_like_a_plain_scan() -> None:
+    """The labels kept are those kept without fences (backticks swapped for quotes of the same length),
+    less those inside a closed fence by a plain scan (fences before the line odd, one after it)."""
+    from pocsdk.llm.question import _labels, find_question
+
+    rng = random.Random(0)
+    pieces = ["Q: what is it?\n", "Question: why?\n", "A: yes\n", "```\n", "````", "code\n", "Question:\n",
+              "  what now?\n", "text ", "`", "\n", "Q:what?"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        end = rng.randint(0, len(text))
+        unfenced = _labels(text.replace("`", "'"), end)
+        expected = [k for k in unfenced
+                    if not (text.count("```", 0, k[0]) % 2 and "```" in text[k[0]:end])]
+        assert _labels(text, end) == expected, (text, end)
+    fenced = "Context.\n```\nQ: what does this print?\n```\nQ: which line prints?"
+    assert [fenced[a:b].strip() for a, b in find_question(fenced).query_spans] == ["which line prints?"]
+    assert len(_labels(fenced, len(fenced))) == 1
+
+
+def test_a_long_faq_is_read_in_linear_time() -> None:
+    """A pasted FAQ ("Q: ...?\\nA: ...") rescanned the text for fences at every label: 16,000 pairs took
+    seconds per request. Time grows with the text (16x the text: well under 64x the time), not its square."""
+    import time
+
+    from pocsdk.llm.question import find_question
+
+    def best(n: int) -> float:
+        faq = "".join(f"Q: what is item {i}?\nA: it is item {i}.\n" for i in range(n)) + "Q: which one is best?"
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            q = find_question(faq)
+            times.append(time.perf_counter() - t0)
+            assert [faq[a:b].strip() for a, b in q.query_spans] == ["which one is best?"]
+        return min(times)
+
+    assert best(16_000) < 64 * best(1_000)

@@ -113,8 +113,13 @@ def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
     first = _QUESTION_LABEL.match(text, 0, end)
     found = [(0, first.end())] if first is not None else []
     found += [(m.start() + 1, m.end()) for m in _QUESTION_LABEL_LINE.finditer(text, 0, end)]
+    # fences found once (a FAQ of thousands of labelled lines made a scan per label quadratic): the
+    # fences that end before a line (as ``str.count`` finds them), and where any fence starts at all
+    fence_ends = [m.end() for m in _FENCE.finditer(text, 0, end)] if found else []
+    any_fence_at = [m.start() for m in _ANY_FENCE.finditer(text, 0, end)] if fence_ends else []
     for line_start, label_end in found:
-        if text.count("```", 0, line_start) % 2 and "```" in text[label_end:end]:  # inside a closed fence
+        if (bisect.bisect_right(fence_ends, line_start) % 2
+                and bisect.bisect_left(any_fence_at, label_end) < len(any_fence_at)):  # inside a closed fence
             continue
         line_end = text.find("\n", label_end, end)
         line_end = end if line_end < 0 else line_end
@@ -131,6 +136,8 @@ def _labels(text: str, end: int) -> list[tuple[int, int, int]]:
     return out
 
 
+_FENCE = re.compile("```")
+_ANY_FENCE = re.compile("(?=```)")  # overlapping too, as ``"```" in text[a:b]`` finds them
 _NEXT_LINE = re.compile(r"[^\s].*")
 # The line after a question: "A: ...", "Answer: ...", with what follows the label in group 1.
 _ANSWER_LINE = re.compile(r"[ \t]*\n[ \t]*[*_]{0,2}(?:answer|a)[*_]{0,2}[ \t]*[:\uff1a](.*)", re.IGNORECASE)
