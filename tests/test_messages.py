@@ -287,3 +287,40 @@ def test_a_long_faq_is_read_in_linear_time() -> None:
         return min(times)
 
     assert best(16_000) < 64 * best(1_000)
+
+
+def test_the_prompt_cache_holds_only_changed_texts_within_a_character_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache was bounded by entries only and kept every message's text: 256 prompts of 16 MiB could hold
+    gigabytes. It keeps the texts compression changed, within ``CACHE_CHARS`` characters."""
+    from pocsdk.llm import messages as module
+
+    mc = MessageCompressor(Compressor(compressor="extractive", keep_rate=0.3), MessagePolicy(min_tokens=100),
+                           cache_size=256)
+    history = {"role": "assistant", "content": _text(400, 99)}  # long, never compressed (assistant)
+    prompts = [[history, {"role": "user", "content": f"{_report(k)}\n\nWhere is the treasure buried?"}]
+               for k in range(12)]
+    first = [mc.compress_messages(prompts[0])]
+    assert 0 < mc._cache_chars < len(prompts[0][1]["content"])  # the compressed text only
+    monkeypatch.setattr(module, "CACHE_CHARS", 5 * mc._cache_chars)  # room for about 5 such prompts
+    first += [mc.compress_messages(p) for p in prompts[1:]]
+    held = sum(len(t) for changed, _ in mc._cache.values() for t in changed.values())
+    assert mc._cache_chars == held <= module.CACHE_CHARS
+    assert 1 <= len(mc._cache) < len(prompts)  # the oldest went to stay under the limit
+    again, stats = mc.compress_messages(prompts[-1])
+    assert stats.cached and again == first[-1][0]
+    assert again[0]["content"] == history["content"]  # the untouched history comes from the request itself
+    passthrough = [{"role": "user", "content": "Short question?"}]
+    mc.compress_messages(passthrough)
+    out, stats = mc.compress_messages(passthrough)
+    assert stats.cached and out == passthrough
+
+
+def test_a_stray_closing_tag_never_reaches_the_model() -> None:
+    """Without an opening tag, automatic mode sent "</compress>" on, though compression off removed it."""
+    mc = _bm25(0.3)
+    prompt = f"{_report(5)}\n\nRules.</compress>\n\nWhere is the treasure buried?"
+    out, stats = mc.compress_messages([{"role": "user", "content": prompt}])
+    assert "</compress>" not in out[0]["content"] and stats.compressed_tokens < stats.original_tokens
+    short = [{"role": "user", "content": "Rules.</compress> Which one?"}]
+    out, _ = mc.compress_messages(short)
+    assert out[0]["content"] == "Rules. Which one?"

@@ -858,3 +858,114 @@ def test_a_cancelled_waiter_never_takes_a_slot_later() -> None:
         return limiter.in_flight
 
     assert asyncio.run(run()) == 0
+
+
+# -- review round 11: keys, limits, error bodies, paths ------------------------------------------
+@pytest.mark.parametrize("field", ["api_key", "upstream_api_key"])
+@pytest.mark.parametrize("key", ["sk-key\n", "sk-key\r\n", " sk-key", "sk-key ", "sk\x00key", "sk-ключ"])
+def test_keys_no_header_can_carry_are_refused_when_the_app_is_built(field: str, key: str) -> None:
+    """A key read from a file keeps its newline: it failed on every request (401 for every caller, or 502
+    from the upstream), never at start-up. The message never quotes the key."""
+    from pocsdk.server.common import resolve_api_key
+
+    settings = ProxySettings(upstream="http://127.0.0.1:1/v1", keep_rate=0.5, **{"api_key": "proxy-key", field: key})
+    with pytest.raises(ConfigError) as info:
+        create_proxy_app(settings)
+    assert "sk" not in str(info.value).replace("strip", "")
+    with pytest.raises(ConfigError):
+        resolve_api_key(key, no_auth=False, host="127.0.0.1")
+    assert resolve_api_key("sk-fine", no_auth=False, host="127.0.0.1") == "sk-fine"
+
+
+def test_a_huge_integer_rate_is_400_not_500(proxy: str) -> None:
+    for field in ("floor", "keep_rate"):
+        r = httpx.post(proxy + "/v1/chat/completions", content=json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "pocsdk": {field: 10**400}}),
+            headers={"content-type": "application/json"})
+        assert _is_openai_error(r, 400)["code"] == "invalid_rate"
+
+
+def test_a_streamed_request_whose_error_body_stalls_is_504_like_a_plain_one() -> None:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> StreamingResponse:
+        async def body() -> Any:
+            yield b'{"error": {"message": "over'
+            await asyncio.sleep(3)
+            yield b'loaded"}}'
+        return StreamingResponse(body(), status_code=503, media_type="application/json")
+
+    with ServerThread(app) as up, _proxy(up) as url:
+        for stream in (False, True):
+            r = httpx.post(url + "/v1/chat/completions", timeout=10,
+                           json={"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+            assert _is_openai_error(r, 504)["code"] == "upstream_timeout"
+
+
+def test_an_encoded_backslash_cannot_climb_out_of_the_base_path(proxy: str) -> None:
+    for path in ("/v1/..%5C..%5Cadmin", "/v1/files/a%5Cb"):
+        r = httpx.get(proxy + path)
+        assert _is_openai_error(r, 400)["code"] == "invalid_path"
+    assert httpx.get(proxy + "/v1/files/a%2Fb").status_code == 201  # an encoded slash stays one segment
+
+
+def test_uploads_under_way_count_against_the_limits() -> None:
+    """Bodies were read before anything counted them: with room for 2, thirty stalled 15 MiB uploads were
+    all buffered (472 MB). Uploads now count like queued requests; the next caller gets 429 at once."""
+    from pocsdk.server.common import ConcurrencyLimiter, Overloaded
+
+    async def run() -> None:
+        lim = ConcurrencyLimiter(1, max_queue=1)
+        with lim.reading(), lim.reading():  # a slot's worth and a queue place's worth of uploads
+            with pytest.raises(Overloaded), lim.reading():
+                pass
+        with lim.reading():
+            pass  # finished uploads leave room again
+        await lim.acquire()
+        with lim.reading(), pytest.raises(Overloaded), lim.reading():
+            pass
+        lim.release()
+
+    asyncio.run(run())
+
+    import socket
+
+    with ServerThread(fake_upstream_app()) as up, _proxy(up, max_concurrent=1, max_queue=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stalled = []
+        try:
+            for _ in range(2):
+                s = socket.create_connection((host, int(port)))
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000000\r\n\r\n{\"model\": ")
+                stalled.append(s)
+            deadline = time.monotonic() + 10
+            while True:  # until both uploads are being read
+                r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": []})
+                if r.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 429 and r.headers["retry-after"]
+        finally:
+            for s in stalled:
+                s.close()
+
+
+def test_a_caller_that_leaves_mid_upload_is_not_an_internal_error(upstream: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import socket
+
+    with _proxy(upstream) as url, caplog.at_level(logging.DEBUG, logger="pocsdk"):
+        host, port = url.removeprefix("http://").split(":")
+        for path in (b"/v1/chat/completions", b"/v1/embeddings"):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"mo")
+            time.sleep(0.3)
+            s.close()
+        time.sleep(0.5)
+        assert httpx.get(url + "/healthz").json()["in_flight"] == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("left during its upload" in r.getMessage() for r in caplog.records)

@@ -51,6 +51,8 @@ COMPRESS_CLOSE = "</compress>"
 AUTO_ROLES = ("user", "tool", "function")
 MAX_QUERY_CHARS = 2000
 OMITTED = "[\u2026]"
+CACHE_CHARS = 32 * 1024 * 1024
+"""Characters a :class:`MessageCompressor`'s prompt cache holds at most (about 32-128 MB)."""
 """What a message text (or text part) that compression emptied holds instead: chat APIs refuse empty text
 blocks (Anthropic's, for one), and removing the message would break tool-call pairs."""
 
@@ -125,8 +127,10 @@ def plan(slots: Sequence[tuple[str, str]], policy: MessagePolicy, counter: Token
     groups = list(range(len(slots))) if messages is None else list(messages)
     if len(groups) != len(slots):
         raise ValueError(f"{len(groups)} message indices for {len(slots)} slots")
-    keeps, query = _question(slots, groups)
     explicit = any(COMPRESS_OPEN in text for _, text in slots)
+    if not explicit and any(COMPRESS_CLOSE in text for _, text in slots):  # a stray closing tag: removed, as
+        slots = [(role, text.replace(COMPRESS_CLOSE, "")) for role, text in slots]  # every tag is, unsent
+    keeps, query = _question(slots, groups)
     if explicit:
         texts: list[str] = []
         pieces: list[Piece] = []
@@ -236,9 +240,9 @@ def _tagged(text: str) -> tuple[str, list[tuple[int, int]]]:
 class MessageCompressor:
     """Applies :class:`MessagePolicy` with a :class:`~pocsdk.Compressor`; optional LRU result cache.
 
-    The cache (``cache_size`` entries, 0 disables it) maps the exact message texts and
-    mode to their compressed texts: clients retry and fan out the same prompt, and a hit
-    costs a hash instead of a scoring pass. Prompts are never logged.
+    The cache (``cache_size`` entries, 0 disables it; at most ``CACHE_CHARS`` characters) maps the exact
+    message texts and mode to the texts compression changed: clients retry and fan out the same prompt,
+    and a hit costs a hash instead of a scoring pass. Prompts are never logged.
     """
 
     def __init__(self, compressor: Compressor, policy: MessagePolicy | None = None, *, cache_size: int = 0) -> None:
@@ -246,7 +250,9 @@ class MessageCompressor:
         self.policy = policy or MessagePolicy()
         self.counter = get_token_counter(getattr(compressor.compressor, "tokenizer", None))
         self.cache_size = cache_size
-        self._cache: OrderedDict[bytes, tuple[list[str], MessagesStats]] = OrderedDict()
+        # per prompt, only the texts that changed (a long history passed through is not held twice)
+        self._cache: OrderedDict[bytes, tuple[dict[int, str], MessagesStats]] = OrderedDict()
+        self._cache_chars = 0
         self._lock = threading.Lock()
 
     # -- text slots ----------------------------------------------------------------------
@@ -272,10 +278,10 @@ class MessageCompressor:
             t0 = time.perf_counter()
         hit = self._get(key)
         if hit is not None:
-            texts, cached = hit
+            changed, cached = hit
             stats = cached.model_copy(update={"cached": True})
             stats.compress_ms = (time.perf_counter() - t0) * 1000.0
-            return list(texts), stats
+            return [changed.get(i, text) for i, (_, text) in enumerate(slots)], stats
         p = plan(slots, self.policy, self.counter, messages)
         stats = MessagesStats(explicit=p.explicit, query=p.query, parts=len(p.pieces))
         outside = self._outside_tokens(p)
@@ -297,7 +303,8 @@ class MessageCompressor:
         stats.part_tokens = counts
         stats.part_slots = [x.slot for x in p.pieces] if counts else []
         self._finish(stats, outside, counts, t0)
-        self._put(key, (list(texts), stats))
+        if key:
+            self._put(key, {i: t for i, (t, (_, old)) in enumerate(zip(texts, slots, strict=True)) if t != old}, stats)
         return texts, stats
 
     async def acompress_slots(self, slots: Sequence[tuple[str, str]], *, keep_rate: float | None = None,
@@ -392,7 +399,7 @@ class MessageCompressor:
         with self._lock:
             return key in self._cache
 
-    def _get(self, key: bytes) -> tuple[list[str], MessagesStats] | None:
+    def _get(self, key: bytes) -> tuple[dict[int, str], MessagesStats] | None:
         if not self.cache_size:
             return None
         with self._lock:
@@ -401,13 +408,22 @@ class MessageCompressor:
                 self._cache.move_to_end(key)
             return hit
 
-    def _put(self, key: bytes, value: tuple[list[str], MessagesStats]) -> None:
-        if not self.cache_size:
+    def _put(self, key: bytes, changed: dict[int, str], stats: MessagesStats) -> None:
+        """Remember a prompt's changed texts, within ``cache_size`` entries and ``CACHE_CHARS`` characters
+        (the entry count alone let 256 prompts of 16 MiB hold gigabytes); a prompt over a quarter of
+        the characters is not kept."""
+        size = sum(len(t) for t in changed.values())
+        if not self.cache_size or size > CACHE_CHARS // 4:
             return
         with self._lock:
-            self._cache[key] = value
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cache_chars -= sum(len(t) for t in old[0].values())
+            self._cache[key] = (changed, stats)
+            self._cache_chars += size
+            while len(self._cache) > self.cache_size or self._cache_chars > CACHE_CHARS:
+                _, (gone, _) = self._cache.popitem(last=False)
+                self._cache_chars -= sum(len(t) for t in gone.values())
 
 
 def _mode(keep_rate: float | None = None, floor: float | None = None, target_tokens: int | None = None,

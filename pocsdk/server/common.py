@@ -25,8 +25,8 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from pocsdk.errors import (
@@ -44,8 +44,9 @@ from pocsdk.errors import (
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("the pocsdk server", "server", "fastapi, uvicorn") from exc
 
@@ -88,7 +89,27 @@ def resolve_api_key(api_key: str | None, *, no_auth: bool, host: str, env_var: s
     key = api_key or os.environ.get(env_var) or ""
     if not key.strip():
         raise ConfigError(f"no API key: pass --api-key, set {env_var}, or use --no-auth on a loopback host")
+    check_key("the API key", key)
     return key
+
+
+def check_key(what: str, key: str | None) -> None:
+    """Refuse, at start-up, a key that no HTTP header can carry: with a line break (a key read from a file
+    keeps its newline), another control character, space at either end, or a non-ASCII character. Such a
+    key failed later, on every request (callers could never authenticate; the upstream answered 502). The
+    key is never quoted."""
+    if key is None:
+        return
+    bad = next((c for c in key if ord(c) < 0x20 or c == "\x7f"), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else "a control character"
+        raise ConfigError(f"{what} contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
+                          "its newline)")
+    if key != key.strip(" "):
+        raise ConfigError(f"{what} starts or ends with a space; strip it")
+    if not key.isascii():  # clients send headers as ASCII or latin-1, never as the UTF-8 compared here
+        raise ConfigError(f"{what} has a non-ASCII character, which HTTP clients cannot send as is; use an "
+                          "ASCII key")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -235,7 +256,10 @@ def install_error_handlers(app: FastAPI, *, openai_types: bool = False, hide_loc
         headers = getattr(exc, "headers", None)
         return _resp(exc.status_code, str(exc.detail), "HTTPError", f"http_{exc.status_code}", None, headers)
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):  # the caller left during its upload: nobody reads an answer
+            log.debug("client left during its upload on %s %s", request.method, request.url.path)
+            return Response(status_code=499)
         log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
                   exc_info=exc)
         return _resp(500, "internal server error", "InternalError", "internal_error")
@@ -269,7 +293,7 @@ class _AnswerUnexpected:
     connection, so a keep-alive client's next request on it failed; here the 500 is an answer like any other.
     """
 
-    def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Awaitable[JSONResponse]]) -> None:
+    def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Awaitable[Response]]) -> None:
         self.app = app
         self.answer = answer
 
@@ -392,6 +416,7 @@ class ConcurrencyLimiter:
         self.max_queue = max_queue
         self._active = 0
         self._waiting = 0
+        self._reading = 0  # requests whose bodies are being read, before they ask for a slot
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._hold_s = 0.05
 
@@ -422,8 +447,22 @@ class ConcurrencyLimiter:
         """Raise :class:`Overloaded` now if :meth:`acquire` would: a caller refused anyway is refused
         before its body is read (a server that reads first buffers every rejected upload)."""
         full = bool(self._waiters) or self._active + weight > self.max_concurrent
-        if full and self._waiting + weight > self.max_queue:
+        if full and self._waiting + self._reading + weight > self.max_queue:
             raise Overloaded(self.retry_after())
+        if self._active + self._waiting + self._reading + weight > self.max_concurrent + self.max_queue:
+            raise Overloaded(self.retry_after())  # uploads under way count too: memory stays bounded
+
+    @contextmanager
+    def reading(self, weight: int = 1) -> Iterator[None]:
+        """``with limiter.reading(): body = await request.body()``: :meth:`check`, then count the upload
+        until it is read, so that slow or stalled uploads cannot pile up past the limits (each one buffers
+        up to the body limit before it asks for a slot)."""
+        self.check(weight)
+        self._reading += weight
+        try:
+            yield
+        finally:
+            self._reading -= weight
 
     async def acquire(self, weight: int = 1) -> None:
         """Take ``weight`` slots, waiting in line if the queue has room; else raise :class:`Overloaded`."""

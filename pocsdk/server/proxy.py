@@ -56,6 +56,7 @@ from pocsdk.server.common import (
     BearerAuth,
     BodySizeLimit,
     ConcurrencyLimiter,
+    check_key,
     install_error_handlers,
     is_loopback,
     status_for,
@@ -340,7 +341,7 @@ def _rate(raw: Any, where: str, name: str, *, text: bool = False) -> float:
     if (text and isinstance(raw, str)) or (not text and isinstance(raw, (int, float)) and not isinstance(raw, bool)):
         try:
             value = float(raw)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer past float's range (10**400)
             pass
     if not 0.0 < value <= 1.0:
         raise ApiError(400, f"{name} must be a number in (0, 1], got {raw!r}", param=where, code="invalid_rate")
@@ -405,7 +406,8 @@ def _raw_path(request: Request, path: str, code: str = "invalid_path") -> str:
     parts = text.split("/")
     if parts[-1] == "" and len(parts) > 1:  # a trailing slash is kept as it came
         parts = parts[:-1]
-    if any(unquote(p) in ("", ".", "..") for p in parts) or any(c in text for c in "?#\\"):
+    # a decoded backslash too: an upstream that reads "\\" as a separator would climb with "..%5C.."
+    if any(unquote(p) in ("", ".", "..") or "\\" in unquote(p) for p in parts) or any(c in text for c in "?#\\"):
         raise ApiError(400, f"invalid path {path!r}", code=code)
     return text
 
@@ -430,6 +432,8 @@ def proxy_app_from_env() -> FastAPI:
 
 def create_proxy_app(settings: ProxySettings) -> FastAPI:
     """The proxy as an ASGI app (run it with uvicorn, or ``pocsdk proxy``)."""
+    check_key("the proxy API key", settings.api_key)
+    check_key("the upstream API key", settings.upstream_api_key)
     proxy = _Proxy(settings)
 
     @asynccontextmanager
@@ -474,8 +478,8 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
         await proxy.auth(request)
         # Read the body before taking a slot (a slow upload must not hold one), but only when there
         # is room: a caller that will be refused is refused before its body is buffered.
-        proxy.limiter.check()
-        raw = await request.body()
+        with proxy.limiter.reading():
+            raw = await request.body()
         try:
             slot = await _acquire_while_connected(proxy.limiter, request)
         except _ClientGone:
@@ -494,8 +498,8 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
             return await chat_completions(request)
         await proxy.auth(request)
         url = proxy.base + "/" + _raw_path(request, path)  # the query string is added by send
-        proxy.limiter.check()
-        content = await request.body()
+        with proxy.limiter.reading():
+            content = await request.body()
         try:
             slot = await _acquire_while_connected(proxy.limiter, request)
         except _ClientGone:
@@ -592,8 +596,15 @@ async def _chat(proxy: _Proxy, request: Request, raw: bytes, slot: _Slot) -> Res
         return _response(resp.content, resp, stats)
     resp = await proxy.send("POST", proxy.chat_url, request, content, stream=True, content_type=content_type)
     if resp.status_code >= 400:
-        data = await resp.aread()
-        await resp.aclose()
+        try:
+            data = await resp.aread()
+        except httpx.TimeoutException as exc:  # the error body stalled: as send() answers a stalled body
+            raise ApiError(504, f"upstream timed out ({type(exc).__name__})", type="timeout",
+                           code="upstream_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"upstream unreachable ({type(exc).__name__})", code="upstream_unreachable") from exc
+        finally:
+            await resp.aclose()
         return _response(data, resp, stats)
     return _relay(resp, slot, stats)
 
