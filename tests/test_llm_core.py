@@ -73,3 +73,17 @@ def test_parse_bodies() -> None:
     assert parse_models_body(b'{"data":[{"id":"a"},{"id":"b"},3]}') == ["a", "b"]
     with pytest.raises(LLMError, match="invalid JSON"):
         parse_chat_body(b"<html>")
+
+
+def test_usage_without_a_total_and_numeric_ids() -> None:
+    """Some servers leave total_tokens out (it read as 0) or send a number as the id (the whole answer was
+    thrown away as malformed)."""
+    body = (b'{"id": 12345, "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],'
+            b' "usage": {"prompt_tokens": 10, "completion_tokens": 5}}')
+    result = parse_chat_body(body)
+    assert result.content == "hi" and result.id == "12345"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (10, 5, 15)
+    full = parse_chat_body(b'{"id": "c1", "choices": [{"message": {"content": "x"}}],'
+                           b' "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 7}}')
+    assert full.id == "c1" and full.usage.total_tokens == 7  # a total given is kept as sent
+    assert parse_chat_body(b'{"choices": [{"message": {"content": "x"}}]}').id is None

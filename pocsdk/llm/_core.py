@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import httpx
 
-from pocsdk.errors import InvalidTypeError
+from pocsdk.errors import ConfigError, InvalidTypeError
 from pocsdk.llm.types import ChatResult, LLMError, RetryPolicy, Timeout, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,20 +38,94 @@ def resolve_api_key(api_key: str | None) -> str | None:
 
 
 def resolve_base_url(base_url: str | None) -> str:
-    if base_url:
-        return base_url.rstrip("/")
-    for env in BASE_URL_ENVS:
-        value = os.environ.get(env)
-        if value:
-            return value.rstrip("/")
-    return DEFAULT_BASE_URL
+    """The explicit base URL, else ``$POCSDK_LLM_BASE_URL`` / ``$OPENAI_BASE_URL``, else OpenAI's; checked here.
+
+    Whitespace around it (a URL read from a ``.env`` file keeps its newline) is dropped, trailing slashes
+    of its path too; whitespace or control characters inside it, a scheme other than http(s), a missing
+    host, a bad port or a fragment raise :class:`~pocsdk.errors.ConfigError` now, when the client is built,
+    never as a raw ``httpx`` error at the first call. Error messages never quote the URL, which may hold a
+    password. A query string (``?api-version=...``) and ``user:password@`` stay; see :func:`split_base_url`.
+    """
+    source = "the base_url argument"
+    given: object = base_url
+    if not base_url:
+        given = None
+        for env in BASE_URL_ENVS:
+            value = os.environ.get(env)
+            if value and value.strip():
+                given, source = value, f"${env}"
+                break
+        if given is None:
+            return DEFAULT_BASE_URL
+    if isinstance(given, httpx.URL):
+        given = str(given)
+    if not isinstance(given, str):
+        raise InvalidTypeError(f"base_url must be a string, got {type(given).__name__}")
+    url = given.strip()
+    for i, c in enumerate(url):
+        if c.isspace() or unicodedata.category(c) == "Cc":
+            kind = "a line break" if c in "\r\n" else "a space" if c.isspace() else "a control character"
+            raise ConfigError(f"the base URL ({source}) contains {kind} (U+{ord(c):04X}) at position {i}; "
+                              "a URL cannot carry it (percent-encode it as %XX if it belongs there)")
+    if not url:
+        raise ConfigError(f"the base URL ({source}) is empty")
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:  # its text may quote a part of the URL: the password
+        detail = f": {exc}" if "@" not in url else ""  # too when one holds a "/" or "?"
+        raise ConfigError(f"the base URL ({source}) is not a valid URL{detail}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(f"the base URL ({source}) must start with http:// or https://")
+    if not parsed.host:
+        raise ConfigError(f"the base URL ({source}) names no host")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"the base URL ({source}) has port {port}, outside 1-65535")
+    if "#" in url:
+        raise ConfigError(f"the base URL ({source}) holds a '#', which starts a fragment HTTP never sends: "
+                          "remove it, or write it as %23 where it belongs to the URL")
+    head, mark, query = url.partition("?")
+    head = head.rstrip("/")
+    return f"{head}?{query}" if mark and query else head
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the pooled httpx client is given for a base URL: the URL without credentials and query string,
+    the query as default parameters of every request, and the credentials as Basic auth."""
+
+    url: str
+    params: httpx.QueryParams | None
+    auth: httpx.BasicAuth | None
+
+
+def split_base_url(base_url: str, headers: Mapping[str, str], key_source: str = "") -> Endpoint:
+    """Split a :func:`resolve_base_url` result for httpx.
+
+    httpx appends the request path after a base URL's query string, so the query (Azure's
+    ``?api-version=...``) becomes default parameters sent with every request. Credentials
+    (``https://user:password@host/v1``) become Basic auth, so they never reach httpx's request log;
+    as the ``Authorization`` header can carry only one of them, credentials together with an API key
+    (``key_source`` names where it came from) or an ``Authorization`` header are a ConfigError.
+    """
+    parsed = httpx.URL(base_url)
+    auth = None
+    if parsed.userinfo:
+        if "authorization" in headers:
+            given = f"an API key is set too ({key_source})" if key_source else "an Authorization header is given too"
+            raise ConfigError(f"the base URL carries a user name and password (Basic auth) and {given}; both "
+                              "would set the Authorization header: remove the credentials from the URL, or pass "
+                              'api_key="" (and no Authorization header) to send them instead')
+        auth = httpx.BasicAuth(parsed.username, parsed.password)
+    params = parsed.params if parsed.query else None
+    return Endpoint(str(parsed.copy_with(userinfo=b"", query=None)), params, auth)
 
 
 def to_httpx_timeout(timeout: Timeout | float | None) -> httpx.Timeout:
     if timeout is None:
         return httpx.Timeout(None)
-    if isinstance(timeout, (int, float)):
-        return httpx.Timeout(float(timeout))
+    if isinstance(timeout, (int, float)):  # every phase of an attempt; waiting for a pooled connection
+        return httpx.Timeout(float(timeout), pool=None)  # is none (see Timeout.pool)
     return httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool)
 
 
@@ -84,18 +159,24 @@ def chat_payload(
     return payload
 
 
-def auth_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+def auth_headers(api_key: str | bytes | None, extra: Mapping[str, str] | None) -> dict[str, str]:
     """Request headers; a value that HTTP cannot carry is refused here, naming the header, never the value
     (a key read from a file with its newline would otherwise end up, whole, in an error message)."""
     headers = {"accept": "application/json"}
     if api_key:
         _check_header_value("the API key", api_key)
+        if isinstance(api_key, (bytes, bytearray)):  # sent as its characters, never as "b'...'"
+            api_key = bytes(api_key).decode("latin-1")
         headers["authorization"] = f"Bearer {api_key}"
     if extra:  # header names are case-insensitive: an "Authorization" given here replaces the key's
         for k, v in extra.items():
-            _check_header_value(f"header {str(k)!r}", v)
-        headers.update({str(k).lower(): v for k, v in extra.items()})
+            _check_header_value(f"header {_header_name(k)!r}", v)
+        headers.update({_header_name(k).lower(): v for k, v in extra.items()})
     return headers
+
+
+def _header_name(name: object) -> str:
+    return bytes(name).decode("latin-1") if isinstance(name, (bytes, bytearray)) else str(name)
 
 
 def _check_header_value(what: str, value: object) -> None:
@@ -110,6 +191,10 @@ def _check_header_value(what: str, value: object) -> None:
             else "a non-ASCII character"
         raise InvalidTypeError(f"{what} contains {kind} (U+{ord(bad):04X}), which this client cannot send; "
                                "strip it (a key read from a file keeps its newline)")
+    if value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):  # HTTP cannot carry them: h11 refuses the
+        end = "begins" if value[:1] in (" ", "\t") else "ends"  # request, quoting the value
+        raise InvalidTypeError(f"{what} {end} with a space or tab, which this client cannot send; "
+                               "strip it (a key copied from a web page or a .env file may keep one)")
 
 
 def display_url(url: str) -> str:
@@ -170,12 +255,16 @@ def parse_chat(data: Any) -> ChatResult:
         if isinstance(content, list):  # some servers return content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         usage = data.get("usage") or {}
+        counts = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        if not usage.get("total_tokens"):  # some servers leave the total out
+            counts["total_tokens"] = counts["prompt_tokens"] + counts["completion_tokens"]
+        answer_id = data.get("id")
         return ChatResult(
             content=content,
             model=str(data.get("model") or ""),
             finish_reason=choice.get("finish_reason"),
-            usage=Usage(**{k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}),
-            id=data.get("id"),
+            usage=Usage(**counts),
+            id=str(answer_id) if answer_id is not None else None,  # some servers send a number
             raw=data,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
@@ -223,9 +312,14 @@ class Retrying:
         the request could never be sent (a URL without http(s), a header value with a newline)."""
         url = display_url(self.base_url)
         if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
-            # the exception's text may quote a header value, the key included: name its type only
+            # the exception's text may quote a header value, the key included: name its type only, and chain
+            # nothing (a traceback or logging.exception prints the cause's text)
             raise LLMError(f"request to {url} could not be sent (check the base URL and the API key "
-                           f"or headers for stray characters): {type(exc).__name__}") from exc
+                           f"or headers for stray characters): {type(exc).__name__}") from None
+        if isinstance(exc, httpx.PoolTimeout):  # the server is fine: this client has too many calls at once
+            raise LLMError(f"no pooled connection to {url} became free within Timeout.pool (every connection "
+                           "is busy with other calls of this client); leave Timeout.pool at None to wait "
+                           "for one") from exc
         if not isinstance(exc, httpx.TransportError):  # a body httpx cannot decode: sending again won't help
             raise LLMError(f"the answer of {url} could not be read: {exc!r}") from exc
         if self.attempt >= self.policy.max_retries:

@@ -8,6 +8,7 @@ one pooled httpx client (the async one, one per event loop); close it (or use ``
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -23,7 +24,9 @@ from pocsdk.llm.types import ChatResult, LLMError, RetryPolicy, Timeout
 
 DEFAULT_TIMEOUT = Timeout()
 DEFAULT_RETRY = RetryPolicy()
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+DEFAULT_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+"""Connections each pooled client may open at once (the official ``openai`` client's limits); a call beyond
+them waits for a free one, as long as ``Timeout.pool`` allows (by default, as long as it takes)."""
 
 
 class _ClientBase:
@@ -43,7 +46,13 @@ class _ClientBase:
         self.model = model
         self.retry = retry
         self.timeout = timeout
-        self._headers = _core.auth_headers(_core.resolve_api_key(api_key), headers)
+        key = _core.resolve_api_key(api_key)
+        self._headers = _core.auth_headers(key, headers)
+        key_source = "" if not key else "the api_key argument" if api_key is not None else \
+            next((f"${env}" for env in _core.API_KEY_ENVS if os.environ.get(env)), "the environment")
+        if headers and any(_core._header_name(k).lower() == "authorization" for k in headers):
+            key_source = ""  # the Authorization header replaces the key's
+        self._endpoint = _core.split_base_url(self.base_url, self._headers, key_source)
 
     def _payload(
         self, messages: MessagesLike, model: str | None, params: dict[str, Any], stream: bool
@@ -52,8 +61,10 @@ class _ClientBase:
 
     def _http_options(self) -> dict[str, Any]:
         """Keyword arguments of the pooled ``httpx.Client`` / ``httpx.AsyncClient``."""
-        return {"base_url": self.base_url, "headers": self._headers, "timeout": _core.to_httpx_timeout(self.timeout),
-                "limits": DEFAULT_LIMITS}
+        endpoint = self._endpoint  # no credentials in the URL (httpx logs it), no query string (httpx would
+        # append the path after it): they go as Basic auth and as parameters of every request
+        return {"base_url": endpoint.url, "params": endpoint.params, "auth": endpoint.auth, "headers": self._headers,
+                "timeout": _core.to_httpx_timeout(self.timeout), "limits": DEFAULT_LIMITS}
 
     def _retrying(self) -> _core.Retrying:
         return _core.Retrying(self.retry, self.base_url)
@@ -111,6 +122,8 @@ class LLMClient(_ClientBase):
                     yield delta
             if tail := deltas.finish(resp.headers):
                 yield tail
+        except httpx.LocalProtocolError as exc:  # its text may quote a header value: chain nothing
+            raise LLMError(f"stream interrupted: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
         finally:
@@ -199,6 +212,8 @@ class AsyncLLMClient(_ClientBase):
                     yield delta
             if tail := deltas.finish(resp.headers):
                 yield tail
+        except httpx.LocalProtocolError as exc:  # its text may quote a header value: chain nothing
+            raise LLMError(f"stream interrupted: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise LLMError(f"stream interrupted: {exc!r}") from exc
         finally:

@@ -110,14 +110,19 @@ class HFLocalLLM:
             p, gguf_file = p.parent, p.name
         if not p.exists():
             raise ConfigError(f"model path {str(p)!r} does not exist")
+        converted = convert_cache is not None and gguf_file is not None and \
+            (Path(convert_cache) / Path(gguf_file).stem / "config.json").is_file()
+        if gguf_file and not converted and not (p / gguf_file).is_file():  # transformers would name a hub URL
+            raise ConfigError(f"GGUF file {str(p / gguf_file)!r} does not exist")
         device = resolve_device(device, "HFLocalLLM")
         check_device_available(device, "HFLocalLLM")
         torch_dtype = resolve_dtype(_DTYPE_ALIASES.get(dtype, dtype), device, "HFLocalLLM")
+        if not torch_dtype.is_floating_point:  # an integer dtype cannot hold weights (quantise otherwise)
+            raise ConfigError(f"dtype {dtype!r} is no floating-point type: use 'auto', 'float32', 'float16' or "
+                              "'bfloat16'")
         if threads:
             torch.set_num_threads(threads)
         self.model = model or (Path(gguf_file).stem if gguf_file else p.name)
-        converted = convert_cache is not None and gguf_file is not None and \
-            (Path(convert_cache) / Path(gguf_file).stem / "config.json").is_file()
         if gguf_file and not converted and importlib.util.find_spec("gguf") is None:  # transformers' own
             raise MissingDependencyError("loading a GGUF file", "neural", "gguf")  # message names torch too
         if gguf_file and convert_cache is not None:

@@ -59,7 +59,11 @@ class Timeout(BaseModel):
     connect: float | None = 5.0
     read: float | None = 60.0
     write: float | None = 30.0
-    pool: float | None = 10.0
+    pool: float | None = None
+    """How long a call may wait for a free pooled connection when every one (1000 per client) is busy with
+    other calls of the same client. ``None`` (the default): wait its turn, as long as it takes. When a wait
+    runs out the call fails with an :class:`LLMError` at once, without retries: the server is not at fault.
+    A plain number given as a client's ``timeout`` bounds the other phases, never this wait."""
 
 
 class RetryPolicy(BaseModel):
