@@ -321,3 +321,14 @@ def test_code_blocks_dropped_whole_leave_no_bare_fences(name: str) -> None:
     mixed = "Intro.\n\n" + block(1) + "\n\nThe range is nineteen miles.\n\n" + block(2)
     out = Compressor(keep_rate=0.1, compressor=name).compress(mixed, "value_2_5 compute").text
     assert out.count("```") % 2 == 0  # what code is kept stays fenced, a block dropped whole loses its fences
+
+
+@pytest.mark.parametrize("newline", ["\r", "\u2028", "\u2029"])
+@pytest.mark.parametrize("name", ["extractive", "skim"])
+def test_kept_lines_stay_apart_with_other_line_breaks(name: str, newline: str) -> None:
+    """A dropped gap holding "\\r" or U+2028 (but no "\\n") was joined with a space, gluing table rows."""
+    rows = [f"| {i} | City number {i} | {1000 + i} |" for i in range(60)]
+    text = newline.join(["Population table.", "", "| id | city | population |", *rows])
+    out = Compressor(keep_rate=0.2, compressor=name).compress(text, "population of City number 37").text
+    lines = out.split(newline)
+    assert len(lines) > 3 and all(line in text.split(newline) for line in lines if line), lines[:5]

@@ -336,7 +336,7 @@ def reference_clauses(text: str, start: int, end: int, min_words: int = 3) -> li
     """The rule as first written: word counts of the merged spans recounted with ``str.split``."""
     pieces: list[list[int]] = []
     pos = start
-    for m in re.finditer(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*", text[:end]):
+    for m in re.finditer(r"(?:[,;:](?=\s|\Z)|[\uff0c\uff1b\uff1a\u3001])\s*", text[:end]):  # Latin: before a space
         if m.start() < start:
             continue
         s, e = _strip(text, pos, m.end())
@@ -464,3 +464,39 @@ def test_a_long_code_block_compresses_close_to_the_rate() -> None:
         res = Compressor(keep_rate=rate, compressor="extractive").compress(text, "transform weight")
         assert abs(res.keep_rate - rate) <= 0.1 * rate + 0.02, (rate, res.keep_rate)
         assert res.text.count("```") == 2 and "result_" in res.text  # fenced code, not empty fences
+
+
+def test_latin_clause_breaks_need_a_space_after_them() -> None:
+    """A comma, colon or semicolon broke a clause with nothing after it, so skim's excerpts began inside
+    "2,750", "10:45" and "https://" (74 of 2,288 excerpts on multi_news were cut inside a number)."""
+    from pocsdk.text.segment import clauses
+
+    for sentence, whole in [
+        ("Revenue grew to 2,750 million dollars during the last fiscal year, analysts said on Monday.", "2,750"),
+        ("The train leaves at 10:45 from the central station near the river, officials said on Monday.", "10:45"),
+        ("Steps are documented at https://example.com/docs/install for every platform, he said on Monday.", "https://example"),
+    ]:
+        pieces = [sentence[a:b] for a, b in clauses(sentence, 0, len(sentence))]
+        assert len(pieces) == 2 and whole in pieces[0], pieces
+    cjk = "今天天气很好，我们去公园散步吧；然后一起吃晚饭"
+    assert len(clauses(cjk, 0, len(cjk), min_words=1)) == 3  # full-width punctuation breaks as it stands
+    filler = " ".join(f"Paragraph {k} talks about the weather and the market in town." for k in range(40))
+    target = ("Revenue at the group grew to 2,750 million dollars during the last fiscal year according to the "
+              "annual filing published by the company, which analysts called strong.")
+    out = Compressor(keep_rate=0.05, compressor="skim").compress(
+        f"{filler}\n\n{target}\n\n{filler}", "How many million dollars of revenue according to the annual filing?")
+    assert "million dollars" in out.text and "2,750 million" in out.text
+
+
+def test_a_one_line_backtick_span_is_inline_code_not_an_endless_fence() -> None:
+    """CommonMark: a backtick fence's info string holds no backtick. "```pip install foo```" opened a
+    fence that never closed, so the rest of the document became code and its instructions lost protection."""
+    text = ("Install it first.\n\n```pip install foo```\n\nAlways answer in English. The weather was mild. "
+            "Markets were calm.\n\n```python\nx = 1\n```\n\nAfter the code.")
+    kinds = {text[u.start:u.end]: u.kind for u in segment(text)}
+    assert kinds["Always answer in English."] == SENTENCE
+    assert kinds["```python\nx = 1\n```"] == CODE and kinds["After the code."] == SENTENCE
+    out = Compressor(keep_rate=0.2, compressor="extractive").compress(text * 3, "weather")
+    assert out.text.count("Always answer in English.") == 3
+    tilde = "Intro.\n\n~~~ `shell` ~~~\nls -l\n~~~\n\nAfter."  # a tilde fence's info string may hold backticks
+    assert [u.kind for u in segment(tilde)] == [SENTENCE, CODE, SENTENCE]

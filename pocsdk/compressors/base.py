@@ -13,6 +13,7 @@ protection, token counting); a text compressor only writes how it ranks units
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -455,6 +456,9 @@ def _fences_follow_code(scored: Scored, selection: Selection) -> np.ndarray:
     return out
 
 
+_OTHER_BREAK = re.compile("[\r\u2028\u2029\f]")
+
+
 def _join(text: str, spans: Sequence[tuple[int, int, str]], source_whitespace: bool = False) -> str:
     """Join spans; keep the original whitespace between neighbours (protection markers between them are
     no gap), else one line break, else nothing between two characters of a script written without spaces
@@ -469,6 +473,8 @@ def _join(text: str, spans: Sequence[tuple[int, int, str]], source_whitespace: b
                 parts.append(gap)  # markers in it go with the rest, below
             elif "\n" in gap:
                 parts.append("\n")
+            elif (brk := _OTHER_BREAK.search(gap)) is not None:  # classic Mac "\r", U+2028/2029, page break:
+                parts.append(brk.group())  # the text's own line break, as segmentation read it
             elif (prev_end > 0 and NO_SPACE_CHAR.match(text, prev_end - 1) and NO_SPACE_CHAR.match(text, s)
                   and not any(c.isspace() for c in gap)):
                 pass  # "天气很好" less "气很" is "天好", not "天 好"

@@ -36,9 +36,12 @@ class Unit:
 
 
 # A fence opens with 3+ backticks or tildes and closes with a line of at least the same run (CommonMark);
-# an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text).
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[`~]*[ \t\r]*$|\Z)", re.M | re.S)
-_FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}|~{3,})[^\n]*")
+# an unclosed fence runs to the end. ``\r`` is allowed before line ends (Windows text). A backtick
+# opener's info string holds no backtick (CommonMark): "```pip install x```" is inline code, not a fence
+# that would turn the rest of the document into code.
+_FENCE = re.compile(r"^[ \t]*(?:(`{3,})[^`\n]*|(~{3,})[^\n]*)\n.*?(?:^[ \t]*(?:\1|\2)[`~]*[ \t\r]*$|\Z)",
+                    re.M | re.S)
+_FENCE_LINE = re.compile(r"[ \t]*(?:`{3,}[^`\n]*|~{3,}[^\n]*)")
 CODE_PIECE_CHARS = 160
 """The most characters a piece of a cut code block holds (one to a few lines)."""
 # A line opening with a date, a time or an epoch timestamp: 2024-05-07, 07/05/2024, 7.5.2024, 12:25:51,
@@ -83,7 +86,9 @@ _LATIN_RUN_CHARS = frozenset(".!?\"'\u201d\u2019)]")
 _LONGER_THAN_ABBREVIATIONS = 7  # letters; checked against both lists in the tests
 _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]*$")
 _NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*(\w)")
-_CLAUSE_BREAK = re.compile(r"[,;:\uff0c\uff1b\uff1a\u3001]\s*")
+# A Latin comma, semicolon or colon breaks a clause only before whitespace (or the end): "2,750",
+# "10:45" and "https://" stay whole. Full-width punctuation breaks as it stands.
+_CLAUSE_BREAK = re.compile(r"(?:[,;:](?=\s|\Z)|[\uff0c\uff1b\uff1a\u3001])\s*")
 _SPACE = re.compile(r"\s+")
 
 MAX_UNIT_CHARS = 480
