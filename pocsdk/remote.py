@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -36,6 +36,7 @@ from pocsdk.text.tokens import LONE_SURROGATE
 from pocsdk.types import (
     CompressionResult,
     ContextLike,
+    batch_items,
     check_keep_rate,
     check_target_tokens,
     check_unit_interval,
@@ -127,7 +128,10 @@ class RemoteCompressor:
         if compressor is not None and not isinstance(compressor, str):
             raise ConfigError("a remote compressor is chosen by name; compressor objects live on the server")
         self.endpoint = endpoint.rstrip("/")
+        self._shown = _checked_endpoint(self.endpoint)
+        """The endpoint as messages show it: a password in the URL masked."""
         self._key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        _check_key(self._key)
         self.compressor_name = compressor
         self.name: str = compressor or "remote"
         self.defaults = _merge_modes({}, dict(keep_rate=keep_rate, target_tokens=target_tokens, floor=floor,
@@ -174,6 +178,7 @@ class RemoteCompressor:
 
     def compress_many(self, items: Iterable[Any], **overrides: Any) -> list[CompressionResult]:
         """Compress many inputs in as few requests as the server allows (results in input order)."""
+        items = batch_items(items)  # a lone string is an error, as locally (not one input per character)
         out: list[CompressionResult] = []
         pending = list(reversed(self._chunks(items, overrides)))
         while pending:
@@ -192,9 +197,12 @@ class RemoteCompressor:
         """Async twin of :meth:`compress_many`; up to four chunks go concurrently.
 
         Once the server has refused a batch as larger than its capacity, the inputs in flight are
-        kept to the size that fitted, so the chunks do not crowd each other out into 429s. The
-        first failure cancels the other chunks' requests, as the sync twin stops at it.
+        kept to the size that fitted, so the chunks do not crowd each other out into 429s; a chunk
+        answered 429 while others are in flight waits for them and fewer chunks go at once from then
+        on (down to one, as in the sync twin, which then retries as usual). The first failure cancels
+        the other chunks' requests, as the sync twin stops at it.
         """
+        items = batch_items(items)
         gate = _InputGate(MAX_CONCURRENT_CHUNKS)
 
         async def one(chunk: dict[str, Any]) -> list[CompressionResult]:
@@ -206,10 +214,14 @@ class RemoteCompressor:
                     out += await one({**chunk, "inputs": inputs[i:i + size]})
                 return out
             try:
-                async with gate.admit(len(chunk["inputs"])):
-                    part: list[CompressionResult] = await self._adrive(
-                        self._exchange("POST", "/v1/compress", chunk, batch=True))
-                return _one_per_input(chunk, part)
+                while True:
+                    try:
+                        async with gate.admit(len(chunk["inputs"])):
+                            part: list[CompressionResult] = await self._adrive(self._exchange(
+                                "POST", "/v1/compress", chunk, batch=True, crowded=gate.crowded))
+                        return _one_per_input(chunk, part)
+                    except _Crowded:
+                        continue  # the gate now sends fewer chunks at once: wait for a turn, then again
             except _errors.InputTooLargeError as exc:
                 halves = _halves(chunk, exc)
                 if halves is None:
@@ -326,15 +338,19 @@ class RemoteCompressor:
         return httpx.Request(method, self._url(path), content=content, headers=headers,
                              extensions={"timeout": self.timeout.as_dict()})
 
-    def _exchange(self, method: str, path: str, payload: Any, *, batch: bool = False,
-                  health: bool = False) -> Generator[_Step, httpx.Response | None, Any]:
-        """Yield requests to send and pauses to take; return the decoded answer or raise a typed error."""
+    def _exchange(self, method: str, path: str, payload: Any, *, batch: bool = False, health: bool = False,
+                  crowded: Callable[[], bool] | None = None) -> Generator[_Step, httpx.Response | None, Any]:
+        """Yield requests to send and pauses to take; return the decoded answer or raise a typed error.
+
+        ``crowded`` (concurrent chunks): called on a 429; when it returns True, :class:`_Crowded` is raised
+        instead of a retry, so the chunk waits for the others in flight rather than racing them for room.
+        """
         request = self._request(method, path, payload)
         if health:  # its 503 is an answer (draining), not a reason to ask again
             try:
                 response = yield request
             except httpx.TransportError as exc:
-                raise RemoteError(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}") from exc
+                raise RemoteError(f"cannot reach {self._shown}: {type(exc).__name__}: {exc}") from exc
             assert response is not None
             if response.status_code == 503:
                 try:
@@ -352,10 +368,12 @@ class RemoteCompressor:
                 retryable = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                                              httpx.ReadError, httpx.WriteError, httpx.PoolTimeout))
                 if not retryable or attempt == attempts:
-                    raise RemoteError(f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}") from exc
+                    raise RemoteError(f"cannot reach {self._shown}: {type(exc).__name__}: {exc}") from exc
                 yield self.retry.delay(attempt)
                 continue
             assert response is not None
+            if response.status_code == 429 and crowded is not None and crowded():
+                raise _Crowded
             if response.status_code in self.retry.statuses and attempt < attempts:
                 yield self.retry.delay(attempt, response.headers.get("retry-after"))
                 continue
@@ -402,9 +420,49 @@ class RemoteCompressor:
             return stop.value
 
 
+class _Crowded(Exception):
+    """A chunk was answered 429 while other chunks were in flight: it waits for them (not a retry)."""
+
+
+def _checked_endpoint(endpoint: str) -> str:
+    """Refuse, at construction, an endpoint that no request can go to (a bad URL, a port out of range, no
+    host): they failed on the first call with httpx's own errors, or, async, a bare ExceptionGroup. Returns the
+    endpoint as messages show it, a password in it masked (it was quoted in every RemoteError)."""
+    try:
+        url = httpx.URL(endpoint)
+        port = url.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ConfigError(f"endpoint is not a valid URL ({exc})") from None
+    if not url.host:
+        raise ConfigError("endpoint has no host: give http(s)://host[:port]")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"endpoint port must be in 1..65535, not {port}")
+    if not url.userinfo:
+        return endpoint
+    user, sep, _ = url.userinfo.partition(b":")
+    masked = user + b":***" if sep else b"***"  # a lone user part may be a token too
+    return str(url.copy_with(userinfo=masked))
+
+
+def _check_key(key: str | None) -> None:
+    """An API key no HTTP header can carry fails every request (a bare UnicodeEncodeError for a non-ASCII one):
+    refused at construction, as ``pocsdk serve`` refuses such keys at start-up. The key is never quoted."""
+    if not key:
+        return
+    if not key.isascii():
+        raise ConfigError("the API key has a non-ASCII character, which an HTTP header cannot carry as is (the "
+                          "server refuses such keys too); use an ASCII key")
+    bad = next((c for c in key if ord(c) < 0x20 or c == "\x7f"), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else "a control character"
+        raise ConfigError(f"the API key contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
+                          "its newline)")
+
+
 class _InputGate:
     """Admits chunks of a concurrent ``acompress_many``: at most ``chunks`` at once and, once the server
-    has shown its capacity (``learn``), at most that many inputs in flight (a lone chunk always goes)."""
+    has shown its capacity (``learn``), at most that many inputs in flight (a lone chunk always goes).
+    A 429 while other chunks are in flight (``crowded``) lowers the chunks at once to those others."""
 
     def __init__(self, chunks: int) -> None:
         self._chunks = chunks
@@ -420,6 +478,16 @@ class _InputGate:
 
     def learn(self, capacity: int) -> None:
         self._capacity = min(self._capacity, max(1, capacity))
+
+    def crowded(self) -> bool:
+        """Called by a chunk answered 429 (it is in flight): if others are too, they took the room it asked
+        for, so at most that many chunks go at once from now on, and it waits for its turn (True); alone, it
+        retries as the sync twin would (False)."""
+        others = self._running - 1
+        if others < 1:
+            return False
+        self._chunks = min(self._chunks, others)
+        return True
 
     @contextlib.asynccontextmanager
     async def admit(self, n: int) -> AsyncIterator[None]:

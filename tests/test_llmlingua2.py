@@ -405,3 +405,70 @@ def test_a_model_path_object_works_like_its_string(classifiers: dict[str, Path])
     by_path = Compressor(keep_rate=0.3, compressor="llmlingua2", model=classifiers["bert"]).compress(text)
     by_str = Compressor(keep_rate=0.3, compressor="llmlingua2", model=str(classifiers["bert"])).compress(text)
     assert by_path.text == by_str.text and by_path.parameters["model"] == str(classifiers["bert"])
+
+
+# -- batched scoring (the service's and compress_many's hook) ------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("compatible", [False, True])
+def test_score_batch_equals_scoring_each_input(classifiers: dict[str, Path], family: str, compatible: bool) -> None:
+    c = compressor(classifiers, family, llmlingua_compatible=compatible)
+    long_text = ("Symbols like \u2603 appear here. " + prose(2)) * 4  # several windows
+    items: list[tuple[Any, str | None]] = [
+        (prose(2), "Why did the museum close?"),
+        ("Just a few words here.", None),  # passes through without the model
+        ([{"text": prose(2)}, {"text": PROSE[:300]}], None),  # two documents
+        (long_text, "reading scores"),
+    ]
+    batched = c.score_batch(items)
+    assert len(batched) == len(items)
+    for (context, query), got in zip(items, batched, strict=True):
+        alone = c.score(context, query)
+        assert got.query == query and got.passthrough_reason == alone.passthrough_reason
+        assert [d.text for d in got.documents] == [d.text for d in alone.documents]
+        assert np.array_equal(got.units.start, alone.units.start) and np.array_equal(got.units.doc, alone.units.doc)
+        np.testing.assert_allclose(got.units.relevance, alone.units.relevance, atol=1e-5)
+        assert got.extras.get("model_tokens") == alone.extras.get("model_tokens")
+        assert got.extras.get("windows") == alone.extras.get("windows")
+        assert got.score_ms > 0
+    assert c.score_batch([]) == []
+
+
+def test_score_batch_runs_one_forward_pass(classifiers: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pocsdk.compressors.llmlingua2.compressor as module
+
+    calls: list[int] = []
+    real = module.forward_windows
+
+    def counting(model: Any, tok: Any, streams: Any, chunks: Any, *rest: Any) -> None:
+        calls.append(len(chunks))
+        real(model, tok, streams, chunks, *rest)
+
+    monkeypatch.setattr(module, "forward_windows", counting)
+    c = compressor(classifiers, "bert")
+    c.score_batch([(prose(2), None), (prose(4), None), (prose(2) * 3, None)])
+    assert len(calls) == 1 and calls[0] >= 3
+
+
+def test_compress_many_scores_in_groups_and_matches_compress(classifiers: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    comp = Compressor(compressor="llmlingua2", model=str(classifiers["bert"]))
+    sizes: list[int] = []
+    real = comp.compressor.score_batch
+
+    def spy(items: Any) -> Any:
+        sizes.append(len(items))
+        return real(items)
+
+    monkeypatch.setattr(comp.compressor, "score_batch", spy)
+    texts = [prose(2), prose(4), "Too short to compress.", PROSE * 3] * 5  # 20 inputs: groups of 16 and 4
+    many = comp.compress_many([(t, "What did the study find?") for t in texts], keep_rate=0.4)
+    assert sizes == [16, 4]
+    for t, got in zip(texts, many, strict=True):
+        alone = comp.compress(t, "What did the study find?", keep_rate=0.4)
+        assert got.text == alone.text and got.passthrough == alone.passthrough
+        assert got.compressed_tokens == alone.compressed_tokens
+        assert got.timings.total_ms >= got.timings.score_ms > 0
+    with pytest.raises(TypeError):
+        comp.compress_many([prose(2), prose(2)], keep_rte=0.4)
+    with pytest.raises(ConfigError):  # checked before any scoring, as compress checks it
+        comp.compress_many([prose(2), prose(2)], keep_rate=0.4, floor=0.9)

@@ -16,6 +16,7 @@ from pocsdk.errors import (
     EmptyContextError,
     InputTooLargeError,
     InvalidRateError,
+    InvalidTypeError,
     RemoteError,
     UnknownCompressorError,
 )
@@ -292,11 +293,13 @@ class CapacityEight:
     """An async mock of a service with room for 8 inputs at once: 413 ``batch_too_large`` for a larger batch,
     429 when the inputs in flight would pass 8, else results after a pause."""
 
-    def __init__(self, fail_first: bool = False) -> None:
+    def __init__(self, fail_first: bool = False, capacity: int = 8, pause: float = 0.05) -> None:
         self.in_flight = 0
         self.statuses: list[int] = []
         self.finished = 0
         self.fail_first = fail_first
+        self.capacity = capacity
+        self.pause = pause
         self.local = Compressor(keep_rate=0.5)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -305,15 +308,15 @@ class CapacityEight:
         inputs = json.loads(request.content)["inputs"]
         if self.fail_first and not self.statuses:
             return self.answer(500, {"error": {"message": "boom", "type": "InternalError", "code": "internal_error"}})
-        if len(inputs) > 8:
+        if len(inputs) > self.capacity:
             return self.answer(413, {"error": {"message": "too many", "type": "InputTooLargeError",
                                                "code": "batch_too_large"}})
-        if self.in_flight + len(inputs) > 8:
+        if self.in_flight + len(inputs) > self.capacity:
             return self.answer(429, {"error": {"message": "busy", "type": "Overloaded", "code": "overloaded"}},
                                {"retry-after": "0.2"})
         self.in_flight += len(inputs)
         try:
-            await asyncio.sleep(0.05 if not self.fail_first else 1.0)
+            await asyncio.sleep(self.pause if not self.fail_first else 1.0)
         finally:
             self.in_flight -= len(inputs)
         self.finished += 1
@@ -382,3 +385,66 @@ def test_remote_accepts_what_the_local_sdk_accepts(server: Server) -> None:
     assert body == '{"context": "日本語 \\ud800"}'.encode()
     with pytest.raises(ConfigError, match=r"max_inputs_per_request must be in \[1, 256\]"):
         RemoteCompressor(server.url, max_inputs_per_request=1000)
+
+
+def test_acompress_many_waits_for_room_when_a_chunk_is_answered_429() -> None:
+    """A server with room for one chunk but not two (no 413, since each chunk fits): acompress_many sent both
+    at once and the second met 429 until its retries ran out, where compress_many, one chunk at a time,
+    succeeded. Now a chunk answered 429 while others are in flight waits for them, and fewer go at once."""
+    server = CapacityEight(capacity=100, pause=0.5)
+    remote = RemoteCompressor("http://svc.test", keep_rate=0.5, retry=RetryPolicy(attempts=2, backoff_s=0.01,
+                                                                                   max_backoff_s=0.05),
+                              async_transport=httpx.MockTransport(server))
+    items = [long_text(6, i) for i in range(200)]  # four chunks of up to 64, two of which do not fit together
+    results = asyncio.run(remote.acompress_many(items))
+    assert [r.original_tokens for r in results] == [server.local.compress(i).original_tokens for i in items]
+    assert server.statuses.count(200) == 4 and 429 in server.statuses
+
+
+def test_api_key_no_header_can_carry_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-ASCII key failed every call with a bare UnicodeEncodeError (the server refuses such keys at
+    start-up); it, and a key with a line break, are now a ConfigError at construction, the key unquoted."""
+    for key in ("clé-secrète", "ключ-123", "key-from-a-file\n"):
+        with pytest.raises(ConfigError, match="API key") as info:
+            RemoteCompressor("http://svc.test", key, keep_rate=0.5)
+        assert key.strip() not in str(info.value)
+        with pytest.raises(ConfigError, match="API key"):
+            Compressor(endpoint="http://svc.test", api_key=key, keep_rate=0.5)
+    monkeypatch.setenv("POCSDK_API_KEY", "clé")
+    with pytest.raises(ConfigError, match="non-ASCII"):
+        RemoteCompressor("http://svc.test", keep_rate=0.5)
+    monkeypatch.setenv("POCSDK_API_KEY", "plain-ascii-key")
+    assert RemoteCompressor("http://svc.test", keep_rate=0.5)._key == "plain-ascii-key"
+
+
+def test_endpoint_and_batch_arguments_are_checked_as_locally() -> None:
+    """compress_many("text") sent one input per character (the local SDK raises InvalidTypeError); an invalid
+    port or URL failed at the first call with httpx's errors (async: a bare ExceptionGroup); a password in the
+    endpoint was quoted in every RemoteError."""
+    from test_service import free_port
+
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    remote = RemoteCompressor("http://svc.test", keep_rate=0.5, transport=httpx.MockTransport(handler),
+                              async_transport=httpx.MockTransport(handler))
+    with pytest.raises(InvalidTypeError, match="iterable of inputs"):
+        remote.compress_many("Harvest")
+    with pytest.raises(InvalidTypeError, match="iterable of inputs"):
+        asyncio.run(remote.acompress_many("Harvest"))
+    assert sent == []
+    for endpoint in ("http://127.0.0.1:99999", "http://[::1", "http://", "https://:8000"):
+        with pytest.raises(ConfigError, match="endpoint"):
+            RemoteCompressor(endpoint, keep_rate=0.5)
+    for endpoint in ("http://[::1]:8000", "https://svc.test/prefix", "http://127.0.0.1:65535"):
+        assert RemoteCompressor(endpoint, keep_rate=0.5).endpoint == endpoint
+    secret = RemoteCompressor(f"http://user:s3cret@127.0.0.1:{free_port()}", retry=RetryPolicy(attempts=1),
+                              keep_rate=0.5)
+    for call in (lambda: secret.compress(long_text(5)), lambda: asyncio.run(secret.acompress(long_text(5))),
+                 secret.health):
+        with pytest.raises(RemoteError, match="cannot reach") as info:
+            call()
+        assert "s3cret" not in str(info.value) and "user:***@127.0.0.1" in str(info.value)

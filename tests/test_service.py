@@ -8,6 +8,7 @@ servers import with ``--import test_service``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -46,6 +47,8 @@ class SlowCompressor(ExtractiveCompressor):
     def score(self, context: Any, query: str | None = None) -> Scored:
         if query and query.startswith("sleep:"):
             time.sleep(float(query.split(":", 1)[1]))
+        if query == "stopiter":  # a bare next() on an empty iterator, as custom code may do
+            next(iter([]))
         return super().score(context, query)
 
 
@@ -60,6 +63,11 @@ class BatchStub(ExtractiveCompressor):
         if self.batches is not None:
             self.batches.append(len(pairs))
         return [self.score(c, q) for c, q in pairs]
+
+    def score(self, context: Any, query: str | None = None) -> Scored:
+        if query == "stopiter":
+            raise StopIteration("the iterator ran dry")
+        return super().score(context, query)
 
 
 register("slow-stub", cast("Callable[..., TextCompressor]", SlowCompressor))
@@ -389,6 +397,44 @@ def test_score_batch_hook_batches_and_matches_local() -> None:
         assert comparable(r.json()) == {**comparable(local), "compressor": "batch-stub"}
 
 
+def test_llmlingua2_requests_share_one_forward_pass() -> None:
+    """The built-in model-backed compressor has the hook: concurrent requests are scored together."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from pocsdk.server.service import ServiceConfig, create_app
+    from pocsdk.testing.peers import make_random_token_classifier
+
+    model = str(make_random_token_classifier(family="bert", size="tiny"))
+    app = create_app(ServiceConfig(compressors=["llmlingua2"], model=model, device="cpu", api_key=None,
+                                   batch_window_ms=100, max_batch=8))
+    hosted = app.state.pocsdk.hosted["llmlingua2"]
+    sizes: list[int] = []
+    real = hosted.score_batch
+
+    def spy(items: Any) -> Any:
+        sizes.append(len(items))
+        return real(items)
+
+    hosted.score_batch = spy
+
+    async def run() -> tuple[dict[str, Any], list[httpx.Response]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                info = (await client.get("/v1/compressors")).json()
+                return info, list(await asyncio.gather(*(
+                    client.post("/v1/compress", json={"context": long_text(30, i), "keep_rate": 0.4})
+                    for i in range(6))))
+
+    info, responses = asyncio.run(run())
+    assert [c["batched"] for c in info["compressors"]] == [True]
+    assert all(r.status_code == 200 for r in responses)
+    assert sizes and max(sizes) > 1
+    local = Compressor(keep_rate=0.4, compressor="llmlingua2", model=model, device="cpu")
+    for i, r in enumerate(responses):
+        assert r.json()["text"] == local.compress(long_text(30, i)).text
+
+
 @pytest.mark.parametrize("runner", ["direct", "batcher"])
 def test_timed_out_work_that_has_not_started_is_not_run(runner: str) -> None:
     from pocsdk.server.batching import Batcher, BatchTimeout, DirectRunner
@@ -631,3 +677,256 @@ def test_work_nobody_waits_for_is_skipped_refused_or_answered_503() -> None:
     assert "over the 2 s timeout" in refused.json()["error"]["message"]
     assert cancelled.status_code == 503 and cancelled.json()["error"]["code"] == "shutting_down"
     assert alone.status_code == 200
+
+
+# -- reviewed defects: a failing compressor, uploads, batch timeouts, stale queue entries, draining, CLI --------
+def _asgi_client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+@pytest.mark.parametrize("window_ms", [5.0, 0.0])
+def test_a_compressor_raising_stopiteration_fails_its_input_not_the_service(window_ms: float) -> None:
+    """StopIteration from a compressor (a bare next() in custom code) cannot be set on a future: the TypeError
+    ended the Batcher's dispatch loop, and every later request to that compressor answered 504 (with batching
+    off, the request itself hung until its timeout). Now that input is a 500 and the next ones are served."""
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["slow-stub", "batch-stub"], api_key=None, request_timeout_s=3.0,
+                                   batch_window_ms=window_ms))
+
+    async def run() -> list[tuple[str, int, str | None, float]]:
+        out = []
+        async with app.router.lifespan_context(app), _asgi_client(app) as client:
+            for name, query in (("slow-stub", "harvest"), ("slow-stub", "stopiter"), ("slow-stub", "harvest"),
+                                ("batch-stub", "stopiter"), ("batch-stub", "harvest")):
+                t0 = time.perf_counter()
+                r = await client.post("/v1/compress", json={"compressor": name, "context": long_text(20),
+                                                             "query": query, "keep_rate": 0.5})
+                code = r.json().get("error", {}).get("code") if r.status_code != 200 else None
+                out.append((query, r.status_code, code, time.perf_counter() - t0))
+            batch = await client.post("/v1/compress", json={"compressor": "batch-stub", "keep_rate": 0.5, "inputs": [
+                {"context": long_text(20, 1)}, {"context": long_text(20, 2), "query": "stopiter"}]})
+            out.append(("batch", batch.status_code, batch.json()["error"]["param"], 0.0))
+            again = await client.post("/v1/compress", json={"compressor": "batch-stub", "context": long_text(20),
+                                                            "keep_rate": 0.5})
+            out.append(("again", again.status_code, None, 0.0))
+        return out
+
+    answers = asyncio.run(run())
+    assert [(q, s, c) for q, s, c, _ in answers] == [
+        ("harvest", 200, None), ("stopiter", 500, "internal_error"), ("harvest", 200, None),
+        ("stopiter", 500, "internal_error"), ("harvest", 200, None), ("batch", 500, "inputs[1]"), ("again", 200, None)]
+    assert max(t for *_, t in answers) < 2.0  # answered at once, not at the 3 s timeout
+
+
+@pytest.mark.parametrize("runner", ["direct", "batcher"])
+def test_runners_answer_stopiteration_and_survive_a_stopped_loop(runner: str) -> None:
+    """The generic runners: a batch function raising StopIteration (or returning one) fails its items with a
+    RuntimeError that keeps the message, and the Batcher restarts a dispatch loop that ended."""
+    from pocsdk.server.batching import Batcher, DirectRunner
+
+    def fn(items: Any) -> list[Any]:
+        if items[0] == "raise":
+            raise StopIteration("raised")
+        return [StopIteration("returned") if x == "return" else x * 2 for x in items]
+
+    async def run() -> list[str]:
+        r: Any = DirectRunner(fn, workers=1) if runner == "direct" else Batcher(fn, window_s=0.0, max_batch=1)
+        out = []
+        for item in ("raise", "return", "ok"):
+            try:
+                out.append(str(await r.submit(item, timeout=2.0)))
+            except Exception as exc:
+                out.append(f"{type(exc).__name__}: {exc}")
+        if runner == "batcher":  # a loop that ended (cancelled here) is started again by the next submit
+            r._task.cancel()
+            await asyncio.gather(r._task, return_exceptions=True)
+            out.append(str(await r.submit("x", timeout=2.0)))
+        await r.close()
+        return out
+
+    out = asyncio.run(run())
+    assert out[0].startswith("RuntimeError") and "StopIteration" in out[0] and "raised" in out[0]
+    assert out[1].startswith("RuntimeError") and "returned" in out[1]
+    assert out[2] == "okok"
+    if runner == "batcher":
+        assert out[3] == "xx"
+
+
+def test_uploads_are_admitted_before_their_bodies_are_read() -> None:
+    """The body was read (buffered, up to the body limit) before admission: stalled uploads piled up without
+    bound and none was refused. Now the key and the room are checked first and an upload counts while it is
+    read, as in the proxy: past --max-queue the next caller gets 429 at once; a bad key, 401 at once."""
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["extractive"], api_key=KEY, max_queue=2))
+    limiter = app.state.pocsdk.limiter
+    body = {"context": long_text(20), "keep_rate": 0.5}
+
+    async def run() -> dict[str, Any]:
+        release = asyncio.Event()
+
+        async def stalled() -> Any:  # all but the end of the body, then a stall until released
+            raw = json.dumps(body).encode()
+            yield raw[:-5]
+            await release.wait()
+            yield raw[-5:]
+
+        async with app.router.lifespan_context(app), _asgi_client(app) as client:
+            uploads = [asyncio.ensure_future(client.post("/v1/compress", content=stalled(), headers={
+                **AUTH, "content-type": "application/json"})) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            reading = limiter._reading
+            refused = await asyncio.wait_for(client.post("/v1/compress", json=body, headers=AUTH), 5)
+            unauthorised = await asyncio.wait_for(client.post("/v1/compress", content=stalled(), headers={
+                "content-type": "application/json"}), 5)
+            release.set()
+            done = await asyncio.gather(*uploads)
+            after = await client.post("/v1/compress", json=body, headers=AUTH)
+            bad = await client.post("/v1/compress", json={"context": 5, "keep_rate": 0.5}, headers=AUTH)
+            return {"reading": reading, "refused": refused, "unauthorised": unauthorised, "done": done,
+                    "after": after, "bad": bad, "left": limiter._reading}
+
+    out = asyncio.run(run())
+    assert out["reading"] == 2
+    assert out["refused"].status_code == 429 and out["refused"].json()["error"]["code"] == "overloaded"
+    assert int(out["refused"].headers["retry-after"]) >= 1
+    assert out["unauthorised"].status_code == 401
+    assert [r.status_code for r in out["done"]] == [200, 200] and out["after"].status_code == 200
+    assert out["bad"].status_code == 422 and out["bad"].json()["error"]["code"] == "invalid_request"
+    assert out["left"] == 0
+
+
+def test_a_batch_its_own_inputs_would_carry_past_the_timeout_is_split_by_clients() -> None:
+    """Admission looked only at the queue ahead: a batch of inputs compressed one by one that could not finish
+    within --timeout was run and failed whole with 504, which compress_many neither split nor retried. Now it
+    is a 413 batch_too_large (after the timeout the first time, at once once the pace is known), and the client
+    splits it and succeeds, sync and async."""
+    from pocsdk.errors import InputTooLargeError
+    from pocsdk.remote import RemoteCompressor
+
+    s = start_server("-c", "slow-stub", "--timeout", "1.5")
+    try:
+        items = [(long_text(10, i), "sleep:0.1") for i in range(24)]  # about 2.4 s one by one
+        batch = {"keep_rate": 0.5, "inputs": [{"context": c, "query": q} for c, q in items]}
+        first = httpx.post(s.url + "/v1/compress", headers=AUTH, json=batch, timeout=30)
+        t0 = time.perf_counter()
+        second = httpx.post(s.url + "/v1/compress", headers=AUTH, json=batch, timeout=30)
+        second_s = time.perf_counter() - t0
+        remote = RemoteCompressor(s.url, KEY, compressor="slow-stub", keep_rate=0.5)
+        many = remote.compress_many(items)
+        amany = asyncio.run(remote.acompress_many(items))
+        with pytest.raises(InputTooLargeError):  # a single request of the whole batch is refused, typed
+            remote._drive(remote._exchange("POST", "/v1/compress", {**batch, "compressor": "slow-stub"},
+                                           batch=True))
+    finally:
+        stop_server(s)
+    assert first.status_code == 413 and first.json()["error"]["code"] == "batch_too_large", first.text
+    assert "did not finish within the 1.5 s timeout" in first.json()["error"]["message"]
+    assert second.status_code == 413 and second.json()["error"]["code"] == "batch_too_large", second.text
+    assert "split it" in second.json()["error"]["message"] and second_s < 1.0  # refused before any work
+    local = Compressor(compressor="extractive", keep_rate=0.5)
+    want = [local.compress(c, q).text for c, q in items]
+    assert [r.text for r in many] == want and [r.text for r in amany] == want
+
+
+def test_timed_out_requests_leave_the_batch_queue_at_once() -> None:
+    """Requests that timed out behind a slow input kept their entries (and whole contexts) in the Batcher's
+    queue until the slow input finished: the depth grew past --max-queue. Now they leave it when they time out
+    or are cancelled."""
+    from pocsdk.server.batching import Batcher
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["slow-stub"], api_key=None, max_queue=4, request_timeout_s=0.5))
+    hosted = app.state.pocsdk.hosted["slow-stub"]
+
+    async def run() -> tuple[list[int], int, int, str]:
+        async with app.router.lifespan_context(app), _asgi_client(app) as client:
+            slow = asyncio.ensure_future(client.post("/v1/compress", json={
+                "context": long_text(10), "query": "sleep:2.5", "keep_rate": 0.5}))
+            await asyncio.sleep(0.2)
+            codes = []
+            for _ in range(3):  # three waves of 3 (with the slow one, 4 = --max-queue), each timing out
+                answers = await asyncio.gather(*(client.post("/v1/compress", json={
+                    "context": long_text(40, i), "keep_rate": 0.5}) for i in range(3)))
+                codes += [r.status_code for r in answers]
+            depth, queued = hosted.runner.depth, len(hosted.runner._items)
+            metrics = (await client.get("/metrics")).text
+            await slow
+        return codes, depth, queued, metrics
+
+    codes, depth, queued, metrics = asyncio.run(run())
+    assert codes == [504] * 9
+    assert (depth, queued) == (1, 0)  # only the slow input, still running
+    assert 'pocsdk_queue_depth{compressor="slow-stub"} 1.0' in metrics
+
+    def slow(items: Any) -> list[Any]:
+        time.sleep(0.3)
+        return list(items)
+
+    async def cancelled() -> int:
+        b: Batcher[int, int] = Batcher(slow, window_s=0.0, max_batch=1)
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(b.submit(2))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        depth = b.depth
+        await first
+        await b.close()
+        return depth
+
+    assert asyncio.run(cancelled()) == 1
+
+
+def test_healthz_answers_draining_once_the_server_is_told_to_stop() -> None:
+    """state.draining was set only after uvicorn had closed the port and finished the open requests, so
+    /healthz (and RemoteCompressor.health) never answered "draining". The server `pocsdk serve` runs now marks
+    the service draining on its stop signal."""
+    import signal as signals
+
+    from pocsdk.cli.serve import make_server
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(compressors=["extractive"], api_key=None))
+    server = make_server(app, host="127.0.0.1", port=free_port(), log_level="warning")
+
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app), _asgi_client(app) as client:
+            before = await client.get("/healthz")
+            server.handle_exit(signals.SIGTERM, None)  # what uvicorn's signal handler calls
+            assert server.should_exit
+            health = await client.get("/healthz")
+            work = await client.post("/v1/compress", json={"context": long_text(10), "keep_rate": 0.5})
+            return before, health, work
+
+    before, health, work = asyncio.run(run())
+    assert before.status_code == 200 and before.json()["status"] == "ok"
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert work.status_code == 503 and work.json()["error"]["code"] == "shutting_down"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_max_body_mb_must_be_a_finite_number(value: str) -> None:
+    """--max-body-mb nan or inf ended in a traceback (exit 1); now the usual usage error (exit 2)."""
+    from typer.testing import CliRunner
+
+    from pocsdk.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--no-auth", "--port", "0", "--max-body-mb", value])
+    assert result.exit_code == 2, result.output
+    assert "--max-body-mb must be a finite number > 0" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_service_config_refuses_a_key_no_client_can_send() -> None:
+    """`pocsdk serve` refused a non-ASCII key at start-up, but ServiceConfig (create_app in process) took it,
+    and then no client could authenticate."""
+    from pocsdk.errors import ConfigError
+    from pocsdk.server.service import ServiceConfig
+
+    for key in ("clé-secrète", "ключ-123", "key\n", " key"):
+        with pytest.raises(ConfigError, match="api_key"):
+            ServiceConfig(compressors=["extractive"], api_key=key)
+    assert ServiceConfig(compressors=["extractive"], api_key="plain-key").api_key == "plain-key"

@@ -8,15 +8,50 @@ accepts.
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+import math
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pocsdk.cli.app import app, log_level
 from pocsdk.cli.params import PARAM_HELP, parse_params
-from pocsdk.errors import PocError
+from pocsdk.errors import ConfigError, PocError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
 
 EXIT_USAGE = 2
+
+
+def body_limit_bytes(max_body_mb: float) -> int:
+    """``--max-body-mb`` in bytes; ``nan`` and ``inf`` are usage errors (they ended in a traceback)."""
+    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
+        raise ConfigError(f"--max-body-mb must be a finite number > 0, not {max_body_mb!r}")
+    return int(max_body_mb * 1024 * 1024)
+
+
+def make_server(service: FastAPI, **options: Any) -> uvicorn.Server:
+    """The uvicorn server for ``service`` (``options`` go to ``uvicorn.Config``), marking the service draining
+    as soon as it is told to stop (SIGTERM, SIGINT, or ``should_exit`` set in process): ``/healthz`` then
+    answers 503 "draining" and new work 503 ``shutting_down``. (The service's own shutdown comes only after
+    uvicorn has closed its port and finished the open requests, too late for anyone to see it draining.)"""
+    import uvicorn
+
+    state = service.state.pocsdk
+
+    class _Server(uvicorn.Server):
+        @property
+        def should_exit(self) -> bool:
+            return self._stopping
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            self._stopping = value
+            if value:
+                state.draining = True
+
+    return _Server(uvicorn.Config(service, **options))
 
 
 @app.command()
@@ -48,7 +83,7 @@ def serve(
 ) -> None:
     """Serve POST /v1/compress, GET /v1/compressors, /healthz and /metrics."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (a missing server extra is a usage error before anything loads)
 
         from pocsdk.compressor import DEFAULT_COMPRESSOR
         from pocsdk.server.common import resolve_api_key
@@ -71,7 +106,7 @@ def serve(
             batch_window_ms=batch_window_ms,
             max_batch=max_batch,
             request_timeout_s=timeout,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_body_bytes=body_limit_bytes(max_body_mb),
             cors_origins=list(cors_origin or []),
         )
         service = create_app(config)
@@ -81,5 +116,9 @@ def serve(
     typer.echo(f"pocsdk serve: {', '.join(config.compressors)} on http://{host}:{port} "
                f"(auth {'on' if key else 'off'}, batching "
                f"{f'{batch_window_ms:g} ms' if batch_window_ms > 0 else 'off'})", err=True)
-    uvicorn.run(service, host=host, port=port, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=graceful_timeout)
+    server = make_server(service, host=host, port=port, log_level=log_level, access_log=access_log,
+                         timeout_graceful_shutdown=graceful_timeout)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # as uvicorn.run: a second Ctrl-C ends it without a traceback
+        pass

@@ -11,6 +11,7 @@ themselves and the window only costs latency when the server is idle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-
+log = logging.getLogger("pocsdk.server")
 
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
@@ -31,7 +32,32 @@ class BatchTimeout(TimeoutError):
     """An item was not answered within its timeout."""
 
 
-@dataclass
+def settable(exc: BaseException) -> BaseException:
+    """``exc``, or a :class:`RuntimeError` carrying its message where a future refuses it.
+
+    ``Future.set_exception`` raises ``TypeError`` for ``StopIteration`` (and a coroutine turns one raised into
+    ``RuntimeError`` without its message); ``StopAsyncIteration`` is wrapped alike. A compressor hits this with
+    a bare ``next()`` on an empty iterator: its input must fail, not the dispatch loop that serves every input.
+    """
+    if isinstance(exc, (StopIteration, StopAsyncIteration)):
+        detail = f": {exc}" if str(exc) else ""
+        wrapped = RuntimeError(f"{type(exc).__name__} raised while compressing{detail}")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+def _call(fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
+          items: Sequence[T]) -> Sequence[R | BaseException]:
+    """``fn(items)`` in a worker thread; a ``StopIteration`` it raises comes back as a settable error (a
+    concurrent future holding one cannot be copied onto the event loop's future, whose waiter then hangs)."""
+    try:
+        return fn(items)
+    except (StopIteration, StopAsyncIteration) as exc:
+        raise settable(exc) from exc
+
+
+@dataclass(eq=False)  # compared by identity: removing a timed-out entry must not compare contexts
 class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
@@ -79,10 +105,16 @@ class Batcher(Generic[T, R]):
         return len(self._items) + self._running
 
     def start(self) -> None:
-        """Start the dispatch loop on the running event loop (again, if the loop changed, as in tests)."""
+        """Start the dispatch loop on the running event loop (again, if the loop changed, as in tests, or if
+        it ended, which only a bug can make it do: the items queued are then served by the new loop)."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._task.get_loop() is not loop and not self._items:
             self._task = None  # the old loop is gone; its events cannot be awaited here
+        if self._task is not None and self._task.done() and self._task.get_loop() is loop:
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("%s: the dispatch loop had stopped; restarting it", self.name,
+                          exc_info=self._task.exception())
+            self._task = None
         if self._task is None:
             self._wakeup = asyncio.Event()
             self._full = asyncio.Event()
@@ -95,22 +127,40 @@ class Batcher(Generic[T, R]):
         self.start()
         assert self._wakeup is not None and self._full is not None
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._items.append(_Pending(item, fut))
+        pending = _Pending(item, fut)
+        self._items.append(pending)
         self._wakeup.set()
         if len(self._items) >= self.max_batch:
             self._full.set()
         try:
-            return await asyncio.wait_for(fut, timeout)  # cancels fut on timeout: the loop skips it
+            return await asyncio.wait_for(fut, timeout)  # cancels fut on timeout
         except asyncio.TimeoutError:
+            self._forget(pending)
             raise BatchTimeout(f"no result within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            self._forget(pending)
+            raise
+
+    def _forget(self, pending: _Pending[T, R]) -> None:
+        """Take an entry nobody waits for out of the queue now: it held its input (and a place in the depth that
+        admission reads) until the loop reached it, so the queue grew past ``max_queue`` behind a slow batch."""
+        try:
+            self._items.remove(pending)
+        except ValueError:  # already taken into a batch
+            pass
 
     async def close(self) -> None:
         """Take no new items, finish everything queued, stop the loop."""
         self._closing = True
         if self._task is not None:
+            if self._task.done() and self._items:
+                self.start()  # a loop that ended still owes the queued items their answers
             assert self._wakeup is not None
             self._wakeup.set()
-            await self._task
+            try:
+                await self._task
+            except Exception:  # already logged where it can be: closing goes on
+                log.exception("%s: the dispatch loop failed", self.name)
         if self._own_executor:
             self._executor.shutdown(wait=True)
 
@@ -136,7 +186,13 @@ class Batcher(Generic[T, R]):
                 if not p.future.done():  # timed out or cancelled while waiting: skip
                     batch.append(p)
             if batch:
-                await self._dispatch(batch)
+                try:
+                    await self._dispatch(batch)
+                except Exception as exc:  # never end the loop over one batch: later items would wait forever
+                    log.error("%s: dispatching a batch failed", self.name, exc_info=exc)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(RuntimeError(f"dispatching the batch failed: {exc}"))
 
     async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
         loop = asyncio.get_running_loop()
@@ -145,7 +201,7 @@ class Batcher(Generic[T, R]):
         self._running = len(batch)
         try:
             results: Sequence[R | BaseException] = await loop.run_in_executor(
-                self._executor, self.fn, [p.item for p in batch])
+                self._executor, _call, self.fn, [p.item for p in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
         except Exception as exc:
@@ -153,12 +209,15 @@ class Batcher(Generic[T, R]):
         finally:
             self._running = 0
         if self.on_batch is not None:
-            self.on_batch(len(batch), time.perf_counter() - t0, waits)
+            try:
+                self.on_batch(len(batch), time.perf_counter() - t0, waits)
+            except Exception:  # metrics must not fail the answers
+                log.exception("%s: on_batch failed", self.name)
         for p, res in zip(batch, results, strict=True):
             if p.future.done():
                 continue
             if isinstance(res, BaseException):
-                p.future.set_exception(res)
+                p.future.set_exception(settable(res))
             else:
                 p.future.set_result(res)
 
@@ -209,7 +268,7 @@ class DirectRunner(Generic[T, R]):
 
         def run(items: list[T]) -> Sequence[R | BaseException]:
             started.append(time.perf_counter())  # when a worker took it: the queue wait ends here
-            return self.fn(items)
+            return _call(self.fn, items)
 
         def release(_: object) -> None:  # the job is over (done, failed or cancelled before it started)
             try:
@@ -232,10 +291,13 @@ class DirectRunner(Generic[T, R]):
         except asyncio.TimeoutError:
             raise BatchTimeout(f"no result within {timeout:g} s") from None
         if self.on_batch is not None:
-            self.on_batch(1, time.perf_counter() - t0, [started[0] - t0 if started else 0.0])
+            try:
+                self.on_batch(1, time.perf_counter() - t0, [started[0] - t0 if started else 0.0])
+            except Exception:  # metrics must not fail the answer
+                log.exception("%s: on_batch failed", self.name)
         res = results[0]
         if isinstance(res, BaseException):
-            raise res
+            raise settable(res)
         return res
 
     def _release(self) -> None:

@@ -4,11 +4,13 @@ One process hosts one or more compressors (and, under a floor, their predictors)
 compressor gets a :class:`~pocsdk.server.batching.Batcher`: requests arriving within a few
 milliseconds are scored in one call when the compressor offers the optional hook
 ``score_batch(list[(context, query)]) -> list[Scored]`` (a model-backed compressor can then run one
-forward pass for all; none of the built-in ones has it yet), else one by one in the compressor's worker
+forward pass for all, as ``llmlingua2`` does), else one by one in the compressor's worker
 thread. Selection and rendering then go through the facade per item, so results equal local ``compress`` calls.
 
-Admission is bounded (``max_queue`` inputs waiting or running; beyond that 429 with
-``Retry-After``), every request has a timeout (504), and shutdown drains queued work.
+Admission is bounded (``max_queue`` inputs waiting or running, uploads still being read counted too;
+beyond that 429 with ``Retry-After``), checked before a body is read; every request has a timeout (504; a
+batch whose own inputs cannot finish in time is a 413 ``batch_too_large``, which clients split), and shutdown
+drains queued work.
 Request bodies are never logged.
 """
 
@@ -23,7 +25,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
@@ -31,6 +33,7 @@ from typing import Annotated, Any, Union
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic_core import PydanticSerializationError
 
 from pocsdk import compressors as _compressors
@@ -53,6 +56,7 @@ from pocsdk.server.common import (
     Receive,
     Scope,
     Send,
+    check_key,
     install_error_handlers,
     status_for,
 )
@@ -112,6 +116,7 @@ class ServiceConfig:
             raise ConfigError(f"the request timeout must be > 0 (inf for none), not {self.request_timeout_s!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is empty: give a key, or None to turn authentication off")
+        check_key("api_key", self.api_key)  # as `pocsdk serve` does: a key no client could send, refused now
         if self.device not in ("auto", "cuda", "cpu") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cuda, cuda:N or cpu, not {self.device!r}")
 
@@ -180,12 +185,16 @@ class Hosted:
         as a huge input, must not make every later request look too slow to admit)."""
         metrics.track_queue(name, lambda: float(self.runner.depth))
 
+    @property
+    def workers(self) -> int:
+        """Inputs compressed at once: one (batched, or one by one) or the unbatched pool's workers."""
+        return 1 if self.config.batch_window_ms > 0 else self.config.unbatched_workers
+
     def expected_wait(self) -> float:
         """Seconds the queue ahead would take before a new input starts (0 with nothing queued, so an input is
         never refused on the estimate alone: one slow input must not lock every later one out)."""
-        workers = 1 if self.config.batch_window_ms > 0 else self.config.unbatched_workers
         depth = self.runner.depth
-        return depth * self.seconds_per_input / workers if depth else 0.0
+        return depth * self.seconds_per_input / self.workers if depth else 0.0
 
     @property
     def seconds_per_input(self) -> float:
@@ -331,13 +340,17 @@ class _RequestMetrics:
 class ServiceState:
     """What the routes share: hosted compressors, the admission limiter, metrics."""
 
-    def __init__(self, config: ServiceConfig, hosted: dict[str, Hosted], metrics: ServiceMetrics) -> None:
+    def __init__(self, config: ServiceConfig, hosted: dict[str, Hosted], metrics: ServiceMetrics,
+                 auth: BearerAuth | None = None) -> None:
         self.config = config
         self.hosted = hosted
         self.default = config.compressors[0]
         self.metrics = metrics
+        self.auth = auth or BearerAuth(config.api_key)
         self.limiter = ConcurrencyLimiter(max_concurrent=config.max_queue, max_queue=0)
         self.draining = False
+        """Set when the server starts to stop (its stop signal, or the lifespan's end): /healthz answers
+        "draining" and new work 503."""
         metrics.in_flight.set_function(lambda: float(self.limiter.in_flight))
 
     def get(self, name: str | None) -> Hosted:
@@ -349,21 +362,40 @@ class ServiceState:
                 f"compressor {key!r} is not hosted here; hosted: {', '.join(self.hosted)}") from None
 
     def _check_wait(self, jobs: list[tuple[Hosted, _Job]]) -> None:
-        """429 now for work the queue ahead could not let finish within the request timeout: it would be
-        computed only to be answered 504, crowding out requests that could still be served."""
+        """Refuse now work that could not finish within the request timeout: it would be computed only to be
+        answered 504, crowding out requests that could still be served.
+
+        A batch whose own inputs (each compressor's share, at its recent pace) would outlast the timeout while a
+        smaller batch would not is a 413 ``batch_too_large``, which clients split on; behind a queue, work that
+        the queue ahead plus its own inputs would carry past the timeout is a 429. With nothing queued, one input
+        (or one that alone outlasts the timeout) is never refused on the estimate: one slow input must not lock
+        every later one out.
+        """
         timeout = self.config.request_timeout_s
         if not math.isfinite(timeout):
             return
-        wait = max(h.expected_wait() for h, _ in jobs)
+        counts: dict[str, tuple[Hosted, int]] = {}
+        for h, _ in jobs:
+            counts[h.name] = (h, counts.get(h.name, (h, 0))[1] + 1)
+        wait = 0.0
+        for h, n in counts.values():
+            per = h.seconds_per_input / h.workers
+            own = n * per
+            if n > 1 and own > timeout and per <= timeout:
+                fit = max(1, int(timeout // per))
+                raise ApiError(413, f"a batch of {n} inputs would take about {own:.1f} s here, over the "
+                                    f"{timeout:g} s timeout; split it (about {fit} fit)",
+                               type="InputTooLargeError", code="batch_too_large", param="inputs")
+            if h.runner.depth:
+                wait = max(wait, h.expected_wait() + own)
         if wait > timeout:
-            raise ApiError(429, f"the queue ahead would take about {wait:.1f} s, over the {timeout:g} s timeout; "
-                                "retry later", type="Overloaded", code="overloaded",
+            raise ApiError(429, f"the queue ahead and this request would take about {wait:.1f} s, over the "
+                                f"{timeout:g} s timeout; retry later", type="Overloaded", code="overloaded",
                            headers={"Retry-After": str(max(1, math.ceil(wait - timeout)))})
 
     async def compress(self, jobs: list[tuple[Hosted, _Job]]) -> list[CompressionResult]:
         if self.draining:
-            raise ApiError(503, "server is shutting down", type="Unavailable", code="shutting_down",
-                           headers={"Retry-After": "1"})
+            raise _shutting_down()
         weight = len(jobs)
         self._check_wait(jobs)
         await self.limiter.acquire(weight)
@@ -395,6 +427,13 @@ class ServiceState:
             if isinstance(out, CompressionResult):
                 results.append(out)
                 continue
+            done = sum(isinstance(o, CompressionResult) for o in outcomes)
+            if isinstance(out, BatchTimeout) and done:
+                # the batch's own inputs outran the timeout (before any estimate, or against it): a smaller
+                # batch finishes, and clients split on batch_too_large (a 504 they gave up on)
+                raise ApiError(413, f"a batch of {len(jobs)} inputs did not finish within the {timeout:g} s "
+                                    f"timeout ({done} did); split it", type="InputTooLargeError",
+                               code="batch_too_large", param="inputs")
             where = f"inputs[{i}]" if len(jobs) > 1 else None
             raise _api_error(out, where)
         for (h, _), res in zip(jobs, results, strict=True):  # counted once the request succeeds as a whole
@@ -416,6 +455,32 @@ def _warm_up(facade: Compressor) -> None:
                         confidence=0.9)
     except (PocError, ImportError) as exc:  # no predictor for this compressor: floor requests answer the same
         log.info("floor warm-up skipped: %s", exc)
+
+
+class _AdmittedRoute(APIRoute):
+    """The route of ``POST /v1/compress``: the key, shutdown and room are checked, and the upload counted while
+    it is read, before the body is read and parsed (FastAPI reads it first). Each upload buffers up to the body
+    limit: stalled ones piled up without bound, none refused until its last byte came. The parsing, and so
+    every answer to a malformed body, stays FastAPI's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def admitted(request: Request) -> Response:
+            state: ServiceState = request.app.state.pocsdk
+            await state.auth(request)
+            if state.draining:
+                raise _shutting_down()
+            with state.limiter.reading(weight=1):  # 429 now when full; counted until read
+                await request.body()  # kept on the request: the handler parses it from there
+            return await handler(request)
+
+        return admitted
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "server is shutting down", type="Unavailable", code="shutting_down",
+                    headers={"Retry-After": "1"})
 
 
 async def _abandon_on_disconnect(request: Request, jobs: list[_Job]) -> None:
@@ -516,8 +581,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         if name in steered and (cfg.predictor is not None or _has_shipped_predictor(inner)):
             _warm_up(facade)
         hosted[name] = Hosted(name, facade, inner, cfg, metrics)
-    state = ServiceState(cfg, hosted, metrics)
     auth = BearerAuth(cfg.api_key)
+    state = ServiceState(cfg, hosted, metrics, auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -566,14 +631,6 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         """The hosted compressors and their parameters."""
         return CompressorsResponse(default=state.default, compressors=[h.info(state.default) for h in hosted.values()])
 
-    @app.post(
-        "/v1/compress",
-        dependencies=secured,
-        tags=["compress"],
-        response_model=None,
-        responses={200: {"model": Union[CompressionResult, BatchResponse],
-                         "description": "a CompressionResult, or {results: [...]} for a batch"}, **errors},
-    )
     async def compress(body: Annotated[CompressBody, Body()], request: Request) -> Response:
         """Compress one context, or a batch ``{"inputs": [...]}``; results are the SDK's ``CompressionResult``."""
         if isinstance(body, BatchRequest):
@@ -594,6 +651,18 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         else:
             content = _json(results[0])
         return Response(content=content, media_type="application/json")
+
+    app.router.add_api_route(  # not @app.post: the route class checks admission before the body is read
+        "/v1/compress",
+        compress,
+        methods=["POST"],
+        dependencies=secured,
+        tags=["compress"],
+        response_model=None,
+        responses={200: {"model": Union[CompressionResult, BatchResponse],
+                         "description": "a CompressionResult, or {results: [...]} for a batch"}, **errors},
+        route_class_override=_AdmittedRoute,
+    )
 
     @app.get("/metrics", dependencies=secured, tags=["service"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},

@@ -53,6 +53,28 @@ Family = Literal["auto", "bert", "xlm-roberta"]
 
 
 @dataclass
+class _Prepared:
+    """One input up to the forward pass: its documents, token streams and windows."""
+
+    docs: list[Any]
+    query: str | None
+    counter: TokenCounter
+    doc_tokens: np.ndarray
+    model: Any
+    tok: Any
+    family: str
+    token_map: dict[str, str]
+    table: Any
+    streams: list[_TokenStream]
+    chunks: list[tuple[int, int, int]]
+    prepare_ms: float
+
+    @property
+    def model_tokens(self) -> int:
+        return int(sum(len(s.ids) for s in self.streams))
+
+
+@dataclass
 class LLMLingua2Compressor:
     """Keeps the words an LLMLingua-2 token classifier most wants to keep, within the budget.
 
@@ -130,6 +152,42 @@ class LLMLingua2Compressor:
     # -- phase 1 -------------------------------------------------------------------------
     def score(self, context: ContextLike, query: str | None = None) -> Scored:
         """One batched forward pass over all windows; words, spans and probabilities."""
+        return self.score_batch([(context, query)])[0]
+
+    def score_batch(self, items: Sequence[tuple[ContextLike, str | None]]) -> list[Scored]:
+        """Score several inputs with one forward pass over all their windows (the service batches requests
+        through this). Each result equals its own ``score`` up to float rounding: a window's batch-mates
+        change only the padding. One bad input fails the call; score the others one by one."""
+        preps = [self._prepare(context, query) for context, query in items]
+        live = [p for p in preps if not isinstance(p, Scored)]
+        if not live:
+            return [p for p in preps if isinstance(p, Scored)]
+        t0 = time.perf_counter()
+        streams = [s for p in live for s in p.streams]
+        chunks: list[tuple[int, int, int]] = []
+        base = 0
+        for lp in live:
+            chunks.extend((base + si, a, b) for si, a, b in lp.chunks)
+            base += len(lp.streams)
+        probs = [np.full(len(s.ids), np.nan) for s in streams]
+        model = live[0].model  # every input resolves the same cached model
+        forward_windows(model, live[0].tok, streams, chunks, probs, self.max_seq_len, self.max_batch_size)
+        forward_ms = (time.perf_counter() - t0) * 1000.0
+        total_tokens = max(1, sum(lp.model_tokens for lp in live))
+        out: list[Scored] = []
+        base = 0
+        for p in preps:
+            if isinstance(p, Scored):
+                out.append(p)
+                continue
+            n = len(p.streams)
+            share = forward_ms * p.model_tokens / total_tokens  # its part of the forward pass, by tokens fed
+            out.append(self._finish(p, probs[base: base + n], share))
+            base += n
+        return out
+
+    def _prepare(self, context: ContextLike, query: str | None) -> _Prepared | Scored:
+        """Documents, token streams and windows of one input; a pass-through ``Scored`` when it is too short."""
         t0 = time.perf_counter()
         docs = checked_documents(context, self.max_input_chars)
         counter = get_token_counter(self.tokenizer)
@@ -157,16 +215,22 @@ class LLMLingua2Compressor:
             if compat:
                 streams[si], cuts = _retokenize_edges(s, cuts, tok)
             chunks.extend((si, a, b) for a, b in cuts)
-        probs = [np.full(len(s.ids), np.nan) for s in streams]
-        forward_windows(model, tok, streams, chunks, probs, self.max_seq_len, self.max_batch_size)
+        return _Prepared(docs=docs, query=query, counter=counter, doc_tokens=doc_tokens, model=model, tok=tok,
+                         family=family, token_map=token_map, table=table, streams=streams, chunks=chunks,
+                         prepare_ms=(time.perf_counter() - t0) * 1000.0)
 
-        words = _words(streams, chunks, probs, table, self.token_to_word, self.force_reserve_digit, compat)
+    def _finish(self, p: _Prepared, probs: list[np.ndarray], forward_ms: float) -> Scored:
+        """Words, units and score statistics from one input's token probabilities."""
+        t0 = time.perf_counter()
+        compat = self.llmlingua_compatible
+        docs, streams, chunks = p.docs, p.streams, p.chunks
+        words = _words(streams, chunks, probs, p.table, self.token_to_word, self.force_reserve_digit, compat)
         if not compat:  # llmlingua keeps a long word whole; pocsdk cuts it so the keep rate is still met
             words = split_long_words(words, texts=[d.text for d in docs])
-        units, unit_of_word, forced_units, layout = self._units(docs, words, counter)
+        units, unit_of_word, forced_units, layout = self._units(docs, words, p.counter)
         scored = Scored(
-            compressor=self.name, parameters=self.parameters(), documents=docs, query=query, units=units,
-            doc_tokens=doc_tokens, tokenizer=counter,
+            compressor=self.name, parameters=self.parameters(), documents=docs, query=p.query, units=units,
+            doc_tokens=p.doc_tokens, tokenizer=p.counter,
         )
         token_scores = np.concatenate(probs) if probs else np.zeros(0)
         token_scores = token_scores[~np.isnan(token_scores)]
@@ -176,19 +240,19 @@ class LLMLingua2Compressor:
             token_scores=token_scores.astype(np.float32),
             word_scores=words.prob_raw.astype(np.float32),
             score_stats=score_stats(token_scores),
-            model_tokens=int(sum(len(s.ids) for s in streams)),
+            model_tokens=p.model_tokens,
             windows=len(chunks),
             forced=forced_units,
             layout=layout,
             order=np.argsort(-units.relevance, kind="stable"),
         )
         if compat:
-            words.text = [_replace_added(w, token_map) for w in words.text]
+            words.text = [_replace_added(w, p.token_map) for w in words.text]
             scored.extras.update(
                 word_chunk=words.chunk, word_prob=words.prob, word_oai_tokens=_oai_counts(words.text),
-                word_text=words.text, unit_of_word=unit_of_word, family=family,
+                word_text=words.text, unit_of_word=unit_of_word, family=p.family,
             )
-        scored.score_ms = (time.perf_counter() - t0) * 1000.0
+        scored.score_ms = p.prepare_ms + forward_ms + (time.perf_counter() - t0) * 1000.0
         return scored
 
     # -- phase 2 -------------------------------------------------------------------------
