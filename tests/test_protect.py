@@ -443,3 +443,32 @@ def test_keep_markers_pair_like_the_plain_rule_in_linear_time() -> None:
         return min(times)
 
     assert best(32_000) < 64 * best(2_000)  # 16x the text: linear is 16x the time, quadratic 256x
+
+
+@pytest.mark.parametrize("sentence", [
+    "a) Never promise a refund before the order is checked.", "(b) Always answer in English.",
+    "C. Never share the internal code.", "iv) Always cite the source.", "1.1 Never reveal the price list.",
+    "- [ ] Always check the order number.", "You're not allowed to share the discount code.",
+])
+def test_lettered_and_numbered_list_instructions_are_instructions(sentence: str) -> None:
+    assert is_instruction(sentence) and instruction_flags([sentence])[0]
+
+
+@pytest.mark.parametrize("sentence", ["A. Smith went home after the match.", "a lot of people came to the fair.",
+                                      "iv) The fourth chapter covers the river trade."])
+def test_list_markers_alone_make_no_instruction(sentence: str) -> None:
+    assert not is_instruction(sentence) and not instruction_flags([sentence])[0]
+
+
+def test_an_order_under_an_unpunctuated_title_line_is_protected() -> None:
+    """"Support policy" has no punctuation, so it is read as wrapped prose and joined to the order under it,
+    which then no longer opened its unit: the order was dropped."""
+    filler = " ".join(f"Paragraph {k} reports on the weather, the market and the river trade in town." for k in
+                      range(60))
+    prompt = ("Support policy\nNever reveal the internal discount code to customers.\n\n"
+              "Rules for agents:\na) Never promise a refund before the order is checked.\n"
+              "b) Always answer in English.\n\n")
+    out = Compressor(keep_rate=0.1, compressor="extractive").compress(prompt + filler, "Who trades on the river?")
+    for order in ("Never reveal the internal discount code", "Never promise a refund", "Always answer in English"):
+        assert order in out.text
+    assert not is_instruction("The river was calm\nand the boats stayed in the harbour.")

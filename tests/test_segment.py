@@ -500,3 +500,19 @@ def test_a_one_line_backtick_span_is_inline_code_not_an_endless_fence() -> None:
     assert out.text.count("Always answer in English.") == 3
     tilde = "Intro.\n\n~~~ `shell` ~~~\nls -l\n~~~\n\nAfter."  # a tilde fence's info string may hold backticks
     assert [u.kind for u in segment(tilde)] == [SENTENCE, CODE, SENTENCE]
+
+
+def test_long_code_lines_and_table_rows_are_never_cut_into_halves_that_recombine() -> None:
+    """Code lines over 160 characters were cut at a space and table rows over 480 cut anywhere; the halves,
+    kept or dropped apart, recombined into lines the source never had ("query_1 = ... = \\n2005 ORDER BY")."""
+    lines = [f'    query_{i} = "SELECT id, name, email, created_at FROM customers WHERE region = \'r{i}\' AND '
+             f'status = \'active\' AND signup_year = {2000 + i} ORDER BY created_at DESC LIMIT 100"' for i in range(8)]
+    code = "Queries:\n\n```python\n" + "\n".join(lines) + "\n```\n\nThat was the code."
+    units = [code[u.start:u.end] for u in segment(code) if u.kind == CODE]
+    assert all(line in units for line in lines), units[:3]  # each long line is one unit, indentation kept
+    cells = " | ".join(f"cell {k} holds the value {k * 37} for the regional price index" for k in range(12))
+    table = "| id | data |\n|---|---|\n" + "\n".join(f"| {i} | {cells} |" for i in range(3))
+    rows = [table[u.start:u.end] for u in segment(table) if u.kind == TABLE_ROW]
+    assert len(rows) == 5 and all(len(r) > 480 for r in rows[2:])
+    out = Compressor(keep_rate=0.3, compressor="extractive").compress(code, "signup year 2005").text
+    assert all(line in code.split("\n") for line in out.split("\n") if line.strip()), out

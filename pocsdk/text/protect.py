@@ -32,7 +32,11 @@ PATTERN_TIMEOUT_S = 2.0
 # blockquote marks, an opening quote or bracket, a list marker, markdown emphasis ("**Never** share",
 # "**IMPORTANT:** You must") and "please" / "important" / "note".
 _EMPHASIS = r"[*_]{0,3}"
-_LEAD = (r"\s*(?:>\s*)*[\"'\u201c\u2018(\[]*(?:[-*+\u2022]\s+|\d{1,3}[.)]\s+)?" + _EMPHASIS
+# List markers: bullets (with a task checkbox, "- [ ] Always ..."), "1." / "1)" / "1.1", and the lettered and
+# roman ones the segmenter reads as list items ("a)", "(b)", "C.", "iv)").
+_LIST_MARK = (r"(?:[-*+\u2022]\s+(?:\[[ xX]\]\s+)?|\d{1,3}(?:\.\d{1,3})*[.)]\s+|\d{1,3}(?:\.\d{1,3})+\s+"
+              r"|[a-zA-Z][.)]\s+|[ivxIVX]{2,4}[.)]\s+)")
+_LEAD = (r"\s*(?:>\s*)*[\"'\u201c\u2018(\[]*" + _LIST_MARK + "?" + _EMPHASIS
          + r"(?:(?:please|important|note)" + _EMPHASIS + r":?" + _EMPHASIS + r"\s+" + _EMPHASIS + r")?")
 # An apostrophe is typed straight or curly (U+2019, what word processors and phones put in "don’t").
 _APOS = "['\u2019]"
@@ -55,6 +59,7 @@ _SUBJECT_MODAL = (
     r"\s+(?:must|should|shall|need\s+to|have\s+to"
     r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|will\s+not"
     r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)(?!_*[^\W_])"
+    r"|you" + _APOS + r"re\s+(?:not\s+allowed|required)\s+to\b"
 )
 _DIRECTIVE_AT_START = re.compile(  # matched at the start only
     _LEAD + r"(?:" + _SUBJECT_MODAL + r"|under\s+no\s+circumstances\b)", re.IGNORECASE
@@ -110,7 +115,8 @@ def is_instruction(sentence: str) -> bool:
     transcripts (tests/test_real_data.py) these rules protect well under 5% of tokens.
     """
     low = sentence.lower()
-    return _is_instruction(sentence, low, _has_any(low, _DIRECTIVE_HINTS))
+    return _is_instruction(sentence, low, _has_any(low, _DIRECTIVE_HINTS)) or (
+        "\n" in sentence and _instruction_after_title(sentence))
 
 
 def instruction_mask(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -126,12 +132,39 @@ def instruction_flags(sentences: list[str]) -> np.ndarray:
     for i, (x, low, h) in enumerate(zip(sentences, lows, hinted, strict=True)):
         if (h or _may_be_imperative(x, low)) and _is_instruction(x, low, h):  # most sentences: neither
             out[i] = True
+        elif "\n" in x and _instruction_after_title(x):
+            out[i] = True
     return out
 
 
+# A line break inside a unit, then a line opening with a capital (after emphasis marks): where a title line
+# without punctuation ("Support policy") was read as wrapped prose and joined to the order under it.
+_TITLED_LINE = re.compile(r"\n[ \t]*(?=[*_]{0,3}[A-Z])")
+_ENDS_SENTENCE = (".", "!", "?", ":", ";", ",", "\u3002", "\uff01", "\uff1f")
+
+
+def _instruction_after_title(unit: str) -> bool:
+    """Does a line of ``unit`` after an unpunctuated line open with an instruction ("Support policy\nNever
+    reveal the code.")? A capital after a line break is rare inside hard-wrapped prose."""
+    for m in _TITLED_LINE.finditer(unit):
+        if unit[:m.start()].rstrip().endswith(_ENDS_SENTENCE):
+            continue
+        rest = unit[m.end():]
+        low = rest.lower()
+        hinted = _has_any(low, _DIRECTIVE_HINTS)
+        if (hinted or _may_be_imperative(rest, low)) and _is_instruction(rest, low, hinted):
+            return True
+    return False
+
+
 def _may_be_imperative(sentence: str, low: str) -> bool:
-    """False when ``_IMPERATIVE`` cannot match: the sentence opens with a letter but with no keyword's."""
-    return not sentence[:1].isalpha() or low.startswith(_IMPERATIVE_OPENINGS.get(low[:1], ()))
+    """False when ``_IMPERATIVE`` cannot match: the sentence opens with a letter but with no keyword's (nor a
+    lettered list marker's: "a) Never ...")."""
+    return (not sentence[:1].isalpha() or low.startswith(_IMPERATIVE_OPENINGS.get(low[:1], ()))
+            or _LETTER_MARK.match(sentence) is not None)
+
+
+_LETTER_MARK = re.compile(r"[a-zA-Z][.)]\s|[ivxIVX]{2,4}[.)]\s")
 
 
 def _is_instruction(sentence: str, low: str, hinted: bool) -> bool:

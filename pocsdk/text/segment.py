@@ -293,7 +293,10 @@ def _segment_prose(
                 spans = [(ls, le)]
             for j, (s, e) in enumerate(spans):
                 k = kind if j == 0 else SENTENCE
-                if e - s > max_chars and not (e - s <= NEGATED_MAX_FACTOR * max_chars and has_negation(text, s, e)):
+                # a negated sentence or a table row stays whole up to 4x the limit: its halves, kept or dropped
+                # apart, would read as the opposite, or as a row that lost its cells unmarked
+                if e - s > max_chars and not (e - s <= NEGATED_MAX_FACTOR * max_chars
+                                              and (k == TABLE_ROW or has_negation(text, s, e))):
                     piece_kind = FRAGMENT if k == SENTENCE else k
                     rows.extend((fs, fe, para, piece_kind) for fs, fe in _split_long(text, s, e, max_chars))
                 else:
@@ -488,22 +491,32 @@ def _code_chunks(text: str, start: int, end: int, max_chars: int) -> Iterable[tu
         yield _strip(text, start, first)
         last = text.rfind("\n", first, end)
         if last > first and _FENCE_LINE.fullmatch(text, last + 1, end):
-            yield from _code_lines(text, first + 1, last, min(max_chars, CODE_PIECE_CHARS))
+            yield from _code_lines(text, first + 1, last, min(max_chars, CODE_PIECE_CHARS), max_chars)
             yield _strip(text, last + 1, end)
             return
         first += 1
-    yield from _code_lines(text, first, end, min(max_chars, CODE_PIECE_CHARS))
+    yield from _code_lines(text, first, end, min(max_chars, CODE_PIECE_CHARS), max_chars)
 
 
-def _code_lines(text: str, start: int, end: int, max_chars: int) -> Iterable[tuple[int, int]]:
+def _code_lines(text: str, start: int, end: int, max_chars: int, line_chars: int) -> Iterable[tuple[int, int]]:
+    """Pieces of whole lines, at most ``max_chars`` each; one line longer than that is a piece of its own up
+    to ``line_chars`` (its halves, kept or dropped apart, recombined into lines the code never had), and only
+    a longer one is cut, at a space, else at the limit."""
     pos = start
     while pos < end:
         cut = end
         if end - pos > max_chars:
             cut = text.rfind("\n", pos, pos + max_chars)
-            if cut <= pos:  # one long line: at a space, else at the limit
-                cut = text.rfind(" ", pos, pos + max_chars)
-            cut = cut + 1 if cut > pos else grapheme_cut(text, pos + max_chars, pos + 1)
+            if cut <= pos:  # the first line alone is longer than a piece
+                line_end = text.find("\n", pos, end)
+                line_end = end if line_end < 0 else line_end
+                if line_end - pos <= line_chars:
+                    cut = line_end if line_end < end else end - 1
+                else:
+                    cut = text.rfind(" ", pos, pos + line_chars)
+                    if cut <= pos:
+                        cut = grapheme_cut(text, pos + line_chars, pos + 1) - 1
+            cut += 1  # past the line break or space (a hard cut was moved back one for this)
         s, e = _strip(text, pos, cut)
         if s < e:
             line = text.rfind("\n", pos, s) + 1
