@@ -17,7 +17,7 @@ import numpy as np
 import regex
 
 from pocsdk.text.protect import NEGATION, strip_markers
-from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE
+from pocsdk.text.segment import FRAGMENT, LIST_ITEM, SENTENCE, TIGHT_BREAK
 
 if TYPE_CHECKING:
     from pocsdk.compressors.base import Scored
@@ -84,6 +84,8 @@ def _prefix(scored: Scored, doc: int, start: int, end: int, limit: int, slack: i
     """Word-boundary prefix of ``text[start:end]`` closest to ``limit`` tokens, at most ``slack`` over."""
     text = scored.documents[doc].text
     cuts = [m.end() for m in _WORD.finditer(text, start, end)][:-1]  # a full unit did not fit
+    if not cuts:  # one run without whitespace (minified JSON): after its commas and semicolons instead
+        cuts = [m.end() for m in TIGHT_BREAK.finditer(text, start, end - 1)]
     count = scored.tokenizer.count
     lo, hi, best, over = 0, len(cuts) - 1, None, None
     while lo <= hi:

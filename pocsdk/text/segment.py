@@ -90,6 +90,8 @@ _NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*(\w)")
 # "10:45" and "https://" stay whole. Full-width punctuation breaks as it stands.
 _CLAUSE_BREAK = re.compile(r"(?:[,;:](?=\s|\Z)|[\uff0c\uff1b\uff1a\u3001])\s*")
 _SPACE = re.compile(r"\s+")
+TIGHT_BREAK = re.compile(r"(?<!\d)[,;]|[,;](?!\d)")
+"""A comma or semicolon with no space after it, not between two digits: where text without whitespace is cut."""
 
 MAX_UNIT_CHARS = 480
 
@@ -396,11 +398,18 @@ def _split_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[i
             continue
         ws = [m.end() for m in _SPACE.finditer(text, s, e)]
         for s2, e2 in _pack(text, s, e, ws, max_chars):
-            while e2 - s2 > max_chars:  # no whitespace at all: hard cut, between whole characters
-                cut = grapheme_cut(text, s2 + max_chars, s2 + 1)
-                out.append((s2, cut))
-                s2 = cut
-            out.append((s2, e2))
+            if e2 - s2 <= max_chars:
+                out.append((s2, e2))
+                continue
+            # no whitespace (minified JSON, a long URL list): after a comma or semicolon not inside a number
+            # ("},{" yes, "2,750" no), else a hard cut between whole characters
+            tight = [m.end() for m in TIGHT_BREAK.finditer(text, s2, e2)]
+            for s3, e3 in _pack(text, s2, e2, tight, max_chars):
+                while e3 - s3 > max_chars:
+                    cut = grapheme_cut(text, s3 + max_chars, s3 + 1)
+                    out.append((s3, cut))
+                    s3 = cut
+                out.append((s3, e3))
     return [(s, e) for s, e in (_strip(text, a, b) for a, b in out) if s < e]
 
 
