@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 
 
 RATE_TOLERANCE = 0.10
-MANY_GROUP = 16
-"""Inputs that ``compress_many`` scores in one ``score_batch`` call, for compressors that have one."""
 """For inputs of 200 tokens or more the achieved keep rate stays within this share above the requested one
 (below it, protected text aside, selection already stays)."""
+MANY_GROUP = 16
+"""Inputs that ``compress_many`` scores in one ``score_batch`` call, for compressors that have one."""
 
 
 class Compressor:
@@ -194,8 +194,12 @@ class Compressor:
         out: list[CompressionResult] = []
         for k in range(0, len(pairs), MANY_GROUP):
             group = pairs[k: k + MANY_GROUP]
-            calls = [self._checked_call(q, **overrides) for _, q in group]
-            scored = list(score_batch(group))
+            try:
+                calls = [self._checked_call(q, **overrides) for _, q in group]
+                scored = list(score_batch(group))
+            except Exception:  # a bad input: one by one, so the first bad one raises what compress raises
+                out.extend(self.compress(ctx, q, **overrides) for ctx, q in group)
+                continue
             for (mode, value, conf), s in zip(calls, scored, strict=True):
                 # each result's clock counts its part of the group's scoring, as the compressor measured it
                 out.append(self._compress_scored(s, mode, value, conf, time.perf_counter() - s.score_ms / 1000.0))

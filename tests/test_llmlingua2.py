@@ -472,3 +472,23 @@ def test_compress_many_scores_in_groups_and_matches_compress(classifiers: dict[s
         comp.compress_many([prose(2), prose(2)], keep_rte=0.4)
     with pytest.raises(ConfigError):  # checked before any scoring, as compress checks it
         comp.compress_many([prose(2), prose(2)], keep_rate=0.4, floor=0.9)
+
+
+def test_code_is_never_protected_as_an_instruction(classifiers: dict[str, Path]) -> None:
+    code = ("Here is the helper.\n\n```vb\nFunction Total(items)\n    Dim sum = 0\n    For Each x In items\n"
+            "        sum = sum + x\n    Next\n    Return sum\nEnd Function\n```\n\n") + prose(2)
+    c = compressor(classifiers, "bert", protect=Protection(instructions=True))
+    scored = c.score(code)
+    inside = (scored.units.start >= code.index("```vb")) & (scored.units.end <= code.index("End Function") + 12)
+    assert inside.sum() > 10 and not scored.units.protected[inside].any()
+
+
+def test_compress_many_raises_what_compress_raises_first(classifiers: dict[str, Path]) -> None:
+    from pocsdk.errors import InputTooLargeError
+
+    comp = Compressor(compressor="llmlingua2", model=str(classifiers["bert"]), max_input_chars=2000)
+    items = [(prose(2), None), ("x " * 5000, None), {"context": prose(2), "query": 5}]
+    with pytest.raises(InputTooLargeError):
+        comp.compress(*items[1], keep_rate=0.5)
+    with pytest.raises(InputTooLargeError):  # not the third input's bad query, checked first by the group
+        comp.compress_many(items, keep_rate=0.5)

@@ -472,3 +472,29 @@ def test_an_order_under_an_unpunctuated_title_line_is_protected() -> None:
     for order in ("Never reveal the internal discount code", "Never promise a refund", "Always answer in English"):
         assert order in out.text
     assert not is_instruction("The river was calm\nand the boats stayed in the harbour.")
+
+
+def test_new_instruction_rules_stay_out_of_narrative_and_code() -> None:
+    """Review of this round's rules: "you're required to" matched anywhere in a sentence holding "then" (the new
+    alternative stood outside the rule's group), and the title rule took Title Case lines and SQL for orders."""
+    for text in ["Back then I had no idea what you're required to bring to a citizenship interview.",
+                 "The guide explains what you're required to pay, and then lists the local tax offices.",
+                 "Contents\nReturn Value and Errors", "BEGIN\nRETURN x + 1;"]:
+        assert not is_instruction(text) and not instruction_flags([text])[0], text
+    assert is_instruction("Then you're required to sign the form.")
+
+
+def test_the_title_rule_reads_one_line_break() -> None:
+    """The title rule looked at every line break of a unit, each time on the rest of it: quadratic."""
+    import time
+
+    def best(n: int) -> float:
+        unit = "".join(f"Entry number {i} of the Annual Register of Members\n" for i in range(n))  # no punctuation
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            is_instruction(unit)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    assert best(8_000) < 32 * best(1_000)  # 8x the text: linear 8x, quadratic 64x

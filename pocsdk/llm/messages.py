@@ -51,10 +51,10 @@ COMPRESS_CLOSE = "</compress>"
 AUTO_ROLES = ("user", "tool", "function")
 MAX_QUERY_CHARS = 2000
 OMITTED = "[\u2026]"
-CACHE_CHARS = 32 * 1024 * 1024
-"""Characters a :class:`MessageCompressor`'s prompt cache holds at most (about 32-128 MB)."""
 """What a message text (or text part) that compression emptied holds instead: chat APIs refuse empty text
 blocks (Anthropic's, for one), and removing the message would break tool-call pairs."""
+CACHE_CHARS = 32 * 1024 * 1024
+"""Characters a :class:`MessageCompressor`'s prompt cache holds at most (about 32-128 MB)."""
 
 
 class MessagePolicy(BaseModel):

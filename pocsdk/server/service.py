@@ -9,8 +9,8 @@ thread. Selection and rendering then go through the facade per item, so results 
 
 Admission is bounded (``max_queue`` inputs waiting or running, uploads still being read counted too;
 beyond that 429 with ``Retry-After``), checked before a body is read; every request has a timeout (504; a
-batch whose own inputs cannot finish in time is a 413 ``batch_too_large``, which clients split), and shutdown
-drains queued work.
+batch that began promptly and still ran out of time with some inputs done is a 413 ``batch_too_large``,
+which clients split), and shutdown drains queued work.
 Request bodies are never logged.
 """
 
@@ -152,6 +152,10 @@ class _Prescorable:
         return getattr(self.inner, name)
 
 
+OWN_TIMEOUT_SHARE = 0.5
+"""A batch that timed out is too large (413) when its first input began within this share of the timeout."""
+
+
 @dataclass
 class _Job:
     context: Any
@@ -159,6 +163,8 @@ class _Job:
     mode: dict[str, Any]
     abandoned: bool = False
     """Set when its caller stopped waiting (504, cancelled): a batch already running skips it."""
+    started: float | None = None
+    """``time.perf_counter()`` when its compression (or its batch's scoring) began."""
 
 
 class _Abandoned(RuntimeError):
@@ -237,6 +243,10 @@ class Hosted:
         out: list[CompressionResult | BaseException] = [_Abandoned()] * len(all_jobs)
         live = [i for i, j in enumerate(all_jobs) if not j.abandoned]
         jobs = [all_jobs[i] for i in live]
+        now = time.perf_counter()
+        if self.score_batch is not None and len(jobs) > 1:
+            for job in jobs:  # scored together: they all begin now
+                job.started = now
         scored: list[Scored] | None = None
         share = 0.0  # each input's part of the batched scoring, counted in its compression time
         if self.score_batch is not None and len(jobs) > 1:
@@ -253,6 +263,8 @@ class Hosted:
             if job.abandoned:
                 continue
             t0 = time.perf_counter()
+            if job.started is None:
+                job.started = t0
             token = _PRESCORED.set(scored[i] if scored is not None else None)
             try:
                 res = self.facade.compress(job.context, job.query, **job.mode)
@@ -362,35 +374,16 @@ class ServiceState:
                 f"compressor {key!r} is not hosted here; hosted: {', '.join(self.hosted)}") from None
 
     def _check_wait(self, jobs: list[tuple[Hosted, _Job]]) -> None:
-        """Refuse now work that could not finish within the request timeout: it would be computed only to be
-        answered 504, crowding out requests that could still be served.
-
-        A batch whose own inputs (each compressor's share, at its recent pace) would outlast the timeout while a
-        smaller batch would not is a 413 ``batch_too_large``, which clients split on; behind a queue, work that
-        the queue ahead plus its own inputs would carry past the timeout is a 429. With nothing queued, one input
-        (or one that alone outlasts the timeout) is never refused on the estimate: one slow input must not lock
-        every later one out.
-        """
+        """429 now for work the queue ahead could not let finish within the request timeout: it would be
+        computed only to be answered 504, crowding out requests that could still be served. (A request's own
+        inputs are not estimated: the recent pace says little about inputs of another size, or batched ones.)"""
         timeout = self.config.request_timeout_s
         if not math.isfinite(timeout):
             return
-        counts: dict[str, tuple[Hosted, int]] = {}
-        for h, _ in jobs:
-            counts[h.name] = (h, counts.get(h.name, (h, 0))[1] + 1)
-        wait = 0.0
-        for h, n in counts.values():
-            per = h.seconds_per_input / h.workers
-            own = n * per
-            if n > 1 and own > timeout and per <= timeout:
-                fit = max(1, int(timeout // per))
-                raise ApiError(413, f"a batch of {n} inputs would take about {own:.1f} s here, over the "
-                                    f"{timeout:g} s timeout; split it (about {fit} fit)",
-                               type="InputTooLargeError", code="batch_too_large", param="inputs")
-            if h.runner.depth:
-                wait = max(wait, h.expected_wait() + own)
+        wait = max(h.expected_wait() for h, _ in jobs)
         if wait > timeout:
-            raise ApiError(429, f"the queue ahead and this request would take about {wait:.1f} s, over the "
-                                f"{timeout:g} s timeout; retry later", type="Overloaded", code="overloaded",
+            raise ApiError(429, f"the queue ahead would take about {wait:.1f} s, over the {timeout:g} s timeout; "
+                                "retry later", type="Overloaded", code="overloaded",
                            headers={"Retry-After": str(max(1, math.ceil(wait - timeout)))})
 
     async def compress(self, jobs: list[tuple[Hosted, _Job]]) -> list[CompressionResult]:
@@ -428,9 +421,12 @@ class ServiceState:
                 results.append(out)
                 continue
             done = sum(isinstance(o, CompressionResult) for o in outcomes)
-            if isinstance(out, BatchTimeout) and done:
-                # the batch's own inputs outran the timeout (before any estimate, or against it): a smaller
-                # batch finishes, and clients split on batch_too_large (a 504 they gave up on)
+            begun = [j.started for _, j in jobs if j.started is not None]
+            if (isinstance(out, BatchTimeout) and done and len(jobs) > 1
+                    and min(begun) - t0 <= OWN_TIMEOUT_SHARE * timeout):
+                # the batch began promptly, so its own inputs outran the timeout, and some finished: a smaller
+                # batch would finish, and clients split on batch_too_large (a 504 they gave up on). One that
+                # waited long behind other clients' work keeps its 504.
                 raise ApiError(413, f"a batch of {len(jobs)} inputs did not finish within the {timeout:g} s "
                                     f"timeout ({done} did); split it", type="InputTooLargeError",
                                code="batch_too_large", param="inputs")

@@ -53,13 +53,13 @@ _IMPERATIVE = re.compile(
 # A directive's subject opens the sentence or a clause ("When unsure, you must ask"); "you" deep inside a
 # sentence ("what you should know about ...") is narrative far more often than an instruction. One rule,
 # compiled per place it can start: a search for ``[,;:]`` skips ahead fast, one for a leading ``\b`` does not.
-_SUBJECT_MODAL = (
-    r"(?:you|the\s+assistant|assistant|the\s+model"
+_SUBJECT_MODAL = (  # one group: the rules prefix it ("then " + ...), so no alternative may stand alone
+    r"(?:(?:you|the\s+assistant|assistant|the\s+model"
     r"|(?:your\s+|the\s+|all\s+|every\s+)?(?:answers?|responses?|replies|reply|outputs?))"
     r"\s+(?:must|should|shall|need\s+to|have\s+to"
     r"|are\s+required\s+to|are\s+not\s+allowed\s+to|may\s+not|must\s+not|cannot|will\s+not"
     r"|(?:can|must|should|won|do)n?" + _APOS + r"t|never|do\s+not)(?!_*[^\W_])"
-    r"|you" + _APOS + r"re\s+(?:not\s+allowed|required)\s+to\b"
+    r"|you" + _APOS + r"re\s+(?:not\s+allowed|required)\s+to\b)"
 )
 _DIRECTIVE_AT_START = re.compile(  # matched at the start only
     _LEAD + r"(?:" + _SUBJECT_MODAL + r"|under\s+no\s+circumstances\b)", re.IGNORECASE
@@ -137,24 +137,37 @@ def instruction_flags(sentences: list[str]) -> np.ndarray:
     return out
 
 
-# A line break inside a unit, then a line opening with a capital (after emphasis marks): where a title line
-# without punctuation ("Support policy") was read as wrapped prose and joined to the order under it.
+# A unit's second line opening with a capital (after emphasis marks): where a title line without punctuation
+# ("Support policy") was read as wrapped prose and joined to the order under it.
 _TITLED_LINE = re.compile(r"\n[ \t]*(?=[*_]{0,3}[A-Z])")
 _ENDS_SENTENCE = (".", "!", "?", ":", ";", ",", "\u3002", "\uff01", "\uff1f")
+TITLE_MAX_WORDS = 8
 
 
 def _instruction_after_title(unit: str) -> bool:
-    """Does a line of ``unit`` after an unpunctuated line open with an instruction ("Support policy\nNever
-    reveal the code.")? A capital after a line break is rare inside hard-wrapped prose."""
-    for m in _TITLED_LINE.finditer(unit):
-        if unit[:m.start()].rstrip().endswith(_ENDS_SENTENCE):
-            continue
-        rest = unit[m.end():]
-        low = rest.lower()
-        hinted = _has_any(low, _DIRECTIVE_HINTS)
-        if (hinted or _may_be_imperative(rest, low)) and _is_instruction(rest, low, hinted):
-            return True
-    return False
+    """Does ``unit`` open with a title line (at most 8 words, no punctuation at its end) over a line that opens
+    with an instruction ("Support policy\nNever reveal the code.")? Only the first line break counts, and a
+    second line in Title Case ("Return of the Jedi", a table of contents) or opening with a word in capitals
+    (SQL's "RETURN") is no order."""
+    nl = unit.find("\n")
+    if nl < 0:
+        return False
+    title = unit[:nl].strip()
+    if not title or title.endswith(_ENDS_SENTENCE) or len(title.split()) > TITLE_MAX_WORDS:
+        return False
+    m = _TITLED_LINE.match(unit, nl)
+    if m is None:
+        return False
+    rest = unit[m.end():]
+    words = rest.split("\n", 1)[0].split()
+    head = re.sub(r"\W", "", words[0]) if words else ""
+    if len(head) > 1 and head.isupper():
+        return False
+    if len(words) >= 3 and 2 * sum(w[:1].isupper() for w in words) > len(words):
+        return False
+    low = rest.lower()
+    hinted = _has_any(low, _DIRECTIVE_HINTS)
+    return bool((hinted or _may_be_imperative(rest, low)) and _is_instruction(rest, low, hinted))
 
 
 def _may_be_imperative(sentence: str, low: str) -> bool:

@@ -44,7 +44,7 @@ from pocsdk.compressors.llmlingua2.windows import (
 from pocsdk.compressors.llmlingua2.words import _vocab_table, _Words, _words, split_long_words
 from pocsdk.errors import ConfigError
 from pocsdk.text.protect import Protection, is_instruction, strip_markers
-from pocsdk.text.segment import segment
+from pocsdk.text.segment import CODE, segment
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
 from pocsdk.types import ContextLike, check_count, check_keep_rate
 
@@ -361,7 +361,8 @@ class LLMLingua2Compressor:
                 group_base += segs[-1].paragraph + 1
             spans = self.protect.spans(text)
             if self.protect.instructions:
-                spans += [(x.start, x.end) for x in segs if is_instruction(text[x.start:x.end])]
+                spans += [(x.start, x.end) for x in segs  # code is not addressed to the reader
+                          if x.kind != CODE and is_instruction(text[x.start:x.end])]
             protected[sel] = overlaps(s, e, spans)
             if multi:
                 forced[sel] |= overlaps(s, e, force_spans(text, multi))
