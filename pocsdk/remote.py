@@ -124,14 +124,18 @@ class RemoteCompressor:
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+            given = type(endpoint).__name__ if not isinstance(endpoint, str) else repr(endpoint) \
+                if "@" not in endpoint else "a URL with credentials (not shown)"  # it may hold a password
+            raise ConfigError(f"endpoint must be an http(s) URL, got {given}")
         if compressor is not None and not isinstance(compressor, str):
             raise ConfigError("a remote compressor is chosen by name; compressor objects live on the server")
-        self.endpoint = endpoint.rstrip("/")
-        self._shown = _checked_endpoint(self.endpoint)
-        """The endpoint as messages show it: a password in the URL masked."""
         self._key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         _check_key(self._key)
+        key_source = "" if not self._key else "the api_key argument" if api_key is not None else f"${API_KEY_ENV}"
+        self._base, self._auth, self._shown = _checked_endpoint(endpoint.rstrip("/"), key_source)
+        self.endpoint = self._shown
+        """The endpoint, credentials in it masked (``https://user:***@host``): they go as Basic auth, never in
+        a request's URL (httpx logs it at INFO), a message or this attribute."""
         self.compressor_name = compressor
         self.name: str = compressor or "remote"
         self.defaults = _merge_modes({}, dict(keep_rate=keep_rate, target_tokens=target_tokens, floor=floor,
@@ -149,8 +153,8 @@ class RemoteCompressor:
 
     def _loop_clients(self) -> LoopBoundClient:
         """One pooled async client per event loop (threads each running a loop share this object)."""
-        timeout, transport = self.timeout, self._async_transport
-        return LoopBoundClient(lambda: httpx.AsyncClient(timeout=timeout, transport=transport),
+        timeout, transport, auth = self.timeout, self._async_transport, self._auth
+        return LoopBoundClient(lambda: httpx.AsyncClient(timeout=timeout, transport=transport, auth=auth),
                                owns_transport=transport is None)
 
     @classmethod
@@ -318,7 +322,7 @@ class RemoteCompressor:
         return _merge_modes(self.defaults, overrides, strict=True)
 
     def _url(self, path: str) -> str:
-        return self.endpoint + path
+        return self._base + path
 
     def _request(self, method: str, path: str, payload: Any) -> httpx.Request:
         headers = {"Accept": "application/json", "User-Agent": f"pocsdk/{__version__}"}
@@ -350,7 +354,7 @@ class RemoteCompressor:
             try:
                 response = yield request
             except httpx.TransportError as exc:
-                raise RemoteError(f"cannot reach {self._shown}: {type(exc).__name__}: {exc}") from exc
+                raise self._unreachable(exc) from _cause(exc)
             assert response is not None
             if response.status_code == 503:
                 try:
@@ -368,7 +372,7 @@ class RemoteCompressor:
                 retryable = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                                              httpx.ReadError, httpx.WriteError, httpx.PoolTimeout))
                 if not retryable or attempt == attempts:
-                    raise RemoteError(f"cannot reach {self._shown}: {type(exc).__name__}: {exc}") from exc
+                    raise self._unreachable(exc) from _cause(exc)
                 yield self.retry.delay(attempt)
                 continue
             assert response is not None
@@ -380,10 +384,19 @@ class RemoteCompressor:
             return _decode(response, path, batch)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _unreachable(self, exc: httpx.TransportError) -> RemoteError:
+        """The error for a request that failed before an answer came. A request httpx/h11 refused to send
+        (a header no HTTP request can carry) is named by its type only: its text quotes the header value,
+        the key included."""
+        if isinstance(exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol)):
+            return RemoteError(f"request to {self._shown} could not be sent (check the endpoint and the API key "
+                               f"for stray characters): {type(exc).__name__}")
+        return RemoteError(f"cannot reach {self._shown}: {type(exc).__name__}: {exc}")
+
     # -- thin shells ---------------------------------------------------------------------
     def _drive(self, gen: Generator[_Step, httpx.Response | None, T]) -> T:
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, transport=self._transport)
+            self._client = httpx.Client(timeout=self.timeout, transport=self._transport, auth=self._auth)
         client = self._client
         try:
             step = next(gen)
@@ -424,31 +437,51 @@ class _Crowded(Exception):
     """A chunk was answered 429 while other chunks were in flight: it waits for them (not a retry)."""
 
 
-def _checked_endpoint(endpoint: str) -> str:
+def _cause(exc: httpx.TransportError) -> BaseException | None:
+    """What a RemoteError chains: nothing for an error whose text may quote a header value (a traceback or
+    ``logging.exception`` prints the cause's text)."""
+    return None if isinstance(exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol)) else exc
+
+
+def _checked_endpoint(endpoint: str, key_source: str = "") -> tuple[str, httpx.BasicAuth | None, str]:
     """Refuse, at construction, an endpoint that no request can go to (a bad URL, a port out of range, no
-    host): they failed on the first call with httpx's own errors, or, async, a bare ExceptionGroup. Returns the
-    endpoint as messages show it, a password in it masked (it was quoted in every RemoteError)."""
+    host): they failed on the first call with httpx's own errors, or, async, a bare ExceptionGroup.
+
+    Returns the endpoint requests go to, without credentials (httpx logs each request's URL at INFO); the
+    credentials (``https://user:password@host``, or a lone user part, often a token) as Basic auth; and the
+    endpoint as messages show it, credentials masked. As the ``Authorization`` header carries either them or
+    the API key (``key_source`` names where it came from), both at once are a ConfigError (httpx let the URL's
+    Basic auth replace the key's Bearer silently)."""
     try:
         url = httpx.URL(endpoint)
         port = url.port
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ConfigError(f"endpoint is not a valid URL ({exc})") from None
+    except (httpx.InvalidURL, ValueError) as exc:  # its text may quote a part of the URL: the password too
+        detail = f" ({exc})" if "@" not in endpoint else ""
+        raise ConfigError(f"endpoint is not a valid URL{detail}") from None
     if not url.host:
         raise ConfigError("endpoint has no host: give http(s)://host[:port]")
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"endpoint port must be in 1..65535, not {port}")
     if not url.userinfo:
-        return endpoint
+        return endpoint, None, endpoint
+    if key_source:
+        raise ConfigError(f"the endpoint carries a user name or password (Basic auth) and an API key is set too "
+                          f"({key_source}); both would set the Authorization header: remove the credentials from "
+                          f'the endpoint, or pass api_key="" to send them instead')
     user, sep, _ = url.userinfo.partition(b":")
-    masked = user + b":***" if sep else b"***"  # a lone user part may be a token too
-    return str(url.copy_with(userinfo=masked))
+    masked = user + b":***" if sep and user else b"***"  # a lone user part may be a token too
+    return (str(url.copy_with(userinfo=b"")), httpx.BasicAuth(url.username, url.password),
+            str(url.copy_with(userinfo=masked)))
 
 
-def _check_key(key: str | None) -> None:
-    """An API key no HTTP header can carry fails every request (a bare UnicodeEncodeError for a non-ASCII one):
-    refused at construction, as ``pocsdk serve`` refuses such keys at start-up. The key is never quoted."""
+def _check_key(key: object) -> None:
+    """An API key no HTTP header can carry fails every request (a bare UnicodeEncodeError for a non-ASCII one,
+    an h11 error quoting the key for a space or tab at either end): refused at construction, as ``pocsdk serve``
+    refuses such keys at start-up. The key is never quoted."""
     if not key:
         return
+    if not isinstance(key, str):
+        raise InvalidTypeError(f"the API key must be a string, got {type(key).__name__}")
     if not key.isascii():
         raise ConfigError("the API key has a non-ASCII character, which an HTTP header cannot carry as is (the "
                           "server refuses such keys too); use an ASCII key")
@@ -457,6 +490,10 @@ def _check_key(key: str | None) -> None:
         kind = "a line break" if bad in "\r\n" else "a control character"
         raise ConfigError(f"the API key contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
                           "its newline)")
+    if key[0] == " " or key[-1] == " ":  # a tab is refused above
+        end = "begins" if key[0] == " " else "ends"
+        raise ConfigError(f"the API key {end} with a space, which an HTTP header cannot carry; strip it (a key "
+                          "copied from a web page or a .env file may keep one)")
 
 
 class _InputGate:

@@ -405,3 +405,95 @@ def test_llm_judge_refuses_a_url_without_scheme_and_keys_answers_by_endpoint(tmp
         LLMJudge(base_url="localhost:8000/v1", model="m")
     messages = [{"role": "user", "content": "q"}]
     assert AnswerCache.key("m", messages, {}, "http://a/v1") != AnswerCache.key("m", messages, {}, "http://b/v1")
+
+
+def _no_llm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in ("POCSDK_LLM_API_KEY", "OPENAI_API_KEY", "POCSDK_LLM_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(env, raising=False)
+
+
+def test_llm_judge_refuses_keys_and_urls_no_request_can_carry_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judge built its own httpx client without the LLM client's checks: a key read from a .env file with
+    its newline was retried as a transport error and the final RemoteError (written to the labels file) quoted
+    it; a bad base URL failed at the first request. Both are refused when the judge is built, never quoted."""
+    from pocsdk.errors import InvalidTypeError
+
+    _no_llm_env(monkeypatch)
+    for key in ("sk-SECRET1\n", "sk-SECRET1 ", " sk-SECRET1", "sk-SÉCRET1", b"sk-\xe9SECRET1"):
+        with pytest.raises(InvalidTypeError, match="the API key") as error:
+            LLMJudge(base_url="http://fake/v1", model="m", api_key=key)  # type: ignore[arg-type]
+        assert "CRET1" not in str(error.value), key
+    monkeypatch.setenv("POCSDK_LLM_API_KEY", "sk-SECRET1\r\n")
+    with pytest.raises(InvalidTypeError, match="line break") as error:
+        LLMJudge(base_url="http://fake/v1", model="m")
+    assert "SECRET1" not in str(error.value)
+    for url, message in {"http://fake/v 1": "contains a space", "http://fake:99999/v1": "outside 1-65535",
+                         "http://svc:pa/ss@fake/v1": "not a valid URL", "ftp://fake/v1": "http:// or https://"}.items():
+        with pytest.raises(ConfigError, match=message) as cfg:
+            LLMJudge(base_url=url, model="m", api_key="")
+        assert "ss@" not in str(cfg.value)
+
+
+def test_llm_judge_never_retries_nor_quotes_a_request_that_cannot_be_sent() -> None:
+    """h11 refuses a header naming its value ("Illegal header value b'Bearer <key>'"): the judge retried it as a
+    connection error, then raised a RemoteError quoting it, which label_line wrote into the labels file."""
+    import traceback
+
+    from pocsdk.calibration.runner import label_line
+    from pocsdk.compressors import get_compressor
+
+    calls = {"n": 0}
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer sk-SECRET3 '")
+
+    judge = LLMJudge(base_url="http://fake/v1", model="m", api_key="sk-test", backoff=0.0, max_retries=3,
+                     transport=httpx.MockTransport(refuse))
+    with pytest.raises(RemoteError, match="could not be sent") as error:
+        judge.judge(ex(answers=["Paris"]), "Paris", ["Paris"])
+    assert calls["n"] == 1  # never sent: not retried
+    assert "SECRET3" not in "".join(traceback.format_exception(error.value))
+    example = Example(id="e1", dataset="d", task="qa", context="Paris is the capital of France. " * 5,
+                      query="What is the capital?", answers=["Paris"])
+    line = json.loads(label_line(example, get_compressor("extractive"), judge, [1.0, 2.0], None))
+    assert line["error"]["type"] == "RemoteError" and "could not be sent" in line["error"]["message"]
+    assert "SECRET3" not in json.dumps(line)
+
+
+def test_llm_judge_keeps_the_query_string_and_sends_credentials_as_basic_auth(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Azure base URL (?api-version=) made the judge post to .../d?api-version=.../chat/completions; a
+    password in the base URL went to httpx's request log and was shown by repr()."""
+    import base64
+    import logging
+
+    _no_llm_env(monkeypatch)
+    caplog.set_level(logging.INFO, logger="httpx")
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Paris"}}]})
+
+    azure = LLMJudge(base_url="https://upstream.test/openai/deployments/d/?api-version=2024-06-01", model="m",
+                     api_key="sk-test", transport=httpx.MockTransport(answer))
+    assert azure.judge(ex(answers=["Paris"]), "Paris", ["Paris"]).scorable
+    assert str(seen[-1].url) == "https://upstream.test/openai/deployments/d/chat/completions?api-version=2024-06-01"
+    assert seen[-1].headers["authorization"] == "Bearer sk-test"
+
+    url = "https://svc:s3cr%2Ft@upstream.test/v1"
+    judge = LLMJudge(base_url=url, model="m", transport=httpx.MockTransport(answer))
+    assert judge.judge(ex(answers=["Paris"]), "Paris", ["Paris"]).scorable
+    assert seen[-1].headers["authorization"] == "Basic " + base64.b64encode(b"svc:s3cr/t").decode()
+    assert str(seen[-1].url) == "https://upstream.test/v1/chat/completions"
+    assert "s3cr" not in caplog.text and "s3cr" not in repr(judge) and "svc:***@upstream.test" in repr(judge)
+    token = LLMJudge(base_url="https://sk-TOKEN9@upstream.test/v1", model="m")
+    assert "TOKEN9" not in repr(token) and "***@upstream.test" in repr(token)
+    with pytest.raises(ConfigError, match=r"API key is set too \(the api_key argument\)") as error:
+        LLMJudge(base_url=url, model="m", api_key="sk-test")
+    assert "s3cr" not in str(error.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    with pytest.raises(ConfigError, match=r"API key is set too \(\$OPENAI_API_KEY\)"):
+        LLMJudge(base_url=url, model="m")
+    assert LLMJudge(base_url=url, model="m", api_key="")._endpoint.auth is not None  # "" sends the credentials

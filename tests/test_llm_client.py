@@ -1020,3 +1020,36 @@ def test_openai_compat_server_refuses_what_it_cannot_do_and_reports_stream_failu
     assert broken.status_code == 200 and b'data: {"error"' in broken.content and b"[DONE]" not in broken.content
     with LLMClient(stub_server, "k", model="stub") as llm, pytest.raises(LLMError, match="internal error"):
         "".join(llm.stream([{"role": "user"}]))
+
+
+def test_a_bytes_key_with_a_high_byte_is_refused_when_either_twin_is_built() -> None:
+    """It passed the check, was decoded to a str and failed on httpx's ASCII encoding with a raw
+    UnicodeEncodeError holding the whole header: when the sync twin was built, at the first call of the async one."""
+    for client_class in (LLMClient, AsyncLLMClient):
+        for key in (b"sk-\xe9SECRET1", b"sk-SECRET1\x80"):
+            with pytest.raises(InvalidTypeError, match="the API key contains a non-ASCII byte") as error:
+                client_class("http://upstream.test/v1", key, model="m")  # type: ignore[operator]
+            assert "SECRET1" not in str(error.value) and error.value.__cause__ is None
+
+
+def test_a_token_given_as_the_user_name_stays_out_of_repr_and_errors() -> None:
+    """https://TOKEN@host/v1: display_url masked a password only, so repr and 'cannot reach' showed the token;
+    the token is sent as Basic auth (user name, empty password), as httpx did."""
+    import base64
+
+    url = "http://sk-TOKEN9@upstream.test/v1"
+    fail = RetryPolicy(max_retries=0)
+    script = Script(httpx.ConnectError("refused"))
+    for client in (LLMClient(url, "", model="m", retry=fail, transport=httpx.MockTransport(script)),
+                   AsyncLLMClient(url, "", model="m", retry=fail, transport=httpx.MockTransport(script))):
+        assert "TOKEN9" not in repr(client) and "http://***@upstream.test/v1" in repr(client)
+    with pytest.raises(LLMError, match=r"cannot reach http://\*\*\*@upstream.test/v1") as error:
+        LLMClient(url, "", model="m", retry=fail, transport=httpx.MockTransport(script)).chat("x")
+    assert "TOKEN9" not in str(error.value)
+    with pytest.raises(LLMError) as error:
+        asyncio.run(AsyncLLMClient(url, "", model="m", retry=fail, transport=httpx.MockTransport(script)).chat("x"))
+    assert "TOKEN9" not in str(error.value)
+    ok = Script((200, completion(), {}))
+    LLMClient(url, "", model="m", transport=httpx.MockTransport(ok)).chat("x")
+    assert ok.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"sk-TOKEN9:").decode()
+    assert str(ok.requests[0].url) == "http://upstream.test/v1/chat/completions"

@@ -87,3 +87,37 @@ def test_usage_without_a_total_and_numeric_ids() -> None:
                            b' "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 7}}')
     assert full.id == "c1" and full.usage.total_tokens == 7  # a total given is kept as sent
     assert parse_chat_body(b'{"choices": [{"message": {"content": "x"}}]}').id is None
+
+
+def test_display_url_masks_any_credentials() -> None:
+    """A token given as the user name alone (https://TOKEN@host/v1) was shown whole in repr and errors."""
+    from pocsdk.llm._core import display_url
+
+    assert display_url("https://sk-TOKEN9@h/v1") == "https://***@h/v1"
+    assert display_url("https://svc:hunter2@h:8443/v1?api-version=1") == "https://svc:***@h:8443/v1?api-version=1"
+    assert display_url("https://:hunter2@h/v1") == "https://***@h/v1"
+    assert display_url("https://h/v1") == "https://h/v1"
+    assert "hunter2" not in display_url("http://svc:hun/ter2@h/v1")  # not even a URL httpx parses
+    r = Retrying(RetryPolicy(max_retries=0), "https://sk-TOKEN9@h/v1")
+    with pytest.raises(LLMError, match=r"cannot reach https://\*\*\*@h/v1") as info:
+        r.after_transport_error(httpx.ConnectError("refused"))
+    assert "TOKEN9" not in str(info.value)
+
+
+def test_keys_with_non_ascii_bytes_are_refused_and_header_bytes_are_sent_as_given() -> None:
+    """A bytes key with a byte >= 0x80 passed (obs-text) and was decoded to a str that httpx encodes as ASCII:
+    a raw UnicodeEncodeError holding the whole header. Keys are ASCII; bytes header values keep obs-text."""
+    from pocsdk.errors import InvalidTypeError
+    from pocsdk.llm._core import auth_headers
+
+    for key in (b"sk-\xe9SECRET1", bytearray(b"sk-SECRET1\xff"), "sk-\xe9SECRET1"):
+        with pytest.raises(InvalidTypeError, match="the API key contains a non-ASCII") as info:
+            auth_headers(key, None)  # type: ignore[arg-type]
+        assert "SECRET1" not in str(info.value)
+    assert auth_headers(b"sk-1", None)["authorization"] == "Bearer sk-1"
+    assert auth_headers(None, {"X-Team": b"caf\xe9"})["x-team"] == b"caf\xe9"  # type: ignore[dict-item]
+    with pytest.raises(InvalidTypeError, match="non-ASCII character"):
+        auth_headers(None, {"X-Team": "café"})
+    for name in ("X Team", "Tëam", "", "X-Team:"):
+        with pytest.raises(InvalidTypeError, match="not a valid HTTP header name"):
+            auth_headers(None, {name: "v"})

@@ -448,3 +448,69 @@ def test_endpoint_and_batch_arguments_are_checked_as_locally() -> None:
         with pytest.raises(RemoteError, match="cannot reach") as info:
             call()
         assert "s3cret" not in str(info.value) and "user:***@127.0.0.1" in str(info.value)
+
+
+def test_endpoint_credentials_go_as_basic_auth_never_in_urls_logs_or_the_endpoint(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """https://user:password@host: the messages masked it, but requests carried it in their URL, so httpx's
+    INFO log printed the password; the URL's Basic auth silently replaced the Bearer api_key; and the public
+    ``endpoint`` kept the password. The URL requests go to has no credentials, they go as Basic auth, both
+    credentials and a key are a ConfigError, and ``endpoint`` masks them."""
+    import base64
+    import logging
+
+    monkeypatch.delenv("POCSDK_API_KEY", raising=False)
+    caplog.set_level(logging.INFO, logger="httpx")
+    seen: list[httpx.Request] = []
+    result = _result_json()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"} if request.url.path == "/healthz" else result)
+
+    remote = RemoteCompressor("https://user:hunter2@svc.test/", keep_rate=0.5, transport=httpx.MockTransport(handler),
+                              async_transport=httpx.MockTransport(handler))
+    remote.health()
+    remote.compress(long_text(5))
+    asyncio.run(remote.acompress(long_text(5)))
+    basic = "Basic " + base64.b64encode(b"user:hunter2").decode()
+    assert [r.headers["authorization"] for r in seen] == [basic] * 3
+    assert [str(r.url) for r in seen] == ["https://svc.test/healthz"] + ["https://svc.test/v1/compress"] * 2
+    assert "HTTP Request: GET https://svc.test/healthz" in caplog.text and "hunter2" not in caplog.text
+    assert remote.endpoint == "https://user:***@svc.test"
+    assert RemoteCompressor("https://tok-SECRET5@svc.test", keep_rate=0.5).endpoint == "https://***@svc.test"
+    with pytest.raises(ConfigError, match=r"an API key is set too \(the api_key argument\)") as info:
+        RemoteCompressor("https://user:hunter2@svc.test", "the-bearer-key", keep_rate=0.5)
+    assert "hunter2" not in str(info.value) and "the-bearer-key" not in str(info.value)
+    monkeypatch.setenv("POCSDK_API_KEY", "env-key")
+    with pytest.raises(ConfigError, match=r"an API key is set too \(\$POCSDK_API_KEY\)"):
+        Compressor(endpoint="https://user:hunter2@svc.test", keep_rate=0.5)
+    assert RemoteCompressor("https://user:hunter2@svc.test", "", keep_rate=0.5)._auth is not None
+    with pytest.raises(ConfigError) as info:
+        RemoteCompressor("HTTPS://user:hunter2@svc.test", keep_rate=0.5)
+    assert "hunter2" not in str(info.value)
+
+
+def test_keys_with_a_space_at_either_end_are_refused_and_unsendable_requests_never_quoted() -> None:
+    """A key with a space at either end passed the check; h11 then refused the request and the RemoteError
+    (and its chained cause) quoted the whole key as 'cannot reach ...: Illegal header value b'Bearer key ''."""
+    import traceback
+
+    for key, end in (("SECRET4 ", "ends"), (" SECRET4", "begins")):
+        with pytest.raises(ConfigError, match=f"the API key {end} with a space") as info:
+            RemoteCompressor("http://svc.test", key, keep_rate=0.5)
+        assert "SECRET4" not in str(info.value)
+    calls: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer SECRET4 '")
+
+    remote = RemoteCompressor("http://svc.test", "k", keep_rate=0.5, retry=FAST, transport=httpx.MockTransport(refuse),
+                              async_transport=httpx.MockTransport(refuse))
+    for call in (lambda: remote.compress(long_text(5)), lambda: asyncio.run(remote.acompress(long_text(5))),
+                 remote.health):
+        with pytest.raises(RemoteError, match="could not be sent") as error:
+            call()
+        assert "SECRET4" not in "".join(traceback.format_exception(error.value))
+    assert len(calls) == 3  # never retried

@@ -14,7 +14,10 @@ messages, parameters) so reruns and resumed runs cost nothing. The limit holds a
 ``ajudge`` calls on one event loop. A full-context answer that stays empty after the retries is a
 failure (``--retry-failed`` asks again), not an unscorable example. Configuration: arguments, else
 ``$POCSDK_LLM_BASE_URL``, ``$POCSDK_LLM_MODEL``, ``$POCSDK_LLM_API_KEY`` (falling back to ``$OPENAI_BASE_URL`` /
-``$OPENAI_API_KEY``).
+``$OPENAI_API_KEY``; ``api_key=""`` sends none). The base URL and the key get the LLM client's checks
+(:mod:`pocsdk.llm._core`) when the judge is built: a query string (Azure's ``?api-version=``) goes with every
+request, ``user:password@`` as Basic auth, and neither a password nor a header value is ever shown in ``repr``,
+an error or a labels file.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pocsdk.calibration.judges import (
     is_truth_value,
 )
 from pocsdk.errors import ConfigError, RemoteError
+from pocsdk.llm import _core
 
 if TYPE_CHECKING:
     from pocsdk.calibration.datasets import Example
@@ -147,19 +151,26 @@ class LLMJudge:
         max_tokens: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("POCSDK_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or "")
         self.model = model or os.environ.get("POCSDK_LLM_MODEL") or ""
-        if not self.base_url or not self.model:
+        given = base_url or next((os.environ[env] for env in _core.BASE_URL_ENVS if os.environ.get(env, "").strip()),
+                                 None)
+        if not given or not self.model:  # no default endpoint: OpenAI's would bill an account nobody chose
             raise ConfigError("the llm judge needs a base URL and a model (--llm-base-url/--llm-model or "
                               "$POCSDK_LLM_BASE_URL/$POCSDK_LLM_MODEL)")
-        self.base_url = self.base_url.rstrip("/")
-        try:
-            scheme = httpx.URL(self.base_url).scheme
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"the llm judge's base URL {self.base_url!r} is not a URL: {exc}") from None
-        if scheme not in ("http", "https"):
-            raise ConfigError(f"the llm judge's base URL must start with http:// or https://, not {self.base_url!r}")
-        self._api_key = api_key or os.environ.get("POCSDK_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""
+        # the LLM client's checks, when the judge is built: a bad URL is a ConfigError that never quotes it (it
+        # may hold a password), a key or header no request can carry an InvalidTypeError that never quotes it
+        self.base_url = _core.resolve_base_url(base_url)
+        """The base URL as given (whitespace and trailing slashes dropped): a password in it stays here, never
+        in ``repr``, messages or requests' URLs (see :func:`pocsdk.llm._core.split_base_url`)."""
+        key = _core.resolve_api_key(api_key)
+        self._headers = _core.auth_headers(key, None)
+        key_source = "" if not key else "the api_key argument" if api_key is not None else \
+            next((f"${env}" for env in _core.API_KEY_ENVS if os.environ.get(env)), "the environment")
+        # a query string (Azure's ?api-version=) goes with every request; user:password@ as Basic auth
+        self._endpoint = _core.split_base_url(self.base_url, self._headers, key_source)
+        self._shown = _core.display_url(self.base_url)
+        self._cache_endpoint = self.base_url if self._endpoint.auth is None else \
+            str(httpx.URL(self.base_url).copy_with(userinfo=b""))  # answers do not depend on the password
         if concurrency < 1 or max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ConfigError("concurrency >= 1, max_retries >= 0, backoff >= 0 and timeout > 0 are required")
         self.concurrency = concurrency
@@ -175,8 +186,8 @@ class LLMJudge:
         self.requests = 0
         """HTTP requests sent (retries included); cache hits send none."""
 
-    def __repr__(self) -> str:  # never show the key
-        return f"LLMJudge(base_url={self.base_url!r}, model={self.model!r})"
+    def __repr__(self) -> str:  # never show the key, nor a password in the base URL
+        return f"LLMJudge(base_url={self._shown!r}, model={self.model!r})"
 
     # -- public -------------------------------------------------------------------------------
     def judge(self, example: Example, full_context: str, compressed: Sequence[str]) -> Judgement:
@@ -222,16 +233,17 @@ class LLMJudge:
         return sem
 
     def _client(self) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout,
-                                 transport=self._transport)
+        endpoint = self._endpoint  # no credentials in the URL (httpx logs it), no query string (httpx would
+        # append the path after it): they go as Basic auth and as parameters of every request
+        return httpx.AsyncClient(base_url=endpoint.url, params=endpoint.params, auth=endpoint.auth,
+                                 headers=self._headers, timeout=self.timeout, transport=self._transport)
 
     async def _answer(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, example: Example,
                       context: str) -> str:
         messages = build_messages(example, context)
         params = {"temperature": 0, "max_tokens": self.max_tokens or (400 if example.task in
                                                                       ("summarization", "few_shot") else 64)}
-        key = AnswerCache.key(self.model, messages, params, self.base_url)
+        key = AnswerCache.key(self.model, messages, params, self._cache_endpoint)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -253,9 +265,13 @@ class LLMJudge:
             try:
                 self.requests += 1
                 resp = await client.post("/chat/completions", json=body)
-            except httpx.UnsupportedProtocol as exc:  # a wrong URL does not heal with retries
-                raise RemoteError(f"LLM endpoint {self.base_url!r} cannot be reached: {exc}") from exc
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:  # never sent: retries cannot
+                # help; its text may quote a header value (h11: "Illegal header value b'Bearer <key>'"), and this
+                # message ends up in the labels file: name its type only, and chain nothing (a traceback or
+                # logging.exception prints the cause's text)
+                raise RemoteError(f"request to {self._shown} could not be sent (check the base URL and the API "
+                                  f"key for stray characters): {type(exc).__name__}") from None
+            except httpx.TransportError as exc:  # timeouts included
                 last, empty = f"{type(exc).__name__}: {exc}", False
             else:
                 empty = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -164,13 +165,18 @@ def auth_headers(api_key: str | bytes | None, extra: Mapping[str, str] | None) -
     (a key read from a file with its newline would otherwise end up, whole, in an error message)."""
     headers = {"accept": "application/json"}
     if api_key:
-        _check_header_value("the API key", api_key)
+        # a key goes inside "Bearer ...", a str that httpx encodes as ASCII: a bytes key with a byte >= 0x80
+        # (decoded to a character >= U+0080) failed there with a UnicodeEncodeError holding the whole header
+        _check_header_value("the API key", api_key, obs_text=False)
         if isinstance(api_key, (bytes, bytearray)):  # sent as its characters, never as "b'...'"
-            api_key = bytes(api_key).decode("latin-1")
+            api_key = bytes(api_key).decode("ascii")
         headers["authorization"] = f"Bearer {api_key}"
     if extra:  # header names are case-insensitive: an "Authorization" given here replaces the key's
         for k, v in extra.items():
-            _check_header_value(f"header {_header_name(k)!r}", v)
+            name = _header_name(k)
+            _check_header_name(name)
+            # a bytes value goes to httpx as it is, so its high bytes (obs-text) are really sent
+            _check_header_value(f"header {name!r}", v, obs_text=True)
         headers.update({_header_name(k).lower(): v for k, v in extra.items()})
     return headers
 
@@ -179,18 +185,35 @@ def _header_name(name: object) -> str:
     return bytes(name).decode("latin-1") if isinstance(name, (bytes, bytearray)) else str(name)
 
 
-def _check_header_value(what: str, value: object) -> None:
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_header_name(name: str) -> None:
+    """A header name HTTP can carry (a token): httpx encodes names as ASCII (a raw UnicodeEncodeError) and
+    h11 refuses other characters only when the request is sent."""
+    if not name or any(c not in _TOKEN_CHARS for c in name):
+        raise InvalidTypeError(f"header name {name!r} is not a valid HTTP header name (letters, digits and "
+                               "!#$%&'*+-.^_`|~ only)")
+
+
+def _check_header_value(what: str, value: object, *, obs_text: bool = False) -> None:
+    """Refuse a value this client cannot send, naming ``what``, never quoting the value. ``obs_text``: a bytes
+    value may hold bytes >= 0x80 (httpx sends bytes as they are); a str value never may (httpx encodes it as
+    ASCII), nor any value that ends up inside a str header (the API key)."""
     raw = isinstance(value, (bytes, bytearray))
-    if isinstance(value, (bytes, bytearray)):  # httpx sends bytes as they are, high bytes (obs-text) included:
-        value = bytes(value).decode("latin-1")  # only control bytes are refused
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
     if not isinstance(value, str):
         raise InvalidTypeError(f"{what} must be a string, got {type(value).__name__}")
-    bad = next((c for c in value if not (" " <= c <= "~" or c == "\t" or (raw and c >= "\x80"))), None)
+    bad = next((c for c in value if not (" " <= c <= "~" or c == "\t" or (raw and obs_text and c >= "\x80"))),
+               None)
     if bad is not None:
         kind = "a line break" if bad in "\r\n" else "a control character" if ord(bad) < 0x20 or bad == "\x7f" \
-            else "a non-ASCII character"
-        raise InvalidTypeError(f"{what} contains {kind} (U+{ord(bad):04X}), which this client cannot send; "
-                               "strip it (a key read from a file keeps its newline)")
+            else "a non-ASCII byte" if raw else "a non-ASCII character"
+        code = f"0x{ord(bad):02X}" if raw else f"U+{ord(bad):04X}"
+        hint = "strip it (a key read from a file keeps its newline)" if kind == "a line break" else \
+            "an HTTP header cannot carry it (check the value was copied whole and unchanged)"
+        raise InvalidTypeError(f"{what} contains {kind} ({code}), which this client cannot send; {hint}")
     if value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):  # HTTP cannot carry them: h11 refuses the
         end = "begins" if value[:1] in (" ", "\t") else "ends"  # request, quoting the value
         raise InvalidTypeError(f"{what} {end} with a space or tab, which this client cannot send; "
@@ -198,14 +221,19 @@ def _check_header_value(what: str, value: object) -> None:
 
 
 def display_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: for messages and ``repr``, never for requests."""
+    """``url`` with its credentials masked: for messages and ``repr``, never for requests.
+
+    A password becomes ``***`` (``user:***@host``); a user name alone, often a token
+    (``https://TOKEN@host/v1``), becomes ``***@host``."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
+        return re.sub(r"//.*@", "//***@", url) if isinstance(url, str) else repr(url)
+    if not parsed.userinfo:
         return url
-    if not parsed.password:
-        return url
-    return str(parsed.copy_with(username=parsed.username, password="***"))
+    user, sep, _ = parsed.userinfo.partition(b":")
+    masked = user + b":***" if sep and user else b"***"
+    return str(parsed.copy_with(userinfo=masked))
 
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> LLMError:
