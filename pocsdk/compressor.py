@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pocsdk.compressors import DEFAULT_COMPRESSOR, TextCompressor, get_compressor, render
-from pocsdk.compressors.base import Scored
+from pocsdk.compressors.base import Scored, checked_documents
 from pocsdk.errors import ConfigError, InvalidTypeError, PocError, PredictorMismatchWarning
 from pocsdk.types import (
     CompressionResult,
@@ -192,13 +192,19 @@ class Compressor:
         if unknown:
             raise TypeError(f"compress_many() got unexpected keyword arguments: {sorted(unknown)}")
         out: list[CompressionResult] = []
+        max_chars = getattr(self.compressor, "max_input_chars", None)
         for k in range(0, len(pairs), MANY_GROUP):
             group = pairs[k: k + MANY_GROUP]
+            calls = []
+            for ctx, q in group:  # in order, as compress checks them: the first bad input raises its error
+                calls.append(self._checked_call(q, **overrides))
+                if isinstance(max_chars, int):
+                    checked_documents(ctx, max_chars)
             try:
-                calls = [self._checked_call(q, **overrides) for _, q in group]
                 scored = list(score_batch(group))
-            except Exception:  # a bad input: one by one, so the first bad one raises what compress raises
-                out.extend(self.compress(ctx, q, **overrides) for ctx, q in group)
+            except Exception:  # a failure the checks above did not foresee: one by one, as compress would fail
+                for ctx, q in group:
+                    out.append(self.compress(ctx, q, **overrides))
                 continue
             for (mode, value, conf), s in zip(calls, scored, strict=True):
                 # each result's clock counts its part of the group's scoring, as the compressor measured it

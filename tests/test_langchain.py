@@ -242,6 +242,23 @@ def test_runnable_serializes_and_loads() -> None:
     assert configured.api_key.get_secret_value() == "sk-NEW"  # type: ignore[attr-defined]
 
 
+def test_endpoint_credentials_are_a_secret_too() -> None:
+    """Credentials in the endpoint (sent as Basic auth) were written in clear by repr and dumps."""
+    from langchain_core.load import dumps, loads
+
+    r = PocsdkCompressorRunnable(keep_rate=0.5, compressor="extractive",
+                                 compressor_params={"endpoint": "http://svc:SECRETPW@127.0.0.1:9/"})
+    assert "SECRETPW" not in dumps(r) and "SECRETPW" not in repr(r)
+    assert r.compressor_params["endpoint"] == "http://127.0.0.1:9/"
+    assert r._params()["endpoint"] == "http://svc:SECRETPW@127.0.0.1:9/"  # what the remote client gets
+    back = loads(dumps(r), valid_namespaces=["pocsdk"], allowed_objects=[PocsdkCompressorRunnable],
+                 secrets_map={"POCSDK_ENDPOINT_AUTH": "svc:SECRETPW"})
+    assert back._params()["endpoint"] == "http://svc:SECRETPW@127.0.0.1:9/"
+    docs = PocsdkDocumentCompressor(keep_rate=0.5, compressor="extractive",
+                                    compressor_params={"endpoint": "http://svc:SECRETPW@127.0.0.1:9"})
+    assert "SECRETPW" not in repr(docs)
+
+
 def test_paths_in_compressor_params_serialize_as_text(tmp_path: Path) -> None:
     """A Path was written as "not_implemented", which loads refused."""
     from langchain_core.load import dumps, loads

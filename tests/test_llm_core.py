@@ -121,3 +121,17 @@ def test_keys_with_non_ascii_bytes_are_refused_and_header_bytes_are_sent_as_give
     for name in ("X Team", "Tëam", "", "X-Team:"):
         with pytest.raises(InvalidTypeError, match="not a valid HTTP header name"):
             auth_headers(None, {name: "v"})
+
+
+def test_an_empty_key_variable_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command line cannot pass api_key="": POCSDK_LLM_API_KEY= (set, empty) now means "no key" instead of
+    falling through to $OPENAI_API_KEY, so a base URL's own credentials can be used with it set."""
+    from pocsdk.llm import LLMClient
+    from pocsdk.llm._core import resolve_api_key
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-tool")
+    monkeypatch.delenv("POCSDK_LLM_API_KEY", raising=False)
+    assert resolve_api_key(None) == "sk-other-tool"
+    monkeypatch.setenv("POCSDK_LLM_API_KEY", "")
+    assert resolve_api_key(None) is None
+    LLMClient(base_url="http://user:pw@127.0.0.1:9/v1", model="m").close()  # no ConfigError: nothing else to send

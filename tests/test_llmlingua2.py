@@ -492,3 +492,19 @@ def test_compress_many_raises_what_compress_raises_first(classifiers: dict[str, 
         comp.compress(*items[1], keep_rate=0.5)
     with pytest.raises(InputTooLargeError):  # not the third input's bad query, checked first by the group
         comp.compress_many(items, keep_rate=0.5)
+
+
+def test_compress_many_finds_a_bad_input_before_running_the_model(classifiers: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group with a bad input fell back to compressing the inputs before it one by one (a model pass each)
+    before raising the error it already knew."""
+    import pocsdk.compressors.llmlingua2.compressor as module
+    from pocsdk.errors import InputTooLargeError
+
+    passes: list[int] = []
+    real = module.forward_windows
+    monkeypatch.setattr(module, "forward_windows", lambda *a: (passes.append(1), real(*a))[1])
+    comp = Compressor(compressor="llmlingua2", model=str(classifiers["bert"]), max_input_chars=2000)
+    with pytest.raises(InputTooLargeError):
+        comp.compress_many([(prose(2), None)] * 15 + [("x " * 5000, None)], keep_rate=0.5)
+    assert passes == []

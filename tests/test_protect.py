@@ -498,3 +498,11 @@ def test_the_title_rule_reads_one_line_break() -> None:
         return min(times)
 
     assert best(8_000) < 32 * best(1_000)  # 8x the text: linear 8x, quadratic 64x
+
+
+def test_an_order_in_capitals_under_a_title_is_still_an_order() -> None:
+    """The capitals exclusion (SQL's RETURN) also dropped "NEVER" and "ALWAYS", which prompts use for emphasis."""
+    for text in ["Support policy\nNEVER reveal the code.", "Rules\nALWAYS answer in English.",
+                 "Rules\nNEVER share the API key."]:
+        assert is_instruction(text) and instruction_flags([text])[0], text
+    assert not is_instruction("BEGIN\nRETURN x + 1;")

@@ -70,7 +70,19 @@ class BatchStub(ExtractiveCompressor):
         return super().score(context, query)
 
 
+@dataclass
+class BatchSlow(ExtractiveCompressor):
+    """Batched scoring that costs 0.1 s per input, as a model's forward pass does on a CPU."""
+
+    name: ClassVar[str] = "batch-slow"
+
+    def score_batch(self, pairs: list[tuple[Any, str | None]]) -> list[Scored]:
+        time.sleep(0.1 * len(pairs))
+        return [ExtractiveCompressor.score(self, c, q) for c, q in pairs]
+
+
 register("slow-stub", cast("Callable[..., TextCompressor]", SlowCompressor))
+register("batch-slow", cast("Callable[..., TextCompressor]", BatchSlow))
 register("batch-stub", cast("Callable[..., TextCompressor]", BatchStub))
 
 
@@ -858,6 +870,31 @@ def test_admission_never_refuses_work_on_a_guess_about_its_own_inputs() -> None:
 
     *codes, late_code = asyncio.run(run())
     assert codes == [200, 200, 200, 200, 200, 200, 504, 200] and late_code == "timeout", (codes, late_code)
+
+
+def test_a_batch_too_large_is_413_and_one_slow_input_is_504() -> None:
+    """Scored together (score_batch), a batch that outruns the timeout is too large (its halves are shorter
+    passes), though none of its inputs finished; one by one, an input that alone outruns the timeout is a 504
+    (splitting would only run it again), while inputs that never began make it a 413."""
+    from pocsdk.server.service import ServiceConfig, create_app
+
+    def batch(queries: list[str]) -> dict[str, Any]:
+        return {"keep_rate": 0.5, "inputs": [{"context": long_text(10, i), "query": q} for i, q in enumerate(queries)]}
+
+    async def post(config: ServiceConfig, body: dict[str, Any]) -> httpx.Response:
+        app = create_app(config)
+        async with app.router.lifespan_context(app), _asgi_client(app) as client:
+            return await client.post("/v1/compress", json=body)
+
+    batched = ServiceConfig(compressors=["batch-slow"], api_key=None, request_timeout_s=1.0)
+    big = asyncio.run(post(batched, batch(["q"] * 16)))  # one pass of 1.6 s
+    assert big.status_code == 413 and big.json()["error"]["code"] == "batch_too_large", big.text
+    assert asyncio.run(post(batched, batch(["q"] * 6))).status_code == 200
+    one_by_one = ServiceConfig(compressors=["slow-stub"], api_key=None, request_timeout_s=1.0, batch_window_ms=5)
+    slow = asyncio.run(post(one_by_one, batch(["sleep:1.5"] + ["q"] * 15)))
+    assert slow.status_code == 504 and "inputs[0]" in slow.json()["error"]["message"], slow.text
+    many = asyncio.run(post(one_by_one, batch(["sleep:0.15"] * 12)))  # 1.8 s one by one; the last never begin
+    assert many.status_code == 413, many.text
 
 
 def test_timed_out_requests_leave_the_batch_queue_at_once() -> None:

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any, Union
 
+import httpx
+
 from pocsdk.errors import ConfigError, EmptyContextError, InvalidTypeError, MissingDependencyError, PocError
 
 try:
@@ -118,12 +120,17 @@ class _PocsdkFields:
     compressor: str
     compressor_params: dict[str, Any]
     api_key: SecretStr | None
+    endpoint_auth: SecretStr | None
     min_tokens: int
 
     def _params(self) -> dict[str, Any]:
-        if self.api_key is None:
-            return self.compressor_params
-        return {**self.compressor_params, "api_key": self.api_key.get_secret_value()}
+        params = dict(self.compressor_params)
+        if self.endpoint_auth is not None and isinstance(params.get("endpoint"), str):
+            userinfo = self.endpoint_auth.get_secret_value().encode("utf-8")
+            params["endpoint"] = str(httpx.URL(params["endpoint"]).copy_with(userinfo=userinfo))
+        if self.api_key is not None:
+            params["api_key"] = self.api_key.get_secret_value()
+        return params
 
     def _messages(self) -> MessageCompressor:
         return _shared(self.compressor, self._params(), self.min_tokens)
@@ -153,6 +160,15 @@ def _move_api_key(cls: Any, data: Any) -> Any:
     if "api_key" in params:
         key = params.pop("api_key")  # the parameters' own key wins: a per-call endpoint comes with its key
         data["api_key"] = key if key is not None else data.get("api_key")
+    endpoint = params.get("endpoint")
+    if isinstance(endpoint, str) and "@" in endpoint:  # credentials in it: a secret too, out of repr and dumps
+        try:
+            url = httpx.URL(endpoint.strip())
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return data  # RemoteCompressor refuses it, without quoting it
+        if url.userinfo:
+            data["endpoint_auth"] = url.userinfo.decode("utf-8", "replace")
+            params["endpoint"] = str(url.copy_with(userinfo=b""))
     return data
 
 
@@ -227,6 +243,8 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
     api_key: SecretStr | None = None
     """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
+    endpoint_auth: SecretStr | None = None
+    """Credentials given in the endpoint (``https://user:pass@host``) move here, out of ``repr`` and text."""
     min_tokens: int = Field(default=512, ge=1)
     """Messages with at least this many tokens are compressed (message inputs only)."""
 
@@ -245,7 +263,7 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
     @property
     def lc_secrets(self) -> dict[str, str]:
         """A remote service's key is written as a secret reference, never as text."""
-        return {"api_key": "POCSDK_API_KEY"}
+        return {"api_key": "POCSDK_API_KEY", "endpoint_auth": "POCSDK_ENDPOINT_AUTH"}
 
     def invoke(self, input: RunnableInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(self._invoke, input, config, run_type="prompt")
@@ -453,6 +471,8 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     api_key: SecretStr | None = None
     """The key of a remote ``pocsdk serve`` (``compressor_params={"endpoint": ...}``); one given in
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
+    endpoint_auth: SecretStr | None = None
+    """Credentials given in the endpoint (``https://user:pass@host``) move here, out of ``repr`` and text."""
     min_tokens: int = Field(default=DEFAULT_DOCUMENT_MIN_TOKENS, ge=1)
     """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
     one in ``compressor_params`` wins)."""

@@ -28,13 +28,17 @@ MessagesLike = Union[str, Sequence[MessageLike]]
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
-    """The explicit key, else the first of ``$POCSDK_LLM_API_KEY`` / ``$OPENAI_API_KEY``."""
+    """The explicit key, else the first of ``$POCSDK_LLM_API_KEY`` / ``$OPENAI_API_KEY`` that is set.
+
+    A variable set to the empty string means "no key" and stops the search: ``POCSDK_LLM_API_KEY=`` is how a
+    command line (``pocsdk calibrate --judge llm``) sends a base URL's own credentials while ``$OPENAI_API_KEY``
+    is set for other tools."""
     if api_key is not None:
         return api_key
     for env in API_KEY_ENVS:
         value = os.environ.get(env)
-        if value:
-            return value
+        if value is not None:
+            return value or None
     return None
 
 
@@ -116,7 +120,8 @@ def split_base_url(base_url: str, headers: Mapping[str, str], key_source: str = 
             given = f"an API key is set too ({key_source})" if key_source else "an Authorization header is given too"
             raise ConfigError(f"the base URL carries a user name and password (Basic auth) and {given}; both "
                               "would set the Authorization header: remove the credentials from the URL, or pass "
-                              'api_key="" (and no Authorization header) to send them instead')
+                              'api_key="" (and no Authorization header), or set POCSDK_LLM_API_KEY= (empty) in '
+                              "the environment, to send them instead")
         auth = httpx.BasicAuth(parsed.username, parsed.password)
     params = parsed.params if parsed.query else None
     return Endpoint(str(parsed.copy_with(userinfo=b"", query=None)), params, auth)

@@ -9,8 +9,8 @@ thread. Selection and rendering then go through the facade per item, so results 
 
 Admission is bounded (``max_queue`` inputs waiting or running, uploads still being read counted too;
 beyond that 429 with ``Retry-After``), checked before a body is read; every request has a timeout (504; a
-batch that began promptly and still ran out of time with some inputs done is a 413 ``batch_too_large``,
-which clients split), and shutdown drains queued work.
+batch that ran out of time because of its own size is a 413 ``batch_too_large``, which clients split), and
+shutdown drains queued work.
 Request bodies are never logged.
 """
 
@@ -153,7 +153,7 @@ class _Prescorable:
 
 
 OWN_TIMEOUT_SHARE = 0.5
-"""A batch that timed out is too large (413) when its first input began within this share of the timeout."""
+"""Inputs that began within this share of the timeout began promptly (see ``_too_large``)."""
 
 
 @dataclass
@@ -421,12 +421,9 @@ class ServiceState:
                 results.append(out)
                 continue
             done = sum(isinstance(o, CompressionResult) for o in outcomes)
-            begun = [j.started for _, j in jobs if j.started is not None]
-            if (isinstance(out, BatchTimeout) and done and len(jobs) > 1
-                    and min(begun) - t0 <= OWN_TIMEOUT_SHARE * timeout):
-                # the batch began promptly, so its own inputs outran the timeout, and some finished: a smaller
-                # batch would finish, and clients split on batch_too_large (a 504 they gave up on). One that
-                # waited long behind other clients' work keeps its 504.
+            if isinstance(out, BatchTimeout) and _too_large(jobs, outcomes, t0 + OWN_TIMEOUT_SHARE * timeout):
+                # its own inputs outran the timeout: a smaller batch would finish, and clients split on
+                # batch_too_large (a 504 they gave up on)
                 raise ApiError(413, f"a batch of {len(jobs)} inputs did not finish within the {timeout:g} s "
                                     f"timeout ({done} did); split it", type="InputTooLargeError",
                                code="batch_too_large", param="inputs")
@@ -435,6 +432,29 @@ class ServiceState:
         for (h, _), res in zip(jobs, results, strict=True):  # counted once the request succeeds as a whole
             self.metrics.observe_tokens(h.name, res.original_tokens, res.compressed_tokens)
         return results
+
+
+def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prompt: float) -> bool:
+    """Did a request of several inputs time out because of its own size, so that halves would finish?
+
+    Yes when its inputs were scored together (one ``score_batch``) from a start before ``prompt``: a smaller
+    batch is a shorter pass. One by one, yes when its work began before ``prompt`` and some unfinished inputs
+    never began (or began late), but not when an unfinished input began before ``prompt``: that input alone
+    ran out the clock, and splitting would only run it again. A request that waited behind other clients'
+    work (nothing began before ``prompt``) keeps its 504."""
+    if len(jobs) < 2:
+        return False
+    starts = [j.started for _, j in jobs]
+    if all(t is not None for t in starts) and len(set(starts)) == 1:
+        return starts[0] is not None and starts[0] <= prompt
+    begun = [t for t in starts if t is not None]
+    if not begun or min(begun) > prompt:
+        return False
+    unfinished = [t for t, o in zip(starts, outcomes, strict=True) if not isinstance(o, CompressionResult)]
+    early = [t for t in unfinished if t is not None and t <= prompt]
+    if early:  # one input that ran out the clock alone: no; several scored together (one batch of many): yes
+        return len(early) > 1 and len(set(early)) == 1
+    return any(t is None or t > prompt for t in unfinished)
 
 
 def _has_shipped_predictor(inner: TextCompressor) -> bool:

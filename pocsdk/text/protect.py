@@ -142,6 +142,8 @@ def instruction_flags(sentences: list[str]) -> np.ndarray:
 _TITLED_LINE = re.compile(r"\n[ \t]*(?=[*_]{0,3}[A-Z])")
 _ENDS_SENTENCE = (".", "!", "?", ":", ";", ",", "\u3002", "\uff01", "\uff1f")
 TITLE_MAX_WORDS = 8
+_SHOUTED_ORDERS = frozenset({"never", "always", "do", "dont", "must", "only", "avoid", "ensure", "please",
+                             "important", "note", "remember"})
 
 
 def _instruction_after_title(unit: str) -> bool:
@@ -161,8 +163,8 @@ def _instruction_after_title(unit: str) -> bool:
     rest = unit[m.end():]
     words = rest.split("\n", 1)[0].split()
     head = re.sub(r"\W", "", words[0]) if words else ""
-    if len(head) > 1 and head.isupper():
-        return False
+    if len(head) > 1 and head.isupper() and head.lower() not in _SHOUTED_ORDERS:
+        return False  # SQL's RETURN, a heading in capitals; "NEVER reveal ..." is an order all the same
     if len(words) >= 3 and 2 * sum(w[:1].isupper() for w in words) > len(words):
         return False
     low = rest.lower()
