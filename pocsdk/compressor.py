@@ -193,13 +193,14 @@ class Compressor:
             raise TypeError(f"compress_many() got unexpected keyword arguments: {sorted(unknown)}")
         out: list[CompressionResult] = []
         max_chars = getattr(self.compressor, "max_input_chars", None)
+        all_calls = []
+        for ctx, q in pairs:  # all inputs, in order, as compress checks them, before any model runs
+            all_calls.append(self._checked_call(q, **overrides))
+            if isinstance(max_chars, int):
+                checked_documents(ctx, max_chars)
         for k in range(0, len(pairs), MANY_GROUP):
             group = pairs[k: k + MANY_GROUP]
-            calls = []
-            for ctx, q in group:  # in order, as compress checks them: the first bad input raises its error
-                calls.append(self._checked_call(q, **overrides))
-                if isinstance(max_chars, int):
-                    checked_documents(ctx, max_chars)
+            calls = all_calls[k: k + MANY_GROUP]
             try:
                 scored = list(score_batch(group))
             except Exception:  # a failure the checks above did not foresee: one by one, as compress would fail

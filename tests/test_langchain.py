@@ -257,6 +257,15 @@ def test_endpoint_credentials_are_a_secret_too() -> None:
     docs = PocsdkDocumentCompressor(keep_rate=0.5, compressor="extractive",
                                     compressor_params={"endpoint": "http://svc:SECRETPW@127.0.0.1:9"})
     assert "SECRETPW" not in repr(docs)
+    # a per-call endpoint elsewhere never receives the default endpoint's credentials
+    per_call = r.configurable_fields(compressor_params=ConfigurableField(id="cp"))
+    configured, _ = per_call._prepare({"configurable": {"cp": {"endpoint": "http://other-host:9"}}})
+    assert configured._params()["endpoint"] == "http://other-host:9"  # type: ignore[attr-defined]
+    moved = PocsdkDocumentCompressor(**{**docs.model_dump(), "compressor_params": {"endpoint": "http://b:9"}})
+    assert moved._params()["endpoint"] == "http://b:9"
+    with pytest.raises(ValueError) as info:  # no scheme: "svc" would read as one, the password kept as text
+        PocsdkCompressorRunnable(keep_rate=0.5, compressor_params={"endpoint": "svc:SECRETPW@host:8000"})
+    assert "SECRETPW" not in str(info.value)
 
 
 def test_paths_in_compressor_params_serialize_as_text(tmp_path: Path) -> None:

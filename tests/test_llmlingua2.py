@@ -507,4 +507,6 @@ def test_compress_many_finds_a_bad_input_before_running_the_model(classifiers: d
     comp = Compressor(compressor="llmlingua2", model=str(classifiers["bert"]), max_input_chars=2000)
     with pytest.raises(InputTooLargeError):
         comp.compress_many([(prose(2), None)] * 15 + [("x " * 5000, None)], keep_rate=0.5)
+    with pytest.raises(InputTooLargeError):  # past the first group of 16 too
+        comp.compress_many([(prose(2), None)] * 20 + [("x " * 5000, None)], keep_rate=0.5)
     assert passes == []

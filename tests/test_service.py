@@ -895,6 +895,8 @@ def test_a_batch_too_large_is_413_and_one_slow_input_is_504() -> None:
     assert slow.status_code == 504 and "inputs[0]" in slow.json()["error"]["message"], slow.text
     many = asyncio.run(post(one_by_one, batch(["sleep:0.15"] * 12)))  # 1.8 s one by one; the last never begin
     assert many.status_code == 413, many.text
+    pair = asyncio.run(post(one_by_one, batch(["sleep:0.2", "sleep:0.9"])))  # each fits alone: split, 413
+    assert pair.status_code == 413, pair.text
 
 
 def test_timed_out_requests_leave_the_batch_queue_at_once() -> None:

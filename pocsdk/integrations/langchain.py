@@ -121,13 +121,16 @@ class _PocsdkFields:
     compressor_params: dict[str, Any]
     api_key: SecretStr | None
     endpoint_auth: SecretStr | None
+    endpoint_auth_for: str | None
     min_tokens: int
 
     def _params(self) -> dict[str, Any]:
         params = dict(self.compressor_params)
-        if self.endpoint_auth is not None and isinstance(params.get("endpoint"), str):
+        endpoint = params.get("endpoint")
+        if self.endpoint_auth is not None and isinstance(endpoint, str) and endpoint == self.endpoint_auth_for:
+            # only into the endpoint they came with: a per-call endpoint elsewhere never receives them
             userinfo = self.endpoint_auth.get_secret_value().encode("utf-8")
-            params["endpoint"] = str(httpx.URL(params["endpoint"]).copy_with(userinfo=userinfo))
+            params["endpoint"] = str(httpx.URL(endpoint).copy_with(userinfo=userinfo))
         if self.api_key is not None:
             params["api_key"] = self.api_key.get_secret_value()
         return params
@@ -165,10 +168,13 @@ def _move_api_key(cls: Any, data: Any) -> Any:
         try:
             url = httpx.URL(endpoint.strip())
         except (httpx.InvalidURL, TypeError, ValueError):
-            return data  # RemoteCompressor refuses it, without quoting it
-        if url.userinfo:
-            data["endpoint_auth"] = url.userinfo.decode("utf-8", "replace")
-            params["endpoint"] = str(url.copy_with(userinfo=b""))
+            url = None
+        if url is None or not url.userinfo or url.scheme not in ("http", "https"):
+            # "user:pass@host" without a scheme reads as scheme "user": refused here, never kept as text
+            raise ValueError("the endpoint holds '@' but is no http(s) URL with credentials; write "
+                             "https://user:password@host (the endpoint is not repeated here)")
+        data["endpoint_auth"] = url.userinfo.decode("utf-8", "replace")
+        params["endpoint"] = data["endpoint_auth_for"] = str(url.copy_with(userinfo=b""))
     return data
 
 
@@ -230,7 +236,7 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
       (its last paragraph is the question and stays verbatim).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)  # keys never in errors
 
     floor: float | None = Field(default=None, gt=0, le=1)
     keep_rate: float | None = Field(default=None, gt=0, le=1)
@@ -245,6 +251,8 @@ class PocsdkCompressorRunnable(_PocsdkFields, RunnableSerializable[Any, Any]):
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     endpoint_auth: SecretStr | None = None
     """Credentials given in the endpoint (``https://user:pass@host``) move here, out of ``repr`` and text."""
+    endpoint_auth_for: str | None = None
+    """The endpoint (without them) that ``endpoint_auth`` belongs to: another endpoint never receives them."""
     min_tokens: int = Field(default=512, ge=1)
     """Messages with at least this many tokens are compressed (message inputs only)."""
 
@@ -473,6 +481,8 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     ``compressor_params`` moves here, so that serialisation writes it as a secret reference."""
     endpoint_auth: SecretStr | None = None
     """Credentials given in the endpoint (``https://user:pass@host``) move here, out of ``repr`` and text."""
+    endpoint_auth_for: str | None = None
+    """The endpoint (without them) that ``endpoint_auth`` belongs to: another endpoint never receives them."""
     min_tokens: int = Field(default=DEFAULT_DOCUMENT_MIN_TOKENS, ge=1)
     """Documents that together hold fewer tokens pass through unchanged (the compressor's ``min_tokens``;
     one in ``compressor_params`` wins)."""
@@ -524,7 +534,7 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
 class PocsdkChatModel(BaseChatModel):
     """A pocsdk chat client as a LangChain chat model (text in, text out; no tool calling)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)  # keys never in errors
 
     client: Any
     """Anything with ``chat(messages, model=None, **params) -> pocsdk.llm.ChatResult`` (sync or async)."""

@@ -154,6 +154,8 @@ class _Prescorable:
 
 OWN_TIMEOUT_SHARE = 0.5
 """Inputs that began within this share of the timeout began promptly (see ``_too_large``)."""
+ALONE_TIMEOUT_SHARE = 0.1
+"""An unfinished input that began within this share of the timeout had the rest of it to itself."""
 
 
 @dataclass
@@ -421,7 +423,8 @@ class ServiceState:
                 results.append(out)
                 continue
             done = sum(isinstance(o, CompressionResult) for o in outcomes)
-            if isinstance(out, BatchTimeout) and _too_large(jobs, outcomes, t0 + OWN_TIMEOUT_SHARE * timeout):
+            if isinstance(out, BatchTimeout) and _too_large(jobs, outcomes, t0 + OWN_TIMEOUT_SHARE * timeout,
+                                                            t0 + ALONE_TIMEOUT_SHARE * timeout):
                 # its own inputs outran the timeout: a smaller batch would finish, and clients split on
                 # batch_too_large (a 504 they gave up on)
                 raise ApiError(413, f"a batch of {len(jobs)} inputs did not finish within the {timeout:g} s "
@@ -434,14 +437,15 @@ class ServiceState:
         return results
 
 
-def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prompt: float) -> bool:
+def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prompt: float,
+               alone_by: float) -> bool:
     """Did a request of several inputs time out because of its own size, so that halves would finish?
 
     Yes when its inputs were scored together (one ``score_batch``) from a start before ``prompt``: a smaller
-    batch is a shorter pass. One by one, yes when its work began before ``prompt`` and some unfinished inputs
-    never began (or began late), but not when an unfinished input began before ``prompt``: that input alone
-    ran out the clock, and splitting would only run it again. A request that waited behind other clients'
-    work (nothing began before ``prompt``) keeps its 504."""
+    batch is a shorter pass. One by one, yes when its work began before ``prompt``, except when an unfinished
+    input began before ``alone_by``: that input had nearly the whole timeout to itself, and splitting would only
+    run it again. A request that waited behind other clients' work (nothing began before ``prompt``) keeps its
+    504."""
     if len(jobs) < 2:
         return False
     starts = [j.started for _, j in jobs]
@@ -451,10 +455,10 @@ def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prom
     if not begun or min(begun) > prompt:
         return False
     unfinished = [t for t, o in zip(starts, outcomes, strict=True) if not isinstance(o, CompressionResult)]
-    early = [t for t in unfinished if t is not None and t <= prompt]
-    if early:  # one input that ran out the clock alone: no; several scored together (one batch of many): yes
-        return len(early) > 1 and len(set(early)) == 1
-    return any(t is None or t > prompt for t in unfinished)
+    alone = [t for t in unfinished if t is not None and t <= alone_by]
+    if alone:  # one input that had nearly the whole timeout and did not finish: no; a batch scored together: yes
+        return len(alone) > 1 and len(set(alone)) == 1
+    return bool(unfinished)
 
 
 def _has_shipped_predictor(inner: TextCompressor) -> bool:

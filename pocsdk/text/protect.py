@@ -143,7 +143,8 @@ _TITLED_LINE = re.compile(r"\n[ \t]*(?=[*_]{0,3}[A-Z])")
 _ENDS_SENTENCE = (".", "!", "?", ":", ";", ",", "\u3002", "\uff01", "\uff1f")
 TITLE_MAX_WORDS = 8
 _SHOUTED_ORDERS = frozenset({"never", "always", "do", "dont", "must", "only", "avoid", "ensure", "please",
-                             "important", "note", "remember"})
+                             "important", "note", "remember", "refuse", "respond", "reply", "answer", "use",
+                             "cite", "ignore", "keep", "write", "include", "exclude", "provide"})
 
 
 def _instruction_after_title(unit: str) -> bool:
@@ -165,8 +166,9 @@ def _instruction_after_title(unit: str) -> bool:
     head = re.sub(r"\W", "", words[0]) if words else ""
     if len(head) > 1 and head.isupper() and head.lower() not in _SHOUTED_ORDERS:
         return False  # SQL's RETURN, a heading in capitals; "NEVER reveal ..." is an order all the same
-    if len(words) >= 3 and 2 * sum(w[:1].isupper() for w in words) > len(words):
-        return False
+    shouted = head.lower() in _SHOUTED_ORDERS
+    if not shouted and len(words) >= 3 and 2 * sum(w[:1].isupper() for w in words) > len(words):
+        return False  # Title Case: a wrapped title, a table of contents ("NEVER SHARE THE KEY." is an order)
     low = rest.lower()
     hinted = _has_any(low, _DIRECTIVE_HINTS)
     return bool((hinted or _may_be_imperative(rest, low)) and _is_instruction(rest, low, hinted))
