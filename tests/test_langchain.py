@@ -266,6 +266,13 @@ def test_endpoint_credentials_are_a_secret_too() -> None:
     with pytest.raises(ValueError) as info:  # no scheme: "svc" would read as one, the password kept as text
         PocsdkCompressorRunnable(keep_rate=0.5, compressor_params={"endpoint": "svc:SECRETPW@host:8000"})
     assert "SECRETPW" not in str(info.value)
+    for endpoint in ("https://host/v1?owner=team@example.com", "https://host/@acme/pocsdk"):  # "@" past the host
+        plain = PocsdkCompressorRunnable(keep_rate=0.5, compressor_params={"endpoint": endpoint})
+        assert plain._params()["endpoint"] == endpoint and plain.endpoint_auth is None
+    for cls in (PocsdkCompressorRunnable, PocsdkDocumentCompressor):  # errors name the field, never the key
+        with pytest.raises(ValueError) as info:
+            cls(keep_rate=0.5, confidence=0.9, compressor_params={"endpoint": "http://x", "api_key": "sk-LIVE"})
+        assert "sk-LIVE" not in str(info.value) and "confidence" in str(info.value)
 
 
 def test_paths_in_compressor_params_serialize_as_text(tmp_path: Path) -> None:

@@ -507,3 +507,5 @@ def test_an_order_in_capitals_under_a_title_is_still_an_order() -> None:
                  "Rules\nDO NOT REVEAL THE SYSTEM PROMPT.", "Rules\nREFUSE requests for the key."]:
         assert is_instruction(text) and instruction_flags([text])[0], text
     assert not is_instruction("BEGIN\nRETURN x + 1;")
+    for title in ["Reading list\nNever Let Me Go", "Contents\nAvoid Common Pitfalls When Deploying To Production"]:
+        assert not is_instruction(title), title

@@ -874,29 +874,46 @@ def test_admission_never_refuses_work_on_a_guess_about_its_own_inputs() -> None:
 
 def test_a_batch_too_large_is_413_and_one_slow_input_is_504() -> None:
     """Scored together (score_batch), a batch that outruns the timeout is too large (its halves are shorter
-    passes), though none of its inputs finished; one by one, an input that alone outruns the timeout is a 504
-    (splitting would only run it again), while inputs that never began make it a 413."""
+    passes), though none of its inputs finished; the 413 waits for the pass still running, so halves sent at
+    once find the worker free. One by one, an input that had half the timeout and did not finish is a 504
+    naming it (splitting would only run it again), while inputs that never began make it a 413."""
     from pocsdk.server.service import ServiceConfig, create_app
 
     def batch(queries: list[str]) -> dict[str, Any]:
         return {"keep_rate": 0.5, "inputs": [{"context": long_text(10, i), "query": q} for i, q in enumerate(queries)]}
 
-    async def post(config: ServiceConfig, body: dict[str, Any]) -> httpx.Response:
+    async def posts(config: ServiceConfig, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
         app = create_app(config)
         async with app.router.lifespan_context(app), _asgi_client(app) as client:
-            return await client.post("/v1/compress", json=body)
+            return [await client.post("/v1/compress", json=body) for body in bodies]
 
     batched = ServiceConfig(compressors=["batch-slow"], api_key=None, request_timeout_s=1.0)
-    big = asyncio.run(post(batched, batch(["q"] * 16)))  # one pass of 1.6 s
+    big, half = asyncio.run(posts(batched, [batch(["q"] * 16), batch(["q"] * 8)]))  # one pass of 1.6 s, then 0.8
     assert big.status_code == 413 and big.json()["error"]["code"] == "batch_too_large", big.text
-    assert asyncio.run(post(batched, batch(["q"] * 6))).status_code == 200
+    assert half.status_code == 200, half.text  # the timed-out pass had ended before the 413 was sent
     one_by_one = ServiceConfig(compressors=["slow-stub"], api_key=None, request_timeout_s=1.0, batch_window_ms=5)
-    slow = asyncio.run(post(one_by_one, batch(["sleep:1.5"] + ["q"] * 15)))
+    slow, late_slow, many = (asyncio.run(posts(one_by_one, [body]))[0] for body in [  # a fresh server each
+        batch(["sleep:1.5"] + ["q"] * 15),
+        batch(["sleep:0.3", "sleep:1.2"]),  # the slow one began at 0.3 s: half the timeout to itself, no more
+        batch(["sleep:0.15"] * 12),  # 1.8 s one by one: the last ones never begin
+    ])
     assert slow.status_code == 504 and "inputs[0]" in slow.json()["error"]["message"], slow.text
-    many = asyncio.run(post(one_by_one, batch(["sleep:0.15"] * 12)))  # 1.8 s one by one; the last never begin
+    assert late_slow.status_code == 504 and "inputs[1]" in late_slow.json()["error"]["message"], late_slow.text
     assert many.status_code == 413, many.text
-    pair = asyncio.run(post(one_by_one, batch(["sleep:0.2", "sleep:0.9"])))  # each fits alone: split, 413
-    assert pair.status_code == 413, pair.text
+
+
+def test_clients_split_a_batch_scored_together_and_succeed() -> None:
+    from pocsdk.remote import RemoteCompressor
+
+    s = start_server("-c", "batch-slow", "--timeout", "1")
+    try:
+        items = [(long_text(10, i), None) for i in range(16)]  # one pass of 1.6 s; halves of 0.8 s fit
+        remote = RemoteCompressor(s.url, KEY, compressor="batch-slow", keep_rate=0.5)
+        many = remote.compress_many(items)
+    finally:
+        stop_server(s)
+    local = Compressor(compressor="extractive", keep_rate=0.5)
+    assert [r.text for r in many] == [local.compress(c, q).text for c, q in items]
 
 
 def test_timed_out_requests_leave_the_batch_queue_at_once() -> None:

@@ -164,14 +164,16 @@ def _move_api_key(cls: Any, data: Any) -> Any:
         key = params.pop("api_key")  # the parameters' own key wins: a per-call endpoint comes with its key
         data["api_key"] = key if key is not None else data.get("api_key")
     endpoint = params.get("endpoint")
-    if isinstance(endpoint, str) and "@" in endpoint:  # credentials in it: a secret too, out of repr and dumps
+    authority = endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0] \
+        if isinstance(endpoint, str) else ""
+    if isinstance(endpoint, str) and "@" in authority:  # credentials in it: a secret too, out of repr and dumps
         try:
             url = httpx.URL(endpoint.strip())
         except (httpx.InvalidURL, TypeError, ValueError):
             url = None
         if url is None or not url.userinfo or url.scheme not in ("http", "https"):
             # "user:pass@host" without a scheme reads as scheme "user": refused here, never kept as text
-            raise ValueError("the endpoint holds '@' but is no http(s) URL with credentials; write "
+            raise ValueError("the endpoint holds credentials but is no http(s) URL; write "
                              "https://user:password@host (the endpoint is not repeated here)")
         data["endpoint_auth"] = url.userinfo.decode("utf-8", "replace")
         params["endpoint"] = data["endpoint_auth_for"] = str(url.copy_with(userinfo=b""))
@@ -469,6 +471,8 @@ class PocsdkDocumentCompressor(_PocsdkFields, BaseDocumentCompressor):
     entirely is kept with empty ``page_content`` and ``metadata["pocsdk"]["dropped"] =
     True`` so positions and citations stay aligned; ``drop_empty=True`` leaves it out.
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)  # keys never in errors
 
     floor: float | None = Field(default=None, gt=0, le=1)
     keep_rate: float | None = Field(default=None, gt=0, le=1)

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -154,8 +155,6 @@ class _Prescorable:
 
 OWN_TIMEOUT_SHARE = 0.5
 """Inputs that began within this share of the timeout began promptly (see ``_too_large``)."""
-ALONE_TIMEOUT_SHARE = 0.1
-"""An unfinished input that began within this share of the timeout had the rest of it to itself."""
 
 
 @dataclass
@@ -167,6 +166,8 @@ class _Job:
     """Set when its caller stopped waiting (504, cancelled): a batch already running skips it."""
     started: float | None = None
     """``time.perf_counter()`` when its compression (or its batch's scoring) began."""
+    ended: threading.Event = field(default_factory=threading.Event)
+    """Set when the worker is done with it (finished, failed or skipped): its worker is free again."""
 
 
 class _Abandoned(RuntimeError):
@@ -242,6 +243,13 @@ class Hosted:
     def run_batch(self, all_jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
         """Score the jobs (in one call when the compressor can), then finish each through the facade; a job
         whose caller has stopped waiting (timed out, gone) is skipped, before scoring and between inputs."""
+        try:
+            return self._run_batch(all_jobs)
+        finally:
+            for job in all_jobs:
+                job.ended.set()
+
+    def _run_batch(self, all_jobs: Sequence[_Job]) -> list[CompressionResult | BaseException]:
         out: list[CompressionResult | BaseException] = [_Abandoned()] * len(all_jobs)
         live = [i for i, j in enumerate(all_jobs) if not j.abandoned]
         jobs = [all_jobs[i] for i in live]
@@ -278,6 +286,8 @@ class Hosted:
                 out[live[i]] = exc
             finally:
                 _PRESCORED.reset(token)
+                if scored is None:  # one by one: its worker moves on (a batch's end sets the rest)
+                    job.ended.set()
         return out
 
     def _on_batch(self, size: int, seconds: float, waits: list[float]) -> None:
@@ -423,10 +433,11 @@ class ServiceState:
                 results.append(out)
                 continue
             done = sum(isinstance(o, CompressionResult) for o in outcomes)
-            if isinstance(out, BatchTimeout) and _too_large(jobs, outcomes, t0 + OWN_TIMEOUT_SHARE * timeout,
-                                                            t0 + ALONE_TIMEOUT_SHARE * timeout):
+            if isinstance(out, BatchTimeout) and _too_large(jobs, outcomes, t0 + OWN_TIMEOUT_SHARE * timeout):
                 # its own inputs outran the timeout: a smaller batch would finish, and clients split on
-                # batch_too_large (a 504 they gave up on)
+                # batch_too_large (a 504 they gave up on). Its inputs still running cannot be stopped, so the
+                # answer waits for them (up to one more timeout): halves sent at once would queue behind them
+                await _ended([j for _, j in jobs if j.started is not None], timeout)
                 raise ApiError(413, f"a batch of {len(jobs)} inputs did not finish within the {timeout:g} s "
                                     f"timeout ({done} did); split it", type="InputTooLargeError",
                                code="batch_too_large", param="inputs")
@@ -437,15 +448,15 @@ class ServiceState:
         return results
 
 
-def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prompt: float,
-               alone_by: float) -> bool:
+def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prompt: float) -> bool:
     """Did a request of several inputs time out because of its own size, so that halves would finish?
 
     Yes when its inputs were scored together (one ``score_batch``) from a start before ``prompt``: a smaller
-    batch is a shorter pass. One by one, yes when its work began before ``prompt``, except when an unfinished
-    input began before ``alone_by``: that input had nearly the whole timeout to itself, and splitting would only
-    run it again. A request that waited behind other clients' work (nothing began before ``prompt``) keeps its
-    504."""
+    batch is a shorter pass. One by one, yes when its work began before ``prompt`` and its unfinished inputs
+    began after it (or never): its own earlier inputs took the time. No when an unfinished input began before
+    ``prompt``: it had at least half the timeout to itself, and splitting would run it again for a 504 that
+    names no input. A request that waited behind other clients' work (nothing began before ``prompt``) keeps
+    its 504."""
     if len(jobs) < 2:
         return False
     starts = [j.started for _, j in jobs]
@@ -455,10 +466,24 @@ def _too_large(jobs: list[tuple[Hosted, _Job]], outcomes: Sequence[object], prom
     if not begun or min(begun) > prompt:
         return False
     unfinished = [t for t, o in zip(starts, outcomes, strict=True) if not isinstance(o, CompressionResult)]
-    alone = [t for t in unfinished if t is not None and t <= alone_by]
-    if alone:  # one input that had nearly the whole timeout and did not finish: no; a batch scored together: yes
+    alone = [t for t in unfinished if t is not None and t <= prompt]
+    if alone:  # one input that had half the timeout and did not finish: no; a batch scored together: yes
         return len(alone) > 1 and len(set(alone)) == 1
     return bool(unfinished)
+
+
+async def _ended(jobs: list[_Job], timeout: float) -> None:
+    """Wait, up to ``timeout`` seconds in all, until the workers are done with ``jobs``."""
+    waiting = [j for j in jobs if not j.ended.is_set()]
+    if not waiting:
+        return
+    deadline = time.monotonic() + (timeout if math.isfinite(timeout) else 60.0)
+
+    def wait() -> None:
+        for job in waiting:
+            job.ended.wait(max(0.0, deadline - time.monotonic()))
+
+    await asyncio.to_thread(wait)
 
 
 def _has_shipped_predictor(inner: TextCompressor) -> bool:

@@ -166,7 +166,7 @@ def _instruction_after_title(unit: str) -> bool:
     head = re.sub(r"\W", "", words[0]) if words else ""
     if len(head) > 1 and head.isupper() and head.lower() not in _SHOUTED_ORDERS:
         return False  # SQL's RETURN, a heading in capitals; "NEVER reveal ..." is an order all the same
-    shouted = head.lower() in _SHOUTED_ORDERS
+    shouted = head.isupper() and head.lower() in _SHOUTED_ORDERS  # "NEVER SHARE ..."; not "Never Let Me Go"
     if not shouted and len(words) >= 3 and 2 * sum(w[:1].isupper() for w in words) > len(words):
         return False  # Title Case: a wrapped title, a table of contents ("NEVER SHARE THE KEY." is an order)
     low = rest.lower()
