@@ -510,3 +510,11 @@ def test_compress_many_finds_a_bad_input_before_running_the_model(classifiers: d
     with pytest.raises(InputTooLargeError):  # past the first group of 16 too
         comp.compress_many([(prose(2), None)] * 20 + [("x " * 5000, None)], keep_rate=0.5)
     assert passes == []
+
+
+@pytest.mark.parametrize("items", ["abc", None, [("x",)], [("text here", 5)], [["text", None]]])
+def test_score_batch_refuses_what_is_not_a_list_of_pairs(classifiers: dict[str, Path], items: Any) -> None:
+    from pocsdk.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError):
+        compressor(classifiers, "bert").score_batch(items)

@@ -42,7 +42,7 @@ from pocsdk.compressors.llmlingua2.windows import (
     cut_windows,
 )
 from pocsdk.compressors.llmlingua2.words import _vocab_table, _Words, _words, split_long_words
-from pocsdk.errors import ConfigError
+from pocsdk.errors import ConfigError, InvalidTypeError
 from pocsdk.text.protect import Protection, is_instruction, strip_markers
 from pocsdk.text.segment import CODE, segment
 from pocsdk.text.tokens import HeuristicTokenCounter, TokenCounter, get_token_counter
@@ -158,6 +158,12 @@ class LLMLingua2Compressor:
         """Score several inputs with one forward pass over all their windows (the service batches requests
         through this). Each result equals its own ``score`` up to float rounding: a window's batch-mates
         change only the padding. One bad input fails the call; score the others one by one."""
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise InvalidTypeError(f"score_batch takes a list of (context, query) pairs, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not (isinstance(item, tuple) and len(item) == 2) or not (item[1] is None or isinstance(item[1], str)):
+                raise InvalidTypeError(f"score_batch items[{i}] must be a (context, query) pair with a str or None "
+                                       "query")
         preps = [self._prepare(context, query) for context, query in items]
         live = [p for p in preps if not isinstance(p, Scored)]
         if not live:
