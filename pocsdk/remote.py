@@ -37,6 +37,7 @@ from pocsdk.types import (
     CompressionResult,
     ContextLike,
     batch_items,
+    check_api_key,
     check_keep_rate,
     check_target_tokens,
     check_unit_interval,
@@ -130,7 +131,7 @@ class RemoteCompressor:
         if compressor is not None and not isinstance(compressor, str):
             raise ConfigError("a remote compressor is chosen by name; compressor objects live on the server")
         self._key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        _check_key(self._key)
+        check_api_key("the API key", self._key)
         key_source = "" if not self._key else "the api_key argument" if api_key is not None else f"${API_KEY_ENV}"
         self._base, self._auth, self._shown = _checked_endpoint(endpoint.rstrip("/"), key_source)
         self.endpoint = self._shown
@@ -472,28 +473,6 @@ def _checked_endpoint(endpoint: str, key_source: str = "") -> tuple[str, httpx.B
     masked = user + b":***" if sep and user else b"***"  # a lone user part may be a token too
     return (str(url.copy_with(userinfo=b"")), httpx.BasicAuth(url.username, url.password),
             str(url.copy_with(userinfo=masked)))
-
-
-def _check_key(key: object) -> None:
-    """An API key no HTTP header can carry fails every request (a bare UnicodeEncodeError for a non-ASCII one,
-    an h11 error quoting the key for a space or tab at either end): refused at construction, as ``pocsdk serve``
-    refuses such keys at start-up. The key is never quoted."""
-    if not key:
-        return
-    if not isinstance(key, str):
-        raise InvalidTypeError(f"the API key must be a string, got {type(key).__name__}")
-    if not key.isascii():
-        raise ConfigError("the API key has a non-ASCII character, which an HTTP header cannot carry as is (the "
-                          "server refuses such keys too); use an ASCII key")
-    bad = next((c for c in key if ord(c) < 0x20 or c == "\x7f"), None)
-    if bad is not None:
-        kind = "a line break" if bad in "\r\n" else "a control character"
-        raise ConfigError(f"the API key contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
-                          "its newline)")
-    if key[0] == " " or key[-1] == " ":  # a tab is refused above
-        end = "begins" if key[0] == " " else "ends"
-        raise ConfigError(f"the API key {end} with a space, which an HTTP header cannot carry; strip it (a key "
-                          "copied from a web page or a .env file may keep one)")
 
 
 class _InputGate:

@@ -274,6 +274,30 @@ def decode_text(data: bytes, source: str = "input") -> str:
         ) from None
 
 
+def check_api_key(what: str, key: object) -> None:
+    """Refuse, when a client or server is built, an API key no HTTP header can carry: a line break (a key
+    read from a file keeps its newline), another control character, a space at either end, or a non-ASCII
+    character. Such a key failed later, on every request (callers never authenticated, the upstream answered
+    502, httpx raised a bare UnicodeEncodeError or an h11 error quoting the key). ``None`` or ``""``: no key.
+    The key is never quoted."""
+    if key is None or key == "":
+        return
+    if not isinstance(key, str):
+        raise InvalidTypeError(f"{what} must be a string, got {type(key).__name__}")
+    bad = next((c for c in key if ord(c) < 0x20 or c == "\x7f"), None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else "a control character"
+        raise ConfigError(f"{what} contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
+                          "its newline)")
+    if key != key.strip(" "):
+        end = "begins" if key[0] == " " else "ends"
+        raise ConfigError(f"{what} {end} with a space, which an HTTP header cannot carry; strip it (a key copied "
+                          "from a web page or a .env file may keep one)")
+    if not key.isascii():
+        raise ConfigError(f"{what} has a non-ASCII character, which HTTP clients cannot send as is; use an "
+                          "ASCII key")
+
+
 def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     """Validate an integer parameter (a size limit, a token count, a seed) at construction time."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -40,6 +40,7 @@ from pocsdk.errors import (
     RemoteError,
     UnknownCompressorError,
 )
+from pocsdk.types import check_api_key
 
 try:
     from fastapi import FastAPI, Request
@@ -89,27 +90,8 @@ def resolve_api_key(api_key: str | None, *, no_auth: bool, host: str, env_var: s
     key = api_key or os.environ.get(env_var) or ""
     if not key.strip():
         raise ConfigError(f"no API key: pass --api-key, set {env_var}, or use --no-auth on a loopback host")
-    check_key("the API key", key)
+    check_api_key("the API key", key)
     return key
-
-
-def check_key(what: str, key: str | None) -> None:
-    """Refuse, at start-up, a key that no HTTP header can carry: with a line break (a key read from a file
-    keeps its newline), another control character, space at either end, or a non-ASCII character. Such a
-    key failed later, on every request (callers could never authenticate; the upstream answered 502). The
-    key is never quoted."""
-    if key is None:
-        return
-    bad = next((c for c in key if ord(c) < 0x20 or c == "\x7f"), None)
-    if bad is not None:
-        kind = "a line break" if bad in "\r\n" else "a control character"
-        raise ConfigError(f"{what} contains {kind} (U+{ord(bad):04X}); strip it (a key read from a file keeps "
-                          "its newline)")
-    if key != key.strip(" "):
-        raise ConfigError(f"{what} starts or ends with a space; strip it")
-    if not key.isascii():  # clients send headers as ASCII or latin-1, never as the UTF-8 compared here
-        raise ConfigError(f"{what} has a non-ASCII character, which HTTP clients cannot send as is; use an "
-                          "ASCII key")
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -56,11 +56,11 @@ from pocsdk.server.common import (
     BearerAuth,
     BodySizeLimit,
     ConcurrencyLimiter,
-    check_key,
     install_error_handlers,
     is_loopback,
     status_for,
 )
+from pocsdk.types import check_api_key
 
 log = logging.getLogger("pocsdk.proxy")
 
@@ -432,8 +432,8 @@ def proxy_app_from_env() -> FastAPI:
 
 def create_proxy_app(settings: ProxySettings) -> FastAPI:
     """The proxy as an ASGI app (run it with uvicorn, or ``pocsdk proxy``)."""
-    check_key("the proxy API key", settings.api_key)
-    check_key("the upstream API key", settings.upstream_api_key)
+    check_api_key("the proxy API key", settings.api_key)
+    check_api_key("the upstream API key", settings.upstream_api_key)
     proxy = _Proxy(settings)
 
     @asynccontextmanager

@@ -57,7 +57,6 @@ from pocsdk.server.common import (
     Receive,
     Scope,
     Send,
-    check_key,
     install_error_handlers,
     status_for,
 )
@@ -73,7 +72,7 @@ from pocsdk.server.service_models import (
     Health,
     _Modes,
 )
-from pocsdk.types import CompressionResult
+from pocsdk.types import CompressionResult, check_api_key
 
 log = logging.getLogger("pocsdk.server")
 
@@ -117,7 +116,7 @@ class ServiceConfig:
             raise ConfigError(f"the request timeout must be > 0 (inf for none), not {self.request_timeout_s!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is empty: give a key, or None to turn authentication off")
-        check_key("api_key", self.api_key)  # as `pocsdk serve` does: a key no client could send, refused now
+        check_api_key("api_key", self.api_key)  # as `pocsdk serve` does: a key no client could send, refused now
         if self.device not in ("auto", "cuda", "cpu") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cuda, cuda:N or cpu, not {self.device!r}")
 
